@@ -1,0 +1,64 @@
+"""The Admin servicer: change fault injection at run time and read call counts."""
+
+from __future__ import annotations
+
+import grpc
+from pydantic import ValidationError
+
+from common.config import ActionFaultConfig, FaultConfig
+from common.errors import InvalidArgument, grpc_edge
+from common.faults import FaultInjector
+from protos.sagawire.v1 import admin_pb2, admin_pb2_grpc
+
+
+def plan_to_config(plan: admin_pb2.FaultPlan) -> FaultConfig:
+    """Validate a FaultPlan from the wire into a FaultConfig."""
+    try:
+        return FaultConfig(
+            unavailable_rate=plan.unavailable_rate,
+            latency_ms=plan.latency_ms,
+            seed=plan.seed,
+            actions={
+                a.action: ActionFaultConfig(fail_next=a.fail_next, latency_ms=a.latency_ms)
+                for a in plan.actions
+            },
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InvalidArgument(".".join(str(p) for p in first["loc"]), first["msg"]) from None
+
+
+def config_to_plan(config: FaultConfig) -> admin_pb2.FaultPlan:
+    return admin_pb2.FaultPlan(
+        unavailable_rate=config.unavailable_rate,
+        latency_ms=config.latency_ms,
+        seed=config.seed,
+        actions=[
+            admin_pb2.ActionFault(action=name, fail_next=rule.fail_next, latency_ms=rule.latency_ms)
+            for name, rule in config.actions.items()
+        ],
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, faults: FaultInjector) -> None:
+        self._faults = faults
+
+    async def SetFaults(
+        self, request: admin_pb2.FaultPlan, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.FaultPlan:
+        async def body() -> admin_pb2.FaultPlan:
+            self._faults.configure(plan_to_config(request))
+            return config_to_plan(self._faults.config)
+
+        return await grpc_edge(context, body)
+
+    async def GetFaults(
+        self, request: admin_pb2.GetFaultsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.FaultPlan:
+        return config_to_plan(self._faults.config)
+
+    async def GetCallCounts(
+        self, request: admin_pb2.GetCallCountsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CallCounts:
+        return admin_pb2.CallCounts(calls=dict(self._faults.calls))

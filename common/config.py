@@ -1,0 +1,101 @@
+"""Settings for every Sagawire process, read from ``SAGAWIRE_*`` environment variables.
+
+Every setting has a default that works with no configuration at all; a bad value
+fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_NAMES = ("order", "inventory", "payment", "shipping")
+DEFAULT_PORTS = {
+    "coordinator": 50050,
+    "order": 50051,
+    "inventory": 50052,
+    "payment": 50053,
+    "shipping": 50054,
+}
+_S = TypeVar("_S", bound=BaseSettings)
+SEED_FILE = Path(__file__).resolve().parent.parent / "services" / "seed.toml"
+
+
+class ActionFaultConfig(BaseModel):
+    """Faults for one action: fail the next N calls (-1: always), added latency."""
+
+    fail_next: int = Field(default=0, ge=-1)
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+
+
+class FaultConfig(BaseModel):
+    """Fault injection, off by default. Deterministic when ``seed`` is non-zero."""
+
+    unavailable_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+    seed: int = 0
+    actions: dict[str, ActionFaultConfig] = Field(default_factory=dict)
+
+
+class Endpoints(BaseSettings):
+    """Where each process listens, as ``host:port``; shared by clients of the stack."""
+
+    model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")
+
+    coordinator_addr: str = f"127.0.0.1:{DEFAULT_PORTS['coordinator']}"
+    order_addr: str = f"127.0.0.1:{DEFAULT_PORTS['order']}"
+    inventory_addr: str = f"127.0.0.1:{DEFAULT_PORTS['inventory']}"
+    payment_addr: str = f"127.0.0.1:{DEFAULT_PORTS['payment']}"
+    shipping_addr: str = f"127.0.0.1:{DEFAULT_PORTS['shipping']}"
+
+    def of(self, name: str) -> str:
+        """The address of the named process."""
+        return str(getattr(self, f"{name}_addr"))
+
+    @field_validator("*")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+
+class ServerSettings(BaseSettings):
+    """How a Sagawire gRPC process serves: address, limits, storage, logging."""
+
+    model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    # 0 asks the OS for a free port (tests); the CLI passes each service's default.
+    port: int = Field(default=0, ge=0, le=65535)
+    data_dir: Path = Path(".sagawire")
+    grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_concurrent_rpcs: int = Field(default=2000, ge=1, le=100_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # FULL survives power loss; NORMAL (WAL) survives process crashes only.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+
+
+class ServiceSettings(ServerSettings):
+    """Settings of a domain service (order, inventory, payment, shipping)."""
+
+    seed_file: Path = SEED_FILE
+    admin_enabled: bool = False
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+
+def load(cls: type[_S], **overrides: object) -> _S:
+    """Build settings, turning a validation error into one readable SystemExit."""
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"SAGAWIRE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise SystemExit(f"invalid configuration: {problems}") from None

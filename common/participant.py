@@ -1,0 +1,220 @@
+"""The generic Participant servicer: the execute/compensate edge of every domain service.
+
+A service declares its actions as data (:class:`Action`); this module validates
+the request, applies fault injection, and runs the action through the barrier
+and the outbox inside one SQLite transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from common import barrier, outbox
+from common.errors import BusinessRejection, InvalidArgument, grpc_edge
+from common.faults import FaultInjector
+from common.store import Database
+from common.telemetry import inject_headers
+from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_ID_LENGTH = 128
+
+_P = TypeVar("_P", bound=Message)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Who is asking: the idempotency key and the saga's mode."""
+
+    saga_id: str
+    step: str
+    mode: int
+
+
+# (event type, payload) to publish through the outbox in the same transaction.
+Emitted = tuple[str, Message]
+
+
+@dataclass(frozen=True)
+class Action(Generic[_P]):
+    """One saga action of a service and its compensation, as data.
+
+    ``execute`` returns the fields it adds to the saga's data; ``compensate``
+    gets the payload and what ``execute`` returned. Both run inside the
+    barrier's transaction and must raise only domain errors.
+    """
+
+    name: str
+    payload_type: type[_P]
+    validate: Callable[[_P], None]
+    execute: Callable[[sqlite3.Connection, StepContext, _P], _P]
+    # None for a final action that is never compensated (e.g. approve_order).
+    compensation: str | None = None
+    compensate: Callable[[sqlite3.Connection, StepContext, _P, _P], None] | None = None
+    # Events to publish on success, rejection and compensation (None: publish nothing).
+    on_executed: Callable[[StepContext, _P, _P], Emitted] | None = None
+    on_rejected: Callable[[StepContext, _P, BusinessRejection], Emitted] | None = None
+    on_compensated: Callable[[StepContext, _P], Emitted] | None = None
+
+
+def require_id(value: str, field: str) -> None:
+    """An id must be present and of sane length."""
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field, f"must be at most {MAX_ID_LENGTH} characters")
+
+
+def unpack_payload(packed: any_pb2.Any, payload_type: type[_P], field: str = "payload") -> _P:
+    """Unpack an Any into the expected message type, or name the field that is wrong."""
+    if packed.ByteSize() > MAX_PAYLOAD_BYTES:
+        raise InvalidArgument(field, f"must be at most {MAX_PAYLOAD_BYTES} bytes")
+    message = payload_type()
+    if not packed.type_url or not packed.Unpack(message):
+        expected = payload_type.DESCRIPTOR.full_name
+        raise InvalidArgument(field, f"must be a {expected}, got {packed.type_url or 'nothing'}")
+    return message
+
+
+def pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+_OUTCOMES = {
+    barrier.Outcome.APPLIED: participant_pb2.BARRIER_OUTCOME_APPLIED,
+    barrier.Outcome.REPLAYED: participant_pb2.BARRIER_OUTCOME_REPLAYED,
+    barrier.Outcome.NULL_COMPENSATION: participant_pb2.BARRIER_OUTCOME_NULL_COMPENSATION,
+}
+
+
+class ActionRunner:
+    """Runs a service's actions through the barrier and outbox; shared by the
+    Participant servicer (orchestration) and the event reactions (choreography)."""
+
+    def __init__(
+        self, db: Database, events: outbox.Outbox, actions: Mapping[str, Action[Message]]
+    ) -> None:
+        self.db = db
+        self.events = events
+        self.by_action = dict(actions)
+        self.by_compensation = {
+            a.compensation: a for a in actions.values() if a.compensation is not None
+        }
+
+    def execute_in(
+        self, conn: sqlite3.Connection, action: Action[Message], ctx: StepContext, payload: Message
+    ) -> barrier.Guarded:
+        """Execute inside an open transaction (the reactions add their inbox record to it)."""
+
+        def run() -> bytes:
+            result = action.execute(conn, ctx, payload)
+            if action.on_executed is not None:
+                _emit(conn, ctx, action.on_executed(ctx, payload, result))
+            return pack(result).SerializeToString()
+
+        guarded = barrier.guarded_execute(conn, ctx.saga_id, ctx.step, run)
+        if (
+            guarded.rejection is not None
+            and guarded.outcome is barrier.Outcome.APPLIED
+            and action.on_rejected is not None
+        ):
+            _emit(conn, ctx, action.on_rejected(ctx, payload, guarded.rejection))
+        return guarded
+
+    def compensate_in(
+        self, conn: sqlite3.Connection, action: Action[Message], ctx: StepContext, payload: Message
+    ) -> barrier.Guarded:
+        """Compensate inside an open transaction."""
+
+        def run(first_result: bytes) -> bytes:
+            result = action.payload_type()
+            any_pb2.Any.FromString(first_result).Unpack(result)
+            assert action.compensate is not None  # only compensable actions are looked up
+            action.compensate(conn, ctx, payload, result)
+            if action.on_compensated is not None:
+                _emit(conn, ctx, action.on_compensated(ctx, payload))
+            return b""
+
+        return barrier.guarded_compensate(conn, ctx.saga_id, ctx.step, run)
+
+    async def execute(
+        self, action: Action[Message], ctx: StepContext, payload: Message
+    ) -> barrier.Guarded:
+        guarded = await self.db.transaction(
+            lambda conn: self.execute_in(conn, action, ctx, payload)
+        )
+        await self.events.notify()
+        return guarded
+
+    async def compensate(
+        self, action: Action[Message], ctx: StepContext, payload: Message
+    ) -> barrier.Guarded:
+        guarded = await self.db.transaction(
+            lambda conn: self.compensate_in(conn, action, ctx, payload)
+        )
+        await self.events.notify()
+        return guarded
+
+
+def _emit(conn: sqlite3.Connection, ctx: StepContext, emitted: Emitted) -> None:
+    """Publish an event about the saga through the outbox, with the current trace context."""
+    event_type, data = emitted
+    outbox.append(conn, event_type, ctx.saga_id, data, headers=inject_headers({}))
+
+
+class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
+    """``Execute`` / ``Compensate`` for one service, driven by its action table."""
+
+    def __init__(self, runner: ActionRunner, faults: FaultInjector) -> None:
+        self._runner = runner
+        self._faults = faults
+
+    def _parse(
+        self, request: participant_pb2.StepRequest, table: Mapping[str, Action[Message]]
+    ) -> tuple[Action[Message], StepContext, Message]:
+        require_id(request.saga_id, "saga_id")
+        require_id(request.step, "step")
+        action = table.get(request.action)
+        if action is None:
+            known = ", ".join(sorted(table)) or "none"
+            raise InvalidArgument("action", f"unknown action {request.action!r} (known: {known})")
+        if request.mode not in participant_pb2.SagaMode.values():
+            raise InvalidArgument("mode", f"unknown saga mode {request.mode}")
+        payload = unpack_payload(request.payload, action.payload_type)
+        action.validate(payload)
+        return action, StepContext(request.saga_id, request.step, request.mode), payload
+
+    async def Execute(
+        self, request: participant_pb2.StepRequest, context: grpc.aio.ServicerContext
+    ) -> participant_pb2.StepReply:
+        async def body() -> participant_pb2.StepReply:
+            action, ctx, payload = self._parse(request, self._runner.by_action)
+            await self._faults.before_call(action.name)
+            guarded = await self._runner.execute(action, ctx, payload)
+            if guarded.rejection is not None:
+                raise guarded.rejection
+            return participant_pb2.StepReply(
+                result=any_pb2.Any.FromString(guarded.result), outcome=_OUTCOMES[guarded.outcome]
+            )
+
+        return await grpc_edge(context, body)
+
+    async def Compensate(
+        self, request: participant_pb2.StepRequest, context: grpc.aio.ServicerContext
+    ) -> participant_pb2.StepReply:
+        async def body() -> participant_pb2.StepReply:
+            action, ctx, payload = self._parse(request, self._runner.by_compensation)
+            await self._faults.before_call(request.action)
+            guarded = await self._runner.compensate(action, ctx, payload)
+            return participant_pb2.StepReply(outcome=_OUTCOMES[guarded.outcome])
+
+        return await grpc_edge(context, body)

@@ -1,0 +1,126 @@
+"""serve(): the one way every Sagawire process runs a gRPC server.
+
+Health (SERVING only once the app's store is open, NOT_SERVING on shutdown),
+reflection, message-size and concurrency limits, keepalive for long-lived
+streams, and an ordered, idempotent shutdown on SIGTERM/SIGINT:
+stop accepting -> finish in-flight calls within the grace period -> close the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.config import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class App(Protocol):
+    """What a process plugs into :func:`start_server`."""
+
+    #: Full names of the gRPC services it registers, e.g. "sagawire.v1.Inventory".
+    service_names: Sequence[str]
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the app's servicers to the server."""
+
+    async def start(self) -> None:
+        """Open stores and start background work; called before SERVING."""
+
+    async def stop(self) -> None:
+        """Stop background work and close stores; called after the server stopped."""
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Channel options for servers: size limits and keepalive suited to long streams."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class RunningServer:
+    """A started server; :meth:`stop` is idempotent and ordered."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        app: App,
+        port: int,
+        grace: float,
+    ) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.app = app
+        self.port = port
+        self._grace = grace
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        """NOT_SERVING, stop accepting, finish in-flight calls, then close the app."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        log.info("shutting down grace_seconds=%s", self._grace)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self._grace)
+        await self.app.stop()
+        log.info("stopped")
+
+
+async def start_server(
+    app: App, settings: ServerSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> RunningServer:
+    """Open the app, bind the port, and report SERVING for every service."""
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    app.register(server)
+    names = [*app.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise SystemExit(f"cannot bind {settings.host}:{settings.port}")
+    for name in ("", *app.service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await app.start()
+    await server.start()
+    for name in ("", *app.service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving address=%s:%d", settings.host, port)
+    return RunningServer(server, health_servicer, app, port, settings.grace_seconds)
+
+
+async def serve_until_signal(running: RunningServer) -> None:
+    """Block until SIGTERM or SIGINT, then shut down in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()

@@ -1,0 +1,57 @@
+"""Inventory's saga actions: reserve stock for an order, release it again."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from common.participant import Action, StepContext
+from protos.sagawire.v1 import order_saga_pb2
+from services import saga_events
+from services.inventory import domain, store
+from services.validation import validate_items, validate_order
+
+Data = order_saga_pb2.OrderSagaData
+
+
+def _validate(data: Data) -> None:
+    validate_order(data)
+    validate_items(data)
+
+
+def _lines(data: Data) -> list[domain.Line]:
+    return domain.merge_lines([domain.Line(i.sku, i.quantity) for i in data.items])
+
+
+def _reserve(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    lines = _lines(data)
+    current = store.levels(conn, (line.sku for line in lines))
+    store.save_levels(conn, domain.reserve(current, lines))
+    store.add_reservation(conn, ctx.saga_id, lines)
+    return Data()
+
+
+def _release(conn: sqlite3.Connection, ctx: StepContext, data: Data, reserved: Data) -> None:
+    # Release exactly what this saga reserved, as recorded, not what the request says.
+    lines = [
+        line for line, status in store.reservation_lines(conn, ctx.saga_id) if status == "reserved"
+    ]
+    if not lines:
+        return
+    current = store.levels(conn, (line.sku for line in lines))
+    store.save_levels(conn, domain.release(current, lines))
+    store.mark_released(conn, ctx.saga_id)
+
+
+RESERVE = Action(
+    name="reserve",
+    compensation="release",
+    payload_type=Data,
+    validate=_validate,
+    execute=_reserve,
+    compensate=_release,
+    on_executed=saga_events.succeeded(saga_events.STOCK_RESERVED),
+    on_rejected=saga_events.rejected(saga_events.STOCK_REJECTED),
+    on_compensated=saga_events.compensated(saga_events.STOCK_RELEASED),
+)
+
+ACTIONS = (RESERVE,)

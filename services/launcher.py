@@ -1,0 +1,40 @@
+"""Start one domain service process with the common server bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from pathlib import Path
+
+from common.config import DEFAULT_PORTS, ServiceSettings, load
+from common.logs import setup_logging
+from common.server import serve_until_signal, start_server
+from services.runtime import DomainService, ServiceSpec
+
+
+def spec_of(name: str) -> ServiceSpec:
+    """The ServiceSpec of a service by name ("order", "inventory", ...)."""
+    module = importlib.import_module(f"services.{name}")
+    spec: ServiceSpec = module.SPEC
+    return spec
+
+
+async def run(name: str, settings: ServiceSettings) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    running = await start_server(DomainService(spec_of(name), settings), settings)
+    await serve_until_signal(running)
+
+
+def main(name: str, port: int | None = None, data_dir: Path | None = None) -> None:
+    """Entry point shared by ``python -m services.<name>`` and ``sagawire serve``."""
+    if port is None and "SAGAWIRE_PORT" not in os.environ:
+        port = DEFAULT_PORTS[name]
+    settings = load(ServiceSettings, port=port, data_dir=data_dir)
+    setup_logging(name, settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.run(run(name, settings))
+    except ImportError:
+        asyncio.run(run(name, settings))

@@ -1,0 +1,94 @@
+"""Order's read-only API: one order, or a page of them, newest first."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+
+import grpc
+
+from common.errors import InvalidArgument, NotFound, grpc_edge
+from common.participant import require_id
+from common.store import Database, to_timestamp
+from protos.sagawire.v1 import common_pb2, order_pb2, order_pb2_grpc, order_saga_pb2
+from services.order import store
+
+_STATUS = {
+    "pending": order_pb2.ORDER_STATUS_PENDING,
+    "approved": order_pb2.ORDER_STATUS_APPROVED,
+    "cancelled": order_pb2.ORDER_STATUS_CANCELLED,
+}
+_STATUS_NAME = {v: k for k, v in _STATUS.items()}
+MAX_PAGE_SIZE = 500
+
+
+def _order_msg(row: sqlite3.Row) -> order_pb2.OrderRecord:
+    return order_pb2.OrderRecord(
+        order_id=row["order_id"],
+        saga_id=row["saga_id"],
+        customer_id=row["customer_id"],
+        items=order_saga_pb2.OrderSagaData.FromString(row["items"]).items,
+        destination=row["destination"],
+        total=common_pb2.Money(amount_minor=row["total_minor"], currency=row["currency"]),
+        status=_STATUS[row["status"]],
+        reason=row["reason"],
+        created_at=to_timestamp(row["created_at"]),
+        updated_at=to_timestamp(row["updated_at"]),
+    )
+
+
+def _decode_token(token: str) -> tuple[str, str] | None:
+    if not token:
+        return None
+    try:
+        created_at, order_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token", "is not a token this server issued") from None
+    return created_at, order_id
+
+
+class OrderQueries(order_pb2_grpc.OrderServicer):
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def GetOrder(
+        self, request: order_pb2.GetOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.OrderRecord:
+        async def body() -> order_pb2.OrderRecord:
+            require_id(request.order_id, "order_id")
+            row = await self._db.read(lambda conn: store.order(conn, request.order_id))
+            if row is None:
+                raise NotFound(f"no order {request.order_id}")
+            return _order_msg(row)
+
+        return await grpc_edge(context, body)
+
+    async def ListOrders(
+        self, request: order_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> order_pb2.ListOrdersResponse:
+        async def body() -> order_pb2.ListOrdersResponse:
+            if request.status and request.status not in _STATUS_NAME:
+                raise InvalidArgument("status", f"unknown order status {request.status}")
+            if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+                raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+            size = request.page_size or 50
+            before = _decode_token(request.page_token)
+            status = _STATUS_NAME.get(request.status)
+            rows = await self._db.read(
+                lambda conn: store.list_orders(conn, status, before, size + 1)
+            )
+            page, more = rows[:size], len(rows) > size
+            token = ""
+            if more:
+                last = page[-1]
+                raw = f"{last['created_at']}|{last['order_id']}".encode()
+                token = base64.urlsafe_b64encode(raw).decode()
+            return order_pb2.ListOrdersResponse(
+                orders=[_order_msg(r) for r in page], next_page_token=token
+            )
+
+        return await grpc_edge(context, body)
+
+
+def register(server: grpc.aio.Server, db: Database) -> None:
+    order_pb2_grpc.add_OrderServicer_to_server(OrderQueries(db), server)

@@ -1,0 +1,105 @@
+"""Order's SQLite tables and the statements on them (inside the caller's transaction)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from common.store import utc_now
+from protos.sagawire.v1 import order_saga_pb2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS price (
+    sku        TEXT PRIMARY KEY,
+    unit_minor INTEGER NOT NULL CHECK (unit_minor > 0),
+    currency   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id     TEXT PRIMARY KEY,
+    saga_id      TEXT NOT NULL UNIQUE,
+    customer_id  TEXT NOT NULL,
+    destination  TEXT NOT NULL,
+    items        BLOB NOT NULL,
+    total_minor  INTEGER NOT NULL CHECK (total_minor >= 0),
+    currency     TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'cancelled')),
+    reason       TEXT NOT NULL DEFAULT '',
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_time ON orders (created_at, order_id);
+"""
+
+
+def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+    conn.executemany(
+        "INSERT INTO price (sku, unit_minor, currency) VALUES (?, ?, ?)",
+        [(sku, int(unit), seed["currency"]) for sku, unit in seed["order"]["prices"].items()],
+    )
+
+
+def prices(conn: sqlite3.Connection) -> tuple[dict[str, int], str]:
+    rows = conn.execute("SELECT sku, unit_minor, currency FROM price").fetchall()
+    currency = rows[0]["currency"] if rows else "EUR"
+    return {r["sku"]: r["unit_minor"] for r in rows}, currency
+
+
+def add_order(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    data: order_saga_pb2.OrderSagaData,
+    total_minor: int,
+    currency: str,
+) -> None:
+    now = utc_now().isoformat()
+    items = order_saga_pb2.OrderSagaData(items=data.items).SerializeToString()
+    conn.execute(
+        "INSERT INTO orders (order_id, saga_id, customer_id, destination, items, total_minor,"
+        " currency, status, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+        (
+            data.order_id,
+            saga_id,
+            data.customer_id,
+            data.destination,
+            items,
+            total_minor,
+            currency,
+            now,
+            now,
+        ),
+    )
+
+
+def order(conn: sqlite3.Connection, order_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM orders WHERE order_id = ?", (order_id,)
+    ).fetchone()
+    return row
+
+
+def set_status(conn: sqlite3.Connection, order_id: str, status: str, reason: str = "") -> None:
+    conn.execute(
+        "UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE order_id = ?",
+        (status, reason, utc_now().isoformat(), order_id),
+    )
+
+
+def list_orders(
+    conn: sqlite3.Connection, status: str | None, before: tuple[str, str] | None, limit: int
+) -> list[sqlite3.Row]:
+    """Newest first; ``before`` is the (created_at, order_id) of the previous page's last row."""
+    clauses: list[str] = []
+    args: list[object] = []
+    if status:
+        clauses.append("status = ?")
+        args.append(status)
+    if before:
+        clauses.append("(created_at, order_id) < (?, ?)")
+        args.extend(before)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return conn.execute(
+        f"SELECT * FROM orders {where} ORDER BY created_at DESC, order_id DESC LIMIT ?",
+        [*args, limit],
+    ).fetchall()

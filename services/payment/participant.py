@@ -1,0 +1,62 @@
+"""Payment's saga actions: charge the order's total, refund it again."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+
+from common.participant import Action, StepContext, require_id
+from protos.sagawire.v1 import order_saga_pb2
+from services import saga_events
+from services.payment import domain, store
+from services.validation import validate_order, validate_total
+
+Data = order_saga_pb2.OrderSagaData
+
+
+def _validate(data: Data) -> None:
+    validate_order(data)
+    require_id(data.customer_id, "payload.customer_id")
+    validate_total(data)
+
+
+def _charge(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    current = store.account(conn, data.customer_id)
+    charged = domain.charge(current, data.customer_id, data.total.amount_minor, data.total.currency)
+    store.save_account(conn, charged)
+    charge_id = str(uuid.uuid4())
+    store.add_charge(
+        conn,
+        charge_id,
+        ctx.saga_id,
+        data.customer_id,
+        data.total.amount_minor,
+        data.total.currency,
+    )
+    return Data(charge_id=charge_id)
+
+
+def _refund(conn: sqlite3.Connection, ctx: StepContext, data: Data, charged: Data) -> None:
+    # Refund the charge as recorded, not the amount the request claims.
+    row = store.charge_of_saga(conn, ctx.saga_id)
+    if row is None or row["status"] != "captured":
+        return
+    acct = store.account(conn, row["customer_id"])
+    assert acct is not None  # a charge always references an account (foreign key)
+    store.save_account(conn, domain.refund(acct, row["amount_minor"]))
+    store.mark_refunded(conn, row["charge_id"])
+
+
+CHARGE = Action(
+    name="charge",
+    compensation="refund",
+    payload_type=Data,
+    validate=_validate,
+    execute=_charge,
+    compensate=_refund,
+    on_executed=saga_events.succeeded(saga_events.PAYMENT_CHARGED),
+    on_rejected=saga_events.rejected(saga_events.PAYMENT_DECLINED),
+    on_compensated=saga_events.compensated(saga_events.PAYMENT_REFUNDED),
+)
+
+ACTIONS = (CHARGE,)

@@ -1,0 +1,72 @@
+"""Payment's read-only API: balances and charges."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import grpc
+
+from common.errors import NotFound, grpc_edge
+from common.participant import require_id
+from common.store import Database, to_timestamp
+from protos.sagawire.v1 import common_pb2, payment_pb2, payment_pb2_grpc
+from services.payment import store
+from services.payment.domain import Account
+
+_STATUS = {
+    "captured": payment_pb2.CHARGE_STATUS_CAPTURED,
+    "refunded": payment_pb2.CHARGE_STATUS_REFUNDED,
+}
+
+
+def _account_msg(acct: Account) -> payment_pb2.Account:
+    return payment_pb2.Account(
+        customer_id=acct.customer_id,
+        balance=common_pb2.Money(amount_minor=acct.balance_minor, currency=acct.currency),
+    )
+
+
+def _charge_msg(row: sqlite3.Row) -> payment_pb2.Charge:
+    return payment_pb2.Charge(
+        charge_id=row["charge_id"],
+        saga_id=row["saga_id"],
+        customer_id=row["customer_id"],
+        amount=common_pb2.Money(amount_minor=row["amount_minor"], currency=row["currency"]),
+        status=_STATUS[row["status"]],
+        created_at=to_timestamp(row["created_at"]),
+    )
+
+
+class PaymentQueries(payment_pb2_grpc.PaymentServicer):
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def GetAccount(
+        self, request: payment_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> payment_pb2.Account:
+        async def body() -> payment_pb2.Account:
+            require_id(request.customer_id, "customer_id")
+            acct = await self._db.read(lambda conn: store.account(conn, request.customer_id))
+            if acct is None:
+                raise NotFound(f"no account for customer {request.customer_id}")
+            return _account_msg(acct)
+
+        return await grpc_edge(context, body)
+
+    async def ListAccounts(
+        self, request: payment_pb2.ListAccountsRequest, context: grpc.aio.ServicerContext
+    ) -> payment_pb2.ListAccountsResponse:
+        accounts = await self._db.read(store.all_accounts)
+        return payment_pb2.ListAccountsResponse(accounts=[_account_msg(a) for a in accounts])
+
+    async def ListCharges(
+        self, request: payment_pb2.ListChargesRequest, context: grpc.aio.ServicerContext
+    ) -> payment_pb2.ListChargesResponse:
+        rows = await self._db.read(
+            lambda conn: store.charges(conn, request.customer_id, request.saga_id)
+        )
+        return payment_pb2.ListChargesResponse(charges=[_charge_msg(r) for r in rows])
+
+
+def register(server: grpc.aio.Server, db: Database) -> None:
+    payment_pb2_grpc.add_PaymentServicer_to_server(PaymentQueries(db), server)

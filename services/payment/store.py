@@ -1,0 +1,96 @@
+"""Payment's SQLite tables and the statements on them (inside the caller's transaction)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from common.store import utc_now
+from services.payment.domain import Account
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS account (
+    customer_id   TEXT PRIMARY KEY,
+    balance_minor INTEGER NOT NULL CHECK (balance_minor >= 0),
+    currency      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charge (
+    charge_id    TEXT PRIMARY KEY,
+    saga_id      TEXT NOT NULL UNIQUE,
+    customer_id  TEXT NOT NULL REFERENCES account (customer_id),
+    amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+    currency     TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('captured', 'refunded')),
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charge_by_customer ON charge (customer_id, created_at);
+"""
+
+
+def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+    for customer_id, balance in seed["payment"]["accounts"].items():
+        conn.execute(
+            "INSERT INTO account (customer_id, balance_minor, currency) VALUES (?, ?, ?)",
+            (customer_id, int(balance), seed["currency"]),
+        )
+
+
+def _account(row: sqlite3.Row) -> Account:
+    return Account(row["customer_id"], row["balance_minor"], row["currency"])
+
+
+def account(conn: sqlite3.Connection, customer_id: str) -> Account | None:
+    row = conn.execute("SELECT * FROM account WHERE customer_id = ?", (customer_id,)).fetchone()
+    return _account(row) if row else None
+
+
+def all_accounts(conn: sqlite3.Connection) -> list[Account]:
+    return [_account(r) for r in conn.execute("SELECT * FROM account ORDER BY customer_id")]
+
+
+def save_account(conn: sqlite3.Connection, acct: Account) -> None:
+    conn.execute(
+        "UPDATE account SET balance_minor = ? WHERE customer_id = ?",
+        (acct.balance_minor, acct.customer_id),
+    )
+
+
+def add_charge(
+    conn: sqlite3.Connection,
+    charge_id: str,
+    saga_id: str,
+    customer_id: str,
+    amount_minor: int,
+    currency: str,
+) -> None:
+    conn.execute(
+        "INSERT INTO charge (charge_id, saga_id, customer_id, amount_minor, currency, status,"
+        " created_at) VALUES (?, ?, ?, ?, ?, 'captured', ?)",
+        (charge_id, saga_id, customer_id, amount_minor, currency, utc_now().isoformat()),
+    )
+
+
+def charge_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM charge WHERE saga_id = ?", (saga_id,)
+    ).fetchone()
+    return row
+
+
+def mark_refunded(conn: sqlite3.Connection, charge_id: str) -> None:
+    conn.execute("UPDATE charge SET status = 'refunded' WHERE charge_id = ?", (charge_id,))
+
+
+def charges(conn: sqlite3.Connection, customer_id: str, saga_id: str) -> list[sqlite3.Row]:
+    clauses, args = [], []
+    if customer_id:
+        clauses.append("customer_id = ?")
+        args.append(customer_id)
+    if saga_id:
+        clauses.append("saga_id = ?")
+        args.append(saga_id)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return conn.execute(
+        f"SELECT * FROM charge {where} ORDER BY created_at DESC, charge_id", args
+    ).fetchall()

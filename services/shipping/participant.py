@@ -1,0 +1,46 @@
+"""Shipping's saga actions: schedule a shipment, cancel it again."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+
+from common.participant import Action, StepContext
+from protos.sagawire.v1 import order_saga_pb2
+from services import saga_events
+from services.shipping import domain, store
+from services.validation import validate_destination, validate_order
+
+Data = order_saga_pb2.OrderSagaData
+
+
+def _validate(data: Data) -> None:
+    validate_order(data)
+    validate_destination(data)
+
+
+def _schedule(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    domain.check_destination(data.destination, store.unserviceable(conn))
+    shipment_id = str(uuid.uuid4())
+    tracking = domain.new_tracking_number()
+    store.add_shipment(conn, shipment_id, ctx.saga_id, data.order_id, data.destination, tracking)
+    return Data(shipment_id=shipment_id, tracking_number=tracking)
+
+
+def _cancel(conn: sqlite3.Connection, ctx: StepContext, data: Data, scheduled: Data) -> None:
+    store.cancel(conn, ctx.saga_id)
+
+
+SCHEDULE = Action(
+    name="schedule",
+    compensation="cancel",
+    payload_type=Data,
+    validate=_validate,
+    execute=_schedule,
+    compensate=_cancel,
+    on_executed=saga_events.succeeded(saga_events.SHIPMENT_SCHEDULED),
+    on_rejected=saga_events.rejected(saga_events.SHIPMENT_FAILED),
+    on_compensated=saga_events.compensated(saga_events.SHIPMENT_CANCELLED),
+)
+
+ACTIONS = (SCHEDULE,)

@@ -1,0 +1,64 @@
+"""Shipping's SQLite tables and the statements on them (inside the caller's transaction)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from common.store import utc_now
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS unserviceable (destination TEXT PRIMARY KEY COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS shipment (
+    shipment_id     TEXT PRIMARY KEY,
+    saga_id         TEXT NOT NULL UNIQUE,
+    order_id        TEXT NOT NULL,
+    destination     TEXT NOT NULL,
+    tracking_number TEXT NOT NULL UNIQUE,
+    status          TEXT NOT NULL CHECK (status IN ('scheduled', 'cancelled')),
+    created_at      TEXT NOT NULL
+);
+"""
+
+
+def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+    conn.executemany(
+        "INSERT INTO unserviceable (destination) VALUES (?)",
+        [(d,) for d in seed["shipping"]["unserviceable"]],
+    )
+
+
+def unserviceable(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT destination FROM unserviceable")]
+
+
+def add_shipment(
+    conn: sqlite3.Connection,
+    shipment_id: str,
+    saga_id: str,
+    order_id: str,
+    destination: str,
+    tracking_number: str,
+) -> None:
+    conn.execute(
+        "INSERT INTO shipment (shipment_id, saga_id, order_id, destination, tracking_number,"
+        " status, created_at) VALUES (?, ?, ?, ?, ?, 'scheduled', ?)",
+        (shipment_id, saga_id, order_id, destination, tracking_number, utc_now().isoformat()),
+    )
+
+
+def shipment(conn: sqlite3.Connection, column: str, value: str) -> sqlite3.Row | None:
+    assert column in ("shipment_id", "saga_id")  # never interpolate caller input
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT * FROM shipment WHERE {column} = ?", (value,)
+    ).fetchone()
+    return row
+
+
+def all_shipments(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM shipment ORDER BY created_at DESC").fetchall()
+
+
+def cancel(conn: sqlite3.Connection, saga_id: str) -> None:
+    conn.execute("UPDATE shipment SET status = 'cancelled' WHERE saga_id = ?", (saga_id,))

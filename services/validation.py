@@ -1,0 +1,46 @@
+"""Edge validation of the place_order saga's data, shared by all four services."""
+
+from __future__ import annotations
+
+from common.errors import InvalidArgument
+from common.participant import require_id
+from protos.sagawire.v1 import order_saga_pb2
+
+MAX_ITEMS = 100
+MAX_QUANTITY = 10_000
+MAX_DESTINATION_LENGTH = 200
+
+
+def validate_items(data: order_saga_pb2.OrderSagaData) -> None:
+    """Items: 1..MAX_ITEMS lines, each with a SKU and a quantity in 1..MAX_QUANTITY."""
+    if not data.items:
+        raise InvalidArgument("payload.items", "must not be empty")
+    if len(data.items) > MAX_ITEMS:
+        raise InvalidArgument("payload.items", f"must have at most {MAX_ITEMS} lines")
+    for i, item in enumerate(data.items):
+        require_id(item.sku, f"payload.items[{i}].sku")
+        if not 0 < item.quantity <= MAX_QUANTITY:
+            raise InvalidArgument(
+                f"payload.items[{i}].quantity", f"must be between 1 and {MAX_QUANTITY}"
+            )
+
+
+def validate_order(data: order_saga_pb2.OrderSagaData) -> None:
+    """What every step needs: the order id."""
+    require_id(data.order_id, "payload.order_id")
+
+
+def validate_total(data: order_saga_pb2.OrderSagaData) -> None:
+    if data.total.amount_minor <= 0:
+        raise InvalidArgument("payload.total.amount_minor", "must be positive")
+    if len(data.total.currency) != 3 or not data.total.currency.isalpha():
+        raise InvalidArgument("payload.total.currency", "must be a 3-letter ISO 4217 code")
+
+
+def validate_destination(data: order_saga_pb2.OrderSagaData) -> None:
+    if not data.destination.strip():
+        raise InvalidArgument("payload.destination", "must not be empty")
+    if len(data.destination) > MAX_DESTINATION_LENGTH:
+        raise InvalidArgument(
+            "payload.destination", f"must be at most {MAX_DESTINATION_LENGTH} characters"
+        )
