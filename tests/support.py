@@ -1,0 +1,204 @@
+"""Shared test helpers: real servers on 127.0.0.1 (in-process or as subprocesses) and waits.
+
+Nothing here fakes a service: every helper starts the real gRPC server of a
+service with its own SQLite file in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from common.config import SERVICE_NAMES, FaultConfig, ServiceSettings
+from common.server import RunningServer, start_server
+from protos.sagawire.v1 import (
+    admin_pb2_grpc,
+    inventory_pb2_grpc,
+    order_pb2_grpc,
+    participant_pb2_grpc,
+    payment_pb2_grpc,
+    shipping_pb2_grpc,
+)
+from services.launcher import spec_of
+from services.runtime import DomainService
+
+ROOT = Path(__file__).resolve().parent.parent
+_T = TypeVar("_T")
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[_T]] | Callable[[], _T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> _T:
+    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        last = result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last})")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    """The four domain services running in this test's event loop on ephemeral ports."""
+
+    servers: dict[str, RunningServer]
+    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        return self.servers[name].address
+
+    def channel(self, name: str) -> grpc.aio.Channel:
+        if name not in self.channels:
+            self.channels[name] = grpc.aio.insecure_channel(self.address(name))
+        return self.channels[name]
+
+    def participant(self, name: str) -> participant_pb2_grpc.ParticipantStub:
+        return participant_pb2_grpc.ParticipantStub(self.channel(name))
+
+    def admin(self, name: str) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel(name))
+
+    @property
+    def order(self) -> order_pb2_grpc.OrderStub:
+        return order_pb2_grpc.OrderStub(self.channel("order"))
+
+    @property
+    def inventory(self) -> inventory_pb2_grpc.InventoryStub:
+        return inventory_pb2_grpc.InventoryStub(self.channel("inventory"))
+
+    @property
+    def payment(self) -> payment_pb2_grpc.PaymentStub:
+        return payment_pb2_grpc.PaymentStub(self.channel("payment"))
+
+    @property
+    def shipping(self) -> shipping_pb2_grpc.ShippingStub:
+        return shipping_pb2_grpc.ShippingStub(self.channel("shipping"))
+
+    def endpoint_env(self) -> dict[str, str]:
+        """SAGAWIRE_<NAME>_ADDR variables pointing at these servers."""
+        return {f"SAGAWIRE_{n.upper()}_ADDR": self.address(n) for n in self.servers}
+
+    async def stop(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+        for server in self.servers.values():
+            await server.stop()
+
+
+def service_settings(data_dir: Path, **overrides: object) -> ServiceSettings:
+    settings = ServiceSettings(port=0, data_dir=data_dir, admin_enabled=True, grace_seconds=1.0)
+    return settings.model_copy(update=overrides)
+
+
+async def start_cluster(
+    data_dir: Path,
+    names: Iterable[str] = SERVICE_NAMES,
+    faults: Mapping[str, FaultConfig] | None = None,
+) -> Cluster:
+    """Start real domain services in-process, each with its own SQLite file under data_dir."""
+    servers: dict[str, RunningServer] = {}
+    for name in names:
+        settings = service_settings(data_dir, faults=(faults or {}).get(name, FaultConfig()))
+        servers[name] = await start_server(DomainService(spec_of(name), settings), settings)
+    return Cluster(servers)
+
+
+_SERVING = re.compile(r"serving address=(\S+):(\d+)")
+
+
+class Process:
+    """A Sagawire process started as a real subprocess (``python -m <module>``).
+
+    Its stderr is collected on a thread; the port it bound is read from its
+    ``serving address=...`` log line.
+    """
+
+    def __init__(self, args: list[str], env: Mapping[str, str] | None = None) -> None:
+        self.args = args
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def port(self, timeout: float = 20.0) -> int:
+        """Block until the process logs its serving address; return the port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if match := _SERVING.search(line):
+                    return int(match.group(2))
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.args} exited early:\n{self.output}")
+            time.sleep(0.02)
+        raise AssertionError(f"{self.args} did not start within {timeout}s:\n{self.output}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port()}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, like a crash."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_service_process(
+    name: str, data_dir: Path, env: Mapping[str, str] | None = None, port: int = 0
+) -> Process:
+    """A domain service as its own process on an ephemeral port (or a given one)."""
+    base = {"SAGAWIRE_DATA_DIR": str(data_dir), "SAGAWIRE_ADMIN_ENABLED": "true",
+            "SAGAWIRE_GRACE_SECONDS": "2", "SAGAWIRE_PORT": str(port)}
+    return Process(["-m", f"services.{name}"], env={**base, **(env or {})})
