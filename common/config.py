@@ -7,7 +7,7 @@ fails at start with a message naming the variable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,13 +86,17 @@ class ServiceSettings(ServerSettings):
 
     seed_file: Path = SEED_FILE
     admin_enabled: bool = False
+    # Follow other services' event streams and react (choreography). The reactions
+    # act only on sagas started in choreography mode, so this is on by default.
+    reactions_enabled: bool = True
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
 
 def load(cls: type[_S], **overrides: object) -> _S:
     """Build settings, turning a validation error into one readable SystemExit."""
     try:
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**given)
     except ValidationError as error:
         problems = "; ".join(
             f"SAGAWIRE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"

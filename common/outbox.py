@@ -102,15 +102,18 @@ class Outbox:
 
     async def read(
         self, from_sequence: int, limit: int, types: frozenset[str] = frozenset()
-    ) -> list[events_pb2.Event]:
-        """Up to ``limit`` events with sequence >= from_sequence, in order."""
+    ) -> tuple[list[events_pb2.Event], int]:
+        """Up to ``limit`` stored events from ``from_sequence`` on, in order, keeping only
+        ``types`` (all when empty); also the last sequence scanned (0: nothing stored yet)."""
 
-        def query(conn: sqlite3.Connection) -> list[events_pb2.Event]:
+        def query(conn: sqlite3.Connection) -> tuple[list[events_pb2.Event], int]:
             rows = conn.execute(
                 "SELECT * FROM outbox WHERE sequence >= ? ORDER BY sequence LIMIT ?",
                 (from_sequence, limit),
             ).fetchall()
-            return [_to_event(self.source, r) for r in rows if not types or r["type"] in types]
+            scanned = rows[-1]["sequence"] if rows else from_sequence - 1
+            kept = [_to_event(self.source, r) for r in rows if not types or r["type"] in types]
+            return kept, scanned
 
         return await self._db.read(query)
 

@@ -26,14 +26,18 @@ log = logging.getLogger(__name__)
 class App(Protocol):
     """What a process plugs into :func:`start_server`."""
 
-    #: Full names of the gRPC services it registers, e.g. "sagawire.v1.Inventory".
-    service_names: Sequence[str]
+    @property
+    def service_names(self) -> Sequence[str]:
+        """Full names of the gRPC services it registers, e.g. "sagawire.v1.Inventory"."""
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the app's servicers to the server."""
 
     async def start(self) -> None:
         """Open stores and start background work; called before SERVING."""
+
+    async def drain(self) -> None:
+        """End long-lived streams; called once accepting has stopped, before the grace wait."""
 
     async def stop(self) -> None:
         """Stop background work and close stores; called after the server stopped."""
@@ -82,7 +86,9 @@ class RunningServer:
     async def _stop(self) -> None:
         log.info("shutting down grace_seconds=%s", self._grace)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self._grace)
+        stopping = asyncio.ensure_future(self.server.stop(self._grace))
+        await self.app.drain()
+        await stopping
         await self.app.stop()
         log.info("stopped")
 

@@ -7,22 +7,27 @@ injection and the common server bootstrap.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
-from common import barrier, outbox
+from common import barrier, inbox, outbox
 from common.admin import AdminServicer
-from common.config import ServiceSettings
+from common.config import Endpoints, ServiceSettings
 from common.faults import FaultInjector
 from common.participant import Action, ActionRunner, ParticipantServicer
+from common.server import server_options
 from common.store import Database
-from protos.sagawire.v1 import admin_pb2_grpc, participant_pb2_grpc
+from common.stream import EventStreamServicer
+from protos.sagawire.v1 import admin_pb2_grpc, events_pb2_grpc, participant_pb2_grpc
+from services.choreography import reactions_of
 
 _SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
@@ -41,27 +46,40 @@ class ServiceSpec:
     # Full gRPC name and registration of the service's query API.
     query_service_name: str
     register_queries: Callable[[grpc.aio.Server, Database], None]
-    # Extra apps started with the service (the choreography consumers).
-    extra_service_names: Sequence[str] = field(default_factory=tuple)
 
 
 class DomainService:
     """A running domain service: implements :class:`common.server.App`."""
 
-    def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
+    def __init__(
+        self, spec: ServiceSpec, settings: ServiceSettings, endpoints: Endpoints | None = None
+    ) -> None:
         self.spec = spec
         self.settings = settings
+        self.endpoints = endpoints or Endpoints()
         self.db = Database(
             settings.data_dir / f"{spec.name}.db",
-            schema=barrier.SCHEMA + outbox.SCHEMA + _SEED_SCHEMA + spec.schema,
+            schema=barrier.SCHEMA + outbox.SCHEMA + inbox.SCHEMA + _SEED_SCHEMA + spec.schema,
             synchronous=settings.sqlite_synchronous,
         )
         self.outbox = outbox.Outbox(self.db, source=spec.name)
         self.faults = FaultInjector(settings.faults)
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
         self.runner = ActionRunner(self.db, self.outbox, actions)
+        self.consumers = [
+            inbox.Consumer(
+                self.db,
+                inbox.Subscription(producer, self.endpoints.of(producer), reactions),
+                consumer_name=spec.name,
+                on_commit=self.outbox.notify,
+                channel_options=server_options(settings),
+            )
+            for producer, reactions in reactions_of(spec.name, self.runner).items()
+        ] if settings.reactions_enabled else []
+        self._consumer_tasks: list[asyncio.Task[None]] = []
         self.service_names: list[str] = [
             "sagawire.v1.Participant",
+            "sagawire.v1.EventStream",
             spec.query_service_name,
             *(["sagawire.v1.Admin"] if settings.admin_enabled else []),
         ]
@@ -71,6 +89,9 @@ class DomainService:
             ParticipantServicer(self.runner, self.faults), server
         )
         self.spec.register_queries(server, self.db)
+        events_pb2_grpc.add_EventStreamServicer_to_server(
+            EventStreamServicer(self.outbox, self.db), server
+        )
         if self.settings.admin_enabled:
             admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.faults), server)
 
@@ -79,6 +100,9 @@ class DomainService:
         with self.settings.seed_file.open("rb") as f:
             seed = tomllib.load(f)
         await self.db.transaction(lambda conn: self._seed_once(conn, seed))
+        self._consumer_tasks = [
+            asyncio.create_task(c.run(), name=f"consume-{c.producer}") for c in self.consumers
+        ]
 
     def _seed_once(self, conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
         if conn.execute("SELECT 1 FROM seed_loaded").fetchone():
@@ -86,6 +110,15 @@ class DomainService:
         self.spec.load_seed(conn, seed)
         conn.execute("INSERT INTO seed_loaded (id, at) VALUES (1, datetime('now'))")
 
+    async def drain(self) -> None:
+        """Before the server stops: end open event streams so shutdown need not wait."""
+        await self.outbox.close()
+
     async def stop(self) -> None:
+        for task in self._consumer_tasks:
+            task.cancel()
+        for task in self._consumer_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.outbox.close()
         await self.db.close()

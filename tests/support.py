@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import TypeVar
 
 import grpc
 
-from common.config import SERVICE_NAMES, FaultConfig, ServiceSettings
+from common.config import SERVICE_NAMES, Endpoints, FaultConfig, ServiceSettings
 from common.server import RunningServer, start_server
 from protos.sagawire.v1 import (
     admin_pb2_grpc,
@@ -41,7 +42,7 @@ _T = TypeVar("_T")
 async def wait_until(
     check: Callable[[], Awaitable[_T]] | Callable[[], _T],
     *,
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline is the point of this helper
     interval: float = 0.02,
     message: str = "condition",
 ) -> _T:
@@ -113,16 +114,33 @@ def service_settings(data_dir: Path, **overrides: object) -> ServiceSettings:
     return settings.model_copy(update=overrides)
 
 
+def free_port() -> int:
+    """A port that was free a moment ago (for processes that must know each other's ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 async def start_cluster(
     data_dir: Path,
     names: Iterable[str] = SERVICE_NAMES,
     faults: Mapping[str, FaultConfig] | None = None,
 ) -> Cluster:
-    """Start real domain services in-process, each with its own SQLite file under data_dir."""
+    """Start real domain services in-process, each with its own SQLite file under data_dir.
+
+    Ports are chosen up front so the services can follow each other's event streams.
+    """
+    names = list(names)
+    ports = {name: free_port() for name in names}
+    endpoints = Endpoints(**{f"{n}_addr": f"127.0.0.1:{p}" for n, p in ports.items()})
     servers: dict[str, RunningServer] = {}
     for name in names:
-        settings = service_settings(data_dir, faults=(faults or {}).get(name, FaultConfig()))
-        servers[name] = await start_server(DomainService(spec_of(name), settings), settings)
+        settings = service_settings(
+            data_dir, port=ports[name], faults=(faults or {}).get(name, FaultConfig())
+        )
+        app = DomainService(spec_of(name), settings, endpoints)
+        servers[name] = await start_server(app, settings)
     return Cluster(servers)
 
 
@@ -199,6 +217,10 @@ def start_service_process(
     name: str, data_dir: Path, env: Mapping[str, str] | None = None, port: int = 0
 ) -> Process:
     """A domain service as its own process on an ephemeral port (or a given one)."""
-    base = {"SAGAWIRE_DATA_DIR": str(data_dir), "SAGAWIRE_ADMIN_ENABLED": "true",
-            "SAGAWIRE_GRACE_SECONDS": "2", "SAGAWIRE_PORT": str(port)}
+    base = {
+        "SAGAWIRE_DATA_DIR": str(data_dir),
+        "SAGAWIRE_ADMIN_ENABLED": "true",
+        "SAGAWIRE_GRACE_SECONDS": "2",
+        "SAGAWIRE_PORT": str(port),
+    }
     return Process(["-m", f"services.{name}"], env={**base, **(env or {})})

@@ -1,0 +1,193 @@
+"""Event consumers: at-least-once delivery, exactly-once effect.
+
+A :class:`Consumer` follows one producer's stream. For each batch it runs the
+reactions in ONE local transaction that also records every event id in the
+inbox and moves the stored offset — so a crash at any instant either keeps the
+effect *and* the offset, or neither, and a redelivered event is skipped. After a
+disconnect it reconnects with backoff (tenacity) and resumes from its offset.
+
+A reaction that fails transiently (the store is busy) is retried with the whole
+batch; a poison event (undecodable, or failing permanently) is recorded, logged
+and skipped, so it never blocks the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from common.store import Database, utc_now
+from protos.sagawire.v1 import events_pb2, events_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS consumer_offset (
+    producer TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    event_id     TEXT PRIMARY KEY,
+    producer     TEXT NOT NULL,
+    sequence     INTEGER NOT NULL,
+    processed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS poison_event (
+    producer    TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    event_id    TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (producer, sequence)
+);
+"""
+
+# A reaction runs inside the consumer's transaction; it may append to the outbox.
+Reaction = Callable[[sqlite3.Connection, events_pb2.Event], None]
+
+
+class _StreamEnded(Exception):
+    """The producer closed the stream (it is shutting down): reconnect."""
+
+
+class PoisonEvent(Exception):
+    """Raised by a reaction for an event it can never process (bad payload, broken rule)."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Which producer to follow, where it is, and what to do with its events."""
+
+    producer: str
+    address: str
+    reactions: Mapping[str, Reaction]
+
+
+def _offset(conn: sqlite3.Connection, producer: str) -> int:
+    row = conn.execute(
+        "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class Consumer:
+    """Follows one producer's EventStream and applies its reactions exactly once."""
+
+    def __init__(
+        self,
+        db: Database,
+        subscription: Subscription,
+        consumer_name: str,
+        on_commit: Callable[[], object] | None = None,
+        channel_options: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        self._db = db
+        self._sub = subscription
+        self._name = consumer_name
+        self._on_commit = on_commit
+        self._channel_options = list(channel_options)
+        self.connected = asyncio.Event()
+
+    @property
+    def producer(self) -> str:
+        return self._sub.producer
+
+    async def offset(self) -> int:
+        return await self._db.read(lambda conn: _offset(conn, self._sub.producer))
+
+    async def run(self) -> None:
+        """Follow the stream forever, reconnecting with backoff; ends only when cancelled."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((grpc.aio.AioRpcError, _StreamEnded)),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._follow()
+
+    async def _follow(self) -> None:
+        types = sorted(self._sub.reactions)
+        async with grpc.aio.insecure_channel(
+            self._sub.address, options=self._channel_options
+        ) as channel:
+            stub = events_pb2_grpc.EventStreamStub(channel)
+            start = await self.offset() + 1
+            stream = stub.Subscribe(
+                events_pb2.SubscribeRequest(from_sequence=start, consumer=self._name, types=types)
+            )
+            self.connected.set()
+            try:
+                async for batch in stream:
+                    await self._apply(batch.events)
+            finally:
+                self.connected.clear()
+        raise _StreamEnded(self._sub.producer)
+
+    async def _apply(self, events: Sequence[events_pb2.Event]) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(sqlite3.OperationalError),
+            wait=wait_exponential_jitter(initial=0.01, max=1.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._db.transaction(lambda conn: self._apply_in(conn, events))
+        if self._on_commit is not None:
+            result = self._on_commit()
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _apply_in(self, conn: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> None:
+        producer = self._sub.producer
+        offset = _offset(conn, producer)
+        for event in events:
+            if event.sequence <= offset:
+                continue  # redelivered below our offset: already applied
+            offset = event.sequence
+            seen = conn.execute("SELECT 1 FROM inbox WHERE event_id = ?", (event.id,)).fetchone()
+            if seen:
+                continue
+            reaction = self._sub.reactions.get(event.type)
+            if reaction is not None:
+                self._react(conn, reaction, event)
+            conn.execute(
+                "INSERT INTO inbox (event_id, producer, sequence, processed_at)"
+                " VALUES (?, ?, ?, ?)",
+                (event.id, producer, event.sequence, utc_now().isoformat()),
+            )
+        conn.execute(
+            "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
+            " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
+            (producer, offset),
+        )
+
+    def _react(
+        self, conn: sqlite3.Connection, reaction: Reaction, event: events_pb2.Event
+    ) -> None:
+        conn.execute("SAVEPOINT reaction")
+        try:
+            reaction(conn, event)
+        except sqlite3.OperationalError:
+            raise  # transient: the whole batch is retried
+        except Exception as error:  # poison: record it, skip it, keep the stream moving
+            conn.execute("ROLLBACK TO reaction")
+            log.error(
+                "poison event skipped producer=%s sequence=%d type=%s error=%s",
+                self._sub.producer, event.sequence, event.type, error,
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO poison_event"
+                " (producer, sequence, event_id, type, error, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (self._sub.producer, event.sequence, event.id, event.type,
+                 f"{type(error).__name__}: {error}", utc_now().isoformat()),
+            )
+        conn.execute("RELEASE reaction")

@@ -1,0 +1,86 @@
+"""The EventStream servicer: a service's outbox, served over a gRPC server stream.
+
+``Subscribe`` sends the stored backlog from the requested sequence, then live
+events as they commit, in sequence order, several per message when they are
+available. It waits on the outbox's commit signal rather than polling, and ends
+cleanly when the service shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+
+import grpc
+
+from common.errors import InvalidArgument, abort
+from common.outbox import Outbox
+from common.store import Database, to_timestamp
+from protos.sagawire.v1 import events_pb2, events_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 256
+# An idle stream re-checks the outbox this often, as a safety net for a missed wake-up.
+IDLE_RECHECK_SECONDS = 5.0
+MAX_TYPES = 64
+
+
+class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
+    """Serves one service's events and lists the events its consumers gave up on."""
+
+    def __init__(self, outbox: Outbox, db: Database) -> None:
+        self._outbox = outbox
+        self._db = db
+
+    async def Subscribe(
+        self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[events_pb2.EventBatch]:
+        try:
+            _validate(request)
+        except InvalidArgument as error:
+            await abort(context, error)
+        types = frozenset(request.types)
+        next_sequence = max(request.from_sequence, 1)
+        log.info(
+            "subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence
+        )
+        while not self._outbox.closed:
+            seen = self._outbox.version
+            events, scanned = await self._outbox.read(next_sequence, BATCH_SIZE, types)
+            if events:
+                yield events_pb2.EventBatch(events=events)
+            if scanned >= next_sequence:
+                next_sequence = scanned + 1
+                continue
+            await self._outbox.wait_for_commit(seen, IDLE_RECHECK_SECONDS)
+        log.info("stream ended (shutdown) consumer=%s", request.consumer)
+
+    async def ListPoisonEvents(
+        self, request: events_pb2.ListPoisonEventsRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.ListPoisonEventsResponse:
+        def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute("SELECT * FROM poison_event ORDER BY recorded_at").fetchall()
+
+        rows = await self._db.read(query)
+        return events_pb2.ListPoisonEventsResponse(
+            events=[
+                events_pb2.PoisonEvent(
+                    producer=r["producer"],
+                    sequence=r["sequence"],
+                    event_id=r["event_id"],
+                    type=r["type"],
+                    error=r["error"],
+                    recorded_at=to_timestamp(r["recorded_at"]),
+                )
+                for r in rows
+            ]
+        )
+
+
+def _validate(request: events_pb2.SubscribeRequest) -> None:
+    if request.from_sequence < 0:
+        raise InvalidArgument("from_sequence", "must not be negative")
+    if len(request.types) > MAX_TYPES:
+        raise InvalidArgument("types", f"must list at most {MAX_TYPES} event types")
