@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from common.store import Database, utc_now
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
@@ -106,7 +106,7 @@ class Consumer:
         """Follow the stream forever, reconnecting with backoff; ends only when cancelled."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((grpc.aio.AioRpcError, _StreamEnded)),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
             reraise=True,
         )
         async for attempt in retrying:
@@ -134,7 +134,7 @@ class Consumer:
     async def _apply(self, events: Sequence[events_pb2.Event]) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(sqlite3.OperationalError),
-            wait=wait_exponential_jitter(initial=0.01, max=1.0),
+            wait=wait_random_exponential(multiplier=0.01, max=1.0),
             reraise=True,
         )
         async for attempt in retrying:
@@ -169,9 +169,7 @@ class Consumer:
             (producer, offset),
         )
 
-    def _react(
-        self, conn: sqlite3.Connection, reaction: Reaction, event: events_pb2.Event
-    ) -> None:
+    def _react(self, conn: sqlite3.Connection, reaction: Reaction, event: events_pb2.Event) -> None:
         conn.execute("SAVEPOINT reaction")
         try:
             reaction(conn, event)
@@ -181,13 +179,22 @@ class Consumer:
             conn.execute("ROLLBACK TO reaction")
             log.error(
                 "poison event skipped producer=%s sequence=%d type=%s error=%s",
-                self._sub.producer, event.sequence, event.type, error,
+                self._sub.producer,
+                event.sequence,
+                event.type,
+                error,
             )
             conn.execute(
                 "INSERT OR REPLACE INTO poison_event"
                 " (producer, sequence, event_id, type, error, recorded_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (self._sub.producer, event.sequence, event.id, event.type,
-                 f"{type(error).__name__}: {error}", utc_now().isoformat()),
+                (
+                    self._sub.producer,
+                    event.sequence,
+                    event.id,
+                    event.type,
+                    f"{type(error).__name__}: {error}",
+                    utc_now().isoformat(),
+                ),
             )
         conn.execute("RELEASE reaction")

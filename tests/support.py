@@ -15,10 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import grpc
 
@@ -36,16 +36,15 @@ from services.launcher import spec_of
 from services.runtime import DomainService
 
 ROOT = Path(__file__).resolve().parent.parent
-_T = TypeVar("_T")
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[_T]] | Callable[[], _T],
+    check: Callable[[], Any],
     *,
-    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline is the point of this helper
+    timeout: float = 10.0,
     interval: float = 0.02,
     message: str = "condition",
-) -> _T:
+) -> Any:
     """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -54,7 +53,7 @@ async def wait_until(
         if asyncio.iscoroutine(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         last = result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last})")
@@ -202,15 +201,23 @@ class Process:
         """SIGTERM, then wait; SIGKILL if it does not stop in time. Returns the exit code."""
         self.signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        self._close()
+        return code
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, like a crash."""
         self.proc.kill()
         self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def start_service_process(
