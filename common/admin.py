@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from pydantic import ValidationError
 
-from common.config import ActionFaultConfig, FaultConfig
+from common.config import FaultConfig
 from common.errors import InvalidArgument, grpc_edge
 from common.faults import FaultInjector
 from protos.sagawire.v1 import admin_pb2, admin_pb2_grpc
@@ -14,14 +14,17 @@ from protos.sagawire.v1 import admin_pb2, admin_pb2_grpc
 def plan_to_config(plan: admin_pb2.FaultPlan) -> FaultConfig:
     """Validate a FaultPlan from the wire into a FaultConfig."""
     try:
-        return FaultConfig(
-            unavailable_rate=plan.unavailable_rate,
-            latency_ms=plan.latency_ms,
-            seed=plan.seed,
-            actions={
-                a.action: ActionFaultConfig(fail_next=a.fail_next, latency_ms=a.latency_ms)
-                for a in plan.actions
-            },
+        # Validated as one document, so an error's location names the action too.
+        return FaultConfig.model_validate(
+            {
+                "unavailable_rate": plan.unavailable_rate,
+                "latency_ms": plan.latency_ms,
+                "seed": plan.seed,
+                "actions": {
+                    a.action: {"fail_next": a.fail_next, "latency_ms": a.latency_ms}
+                    for a in plan.actions
+                },
+            }
         )
     except ValidationError as error:
         first = error.errors()[0]

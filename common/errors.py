@@ -26,7 +26,9 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
+
+# googleapis-common-protos ships .pyi files but no py.typed marker: a library-typing gap.
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,8 @@ def _status_details(error: SagawireError, code: grpc.StatusCode) -> bytes:
             error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
         )
     status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
-    return status.SerializeToString()
+    serialized: bytes = status.SerializeToString()
+    return serialized
 
 
 def rich_status(error: SagawireError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
@@ -165,7 +168,7 @@ async def grpc_edge(context: grpc.aio.ServicerContext, call: Callable[[], Awaita
         raise
     except Exception:
         # A bug: log it with its traceback here; the caller learns nothing internal.
-        log.exception("unhandled error in %s", type(call).__name__)
+        log.exception("unhandled error in %s", getattr(call, "__qualname__", repr(call)))
         await abort(context, Internal("internal error"))
 
 
@@ -181,10 +184,10 @@ class RemoteError:
 
 def parse_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RemoteError:
     """Read the code, message and rich details (ErrorInfo / BadRequest) of a failed call."""
-    code: grpc.StatusCode = error.code()  # type: ignore[union-attr]
-    message: str = error.details() or ""  # type: ignore[union-attr]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
     reason, bad_field = "", ""
-    trailers: Any = error.trailing_metadata() or ()  # type: ignore[union-attr]
+    trailers: Any = error.trailing_metadata() or ()
     for key, value in trailers:
         if key != _STATUS_DETAILS_KEY:
             continue

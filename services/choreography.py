@@ -93,8 +93,9 @@ def reaction(runner: ActionRunner, rule: Rule) -> Reaction:
             else:
                 runner.execute_in(conn, action, ctx, data)
         except Aborted:
-            log.info("late event ignored saga=%s step=%s (already compensated)",
-                     event.subject, rule.step)
+            log.info(
+                "late event ignored saga=%s step=%s (already compensated)", event.subject, rule.step
+            )
 
     return react
 

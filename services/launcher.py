@@ -10,6 +10,7 @@ from pathlib import Path
 from common.config import DEFAULT_PORTS, ServiceSettings, load
 from common.logs import setup_logging
 from common.server import serve_until_signal, start_server
+from common.telemetry import setup_telemetry
 from services.runtime import DomainService, ServiceSpec
 
 
@@ -21,8 +22,11 @@ def spec_of(name: str) -> ServiceSpec:
 
 
 async def run(name: str, settings: ServiceSettings) -> None:
-    """Serve until SIGTERM/SIGINT."""
-    running = await start_server(DomainService(spec_of(name), settings), settings)
+    """Serve until SIGTERM/SIGINT; traces and metrics are flushed on the way out."""
+    telemetry = setup_telemetry(name, settings.data_dir)
+    running = await start_server(
+        DomainService(spec_of(name), settings), settings, telemetry=telemetry
+    )
     await serve_until_signal(running)
 
 

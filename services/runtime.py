@@ -66,16 +66,20 @@ class DomainService:
         self.faults = FaultInjector(settings.faults)
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
         self.runner = ActionRunner(self.db, self.outbox, actions)
-        self.consumers = [
-            inbox.Consumer(
-                self.db,
-                inbox.Subscription(producer, self.endpoints.of(producer), reactions),
-                consumer_name=spec.name,
-                on_commit=self.outbox.notify,
-                channel_options=server_options(settings),
-            )
-            for producer, reactions in reactions_of(spec.name, self.runner).items()
-        ] if settings.reactions_enabled else []
+        self.consumers = (
+            [
+                inbox.Consumer(
+                    self.db,
+                    inbox.Subscription(producer, self.endpoints.of(producer), reactions),
+                    consumer_name=spec.name,
+                    on_commit=self.outbox.notify,
+                    channel_options=server_options(settings),
+                )
+                for producer, reactions in reactions_of(spec.name, self.runner).items()
+            ]
+            if settings.reactions_enabled
+            else []
+        )
         self._consumer_tasks: list[asyncio.Task[None]] = []
         self.service_names: list[str] = [
             "sagawire.v1.Participant",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from common.errors import BusinessRejection
 from common.participant import StepContext
-from protos.sagawire.v1 import events_pb2, order_saga_pb2
+from protos.sagawire.v1 import events_pb2, order_saga_pb2, participant_pb2
 
 ORDER_CREATED = "sagawire.order.created"
 ORDER_APPROVED = "sagawire.order.approved"
@@ -20,6 +22,12 @@ SHIPMENT_SCHEDULED = "sagawire.shipping.scheduled"
 SHIPMENT_FAILED = "sagawire.shipping.failed"
 SHIPMENT_CANCELLED = "sagawire.shipping.cancelled"
 
+Data = order_saga_pb2.OrderSagaData
+Emitted = tuple[str, events_pb2.OrderSagaEvent]
+OnExecuted = Callable[[StepContext, Data, Data], Emitted]
+OnRejected = Callable[[StepContext, Data, BusinessRejection], Emitted]
+OnCompensated = Callable[[StepContext, Data], Emitted]
+
 
 def _merged(
     payload: order_saga_pb2.OrderSagaData, result: order_saga_pb2.OrderSagaData | None
@@ -31,33 +39,37 @@ def _merged(
     return data
 
 
-def succeeded(event_type: str):  # type: ignore[no-untyped-def]
+def _mode(ctx: StepContext) -> participant_pb2.SagaMode.ValueType:
+    return participant_pb2.SagaMode.ValueType(ctx.mode)
+
+
+def succeeded(event_type: str) -> OnExecuted:
     """An ``on_executed`` hook publishing ``event_type`` with the saga's updated data."""
 
     def build(
         ctx: StepContext,
         payload: order_saga_pb2.OrderSagaData,
         result: order_saga_pb2.OrderSagaData,
-    ) -> tuple[str, events_pb2.OrderSagaEvent]:
+    ) -> Emitted:
         return event_type, events_pb2.OrderSagaEvent(
             data=_merged(payload, result),
-            mode=ctx.mode,
-            step=ctx.step,  # type: ignore[arg-type]
+            mode=_mode(ctx),
+            step=ctx.step,
         )
 
     return build
 
 
-def rejected(event_type: str):  # type: ignore[no-untyped-def]
+def rejected(event_type: str) -> OnRejected:
     """An ``on_rejected`` hook publishing ``event_type`` with the rejection's reason."""
 
     def build(
         ctx: StepContext, payload: order_saga_pb2.OrderSagaData, rejection: BusinessRejection
-    ) -> tuple[str, events_pb2.OrderSagaEvent]:
+    ) -> Emitted:
         return event_type, events_pb2.OrderSagaEvent(
             data=payload,
-            mode=ctx.mode,
-            step=ctx.step,  # type: ignore[arg-type]
+            mode=_mode(ctx),
+            step=ctx.step,
             reason=rejection.reason,
             message=rejection.message,
         )
@@ -65,16 +77,14 @@ def rejected(event_type: str):  # type: ignore[no-untyped-def]
     return build
 
 
-def compensated(event_type: str):  # type: ignore[no-untyped-def]
+def compensated(event_type: str) -> OnCompensated:
     """An ``on_compensated`` hook publishing ``event_type``."""
 
-    def build(
-        ctx: StepContext, payload: order_saga_pb2.OrderSagaData
-    ) -> tuple[str, events_pb2.OrderSagaEvent]:
+    def build(ctx: StepContext, payload: order_saga_pb2.OrderSagaData) -> Emitted:
         return event_type, events_pb2.OrderSagaEvent(
             data=payload,
-            mode=ctx.mode,
-            step=ctx.step,  # type: ignore[arg-type]
+            mode=_mode(ctx),
+            step=ctx.step,
         )
 
     return build

@@ -10,7 +10,7 @@ from common.errors import NotFound, grpc_edge
 from common.participant import require_id
 from common.store import Database
 from protos.sagawire.v1 import inventory_pb2, inventory_pb2_grpc
-from services.inventory import store
+from services.inventory import domain, store
 
 
 class InventoryQueries(inventory_pb2_grpc.InventoryServicer):
@@ -49,7 +49,7 @@ class InventoryQueries(inventory_pb2_grpc.InventoryServicer):
         async def body() -> inventory_pb2.Reservation:
             require_id(request.saga_id, "saga_id")
 
-            def query(conn: sqlite3.Connection) -> list[tuple[store.Line, str]]:
+            def query(conn: sqlite3.Connection) -> list[tuple[domain.Line, str]]:
                 return store.reservation_lines(conn, request.saga_id)
 
             lines = await self._db.read(query)

@@ -1,0 +1,1 @@
+"""Developer tasks: code generation and the like (run as scripts, importable by tests)."""

@@ -1,0 +1,128 @@
+"""The error table and its round trip: error -> rich status -> failed call -> error."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from common import errors
+from common.errors import (
+    Aborted,
+    BreakerOpen,
+    BusinessRejection,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    SagawireError,
+    Transient,
+)
+
+
+def as_failed_call(error: SagawireError) -> grpc.aio.AioRpcError:
+    """What a client receives when a servicer aborts with ``rich_status(error)``."""
+    code, message, trailers = errors.rich_status(error)
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details=message
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidArgument("payload.items", "must not be empty"), grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFound("no order 7"), grpc.StatusCode.NOT_FOUND),
+        (BusinessRejection("INSUFFICIENT_FUNDS", "no"), grpc.StatusCode.FAILED_PRECONDITION),
+        (Aborted("compensated"), grpc.StatusCode.ABORTED),
+        (Transient("flaky"), grpc.StatusCode.UNAVAILABLE),
+        (Transient("slow", grpc.StatusCode.DEADLINE_EXCEEDED), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (BreakerOpen("open"), grpc.StatusCode.UNAVAILABLE),
+        (Internal("bug"), grpc.StatusCode.INTERNAL),
+        (SagawireError("not in the table"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_every_error_has_its_status_code(error: SagawireError, code: grpc.StatusCode) -> None:
+    assert errors.status_code_for(error) == code
+    assert errors.rich_status(error)[0] == code
+
+
+def test_only_transient_codes_are_retryable() -> None:
+    assert {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    } == errors.TRANSIENT_CODES
+    for error_class, code in errors.STATUS_CODES:
+        assert (code in errors.TRANSIENT_CODES) == issubclass(error_class, Transient)
+
+
+def test_invalid_argument_round_trips_with_its_field() -> None:
+    remote = errors.parse_rpc_error(as_failed_call(InvalidArgument("payload.total", "too big")))
+    assert remote == errors.RemoteError(
+        code=grpc.StatusCode.INVALID_ARGUMENT,
+        reason="",
+        message="payload.total: too big",
+        field="payload.total",
+    )
+    back = errors.error_from_remote(remote)
+    assert isinstance(back, InvalidArgument)
+    assert back.field == "payload.total"
+
+
+def test_business_rejection_round_trips_with_its_reason() -> None:
+    rejection = BusinessRejection("INSUFFICIENT_STOCK", "SKU-RARE: 2 requested", sku="SKU-RARE")
+    remote = errors.parse_rpc_error(as_failed_call(rejection))
+    assert remote.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (remote.reason, remote.message) == ("INSUFFICIENT_STOCK", "SKU-RARE: 2 requested")
+    back = errors.error_from_remote(remote)
+    assert isinstance(back, BusinessRejection)
+    assert back.reason == "INSUFFICIENT_STOCK"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected_class", "reason"),
+    [
+        (NotFound("no order 7"), NotFound, "NOTFOUND"),
+        (Aborted("compensated"), Aborted, "COMPENSATED_BEFORE_EXECUTE"),
+        (Transient("flaky"), Transient, "TRANSIENT"),
+    ],
+)
+def test_other_errors_round_trip_into_the_same_class(
+    error: SagawireError, expected_class: type[SagawireError], reason: str
+) -> None:
+    remote = errors.parse_rpc_error(as_failed_call(error))
+    assert remote.reason == reason
+    assert remote.message == error.message
+    assert type(errors.error_from_remote(remote)) is expected_class
+
+
+def test_transient_keeps_its_code_through_the_round_trip() -> None:
+    slow = Transient("slow", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    back = errors.error_from_remote(errors.parse_rpc_error(as_failed_call(slow)))
+    assert isinstance(back, Transient)
+    assert back.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_internal_error_details_never_leave_the_process() -> None:
+    secret = "sqlite3.IntegrityError: UNIQUE constraint failed: charge.saga_id"
+    code, message, trailers = errors.rich_status(Internal(secret))
+    assert (code, message) == (grpc.StatusCode.INTERNAL, "internal error")
+    assert all(b"sqlite" not in value and b"UNIQUE" not in value for _, value in trailers)
+    remote = errors.parse_rpc_error(as_failed_call(Internal(secret)))
+    assert (remote.message, remote.reason) == ("internal error", "INTERNAL")
+
+
+def test_a_call_without_rich_details_still_parses() -> None:
+    bare = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
+    )
+    remote = errors.parse_rpc_error(bare)
+    assert remote == errors.RemoteError(grpc.StatusCode.UNAVAILABLE, "", "down")
+    assert isinstance(errors.error_from_remote(remote), Transient)
+
+
+def test_translate_rpc_errors_raises_the_matching_error() -> None:
+    failed = as_failed_call(BusinessRejection("UNKNOWN_CUSTOMER", "no account for mallory"))
+    with pytest.raises(BusinessRejection) as caught, errors.translate_rpc_errors():
+        raise failed
+    assert caught.value.reason == "UNKNOWN_CUSTOMER"
+    assert caught.value.__cause__ is failed
