@@ -28,17 +28,17 @@ from protos.sagawire.v1 import common_pb2 as protos_dot_sagawire_dot_v1_dot_comm
 from protos.sagawire.v1 import participant_pb2 as protos_dot_sagawire_dot_v1_dot_participant__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/sagawire/v1/coordinator.proto\x12\x0bsagawire.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fprotos/sagawire/v1/common.proto\x1a$protos/sagawire/v1/participant.proto\"\x98\x01\n\x11PlaceOrderRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.sagawire.v1.LineItem\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x12\x0c\n\x04saga\x18\x06 \x01(\t\"F\n\x07\x46\x61ilure\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x99\x01\n\x12PlaceOrderResponse\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12%\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.sagawire.v1.Failure\x12\x10\n\x08\x65xisting\x18\x05 \x01(\x08\"\xdb\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\r\n\x05phase\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x07 \x01(\t\x12\x15\n\rerror_message\x18\x08 \x01(\t\"\xb4\x01\n\x08SagaStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0c\x63ompensation\x18\x04 \x01(\t\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.sagawire.v1.StepStatus\x12&\n\x08\x61ttempts\x18\x06 \x03(\x0b\x32\x14.sagawire.v1.Attempt\x12\x0e\n\x06\x65vents\x18\x07 \x03(\t\"\xce\x03\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04saga\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.sagawire.v1.SagaMode\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12\"\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12$\n\x05steps\x18\x06 \x03(\x0b\x32\x15.sagawire.v1.SagaStep\x12%\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32\x14.sagawire.v1.Failure\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\"!\n\x0eGetSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"b\n\x10ListSagasRequest\x12\'\n\x06status\x18\x01 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x11ListSagasResponse\x12 \n\x05sagas\x18\x01 \x03(\x0b\x32\x11.sagawire.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10WatchSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\xc1\x01\n\x0eSagaTransition\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x07 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"#\n\x10RetrySagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\x15\n\x13ListBreakersRequest\"s\n\x07\x42reaker\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x15\n\rfailure_count\x18\x03 \x01(\x05\x12-\n\topened_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x14ListBreakersResponse\x12&\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x14.sagawire.v1.Breaker*\xd2\x01\n\nSagaStatus\x12\x1b\n\x17SAGA_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SAGA_STATUS_RUNNING\x10\x01\x12\x1c\n\x18SAGA_STATUS_COMPENSATING\x10\x02\x12\x19\n\x15SAGA_STATUS_COMPLETED\x10\x03\x12\x1b\n\x17SAGA_STATUS_COMPENSATED\x10\x04\x12\x1f\n\x1bSAGA_STATUS_NEEDS_ATTENTION\x10\x05\x12\x17\n\x13SAGA_STATUS_STALLED\x10\x06*\xe3\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x18\n\x14STEP_STATUS_REJECTED\x10\x04\x12\x16\n\x12STEP_STATUS_FAILED\x10\x05\x12\x1c\n\x18STEP_STATUS_COMPENSATING\x10\x06\x12\x1b\n\x17STEP_STATUS_COMPENSATED\x10\x07\x32\xc2\x03\n\x0b\x43oordinator\x12M\n\nPlaceOrder\x12\x1e.sagawire.v1.PlaceOrderRequest\x1a\x1f.sagawire.v1.PlaceOrderResponse\x12\x39\n\x07GetSaga\x12\x1b.sagawire.v1.GetSagaRequest\x1a\x11.sagawire.v1.Saga\x12J\n\tListSagas\x12\x1d.sagawire.v1.ListSagasRequest\x1a\x1e.sagawire.v1.ListSagasResponse\x12I\n\tWatchSaga\x12\x1d.sagawire.v1.WatchSagaRequest\x1a\x1b.sagawire.v1.SagaTransition0\x01\x12=\n\tRetrySaga\x12\x1d.sagawire.v1.RetrySagaRequest\x1a\x11.sagawire.v1.Saga\x12S\n\x0cListBreakers\x12 .sagawire.v1.ListBreakersRequest\x1a!.sagawire.v1.ListBreakersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/sagawire/v1/coordinator.proto\x12\x0bsagawire.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fprotos/sagawire/v1/common.proto\x1a$protos/sagawire/v1/participant.proto\"\x98\x01\n\x11PlaceOrderRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.sagawire.v1.LineItem\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x12\x0c\n\x04saga\x18\x06 \x01(\t\"F\n\x07\x46\x61ilure\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x99\x01\n\x12PlaceOrderResponse\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12%\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.sagawire.v1.Failure\x12\x10\n\x08\x65xisting\x18\x05 \x01(\x08\"\xdb\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\r\n\x05phase\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x07 \x01(\t\x12\x15\n\rerror_message\x18\x08 \x01(\t\"\xd2\x01\n\x08SagaStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0c\x63ompensation\x18\x04 \x01(\t\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.sagawire.v1.StepStatus\x12&\n\x08\x61ttempts\x18\x06 \x03(\x0b\x32\x14.sagawire.v1.Attempt\x12\x0e\n\x06\x65vents\x18\x07 \x03(\t\x12\r\n\x05\x61\x66ter\x18\x08 \x03(\t\x12\r\n\x05pivot\x18\t \x01(\x08\"\xce\x03\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04saga\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.sagawire.v1.SagaMode\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12\"\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12$\n\x05steps\x18\x06 \x03(\x0b\x32\x15.sagawire.v1.SagaStep\x12%\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32\x14.sagawire.v1.Failure\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\"!\n\x0eGetSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"b\n\x10ListSagasRequest\x12\'\n\x06status\x18\x01 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x11ListSagasResponse\x12 \n\x05sagas\x18\x01 \x03(\x0b\x32\x11.sagawire.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10WatchSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\xc1\x01\n\x0eSagaTransition\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x07 \x01(\x0e\x32\x17.sagawire.v1.SagaStatus\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"#\n\x10RetrySagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\x15\n\x13ListBreakersRequest\"\xe2\x01\n\x07\x42reaker\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x15\n\rfailure_count\x18\x03 \x01(\x05\x12-\n\topened_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0btransitions\x18\x05 \x03(\x0b\x32\x1e.sagawire.v1.BreakerTransition\x12\x19\n\x11\x66\x61ilure_threshold\x18\x06 \x01(\x05\x12\x1d\n\x15reset_timeout_seconds\x18\x07 \x01(\x01\"a\n\x11\x42reakerTransition\x12\x12\n\nfrom_state\x18\x01 \x01(\t\x12\x10\n\x08to_state\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x14ListBreakersResponse\x12&\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x14.sagawire.v1.Breaker*\xd2\x01\n\nSagaStatus\x12\x1b\n\x17SAGA_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SAGA_STATUS_RUNNING\x10\x01\x12\x1c\n\x18SAGA_STATUS_COMPENSATING\x10\x02\x12\x19\n\x15SAGA_STATUS_COMPLETED\x10\x03\x12\x1b\n\x17SAGA_STATUS_COMPENSATED\x10\x04\x12\x1f\n\x1bSAGA_STATUS_NEEDS_ATTENTION\x10\x05\x12\x17\n\x13SAGA_STATUS_STALLED\x10\x06*\xe3\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x18\n\x14STEP_STATUS_REJECTED\x10\x04\x12\x16\n\x12STEP_STATUS_FAILED\x10\x05\x12\x1c\n\x18STEP_STATUS_COMPENSATING\x10\x06\x12\x1b\n\x17STEP_STATUS_COMPENSATED\x10\x07\x32\xc2\x03\n\x0b\x43oordinator\x12M\n\nPlaceOrder\x12\x1e.sagawire.v1.PlaceOrderRequest\x1a\x1f.sagawire.v1.PlaceOrderResponse\x12\x39\n\x07GetSaga\x12\x1b.sagawire.v1.GetSagaRequest\x1a\x11.sagawire.v1.Saga\x12J\n\tListSagas\x12\x1d.sagawire.v1.ListSagasRequest\x1a\x1e.sagawire.v1.ListSagasResponse\x12I\n\tWatchSaga\x12\x1d.sagawire.v1.WatchSagaRequest\x1a\x1b.sagawire.v1.SagaTransition0\x01\x12=\n\tRetrySaga\x12\x1d.sagawire.v1.RetrySagaRequest\x1a\x11.sagawire.v1.Saga\x12S\n\x0cListBreakers\x12 .sagawire.v1.ListBreakersRequest\x1a!.sagawire.v1.ListBreakersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sagawire.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAGASTATUS']._serialized_start=2127
-  _globals['_SAGASTATUS']._serialized_end=2337
-  _globals['_STEPSTATUS']._serialized_start=2340
-  _globals['_STEPSTATUS']._serialized_end=2567
+  _globals['_SAGASTATUS']._serialized_start=2368
+  _globals['_SAGASTATUS']._serialized_end=2578
+  _globals['_STEPSTATUS']._serialized_start=2581
+  _globals['_STEPSTATUS']._serialized_end=2808
   _globals['_PLACEORDERREQUEST']._serialized_start=185
   _globals['_PLACEORDERREQUEST']._serialized_end=337
   _globals['_FAILURE']._serialized_start=339
@@ -48,27 +48,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTEMPT']._serialized_start=568
   _globals['_ATTEMPT']._serialized_end=787
   _globals['_SAGASTEP']._serialized_start=790
-  _globals['_SAGASTEP']._serialized_end=970
-  _globals['_SAGA']._serialized_start=973
-  _globals['_SAGA']._serialized_end=1435
-  _globals['_GETSAGAREQUEST']._serialized_start=1437
-  _globals['_GETSAGAREQUEST']._serialized_end=1470
-  _globals['_LISTSAGASREQUEST']._serialized_start=1472
-  _globals['_LISTSAGASREQUEST']._serialized_end=1570
-  _globals['_LISTSAGASRESPONSE']._serialized_start=1572
-  _globals['_LISTSAGASRESPONSE']._serialized_end=1650
-  _globals['_WATCHSAGAREQUEST']._serialized_start=1652
-  _globals['_WATCHSAGAREQUEST']._serialized_end=1687
-  _globals['_SAGATRANSITION']._serialized_start=1690
-  _globals['_SAGATRANSITION']._serialized_end=1883
-  _globals['_RETRYSAGAREQUEST']._serialized_start=1885
-  _globals['_RETRYSAGAREQUEST']._serialized_end=1920
-  _globals['_LISTBREAKERSREQUEST']._serialized_start=1922
-  _globals['_LISTBREAKERSREQUEST']._serialized_end=1943
-  _globals['_BREAKER']._serialized_start=1945
-  _globals['_BREAKER']._serialized_end=2060
-  _globals['_LISTBREAKERSRESPONSE']._serialized_start=2062
-  _globals['_LISTBREAKERSRESPONSE']._serialized_end=2124
-  _globals['_COORDINATOR']._serialized_start=2570
-  _globals['_COORDINATOR']._serialized_end=3020
+  _globals['_SAGASTEP']._serialized_end=1000
+  _globals['_SAGA']._serialized_start=1003
+  _globals['_SAGA']._serialized_end=1465
+  _globals['_GETSAGAREQUEST']._serialized_start=1467
+  _globals['_GETSAGAREQUEST']._serialized_end=1500
+  _globals['_LISTSAGASREQUEST']._serialized_start=1502
+  _globals['_LISTSAGASREQUEST']._serialized_end=1600
+  _globals['_LISTSAGASRESPONSE']._serialized_start=1602
+  _globals['_LISTSAGASRESPONSE']._serialized_end=1680
+  _globals['_WATCHSAGAREQUEST']._serialized_start=1682
+  _globals['_WATCHSAGAREQUEST']._serialized_end=1717
+  _globals['_SAGATRANSITION']._serialized_start=1720
+  _globals['_SAGATRANSITION']._serialized_end=1913
+  _globals['_RETRYSAGAREQUEST']._serialized_start=1915
+  _globals['_RETRYSAGAREQUEST']._serialized_end=1950
+  _globals['_LISTBREAKERSREQUEST']._serialized_start=1952
+  _globals['_LISTBREAKERSREQUEST']._serialized_end=1973
+  _globals['_BREAKER']._serialized_start=1976
+  _globals['_BREAKER']._serialized_end=2202
+  _globals['_BREAKERTRANSITION']._serialized_start=2204
+  _globals['_BREAKERTRANSITION']._serialized_end=2301
+  _globals['_LISTBREAKERSRESPONSE']._serialized_start=2303
+  _globals['_LISTBREAKERSRESPONSE']._serialized_end=2365
+  _globals['_COORDINATOR']._serialized_start=2811
+  _globals['_COORDINATOR']._serialized_end=3261
 # @@protoc_insertion_point(module_scope)

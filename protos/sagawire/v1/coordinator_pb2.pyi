@@ -200,7 +200,9 @@ class Attempt(_message.Message):
     phase: _builtins.str
     """"execute" or "compensate"."""
     outcome: _builtins.str
-    """"ok", "rejected", "transient", "breaker_open", "aborted", "error" or empty while running."""
+    """"ok", "rejected", "transient", "breaker_open", "aborted", "error", "interrupted" (the
+    coordinator stopped while the call was in flight: outcome unknown) or empty while running.
+    """
     error_code: _builtins.str
     error_reason: _builtins.str
     error_message: _builtins.str
@@ -239,16 +241,24 @@ class SagaStep(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    PIVOT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     participant: _builtins.str
     action: _builtins.str
     compensation: _builtins.str
     status: Global___StepStatus.ValueType
+    pivot: _builtins.bool
+    """The point of no return: once it succeeded, the saga only goes forward."""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
     @_builtins.property
     def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Events observed for this step (choreography), e.g. "sagawire.inventory.reserved"."""
+
+    @_builtins.property
+    def after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The steps this one runs after (its dependencies in the definition)."""
 
     def __init__(
         self,
@@ -260,10 +270,12 @@ class SagaStep(_message.Message):
         status: Global___StepStatus.ValueType = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         events: _abc.Iterable[_builtins.str] | None = ...,
+        after: _abc.Iterable[_builtins.str] | None = ...,
+        pivot: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempts", b"attempts", "compensation", b"compensation", "events", b"events", "name", b"name", "participant", b"participant", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "attempts", b"attempts", "compensation", b"compensation", "events", b"events", "name", b"name", "participant", b"participant", "pivot", b"pivot", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -508,12 +520,21 @@ class Breaker(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     FAILURE_COUNT_FIELD_NUMBER: _builtins.int
     OPENED_AT_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RESET_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     participant: _builtins.str
     state: _builtins.str
     """"closed", "open" or "half-open"."""
     failure_count: _builtins.int
+    failure_threshold: _builtins.int
+    reset_timeout_seconds: _builtins.float
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakerTransition]:
+        """Recent state changes, oldest first."""
+
     def __init__(
         self,
         *,
@@ -521,14 +542,44 @@ class Breaker(_message.Message):
         state: _builtins.str = ...,
         failure_count: _builtins.int = ...,
         opened_at: _timestamp_pb2.Timestamp | None = ...,
+        transitions: _abc.Iterable[Global___BreakerTransition] | None = ...,
+        failure_threshold: _builtins.int = ...,
+        reset_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_count", b"failure_count", "opened_at", b"opened_at", "participant", b"participant", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_count", b"failure_count", "failure_threshold", b"failure_threshold", "opened_at", b"opened_at", "participant", b"participant", "reset_timeout_seconds", b"reset_timeout_seconds", "state", b"state", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Breaker: _TypeAlias = Breaker  # noqa: Y015
+
+@_typing.final
+class BreakerTransition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    from_state: _builtins.str
+    """"closed", "open" or "half-open"."""
+    to_state: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        from_state: _builtins.str = ...,
+        to_state: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "from_state", b"from_state", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakerTransition: _TypeAlias = BreakerTransition  # noqa: Y015
 
 @_typing.final
 class ListBreakersResponse(_message.Message):

@@ -1,0 +1,141 @@
+"""The coordinator process: the saga log, the engine, recovery and the public API, wired.
+
+``CoordinatorApp`` plugs into :func:`common.server.start_server` like every
+domain service. In tests::
+
+    settings = CoordinatorSettings(port=0, data_dir=tmp_path)
+    running = await start_server(CoordinatorApp(settings, endpoints), settings)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from common.config import DEFAULT_PORTS, Endpoints, load
+from common.logs import setup_logging
+from common.policy import BreakerBoard, BreakerSettings, CallPolicy
+from common.server import serve_until_signal, start_server
+from common.telemetry import setup_telemetry
+from coordinator import api
+from coordinator.clients import Participants
+from coordinator.crash import CrashHook
+from coordinator.definitions import DefinitionError, Definitions, load_definitions
+from coordinator.engine import SagaEngine
+from coordinator.recovery import recover
+from coordinator.runner import SagaRunner
+from coordinator.settings import CoordinatorSettings
+from coordinator.sqlite_log import SqliteSagaLog
+from coordinator.store import SagaLog
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "coordinator.db"
+
+
+class CoordinatorApp:
+    """The coordinator as a :class:`common.server.App`."""
+
+    service_names: Sequence[str] = (api.SERVICE_NAME,)
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        endpoints: Endpoints | None = None,
+        saga_log: SagaLog | None = None,
+        client_interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        definitions: Definitions | None = None,
+    ) -> None:
+        self.settings = settings
+        self.definitions = definitions or load_definitions(
+            settings.definitions_file, settings.saga_mode
+        )
+        participants = participants_of(self.definitions)
+        self.participants = Participants(
+            endpoints or Endpoints(), participants, client_interceptors
+        )
+        self.breakers = BreakerBoard(
+            BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_timeout)
+        )
+        for name in participants:
+            self.breakers.breaker(name)  # listed (closed) before their first call
+        self.log = saga_log or SqliteSagaLog(
+            settings.data_dir / LOG_FILE, synchronous=settings.sqlite_synchronous
+        )
+        self.crash = CrashHook(settings.crash_at)
+        self.runner = SagaRunner(
+            self.log, self.definitions, self.participants, CallPolicy(self.breakers), self.crash
+        )
+        self.engine = SagaEngine(
+            self.log,
+            self.definitions,
+            self.runner,
+            max_concurrent=settings.max_concurrent_sagas,
+            max_pending=settings.max_pending_sagas,
+        )
+        self.servicer = api.CoordinatorServicer(
+            self.engine, self.log, self.definitions, self.breakers
+        )
+        self._stopped = False
+
+    def register(self, server: grpc.aio.Server) -> None:
+        api.register(server, self.servicer)
+
+    async def start(self) -> None:
+        await self.log.open()
+        if self.crash.armed:
+            log.warning("crash hook armed at=%s (test only)", self.settings.crash_at)
+        resumed = await recover(self.log, self.engine, self.crash)
+        log.info("coordinator ready sagas_resumed=%d", resumed)
+
+    async def drain(self) -> None:
+        """Shutdown has begun: take no new sagas, end WatchSaga streams and outcome waits."""
+        self.engine.drain()
+
+    async def stop(self) -> None:
+        """Drain (or leave to recovery) running sagas, then close clients and the log."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.engine.close(self.settings.drain_seconds)
+        await self.participants.close()
+        await self.log.close()
+
+
+def participants_of(definitions: Definitions) -> list[str]:
+    """Every participant some saga calls, by name."""
+    return sorted({s.participant for d in definitions.sagas.values() for s in d.steps})
+
+
+async def run(settings: CoordinatorSettings) -> None:
+    """Serve until SIGTERM/SIGINT; traces and metrics are flushed on the way out."""
+    try:
+        definitions = load_definitions(settings.definitions_file, settings.saga_mode)
+        Participants(Endpoints(), participants_of(definitions))  # every address is known
+    except (DefinitionError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    telemetry = setup_telemetry("coordinator", settings.data_dir)
+    app = CoordinatorApp(
+        settings, client_interceptors=telemetry.client_interceptors(), definitions=definitions
+    )
+    running = await start_server(app, settings, telemetry=telemetry)
+    await serve_until_signal(running)
+
+
+def main(port: int | None = None, data_dir: Path | None = None) -> None:
+    """Entry point shared by ``python -m coordinator`` and ``sagawire serve coordinator``."""
+    if port is None and "SAGAWIRE_PORT" not in os.environ:
+        port = DEFAULT_PORTS["coordinator"]
+    settings = load(CoordinatorSettings, port=port, data_dir=data_dir)
+    setup_logging("coordinator", settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.run(run(settings))
+    except ImportError:
+        asyncio.run(run(settings))

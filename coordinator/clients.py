@@ -1,0 +1,81 @@
+"""gRPC clients of the participants: one channel and stub per participant name.
+
+Addresses come from :class:`common.config.Endpoints` (``SAGAWIRE_<NAME>_ADDR``).
+gRPC's own retries are off: the call policy (common.policy) is the one retry layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from common.config import Endpoints
+from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
+
+_CHANNEL_OPTIONS = [
+    ("grpc.enable_retries", 0),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_receive_message_length", 4 << 20),
+]
+
+
+class Participants:
+    """Execute / Compensate on any participant, by name.
+
+    ``deadline`` is the call's gRPC deadline in seconds (sent to the participant too).
+    """
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        names: Iterable[str],
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, participant_pb2_grpc.ParticipantStub] = {}
+        self._endpoints = endpoints
+        self._interceptors = list(interceptors)
+        for name in names:
+            self.address(name)  # fail at start, not at the first saga
+
+    def address(self, name: str) -> str:
+        try:
+            return self._endpoints.of(name)
+        except AttributeError:
+            raise ValueError(
+                f"no address for participant {name!r} (set SAGAWIRE_{name.upper()}_ADDR)"
+            ) from None
+
+    def _stub(self, name: str) -> participant_pb2_grpc.ParticipantStub:
+        stub = self._stubs.get(name)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(
+                self.address(name), options=_CHANNEL_OPTIONS, interceptors=self._interceptors
+            )
+            self._channels[name] = channel
+            stub = self._stubs[name] = participant_pb2_grpc.ParticipantStub(channel)
+        return stub
+
+    async def execute(
+        self, participant: str, request: participant_pb2.StepRequest, deadline: float
+    ) -> participant_pb2.StepReply:
+        reply: participant_pb2.StepReply = await self._stub(participant).Execute(
+            request, timeout=deadline
+        )
+        return reply
+
+    async def compensate(
+        self, participant: str, request: participant_pb2.StepRequest, deadline: float
+    ) -> participant_pb2.StepReply:
+        reply: participant_pb2.StepReply = await self._stub(participant).Compensate(
+            request, timeout=deadline
+        )
+        return reply
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()

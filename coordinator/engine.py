@@ -1,0 +1,211 @@
+"""The engine: starts, resumes and retries sagas, each in its own task, a bounded number at once.
+
+A saga is logged first and driven second: once :meth:`SagaEngine.start` returns,
+the saga survives any crash. At most ``max_concurrent`` sagas are driven at
+the same time (a slow participant holds only its own sagas' slots); the others
+wait their turn, already logged. Shutdown stops taking new sagas, lets running
+ones finish for a grace period, then cancels them: recovery resumes them at the
+next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+
+import grpc
+from google.protobuf.message import Message
+
+from common.errors import BusinessRejection, InvalidArgument, NotFound, Transient
+from common.store import utc_now
+from coordinator.definitions import Definitions, SagaMode
+from coordinator.payloads import pack
+from coordinator.records import (
+    SETTLED,
+    UNFINISHED,
+    Change,
+    Direction,
+    Kind,
+    NewSaga,
+    SagaRecord,
+    SagaStatus,
+)
+from coordinator.runner import SagaRunner
+from coordinator.store import SagaLog
+
+log = logging.getLogger(__name__)
+
+
+class SagaEngine:
+    """Owns the tasks that drive sagas."""
+
+    def __init__(
+        self,
+        saga_log: SagaLog,
+        definitions: Definitions,
+        runner: SagaRunner,
+        max_concurrent: int = 500,
+        max_pending: int = 20_000,
+    ) -> None:
+        self.log = saga_log
+        self.definitions = definitions
+        self.runner = runner
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_pending = max_pending
+        self._tasks: dict[str, asyncio.Task[SagaRecord | None]] = {}
+        self._closing = False
+
+    @property
+    def in_progress(self) -> int:
+        """Sagas being driven or waiting for a slot."""
+        return len(self._tasks)
+
+    async def start(
+        self,
+        saga: str,
+        data: Message,
+        idempotency_key: str = "",
+        request_hash: str = "",
+        trace_id: str = "",
+    ) -> tuple[SagaRecord, bool]:
+        """Log a new saga and start driving it; or find the one with the same key.
+
+        Returns:
+            The saga as logged, and whether it was created now.
+        """
+        definition = self.definitions.get(saga)
+        if definition is None:
+            known = ", ".join(sorted(self.definitions.sagas))
+            raise InvalidArgument("saga", f"unknown saga {saga!r} (known: {known})")
+        if definition.mode is not SagaMode.ORCHESTRATION:
+            raise BusinessRejection(
+                "MODE_NOT_AVAILABLE", f"saga {saga!r} is {definition.mode.value}, not orchestrated"
+            )
+        if self._closing:
+            raise Transient("the coordinator is shutting down")
+        if len(self._tasks) >= self._max_pending:
+            raise Transient(
+                f"{len(self._tasks)} sagas in progress; try again later",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+        now = utc_now()
+        new = NewSaga(
+            saga_id=str(uuid.uuid4()),
+            definition=definition.name,
+            mode=definition.mode.value,
+            data=pack(data).SerializeToString(),
+            step_names=tuple(s.name for s in definition.steps),
+            created_at=now,
+            deadline=now + timedelta(seconds=definition.deadline),
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            trace_id=trace_id,
+        )
+        record, created = await self.log.create(new)
+        if created:
+            self._spawn(record, resumed=False)
+        return record, created
+
+    async def resume(self, saga_id: str) -> bool:
+        """Drive an unfinished saga found in the log (recovery). False if nothing to do."""
+        record = await self.log.load(saga_id)
+        if record is None or record.status not in UNFINISHED:
+            return False
+        self._spawn(record, resumed=True)
+        return True
+
+    async def retry(self, saga_id: str) -> SagaRecord:
+        """Resume a saga that needs attention, with a fresh retry budget.
+
+        Raises:
+            NotFound: no such saga.
+            StatusConflict: the saga does not need attention.
+        """
+        record = await self.log.load(saga_id)
+        if record is None:
+            raise NotFound(f"no saga {saga_id}")
+        backward = record.direction is Direction.BACKWARD
+        await self.log.append(
+            saga_id,
+            Change(
+                kind=Kind.SAGA_RETRIED,
+                at=utc_now(),
+                saga_status=SagaStatus.COMPENSATING if backward else SagaStatus.RUNNING,
+                next_round=True,
+                require_status=frozenset({SagaStatus.NEEDS_ATTENTION}),
+                detail="retry requested",
+            ),
+        )
+        retried = await self.log.load(saga_id)
+        assert retried is not None
+        self._spawn(retried, resumed=False)
+        return retried
+
+    async def wait_settled(self, saga_id: str) -> SagaRecord:
+        """Wait until the saga is completed, compensated or needs attention.
+
+        Returns the saga as it is then, or as it is when shutdown begins.
+        """
+        with self.log.listen(saga_id) as listener:
+            check = True
+            while True:
+                listener.changed.clear()
+                if check or listener.woken or listener.status in SETTLED:
+                    record = await self.log.load(saga_id)
+                    if record is None:
+                        raise NotFound(f"no saga {saga_id}")
+                    if record.status in SETTLED or listener.woken or self._closing:
+                        return record
+                    check = False
+                await listener.changed.wait()
+
+    def _spawn(self, record: SagaRecord, resumed: bool) -> None:
+        saga_id = record.saga_id
+        previous = self._tasks.get(saga_id)
+        task = asyncio.create_task(self._drive(record, resumed, previous), name=f"saga-{saga_id}")
+        self._tasks[saga_id] = task
+
+        def forget(done: asyncio.Task[SagaRecord | None]) -> None:
+            if self._tasks.get(saga_id) is done:
+                del self._tasks[saga_id]
+
+        task.add_done_callback(forget)
+
+    async def _drive(
+        self,
+        record: SagaRecord,
+        resumed: bool,
+        previous: asyncio.Task[SagaRecord | None] | None,
+    ) -> SagaRecord | None:
+        if previous is not None:
+            # The saga's last run is still writing its final transition.
+            await asyncio.wait([previous])
+        async with self._slots:
+            try:
+                return await self.runner.run(record, resumed=resumed)
+            except Exception:
+                log.exception(
+                    "saga stopped by an unexpected error saga_id=%s; it resumes at the next start",
+                    record.saga_id,
+                )
+                return None
+
+    def drain(self) -> None:
+        """Stop taking sagas, and end every wait for an outcome (shutdown has begun)."""
+        self._closing = True
+        self.log.wake_all()
+
+    async def close(self, grace: float) -> None:
+        """Stop taking sagas; give running ones ``grace`` seconds, then cancel them. Idempotent."""
+        self.drain()
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.info("left to recovery sagas=%d", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,30 @@
+"""Recovery: at start, resume every saga the log says is unfinished.
+
+Each saga continues from its logged state, forwards or backwards, and steps
+that were in flight are sent again with the same idempotency key (saga id +
+step): the participants' barrier turns a duplicate into a replay, and a late
+execute after its compensation into a refusal. Sagas that need attention stay
+as they are until ``RetrySaga``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from coordinator.crash import NO_CRASH, CrashHook
+from coordinator.engine import SagaEngine
+from coordinator.store import SagaLog
+
+log = logging.getLogger(__name__)
+
+
+async def recover(saga_log: SagaLog, engine: SagaEngine, crash: CrashHook = NO_CRASH) -> int:
+    """Resume the unfinished sagas (in the background); returns how many."""
+    unfinished = await saga_log.unfinished()
+    if unfinished:
+        log.info("recovering sagas count=%d", len(unfinished))
+    crash("recovery")
+    resumed = 0
+    for saga_id in unfinished:
+        resumed += await engine.resume(saga_id)
+    return resumed

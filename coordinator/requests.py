@@ -1,0 +1,103 @@
+"""Validation of the public API's requests: INVALID_ARGUMENT naming the field, before any write."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from datetime import datetime
+
+from common.errors import InvalidArgument
+from coordinator.records import SagaStatus
+from coordinator.store import Cursor
+from coordinator.views import STATUS_OF
+from protos.sagawire.v1 import coordinator_pb2 as pb
+from protos.sagawire.v1 import order_saga_pb2
+
+DEFAULT_SAGA = "place_order"
+MAX_ID_LENGTH = 128
+MAX_ITEMS = 100
+MAX_QUANTITY = 10_000
+MAX_DESTINATION_LENGTH = 200
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+def _text(value: str, field: str, limit: int = MAX_ID_LENGTH) -> str:
+    if not value.strip():
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"must be at most {limit} characters")
+    return value
+
+
+def place_order(request: pb.PlaceOrderRequest) -> tuple[order_saga_pb2.OrderSagaData, str]:
+    """The saga's data for a valid request (with a new order id), and a fingerprint
+    of the request, so a reused idempotency key can be told from a different order."""
+    _text(request.customer_id, "customer_id")
+    if not request.items:
+        raise InvalidArgument("items", "must not be empty")
+    if len(request.items) > MAX_ITEMS:
+        raise InvalidArgument("items", f"must have at most {MAX_ITEMS} lines")
+    for i, item in enumerate(request.items):
+        _text(item.sku, f"items[{i}].sku")
+        if not 0 < item.quantity <= MAX_QUANTITY:
+            raise InvalidArgument(f"items[{i}].quantity", f"must be from 1 to {MAX_QUANTITY}")
+    _text(request.destination, "destination", MAX_DESTINATION_LENGTH)
+    if len(request.idempotency_key) > MAX_ID_LENGTH:
+        raise InvalidArgument("idempotency_key", f"must be at most {MAX_ID_LENGTH} characters")
+    if len(request.saga) > MAX_ID_LENGTH:
+        raise InvalidArgument("saga", f"must be at most {MAX_ID_LENGTH} characters")
+    fingerprint = pb.PlaceOrderRequest(
+        customer_id=request.customer_id,
+        items=request.items,
+        destination=request.destination,
+        saga=request.saga or DEFAULT_SAGA,
+    ).SerializeToString(deterministic=True)
+    data = order_saga_pb2.OrderSagaData(
+        order_id=str(uuid.uuid4()),
+        customer_id=request.customer_id,
+        items=request.items,
+        destination=request.destination,
+    )
+    return data, hashlib.sha256(fingerprint).hexdigest()
+
+
+def saga_id(value: str, field: str = "saga_id") -> str:
+    """A saga id: a UUID, in its canonical form."""
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument(field, f"{value[:40]!r} is not a saga id (a UUID)") from None
+
+
+def status_filter(value: int) -> SagaStatus | None:
+    if value == pb.SAGA_STATUS_UNSPECIFIED:
+        return None
+    status = STATUS_OF.get(value)
+    if status is None:
+        raise InvalidArgument("status", f"unknown saga status {value}")
+    return status
+
+
+def page_size(value: int) -> int:
+    if not 0 <= value <= MAX_PAGE_SIZE:
+        raise InvalidArgument("page_size", f"must be from 0 to {MAX_PAGE_SIZE}")
+    return value or DEFAULT_PAGE_SIZE
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    text = f"{cursor[0].isoformat()}|{cursor[1]}"
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def decode_cursor(token: str) -> Cursor | None:
+    if not token:
+        return None
+    try:
+        created, saga = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), saga
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token", "is not a token this server issued") from None

@@ -1,0 +1,403 @@
+"""The runner: the only interpreter of saga definitions.
+
+It drives one saga from its logged state to a settled one, writing every
+transition to the saga log *before* acting on it:
+
+1. **Forward, compensable phase** (under the saga's deadline): each step starts
+   once the steps it runs ``after`` succeeded, so independent steps run at the
+   same time (one ``asyncio.TaskGroup``). Each step is one call through the
+   policy (retry around breaker around RPC); every attempt is logged before it
+   is sent and recorded when it ends (:meth:`_SagaRun.attempt`).
+2. A rejection, a step whose retries ran out (its outcome is unknown), or the
+   deadline stops the phase: the saga turns **backwards** and every step that
+   may have taken effect is compensated, each once all the steps that ran after
+   it are undone (reverse dependency order). Compensations are retried within
+   their budget; when it runs out the saga *needs attention* and keeps its place
+   for ``RetrySaga``; the other compensations still run.
+3. Once every compensable step (the pivot included) succeeded, the
+   **forward-only** steps run and are retried until they succeed (forward
+   recovery); the deadline no longer applies.
+
+The same code resumes a saga after a crash: steps already succeeded are
+skipped, in-flight ones are re-sent with the same key (saga id + step), which
+the participants' barrier turns into a replay.
+
+Telemetry: :meth:`SagaRunner.run` is where a saga span belongs, and
+:meth:`_SagaRun.attempt` is the one place where a step attempt or compensation
+attempt starts and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime
+from functools import partial
+
+from common.errors import BusinessRejection, SagawireError
+from common.policy import AttemptSlot, CallPolicy
+from common.store import utc_now
+from coordinator.clients import Participants
+from coordinator.crash import NO_CRASH, CrashHook
+from coordinator.definitions import Definitions, SagaDefinition, Step
+from coordinator.outcomes import (
+    StepFailed,
+    barrier_outcome,
+    error_detail,
+    failed_attempt,
+    needs_compensation,
+)
+from coordinator.payloads import step_request
+from coordinator.records import (
+    AttemptChange,
+    Change,
+    Direction,
+    Failure,
+    Kind,
+    Outcome,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepStatus,
+    apply,
+)
+from coordinator.store import SagaLog
+from protos.sagawire.v1 import participant_pb2
+
+log = logging.getLogger(__name__)
+
+
+class SagaRunner:
+    """Runs sagas of the given definitions through the policy, logging as it goes."""
+
+    def __init__(
+        self,
+        saga_log: SagaLog,
+        definitions: Definitions,
+        participants: Participants,
+        policy: CallPolicy,
+        crash: CrashHook = NO_CRASH,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.log = saga_log
+        self.definitions = definitions
+        self.participants = participants
+        self.policy = policy
+        self.crash = crash
+        self.clock = clock
+
+    async def run(self, record: SagaRecord, resumed: bool = False) -> SagaRecord:
+        """Drive the saga until it is completed, compensated or needs attention."""
+        definition = self.definitions.get(record.definition)
+        if definition is None:
+            raise LookupError(f"saga {record.saga_id}: no definition {record.definition!r}")
+        run = _SagaRun(self, definition, record)
+        if resumed:
+            await run.change(
+                Change(
+                    kind=Kind.SAGA_RESUMED,
+                    at=self.clock(),
+                    interrupt_open_attempts=True,
+                    detail="resumed by recovery",
+                )
+            )
+        return await run.drive()
+
+
+class _SagaRun:
+    """One saga being driven: its definition and its record, kept in step with the log."""
+
+    def __init__(self, runner: SagaRunner, definition: SagaDefinition, record: SagaRecord) -> None:
+        self.runner = runner
+        self.definition = definition
+        self.record = record
+
+    async def change(self, change: Change) -> None:
+        """Log a change (durably), keeping the in-memory record in step."""
+        # Applied before awaiting so concurrent steps see the order the log will have.
+        self.record, _ = apply(self.record, change)
+        await self.runner.log.append(self.record.saga_id, change)
+
+    async def drive(self) -> SagaRecord:
+        if self.record.direction is Direction.FORWARD:
+            failure = await self.forward()
+            if failure is None:
+                return self.record
+            await self.change(
+                Change(
+                    kind=Kind.SAGA_COMPENSATING,
+                    at=self.runner.clock(),
+                    saga_status=SagaStatus.COMPENSATING,
+                    direction=Direction.BACKWARD,
+                    failure=failure,
+                    interrupt_open_attempts=True,
+                    detail=failure.describe(),
+                )
+            )
+        await self.backward()
+        return self.record
+
+    # -- forward -----------------------------------------------------------------------
+
+    def _all_succeeded(self, steps: Sequence[Step]) -> bool:
+        return all(self.record.step(s.name).status is StepStatus.SUCCEEDED for s in steps)
+
+    async def forward(self) -> Failure | None:
+        """Run the steps; a Failure means the saga must compensate."""
+        compensable = self.definition.compensable
+        if not self._all_succeeded(compensable):
+            remaining = (self.record.deadline - self.runner.clock()).total_seconds()
+            failure: Failure | None = None
+            try:
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    failure = await self.run_steps(compensable, forward_only=False)
+            except TimeoutError:
+                if not self._all_succeeded(compensable):
+                    failure = Failure(
+                        step="",
+                        code="DEADLINE_EXCEEDED",
+                        reason="SAGA_DEADLINE_EXCEEDED",
+                        message=f"not finished within {self.definition.deadline:g}s",
+                    )
+                    await self.change(
+                        Change(
+                            kind=Kind.SAGA_DEADLINE_EXCEEDED,
+                            at=self.runner.clock(),
+                            detail=failure.message,
+                        )
+                    )
+            if failure is not None:
+                return failure
+        failure = await self.run_steps(self.definition.forward, forward_only=True)
+        now = self.runner.clock()
+        if failure is not None:
+            await self.change(
+                Change(
+                    kind=Kind.SAGA_NEEDS_ATTENTION,
+                    at=now,
+                    saga_status=SagaStatus.NEEDS_ATTENTION,
+                    failure=failure,
+                    detail=f"forward recovery stopped: {failure.describe()}",
+                )
+            )
+        else:
+            await self.change(
+                Change(kind=Kind.SAGA_COMPLETED, at=now, saga_status=SagaStatus.COMPLETED)
+            )
+        return None
+
+    async def run_steps(self, steps: Sequence[Step], forward_only: bool) -> Failure | None:
+        """Run the steps as a DAG; the first failure cancels the rest and is returned."""
+        done = {s.name: asyncio.Event() for s in self.definition.steps}
+        for name, event in done.items():
+            if self.record.step(name).status is StepStatus.SUCCEEDED:
+                event.set()
+        failure: Failure | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                for step in steps:
+                    if not done[step.name].is_set():
+                        group.create_task(self.run_step(step, done, forward_only))
+        except* StepFailed as failed:
+            first = failed.exceptions[0]
+            assert isinstance(first, StepFailed)
+            failure = first.failure
+        return failure
+
+    async def run_step(
+        self, step: Step, done: dict[str, asyncio.Event], forward_only: bool
+    ) -> None:
+        for dependency in step.after:
+            await done[dependency].wait()
+        current = self.record.step(step.name)
+        if current.status in (StepStatus.REJECTED, StepStatus.FAILED) and not forward_only:
+            raise StepFailed(self._failure_of(step.name))  # decided before a restart
+        await self.execute(step, forward_only)
+        done[step.name].set()
+
+    def _failure_of(self, step: str) -> Failure:
+        for attempt in reversed(self.record.step(step).attempts_of(Phase.EXECUTE)):
+            if attempt.error is not None:
+                e = attempt.error
+                return Failure(step, e.code, e.reason, e.message)
+        return Failure(step, "UNKNOWN", "", "outcome unknown")
+
+    async def execute(self, step: Step, forward_only: bool) -> None:
+        attempts = self.record.step(step.name).attempts_of(Phase.EXECUTE)
+        if forward_only:
+            policy = replace(step.retry, max_attempts=0)  # until it succeeds
+        else:
+            ended = sum(1 for a in attempts if a.outcome not in (None, Outcome.INTERRUPTED))
+            policy = replace(step.retry, max_attempts=max(1, step.retry.max_attempts - ended))
+        try:
+            await self.runner.policy.call(
+                step.participant,
+                policy,
+                partial(self._send, step, Phase.EXECUTE),
+                scope=partial(self.attempt, step, Phase.EXECUTE),
+                first_number=len(attempts) + 1,
+            )
+        except BusinessRejection as rejection:
+            raise StepFailed(
+                Failure(step.name, "FAILED_PRECONDITION", rejection.reason, rejection.message)
+            ) from None
+        except SagawireError as error:
+            detail = error_detail(error)
+            failure = Failure(step.name, detail.code, detail.reason, detail.message)
+            if not forward_only:
+                await self.change(
+                    Change(
+                        kind=Kind.STEP_FAILED,
+                        at=self.runner.clock(),
+                        step=step.name,
+                        step_status=StepStatus.FAILED,
+                        detail=f"outcome unknown: {failure.describe()}",
+                    )
+                )
+            raise StepFailed(failure) from None
+
+    async def _send(self, step: Step, phase: Phase, deadline: float) -> participant_pb2.StepReply:
+        request = step_request(self.definition, self.record, step, phase)
+        participants = self.runner.participants
+        if phase is Phase.EXECUTE:
+            return await participants.execute(step.participant, request, deadline)
+        return await participants.compensate(step.participant, request, deadline)
+
+    @asynccontextmanager
+    async def attempt(
+        self, step: Step, phase: Phase, number: int
+    ) -> AsyncIterator[AttemptSlot[participant_pb2.StepReply]]:
+        """One attempt of a step (or of its compensation): logged before, recorded after."""
+        execute = phase is Phase.EXECUTE
+        prefix = "" if execute else "compensate_"
+        await self.change(
+            Change(
+                kind=Kind.STEP_STARTED if execute else Kind.COMPENSATION_STARTED,
+                at=self.runner.clock(),
+                step=step.name,
+                attempt=AttemptChange(phase, number),
+                step_status=StepStatus.RUNNING if execute else StepStatus.COMPENSATING,
+            )
+        )
+        self.runner.crash(f"after_{prefix}intent", step.name)
+        slot: AttemptSlot[participant_pb2.StepReply] = AttemptSlot()
+        try:
+            yield slot
+        except SagawireError as error:
+            self.runner.crash(f"after_{prefix}call", step.name)
+            await self.change(failed_attempt(step.name, phase, number, error, self.runner.clock()))
+            raise
+        self.runner.crash(f"after_{prefix}call", step.name)
+        reply = slot.value
+        assert reply is not None  # the policy fills the slot before a normal exit
+        ended = AttemptChange(phase, number, Outcome.OK)
+        if execute:
+            change = Change(
+                kind=Kind.STEP_SUCCEEDED,
+                at=self.runner.clock(),
+                step=step.name,
+                attempt=ended,
+                step_status=StepStatus.SUCCEEDED,
+                result=reply.result.SerializeToString(),
+                detail=barrier_outcome(reply),
+            )
+        else:
+            change = Change(
+                kind=Kind.COMPENSATION_DONE,
+                at=self.runner.clock(),
+                step=step.name,
+                attempt=ended,
+                step_status=StepStatus.COMPENSATED,
+                detail=barrier_outcome(reply),
+            )
+        await self.change(change)
+
+    # -- backward ----------------------------------------------------------------------
+
+    async def backward(self) -> None:
+        """Compensate what may have taken effect, in reverse dependency order."""
+        undo = [
+            s for s in self.definition.compensable if needs_compensation(self.record.step(s.name))
+        ]
+        names = {s.name for s in undo}
+        loop = asyncio.get_running_loop()
+        results: dict[str, asyncio.Future[bool]] = {s.name: loop.create_future() for s in undo}
+        async with asyncio.TaskGroup() as group:
+            for step in undo:
+                later = [n for n in self._descendants(step.name) if n in names]
+                group.create_task(self.compensate_after(step, later, results))
+        stuck = sorted(name for name, ok in results.items() if not ok.result())
+        now = self.runner.clock()
+        if stuck:
+            await self.change(
+                Change(
+                    kind=Kind.SAGA_NEEDS_ATTENTION,
+                    at=now,
+                    saga_status=SagaStatus.NEEDS_ATTENTION,
+                    detail=f"compensation not done for: {', '.join(stuck)}",
+                )
+            )
+        else:
+            await self.change(
+                Change(kind=Kind.SAGA_COMPENSATED, at=now, saga_status=SagaStatus.COMPENSATED)
+            )
+
+    def _descendants(self, name: str) -> set[str]:
+        found: set[str] = set()
+        stack = list(self.definition.dependents.get(name, ()))
+        while stack:
+            step = stack.pop()
+            if step not in found:
+                found.add(step)
+                stack.extend(self.definition.dependents.get(step, ()))
+        return found
+
+    async def compensate_after(
+        self, step: Step, later: Sequence[str], results: dict[str, asyncio.Future[bool]]
+    ) -> None:
+        """Compensate ``step`` once every step that ran after it is undone."""
+        for name in later:
+            if not await asyncio.shield(results[name]):
+                log.warning(
+                    "compensation blocked saga_id=%s step=%s waits_for=%s",
+                    self.record.saga_id,
+                    step.name,
+                    name,
+                )
+                results[step.name].set_result(False)
+                return
+        results[step.name].set_result(await self.compensate(step))
+
+    async def compensate(self, step: Step) -> bool:
+        """Compensate within the budget of this round; False if it could not be done."""
+        if self.record.step(step.name).status is StepStatus.COMPENSATED:
+            return True
+        attempts = self.record.step(step.name).attempts_of(Phase.COMPENSATE)
+        ended = sum(
+            1
+            for a in attempts
+            if a.round == self.record.round and a.outcome not in (None, Outcome.INTERRUPTED)
+        )
+        remaining = step.compensation_retry.max_attempts - ended
+        if remaining <= 0:
+            return False
+        try:
+            await self.runner.policy.call(
+                step.participant,
+                replace(step.compensation_retry, max_attempts=remaining),
+                partial(self._send, step, Phase.COMPENSATE),
+                scope=partial(self.attempt, step, Phase.COMPENSATE),
+                first_number=len(attempts) + 1,
+            )
+        except SagawireError as error:
+            log.warning(
+                "compensation gave up saga_id=%s step=%s error=%s",
+                self.record.saga_id,
+                step.name,
+                error,
+            )
+            return False
+        return True

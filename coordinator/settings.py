@@ -1,0 +1,30 @@
+"""The coordinator's settings, read from ``SAGAWIRE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from common.config import ServerSettings
+from coordinator.definitions import DEFAULT_FILE
+
+
+class CoordinatorSettings(ServerSettings):
+    """How the coordinator runs; participants' addresses come from :class:`Endpoints`."""
+
+    # The saga definitions (YAML) to load at start.
+    definitions_file: Path = DEFAULT_FILE
+    # Overrides every definition's mode ("" keeps each definition's own).
+    saga_mode: Literal["", "orchestration", "choreography"] = ""
+    # Sagas driven at once; more wait for a free slot (already logged, so never lost).
+    max_concurrent_sagas: int = Field(default=500, ge=1, le=100_000)
+    # Sagas in progress (running or waiting) before PlaceOrder answers RESOURCE_EXHAUSTED.
+    max_pending_sagas: int = Field(default=20_000, ge=1, le=1_000_000)
+    breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # How long shutdown waits for running sagas before leaving them to recovery.
+    drain_seconds: float = Field(default=2.0, ge=0, le=300)
+    # Test-only crash hook, e.g. "after_intent:charge_payment" (see coordinator/crash.py).
+    crash_at: str = ""

@@ -1,0 +1,403 @@
+"""The saga log in one SQLite file (WAL, group commit): the adapter of :class:`SagaLog`.
+
+Tables: ``sagas`` (one row each, the current state), ``steps``, ``attempts``
+(projections updated in the same transaction as the change) and
+``transitions``, the append-only history. Times are ISO-8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+from common.errors import NotFound
+from coordinator.group_commit import GroupCommitDatabase
+from coordinator.records import (
+    TERMINAL,
+    UNFINISHED,
+    AttemptRecord,
+    Change,
+    Direction,
+    ErrorDetail,
+    Failure,
+    Kind,
+    NewSaga,
+    Outcome,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+    Transition,
+    first_transition,
+    new_record,
+)
+from coordinator.store import Cursor, IdempotencyConflict, SagaLog, StatusConflict
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sagas (
+    saga_id         TEXT PRIMARY KEY,
+    definition      TEXT NOT NULL,
+    mode            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    direction       TEXT NOT NULL,
+    data            BLOB NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    request_hash    TEXT NOT NULL DEFAULT '',
+    failure_step    TEXT,
+    failure_code    TEXT,
+    failure_reason  TEXT,
+    failure_message TEXT,
+    round           INTEGER NOT NULL DEFAULT 0,
+    trace_id        TEXT NOT NULL DEFAULT '',
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    finished_at     TEXT,
+    deadline        TEXT NOT NULL,
+    last_seq        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sagas_by_time ON sagas (created_at, saga_id);
+CREATE INDEX IF NOT EXISTS sagas_by_status ON sagas (status, created_at, saga_id);
+CREATE TABLE IF NOT EXISTS steps (
+    saga_id  TEXT NOT NULL REFERENCES sagas (saga_id),
+    position INTEGER NOT NULL,
+    name     TEXT NOT NULL,
+    status   TEXT NOT NULL,
+    result   BLOB NOT NULL DEFAULT x'',
+    PRIMARY KEY (saga_id, name)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    saga_id       TEXT NOT NULL,
+    step          TEXT NOT NULL,
+    phase         TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    round         INTEGER NOT NULL,
+    started_at    TEXT NOT NULL,
+    finished_at   TEXT,
+    outcome       TEXT,
+    error_code    TEXT,
+    error_reason  TEXT,
+    error_message TEXT,
+    PRIMARY KEY (saga_id, step, phase, number)
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    saga_id TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    step    TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at      TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    PRIMARY KEY (saga_id, seq)
+);
+"""
+
+
+def _iso(value: datetime) -> str:
+    # Fixed width, so ISO strings sort like the times they stand for.
+    return value.isoformat(timespec="microseconds")
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class SqliteSagaLog(SagaLog):
+    """The saga log in ``path``; see the module docstring."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        super().__init__()
+        self.db = GroupCommitDatabase(path, SCHEMA, synchronous=synchronous)
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def create(self, new: NewSaga) -> tuple[SagaRecord, bool]:
+        existing_id, created = await self.db.write(lambda conn: _create(conn, new))
+        if created:
+            record = new_record(new)
+            self._notify(new.saga_id, record.status)
+            return record, True
+        existing = await self.load(existing_id)
+        assert existing is not None  # sagas are never deleted
+        return existing, False
+
+    async def append(self, saga_id: str, change: Change) -> Transition:
+        transition = await self.db.write(lambda conn: _append(conn, saga_id, change))
+        self._notify(saga_id, transition.status)
+        return transition
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        return await self.db.read(lambda conn: _load(conn, saga_id))
+
+    async def list_sagas(
+        self, status: SagaStatus | None, before: Cursor | None, limit: int
+    ) -> list[SagaRecord]:
+        return await self.db.read(lambda conn: _list(conn, status, before, limit))
+
+    async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
+        return await self.db.read(lambda conn: _history(conn, saga_id, after_seq))
+
+    async def unfinished(self) -> list[str]:
+        marks = ", ".join("?" for _ in UNFINISHED)
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                f"SELECT saga_id FROM sagas WHERE status IN ({marks}) ORDER BY created_at, saga_id",
+                [s.value for s in UNFINISHED],
+            ).fetchall()
+        )
+        return [row["saga_id"] for row in rows]
+
+
+def _create(conn: sqlite3.Connection, new: NewSaga) -> tuple[str, bool]:
+    if new.idempotency_key:
+        row = conn.execute(
+            "SELECT saga_id, request_hash FROM sagas WHERE idempotency_key = ?",
+            (new.idempotency_key,),
+        ).fetchone()
+        if row is not None:
+            if row["request_hash"] != new.request_hash:
+                raise IdempotencyConflict(new.idempotency_key)
+            return str(row["saga_id"]), False
+    record = new_record(new)
+    created = _iso(record.created_at)
+    conn.execute(
+        "INSERT INTO sagas (saga_id, definition, mode, status, direction, data, idempotency_key,"
+        " request_hash, trace_id, created_at, updated_at, deadline, last_seq)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+        (
+            record.saga_id,
+            record.definition,
+            record.mode,
+            record.status.value,
+            record.direction.value,
+            record.data,
+            record.idempotency_key or None,
+            record.request_hash,
+            record.trace_id,
+            created,
+            created,
+            _iso(record.deadline),
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO steps (saga_id, position, name, status) VALUES (?, ?, ?, ?)",
+        [(record.saga_id, i, s.name, s.status.value) for i, s in enumerate(record.steps)],
+    )
+    _insert_transition(conn, first_transition(record))
+    return record.saga_id, True
+
+
+def _insert_transition(conn: sqlite3.Connection, t: Transition) -> None:
+    conn.execute(
+        "INSERT INTO transitions (saga_id, seq, kind, step, attempt, at, status, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (t.saga_id, t.seq, t.kind.value, t.step, t.attempt, _iso(t.at), t.status.value, t.detail),
+    )
+
+
+def _append(conn: sqlite3.Connection, saga_id: str, change: Change) -> Transition:
+    row = conn.execute(
+        "SELECT status, last_seq FROM sagas WHERE saga_id = ?", (saga_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no saga {saga_id}")
+    current = SagaStatus(row["status"])
+    if change.require_status is not None and current not in change.require_status:
+        raise StatusConflict(saga_id, current, change.require_status)
+    at = _iso(change.at)
+    if change.interrupt_open_attempts:
+        conn.execute(
+            "UPDATE attempts SET outcome = ?, finished_at = ?"
+            " WHERE saga_id = ? AND outcome IS NULL",
+            (Outcome.INTERRUPTED.value, at, saga_id),
+        )
+    moved = change.attempt
+    if moved is not None and moved.outcome is None:
+        conn.execute(
+            "INSERT INTO attempts (saga_id, step, phase, number, round, started_at)"
+            " SELECT ?, ?, ?, ?, round, ? FROM sagas WHERE saga_id = ?",
+            (saga_id, change.step, moved.phase.value, moved.number, at, saga_id),
+        )
+    elif moved is not None:
+        error = moved.error
+        conn.execute(
+            "UPDATE attempts SET finished_at = ?, outcome = ?, error_code = ?, error_reason = ?,"
+            " error_message = ? WHERE saga_id = ? AND step = ? AND phase = ? AND number = ?",
+            (
+                at,
+                moved.outcome.value if moved.outcome else None,
+                error.code if error else None,
+                error.reason if error else None,
+                error.message if error else None,
+                saga_id,
+                change.step,
+                moved.phase.value,
+                moved.number,
+            ),
+        )
+    if change.step and (change.step_status is not None or change.result is not None):
+        conn.execute(
+            "UPDATE steps SET status = COALESCE(?, status), result = COALESCE(?, result)"
+            " WHERE saga_id = ? AND name = ?",
+            (
+                change.step_status.value if change.step_status else None,
+                change.result,
+                saga_id,
+                change.step,
+            ),
+        )
+    status = change.saga_status or current
+    seq = int(row["last_seq"]) + 1
+    failure = change.failure
+    conn.execute(
+        "UPDATE sagas SET status = ?, direction = COALESCE(?, direction),"
+        " failure_step = COALESCE(?, failure_step), failure_code = COALESCE(?, failure_code),"
+        " failure_reason = COALESCE(?, failure_reason),"
+        " failure_message = COALESCE(?, failure_message),"
+        " round = round + ?, updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END,"
+        " last_seq = ? WHERE saga_id = ?",
+        (
+            status.value,
+            change.direction.value if change.direction else None,
+            failure.step if failure else None,
+            failure.code if failure else None,
+            failure.reason if failure else None,
+            failure.message if failure else None,
+            1 if change.next_round else 0,
+            at,
+            status in TERMINAL,
+            at,
+            seq,
+            saga_id,
+        ),
+    )
+    transition = Transition(
+        saga_id=saga_id,
+        seq=seq,
+        kind=change.kind,
+        at=change.at,
+        status=status,
+        step=change.step,
+        attempt=moved.number if moved else 0,
+        detail=change.detail,
+    )
+    _insert_transition(conn, transition)
+    return transition
+
+
+def _saga(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> SagaRecord:
+    failure = None
+    if row["failure_code"] is not None:
+        failure = Failure(
+            step=row["failure_step"],
+            code=row["failure_code"],
+            reason=row["failure_reason"],
+            message=row["failure_message"],
+        )
+    created = _time(row["created_at"])
+    updated = _time(row["updated_at"])
+    deadline = _time(row["deadline"])
+    assert created and updated and deadline  # NOT NULL columns
+    return SagaRecord(
+        saga_id=row["saga_id"],
+        definition=row["definition"],
+        mode=row["mode"],
+        status=SagaStatus(row["status"]),
+        direction=Direction(row["direction"]),
+        data=row["data"],
+        created_at=created,
+        updated_at=updated,
+        deadline=deadline,
+        steps=steps,
+        idempotency_key=row["idempotency_key"] or "",
+        request_hash=row["request_hash"],
+        failure=failure,
+        round=row["round"],
+        finished_at=_time(row["finished_at"]),
+        trace_id=row["trace_id"],
+        last_seq=row["last_seq"],
+    )
+
+
+def _attempt(row: sqlite3.Row) -> AttemptRecord:
+    started = _time(row["started_at"])
+    assert started is not None
+    error = None
+    if row["error_code"] is not None:
+        error = ErrorDetail(row["error_code"], row["error_reason"], row["error_message"])
+    return AttemptRecord(
+        phase=Phase(row["phase"]),
+        number=row["number"],
+        round=row["round"],
+        started_at=started,
+        finished_at=_time(row["finished_at"]),
+        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        error=error,
+    )
+
+
+def _load(conn: sqlite3.Connection, saga_id: str) -> SagaRecord | None:
+    row = conn.execute("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone()
+    if row is None:
+        return None
+    attempts: dict[str, list[AttemptRecord]] = {}
+    for a in conn.execute("SELECT * FROM attempts WHERE saga_id = ? ORDER BY rowid", (saga_id,)):
+        attempts.setdefault(a["step"], []).append(_attempt(a))
+    steps = tuple(
+        StepRecord(
+            name=s["name"],
+            status=StepStatus(s["status"]),
+            result=s["result"],
+            attempts=tuple(attempts.get(s["name"], ())),
+        )
+        for s in conn.execute(
+            "SELECT name, status, result FROM steps WHERE saga_id = ? ORDER BY position",
+            (saga_id,),
+        )
+    )
+    return _saga(row, steps)
+
+
+def _list(
+    conn: sqlite3.Connection, status: SagaStatus | None, before: Cursor | None, limit: int
+) -> list[SagaRecord]:
+    clauses: list[str] = []
+    args: list[object] = []
+    if status is not None:
+        clauses.append("status = ?")
+        args.append(status.value)
+    if before is not None:
+        clauses.append("(created_at, saga_id) < (?, ?)")
+        args.extend([_iso(before[0]), before[1]])
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = conn.execute(
+        f"SELECT * FROM sagas {where} ORDER BY created_at DESC, saga_id DESC LIMIT ?",
+        [*args, limit],
+    ).fetchall()
+    return [_saga(row, ()) for row in rows]
+
+
+def _history(conn: sqlite3.Connection, saga_id: str, after_seq: int) -> list[Transition]:
+    rows = conn.execute(
+        "SELECT * FROM transitions WHERE saga_id = ? AND seq > ? ORDER BY seq",
+        (saga_id, after_seq),
+    ).fetchall()
+    return [
+        Transition(
+            saga_id=r["saga_id"],
+            seq=r["seq"],
+            kind=Kind(r["kind"]),
+            at=datetime.fromisoformat(r["at"]),
+            status=SagaStatus(r["status"]),
+            step=r["step"],
+            attempt=r["attempt"],
+            detail=r["detail"],
+        )
+        for r in rows
+    ]

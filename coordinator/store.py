@@ -1,0 +1,209 @@
+"""The saga log: the coordinator's write-ahead log of every saga, behind a small interface.
+
+:class:`SagaLog` is the port; :class:`coordinator.sqlite_log.SqliteSagaLog` is the
+adapter of today (a PostgreSQL one with leases comes later) and
+:class:`InMemorySagaLog` serves unit tests. One contract test suite
+(``tests/unit/test_saga_log.py``) runs against every adapter.
+
+Rules every adapter keeps:
+
+- :meth:`SagaLog.create` and :meth:`SagaLog.append` return only once the change
+  is durable: the coordinator acts on a transition only after it is logged.
+- The appends of one saga are applied in the order they were called.
+- ``load`` after an ``append`` shows exactly what :func:`records.apply` computes.
+- The history of transitions is append-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from common.errors import BusinessRejection, NotFound
+from coordinator.records import (
+    UNFINISHED,
+    Change,
+    NewSaga,
+    SagaRecord,
+    SagaStatus,
+    Transition,
+    apply,
+    first_transition,
+    new_record,
+)
+
+# Sagas listed newest first; a page continues before (created_at, saga_id).
+Cursor = tuple[datetime, str]
+
+
+class StatusConflict(BusinessRejection):
+    """A change required a status the saga is not in (e.g. retrying a running saga)."""
+
+    def __init__(self, saga_id: str, status: SagaStatus, wanted: frozenset[SagaStatus]) -> None:
+        names = " or ".join(sorted(s.value for s in wanted))
+        super().__init__("SAGA_STATUS_CONFLICT", f"saga {saga_id} is {status.value}, not {names}")
+        self.status = status
+
+
+class IdempotencyConflict(BusinessRejection):
+    """An idempotency key came back with a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            "IDEMPOTENCY_KEY_REUSED",
+            f"idempotency key {key!r} was already used for a different request",
+        )
+
+
+class Listener:
+    """Woken (``changed`` set) whenever its saga changes, or when everyone is woken up."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        # The saga's status after the latest change (None until one happens).
+        self.status: SagaStatus | None = None
+        # Set by :meth:`SagaLog.wake_all` (shutdown): stop waiting.
+        self.woken = False
+
+
+class SagaLog(ABC):
+    """Where sagas, their steps, attempts and transitions are kept."""
+
+    def __init__(self) -> None:
+        self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the store (create tables...)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the store; pending writes are finished first."""
+
+    @abstractmethod
+    async def create(self, new: NewSaga) -> tuple[SagaRecord, bool]:
+        """Log a new saga, or find the one with the same idempotency key.
+
+        Returns:
+            The saga, and True if it was created now (False: the key matched).
+
+        Raises:
+            IdempotencyConflict: the key belongs to a different request.
+        """
+
+    @abstractmethod
+    async def append(self, saga_id: str, change: Change) -> Transition:
+        """Apply ``change`` and append its transition, atomically and durably.
+
+        Raises:
+            NotFound: no such saga.
+            StatusConflict: ``change.require_status`` does not hold.
+        """
+
+    @abstractmethod
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """The saga with every step and attempt, or None."""
+
+    @abstractmethod
+    async def list_sagas(
+        self, status: SagaStatus | None, before: Cursor | None, limit: int
+    ) -> list[SagaRecord]:
+        """Sagas newest first (their steps without attempts), optionally of one status."""
+
+    @abstractmethod
+    async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
+        """The saga's transitions after ``after_seq``, in order."""
+
+    @abstractmethod
+    async def unfinished(self) -> list[str]:
+        """Ids of the sagas still running or compensating, oldest first."""
+
+    @contextmanager
+    def listen(self, saga_id: str) -> Iterator[Listener]:
+        """Be told whenever the saga changes (after the change is durable).
+
+        In-process only; an adapter shared by several processes adds its own
+        notifications (e.g. PostgreSQL LISTEN/NOTIFY) and calls :meth:`_notify`.
+        """
+        listener = Listener()
+        self._listeners[saga_id].add(listener)
+        try:
+            yield listener
+        finally:
+            listeners = self._listeners.get(saga_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[saga_id]
+
+    def wake_all(self) -> None:
+        """Wake every listener for good (shutdown: long waits and streams end)."""
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.woken = True
+                listener.changed.set()
+
+    def _notify(self, saga_id: str, status: SagaStatus) -> None:
+        for listener in self._listeners.get(saga_id, ()):
+            listener.status = status
+            listener.changed.set()
+
+
+class InMemorySagaLog(SagaLog):
+    """A log that forgets everything when the process ends: for unit tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sagas: dict[str, SagaRecord] = {}
+        self._history: dict[str, list[Transition]] = {}
+        self._keys: dict[str, str] = {}
+
+    async def create(self, new: NewSaga) -> tuple[SagaRecord, bool]:
+        if new.idempotency_key and new.idempotency_key in self._keys:
+            existing = self._sagas[self._keys[new.idempotency_key]]
+            if existing.request_hash != new.request_hash:
+                raise IdempotencyConflict(new.idempotency_key)
+            return existing, False
+        record = new_record(new)
+        self._sagas[new.saga_id] = record
+        self._history[new.saga_id] = [first_transition(record)]
+        if new.idempotency_key:
+            self._keys[new.idempotency_key] = new.saga_id
+        self._notify(new.saga_id, record.status)
+        return record, True
+
+    async def append(self, saga_id: str, change: Change) -> Transition:
+        record = self._sagas.get(saga_id)
+        if record is None:
+            raise NotFound(f"no saga {saga_id}")
+        if change.require_status is not None and record.status not in change.require_status:
+            raise StatusConflict(saga_id, record.status, change.require_status)
+        record, transition = apply(record, change)
+        self._sagas[saga_id] = record
+        self._history[saga_id].append(transition)
+        self._notify(saga_id, transition.status)
+        return transition
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        return self._sagas.get(saga_id)
+
+    async def list_sagas(
+        self, status: SagaStatus | None, before: Cursor | None, limit: int
+    ) -> list[SagaRecord]:
+        found = sorted(
+            (s for s in self._sagas.values() if status is None or s.status is status),
+            key=lambda s: (s.created_at, s.saga_id),
+            reverse=True,
+        )
+        if before is not None:
+            found = [s for s in found if (s.created_at, s.saga_id) < before]
+        return found[:limit]
+
+    async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
+        return [t for t in self._history.get(saga_id, []) if t.seq > after_seq]
+
+    async def unfinished(self) -> list[str]:
+        found = [s for s in self._sagas.values() if s.status in UNFINISHED]
+        return [s.saga_id for s in sorted(found, key=lambda s: (s.created_at, s.saga_id))]

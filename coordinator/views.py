@@ -1,0 +1,142 @@
+"""The saga log's records as the public API's messages (and the API's enums back)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import any_pb2, timestamp_pb2
+
+from common.policy import BreakerView
+from coordinator.definitions import SagaDefinition, SagaMode
+from coordinator.payloads import pack, saga_data
+from coordinator.records import (
+    AttemptRecord,
+    Failure,
+    SagaRecord,
+    SagaStatus,
+    StepStatus,
+    Transition,
+)
+from protos.sagawire.v1 import coordinator_pb2 as pb
+from protos.sagawire.v1 import participant_pb2
+
+SAGA_STATUS = {
+    SagaStatus.RUNNING: pb.SAGA_STATUS_RUNNING,
+    SagaStatus.COMPENSATING: pb.SAGA_STATUS_COMPENSATING,
+    SagaStatus.COMPLETED: pb.SAGA_STATUS_COMPLETED,
+    SagaStatus.COMPENSATED: pb.SAGA_STATUS_COMPENSATED,
+    SagaStatus.NEEDS_ATTENTION: pb.SAGA_STATUS_NEEDS_ATTENTION,
+    SagaStatus.STALLED: pb.SAGA_STATUS_STALLED,
+}
+STATUS_OF: dict[int, SagaStatus] = {int(v): k for k, v in SAGA_STATUS.items()}
+
+STEP_STATUS = {
+    StepStatus.PENDING: pb.STEP_STATUS_PENDING,
+    StepStatus.RUNNING: pb.STEP_STATUS_RUNNING,
+    StepStatus.SUCCEEDED: pb.STEP_STATUS_SUCCEEDED,
+    StepStatus.REJECTED: pb.STEP_STATUS_REJECTED,
+    StepStatus.FAILED: pb.STEP_STATUS_FAILED,
+    StepStatus.COMPENSATING: pb.STEP_STATUS_COMPENSATING,
+    StepStatus.COMPENSATED: pb.STEP_STATUS_COMPENSATED,
+}
+
+MODE = {
+    SagaMode.ORCHESTRATION.value: participant_pb2.SAGA_MODE_ORCHESTRATION,
+    SagaMode.CHOREOGRAPHY.value: participant_pb2.SAGA_MODE_CHOREOGRAPHY,
+}
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def failure_message(failure: Failure | None) -> pb.Failure | None:
+    if failure is None:
+        return None
+    return pb.Failure(
+        step=failure.step, code=failure.code, reason=failure.reason, message=failure.message
+    )
+
+
+def _attempt(a: AttemptRecord) -> pb.Attempt:
+    return pb.Attempt(
+        number=a.number,
+        phase=a.phase.value,
+        started_at=timestamp(a.started_at),
+        finished_at=timestamp(a.finished_at),
+        outcome=a.outcome.value if a.outcome else "",
+        error_code=a.error.code if a.error else "",
+        error_reason=a.error.reason if a.error else "",
+        error_message=a.error.message if a.error else "",
+    )
+
+
+def saga_message(definition: SagaDefinition | None, record: SagaRecord) -> pb.Saga:
+    """A saga as GetSaga shows it (ListSagas records come without their steps)."""
+    data = (
+        pack(saga_data(definition, record))
+        if definition is not None
+        else any_pb2.Any.FromString(record.data)
+    )
+    steps = []
+    for step in record.steps:
+        declared = definition.step(step.name) if definition is not None else None
+        steps.append(
+            pb.SagaStep(
+                name=step.name,
+                participant=declared.participant if declared else "",
+                action=declared.action if declared else "",
+                compensation=(declared.compensation or "") if declared else "",
+                status=STEP_STATUS[step.status],
+                attempts=[_attempt(a) for a in step.attempts],
+                after=list(declared.after) if declared else [],
+                pivot=declared.pivot if declared else False,
+            )
+        )
+    return pb.Saga(
+        saga_id=record.saga_id,
+        saga=record.definition,
+        mode=MODE.get(record.mode, participant_pb2.SAGA_MODE_UNSPECIFIED),
+        status=SAGA_STATUS[record.status],
+        data=data,
+        steps=steps,
+        failure=failure_message(record.failure),
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        finished_at=timestamp(record.finished_at),
+        deadline=timestamp(record.deadline),
+        trace_id=record.trace_id,
+        idempotency_key=record.idempotency_key,
+    )
+
+
+def transition_message(t: Transition) -> pb.SagaTransition:
+    return pb.SagaTransition(
+        saga_id=t.saga_id,
+        sequence=t.seq,
+        kind=t.kind.value,
+        step=t.step,
+        attempt=t.attempt,
+        at=timestamp(t.at),
+        status=SAGA_STATUS[t.status],
+        detail=t.detail,
+    )
+
+
+def breaker_message(view: BreakerView) -> pb.Breaker:
+    return pb.Breaker(
+        participant=view.participant,
+        state=view.state,
+        failure_count=view.failure_count,
+        opened_at=timestamp(view.opened_at),
+        transitions=[
+            pb.BreakerTransition(from_state=t.from_state, to_state=t.to_state, at=timestamp(t.at))
+            for t in view.transitions
+        ],
+        failure_threshold=view.failure_threshold,
+        reset_timeout_seconds=view.reset_timeout,
+    )

@@ -1,0 +1,182 @@
+"""The saga log contract: one suite, run against every adapter (STYLE rule 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from common.errors import NotFound
+from coordinator.records import (
+    AttemptChange,
+    Change,
+    Direction,
+    ErrorDetail,
+    Failure,
+    Kind,
+    NewSaga,
+    Outcome,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepStatus,
+    apply,
+)
+from coordinator.sqlite_log import SqliteSagaLog
+from coordinator.store import IdempotencyConflict, InMemorySagaLog, SagaLog, StatusConflict
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+STEPS = ("create_order", "reserve_stock", "charge_payment")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def saga_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SagaLog]:
+    log: SagaLog = (
+        InMemorySagaLog()
+        if request.param == "memory"
+        else SqliteSagaLog(tmp_path / "log.db", synchronous="NORMAL")
+    )
+    await log.open()
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+def new_saga(at: datetime = T0, key: str = "", request_hash: str = "h1") -> NewSaga:
+    return NewSaga(
+        saga_id=str(uuid.uuid4()),
+        definition="place_order",
+        mode="orchestration",
+        data=b"\x01\x02",
+        step_names=STEPS,
+        created_at=at,
+        deadline=at + timedelta(seconds=30),
+        idempotency_key=key,
+        request_hash=request_hash,
+    )
+
+
+def script(at: datetime) -> list[Change]:
+    """A saga's life: two attempts, one failing, a rejection, then compensation."""
+    tick = iter(at + timedelta(milliseconds=i) for i in range(1, 100))
+    execute, compensate = Phase.EXECUTE, Phase.COMPENSATE
+    error = ErrorDetail("UNAVAILABLE", "", "down")
+    rejection = ErrorDetail("FAILED_PRECONDITION", "INSUFFICIENT_FUNDS", "too poor")
+    return [
+        Change(Kind.STEP_STARTED, next(tick), "create_order", AttemptChange(execute, 1),
+               step_status=StepStatus.RUNNING),
+        Change(Kind.STEP_ATTEMPT_FAILED, next(tick), "create_order",
+               AttemptChange(execute, 1, Outcome.TRANSIENT, error), detail="transient"),
+        Change(Kind.STEP_STARTED, next(tick), "create_order", AttemptChange(execute, 2)),
+        Change(Kind.STEP_SUCCEEDED, next(tick), "create_order",
+               AttemptChange(execute, 2, Outcome.OK), step_status=StepStatus.SUCCEEDED,
+               result=b"result"),
+        Change(Kind.STEP_STARTED, next(tick), "reserve_stock", AttemptChange(execute, 1),
+               step_status=StepStatus.RUNNING),
+        Change(Kind.STEP_STARTED, next(tick), "charge_payment", AttemptChange(execute, 1),
+               step_status=StepStatus.RUNNING),
+        Change(Kind.STEP_REJECTED, next(tick), "charge_payment",
+               AttemptChange(execute, 1, Outcome.REJECTED, rejection),
+               step_status=StepStatus.REJECTED),
+        Change(Kind.SAGA_COMPENSATING, next(tick), saga_status=SagaStatus.COMPENSATING,
+               direction=Direction.BACKWARD, interrupt_open_attempts=True,
+               failure=Failure("charge_payment", "FAILED_PRECONDITION", "INSUFFICIENT_FUNDS",
+                               "too poor")),
+        Change(Kind.COMPENSATION_STARTED, next(tick), "reserve_stock",
+               AttemptChange(compensate, 1), step_status=StepStatus.COMPENSATING),
+        Change(Kind.COMPENSATION_DONE, next(tick), "reserve_stock",
+               AttemptChange(compensate, 1, Outcome.OK), step_status=StepStatus.COMPENSATED),
+        Change(Kind.SAGA_NEEDS_ATTENTION, next(tick), saga_status=SagaStatus.NEEDS_ATTENTION),
+        Change(Kind.SAGA_RETRIED, next(tick), saga_status=SagaStatus.COMPENSATING,
+               next_round=True, require_status=frozenset({SagaStatus.NEEDS_ATTENTION})),
+        Change(Kind.SAGA_COMPENSATED, next(tick), saga_status=SagaStatus.COMPENSATED),
+    ]  # fmt: skip
+
+
+async def test_create_logs_the_saga_with_pending_steps(saga_log: SagaLog) -> None:
+    record, created = await saga_log.create(new_saga())
+    assert created
+    loaded = await saga_log.load(record.saga_id)
+    assert loaded == record
+    assert [s.status for s in record.steps] == [StepStatus.PENDING] * 3
+    (started,) = await saga_log.history(record.saga_id)
+    assert (started.seq, started.kind, started.status) == (1, Kind.SAGA_STARTED, "running")
+    assert await saga_log.load(str(uuid.uuid4())) is None
+
+
+async def test_an_idempotency_key_finds_the_same_saga(saga_log: SagaLog) -> None:
+    first, created = await saga_log.create(new_saga(key="k-1"))
+    again, created_again = await saga_log.create(new_saga(key="k-1"))
+    assert created and not created_again
+    assert again.saga_id == first.saga_id
+    with pytest.raises(IdempotencyConflict):
+        await saga_log.create(new_saga(key="k-1", request_hash="other"))
+    assert len(await saga_log.list_sagas(None, None, 10)) == 1
+
+
+async def test_load_after_appends_equals_apply(saga_log: SagaLog) -> None:
+    record, _ = await saga_log.create(new_saga())
+    expected: SagaRecord = record
+    transitions = []
+    for change in script(T0):
+        expected, transition = apply(expected, change)
+        transitions.append(transition)
+        assert await saga_log.append(record.saga_id, change) == transition
+    assert await saga_log.load(record.saga_id) == expected
+    assert (await saga_log.history(record.saga_id))[1:] == transitions
+    assert await saga_log.history(record.saga_id, after_seq=13) == transitions[-1:]
+    charge = expected.step("charge_payment")
+    assert charge.attempts[0].error == ErrorDetail(
+        "FAILED_PRECONDITION", "INSUFFICIENT_FUNDS", "too poor"
+    )
+    reserve = expected.step("reserve_stock")
+    assert [a.outcome for a in reserve.attempts] == [Outcome.INTERRUPTED, Outcome.OK]
+    assert expected.round == 1 and expected.status is SagaStatus.COMPENSATED
+    assert expected.finished_at is not None
+
+
+async def test_a_required_status_is_checked(saga_log: SagaLog) -> None:
+    record, _ = await saga_log.create(new_saga())
+    retry = Change(
+        Kind.SAGA_RETRIED,
+        T0,
+        saga_status=SagaStatus.COMPENSATING,
+        require_status=frozenset({SagaStatus.NEEDS_ATTENTION}),
+    )
+    with pytest.raises(StatusConflict, match="is running, not needs_attention"):
+        await saga_log.append(record.saga_id, retry)
+    assert len(await saga_log.history(record.saga_id)) == 1
+    with pytest.raises(NotFound):
+        await saga_log.append(str(uuid.uuid4()), retry)
+
+
+async def test_listing_is_newest_first_paged_and_filtered(saga_log: SagaLog) -> None:
+    ids = []
+    for i in range(5):
+        record, _ = await saga_log.create(new_saga(at=T0 + timedelta(seconds=i)))
+        ids.append(record.saga_id)
+    done = Change(Kind.SAGA_COMPLETED, T0, saga_status=SagaStatus.COMPLETED)
+    await saga_log.append(ids[1], done)
+    page = await saga_log.list_sagas(None, None, 2)
+    assert [r.saga_id for r in page] == [ids[4], ids[3]]
+    rest = await saga_log.list_sagas(None, (page[-1].created_at, page[-1].saga_id), 10)
+    assert [r.saga_id for r in rest] == [ids[2], ids[1], ids[0]]
+    completed = await saga_log.list_sagas(SagaStatus.COMPLETED, None, 10)
+    assert [r.saga_id for r in completed] == [ids[1]]
+    assert await saga_log.unfinished() == [ids[0], ids[2], ids[3], ids[4]]
+
+
+async def test_listeners_hear_each_change_with_its_status(saga_log: SagaLog) -> None:
+    record, _ = await saga_log.create(new_saga())
+    with saga_log.listen(record.saga_id) as listener:
+        change = Change(Kind.SAGA_COMPLETED, T0, saga_status=SagaStatus.COMPLETED)
+        await saga_log.append(record.saga_id, change)
+        await asyncio.wait_for(listener.changed.wait(), 5)
+        assert listener.status is SagaStatus.COMPLETED
+        saga_log.wake_all()
+        assert listener.woken
