@@ -1,0 +1,341 @@
+"""``sagawire demo``: start the local stack and place the orders that show every saga outcome.
+
+The demo is a client like any other: it starts the stack with the same supervisor as
+``sagawire up`` (in the background of this command, children's logs going to files),
+then talks only gRPC — the coordinator's public API to place orders and read sagas, the
+services' query APIs to read what they hold, and their Admin API to inject faults. Each
+scenario is judged against what it must show; the command exits 0 only when every one
+did and the stack stopped cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Annotated, TextIO, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+
+from cli import demo_view as view
+from cli import trace
+from cli.demo_scenarios import SCENARIOS, Fault, Holdings, Outcome, Scenario, Status, judge
+from cli.stack import (
+    COORDINATOR,
+    Mode,
+    Stack,
+    StackError,
+    StackOptions,
+    busy_ports,
+    coordinator_installed,
+    default_names,
+    free_ports,
+    install_stop_signals,
+    ports_from_base,
+    stack_table,
+)
+from common.errors import parse_rpc_error
+from protos.sagawire.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
+    payment_pb2,
+    payment_pb2_grpc,
+    shipping_pb2,
+    shipping_pb2_grpc,
+)
+
+_T = TypeVar("_T")
+_COMPENSATED = Status.SAGA_STATUS_COMPENSATED
+# Where a saga stays without outside help (a saga needing attention waits for an operator).
+_SETTLED = frozenset(
+    {Status.SAGA_STATUS_COMPLETED, _COMPENSATED, Status.SAGA_STATUS_NEEDS_ATTENTION}
+)
+_SAGA_DEADLINE = 45.0
+_MARKER = ".sagawire-demo"
+_INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
+
+
+class Clients:
+    """gRPC stubs for the coordinator's public API and the services' query and Admin APIs."""
+
+    def __init__(self, addresses: Mapping[str, str]) -> None:
+        self._channels = {n: grpc.aio.insecure_channel(a) for n, a in addresses.items()}
+        self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self._channels[COORDINATOR])
+        self.order = order_pb2_grpc.OrderStub(self._channels["order"])
+        self.inventory = inventory_pb2_grpc.InventoryStub(self._channels["inventory"])
+        self.payment = payment_pb2_grpc.PaymentStub(self._channels["payment"])
+        self.shipping = shipping_pb2_grpc.ShippingStub(self._channels["shipping"])
+
+    def admin(self, service: str) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self._channels[service])
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+async def read_holdings(clients: Clients, skus: list[str], customers: list[str]) -> Holdings:
+    stock, balances, currency = {}, {}, ""
+    for sku in skus:
+        reply = await clients.inventory.GetStock(inventory_pb2.GetStockRequest(sku=sku))
+        stock[sku] = (reply.available, reply.reserved)
+    for customer in customers:
+        account = await clients.payment.GetAccount(
+            payment_pb2.GetAccountRequest(customer_id=customer)
+        )
+        balances[customer] = account.balance.amount_minor
+        currency = account.balance.currency
+    return Holdings(stock, balances, currency)
+
+
+def one_line(error: grpc.aio.AioRpcError) -> str:
+    remote = parse_rpc_error(error)
+    reason = f" {remote.reason}" if remote.reason else ""
+    return f"{remote.code.name}{reason}: {remote.message}"
+
+
+async def _maybe(call: Callable[[], Awaitable[_T]]) -> _T | None:
+    """The reply, or None when the service says NOT_FOUND (nothing was recorded)."""
+    try:
+        return await call()
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def _set_faults(clients: Clients, faults: tuple[Fault, ...], clear: bool = False) -> None:
+    for service in sorted({f.service for f in faults}):
+        actions = [
+            admin_pb2.ActionFault(action=f.action, fail_next=f.fail_next, latency_ms=f.latency_ms)
+            for f in faults
+            if f.service == service and not clear
+        ]
+        await clients.admin(service).SetFaults(admin_pb2.FaultPlan(actions=actions))
+
+
+async def wait_ended(clients: Clients, saga_id: str) -> coordinator_pb2.Saga:
+    """GetSaga until the saga is settled (or the deadline passes)."""
+    deadline = time.monotonic() + _SAGA_DEADLINE
+    request = coordinator_pb2.GetSagaRequest(saga_id=saga_id)
+    while True:
+        saga: coordinator_pb2.Saga = await clients.coordinator.GetSaga(request, timeout=10)
+        if saga.status in _SETTLED or time.monotonic() > deadline:
+            return saga
+        await asyncio.sleep(0.05)
+
+
+async def play_scenario(
+    clients: Clients,
+    scenario: Scenario,
+    run_id: str,
+    skus: list[str],
+    customers: list[str],
+    mode: Mode | None,
+) -> Outcome:
+    outcome = Outcome(scenario, await read_holdings(clients, skus, customers))
+    request = coordinator_pb2.PlaceOrderRequest(
+        customer_id=scenario.customer,
+        items=[common_pb2.LineItem(sku=s, quantity=q) for s, q in scenario.items],
+        destination=scenario.destination,
+        idempotency_key=f"demo-{run_id}-{scenario.name}",
+        wait=True,
+    )
+    try:
+        await _set_faults(clients, scenario.faults)
+        try:
+            placed = await clients.coordinator.PlaceOrder(request, timeout=_SAGA_DEADLINE)
+        finally:
+            await _set_faults(clients, scenario.faults, clear=True)
+        outcome.saga = saga = await wait_ended(clients, placed.saga_id)
+        order_id = placed.order_id
+        outcome.order = await _maybe(
+            lambda: clients.order.GetOrder(order_pb2.GetOrderRequest(order_id=order_id))
+        )
+        outcome.reservation = await _maybe(
+            lambda: clients.inventory.GetReservation(
+                inventory_pb2.GetReservationRequest(saga_id=saga.saga_id)
+            )
+        )
+        charges = await clients.payment.ListCharges(
+            payment_pb2.ListChargesRequest(saga_id=saga.saga_id)
+        )
+        outcome.charges = list(charges.charges)
+        outcome.shipment = await _maybe(
+            lambda: clients.shipping.GetShipmentBySaga(
+                shipping_pb2.GetShipmentBySagaRequest(saga_id=saga.saga_id)
+            )
+        )
+        outcome.after = await read_holdings(clients, skus, customers)
+    except grpc.aio.AioRpcError as error:
+        outcome.error = one_line(error)
+        return outcome
+    outcome.checks = judge(outcome, mode)
+    return outcome
+
+
+async def play(
+    console: Console, clients: Clients, scenarios: tuple[Scenario, ...], mode: Mode | None
+) -> list[Outcome]:
+    """Run every scenario in turn, printing each saga, then the services' final state."""
+    skus = sorted({sku for s in scenarios for sku, _ in s.items})
+    customers = sorted({s.customer for s in scenarios})
+    run_id = uuid.uuid4().hex[:8]
+    start = await read_holdings(clients, skus, customers)
+    outcomes = []
+    for number, scenario in enumerate(scenarios, 1):
+        view.scenario_header(console, number, scenario.title, scenario.story)
+        outcome = await play_scenario(clients, scenario, run_id, skus, customers, mode)
+        view.print_outcome(console, outcome)
+        outcomes.append(outcome)
+    end = await read_holdings(clients, skus, customers)
+    view.print_final_state(console, start, end, outcomes)
+    return outcomes
+
+
+class FileLog:
+    """Children's output to ``<dir>/<name>.log``; the supervisor's errors also on the console."""
+
+    def __init__(self, directory: Path, console: Console) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._console = console
+        self._files: dict[str, TextIO] = {}
+        self.tails: dict[str, deque[str]] = {}
+
+    def _write(self, name: str, text: str) -> None:
+        if name not in self._files:
+            self._files[name] = (self.directory / f"{name}.log").open("a", encoding="utf-8")
+            self.tails[name] = deque(maxlen=15)
+        self._files[name].write(text + "\n")
+        self._files[name].flush()
+        self.tails[name].append(text)
+
+    def line(self, name: str, text: str) -> None:
+        self._write(name, text)
+
+    def note(self, text: str, *, error: bool = False) -> None:
+        self._write("stack", text)
+        if error:
+            self._console.print(f"[bold red]stack:[/] {text}", highlight=False)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+
+def fresh_data_dir(data: Path) -> None:
+    """Start every demo from the seed: wipe ``data`` if an earlier demo made it."""
+    if data.exists() and any(data.iterdir()):
+        if not (data / _MARKER).exists():
+            raise SystemExit(
+                f"{data} holds data the demo did not make; choose an empty --data directory"
+            )
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / _MARKER).write_text("made by `sagawire demo`; wiped at its next run\n")
+
+
+async def run_demo(options: StackOptions, console: Console) -> int:
+    log = FileLog(options.data_dir / "logs", console)
+    stack = Stack(options, log)
+    install_stop_signals(stack)
+    view.banner(console, options)
+    try:
+        with console.status("starting the stack..."):
+            await stack.start()
+    except StackError as error:
+        log.close()
+        if stack.failure is None:  # Ctrl-C / SIGTERM while starting
+            console.print("[bold]interrupted[/]: the stack stopped")
+            return _INTERRUPTED
+        view.failed_start(console, str(error), log.tails, log.directory)
+        return 1
+    console.print(stack_table(stack))
+    clients = Clients({n: c.address for n, c in stack.children.items()})
+    outcomes: list[Outcome] | None = None
+    interrupted = False
+    try:
+        outcomes = await stack.guard(play(console, clients, SCENARIOS, options.mode))
+    except StackError as error:
+        interrupted = stack.failure is None
+        console.print(f"[bold red]demo stopped:[/] {error}", highlight=False)
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[bold red]demo failed:[/] {one_line(error)}", highlight=False)
+    finally:
+        await clients.close()
+        with console.status("stopping the stack..."):
+            clean = await stack.stop()
+        log.close()
+    if interrupted:
+        return _INTERRUPTED
+    # Spans are flushed when each process stops: the trace is complete only now.
+    show_trace(console, options.data_dir, outcomes or [])
+    return view.verdict(console, outcomes, clean, log.directory)
+
+
+def show_trace(console: Console, data_dir: Path, outcomes: list[Outcome]) -> None:
+    """Draw the trace of the most eventful saga (the last compensated one) as a waterfall."""
+    compensated = [o for o in outcomes if o.saga and o.saga.status == _COMPENSATED]
+    if not compensated:
+        return
+    saga = compensated[-1].saga
+    assert saga is not None
+    console.print()
+    console.rule(f"[bold]Trace of saga {saga.saga_id} ({compensated[-1].scenario.name})")
+    if not trace.trace_files(data_dir):
+        where = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "the OTLP endpoint")
+        console.print(f"no local trace file: spans went to {where}")
+        return
+    spans = trace.load_local(data_dir, saga.trace_id or saga.saga_id)
+    if not spans:
+        console.print(f"no spans of this saga in {data_dir}/*.jsonl")
+        return
+    console.print(trace.render(spans), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"(again later: sagawire trace {saga.saga_id} --data {data_dir})", style="dim")
+
+
+def demo(
+    mode: Annotated[
+        Mode | None, typer.Option(help="Saga mode for every process (sets SAGAWIRE_MODE).")
+    ] = None,
+    data: Annotated[
+        Path, typer.Option(help="Directory for the demo's stores and logs (wiped each run).")
+    ] = Path(".sagawire/demo"),
+    base_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65531, help="Coordinator's port (default: any free ports)."),
+    ] = None,
+    startup_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds each process has to become SERVING.")
+    ] = 60.0,
+) -> None:
+    """Start the stack, place orders that complete, are rejected and are compensated; stop."""
+    console = view.make_console()
+    if not coordinator_installed():
+        console.print("[bold red]the coordinator is not installed[/] (no coordinator/__main__.py)")
+        raise typer.Exit(1)
+    names = default_names()
+    ports = ports_from_base(base_port) if base_port else free_ports(names)
+    if busy := busy_ports({n: ports[n] for n in names}):
+        console.print(f"[bold red]port already in use:[/] {', '.join(busy)}", soft_wrap=True)
+        raise typer.Exit(1)
+    fresh_data_dir(data)
+    options = StackOptions(
+        data_dir=data, ports=ports, names=names, mode=mode, startup_timeout=startup_timeout
+    )
+    raise typer.Exit(asyncio.run(run_demo(options, console)))

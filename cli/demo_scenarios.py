@@ -1,0 +1,222 @@
+"""What ``sagawire demo`` does, and what each scenario must show to count as a success."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cli.demo_view import money, status_name
+from protos.sagawire.v1 import (
+    coordinator_pb2,
+    inventory_pb2,
+    order_pb2,
+    participant_pb2,
+    payment_pb2,
+    shipping_pb2,
+)
+
+Status = coordinator_pb2.SagaStatus
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault the demo injects through a service's Admin API for one scenario."""
+
+    service: str
+    action: str
+    fail_next: int = 0
+    latency_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One order, and what its saga must end as."""
+
+    name: str
+    title: str
+    story: str
+    customer: str
+    items: tuple[tuple[str, int], ...]
+    destination: str
+    expected: Status.ValueType
+    reason: str = ""  # the ErrorInfo reason the saga must fail with
+    faults: tuple[Fault, ...] = ()
+    # Effects the scenario exists to show: "released", "refunded", "retried".
+    shows: tuple[str, ...] = ()
+
+
+SCENARIOS = (
+    Scenario(
+        "completes",
+        "An order that completes",
+        "alice orders two books and a mug to Berlin: every step succeeds.",
+        "alice",
+        (("SKU-BOOK", 2), ("SKU-MUG", 1)),
+        "Berlin",
+        Status.SAGA_STATUS_COMPLETED,
+    ),
+    Scenario(
+        "out of stock",
+        "Rejected for stock",
+        "bob wants five of SKU-RARE, of which one exists: inventory rejects the reservation.",
+        "bob",
+        (("SKU-RARE", 5),),
+        "Paris",
+        Status.SAGA_STATUS_COMPENSATED,
+        reason="INSUFFICIENT_STOCK",
+    ),
+    Scenario(
+        "declined",
+        "Rejected for funds after stock was reserved",
+        "carol (balance 10.00) orders a 49.00 lamp. Payment is slowed by 300 ms so the "
+        "reservation lands first; the declined charge makes the saga release it.",
+        "carol",
+        (("SKU-LAMP", 1),),
+        "Lyon",
+        Status.SAGA_STATUS_COMPENSATED,
+        reason="INSUFFICIENT_FUNDS",
+        faults=(Fault("payment", "charge", latency_ms=300),),
+        shows=("released",),
+    ),
+    Scenario(
+        "unshippable",
+        "Shipping fails after the charge",
+        "dave ships to Atlantis: stock reserved and money charged, then shipping refuses — "
+        "the saga refunds the charge and releases the stock.",
+        "dave",
+        (("SKU-LAMP", 1), ("SKU-BOOK", 1)),
+        "Atlantis",
+        Status.SAGA_STATUS_COMPENSATED,
+        reason="UNSERVICEABLE_DESTINATION",
+        shows=("released", "refunded"),
+    ),
+    Scenario(
+        "retried",
+        "Survives transient failures",
+        "payment is told to fail its next 2 charges with UNAVAILABLE; the coordinator "
+        "retries with backoff and the order completes.",
+        "alice",
+        (("SKU-MUG", 2),),
+        "Madrid",
+        Status.SAGA_STATUS_COMPLETED,
+        faults=(Fault("payment", "charge", fail_next=2),),
+        shows=("retried",),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What the services hold: (available, reserved) per SKU, balance per customer."""
+
+    stock: Mapping[str, tuple[int, int]]
+    balances: Mapping[str, int]
+    currency: str
+
+
+@dataclass
+class Outcome:
+    """What one scenario's saga did, what the services now hold, and the verdict."""
+
+    scenario: Scenario
+    before: Holdings
+    saga: coordinator_pb2.Saga | None = None
+    order: order_pb2.OrderRecord | None = None
+    reservation: inventory_pb2.Reservation | None = None
+    charges: list[payment_pb2.Charge] = field(default_factory=list)
+    shipment: shipping_pb2.Shipment | None = None
+    after: Holdings | None = None
+    checks: list[tuple[bool, str]] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.checks) and all(ok for ok, _ in self.checks)
+
+
+Check = tuple[bool, str]  # (held, what was checked)
+
+
+def judge(o: Outcome, mode: str | None = None) -> list[Check]:
+    """Everything the scenario must show, each as (held, description).
+
+    ``mode`` ("orchestration" / "choreography"), when the stack was told one, must be
+    the mode the saga actually ran in.
+    """
+    s, saga = o.scenario, o.saga
+    assert saga is not None and o.after is not None
+    expected = status_name(s.expected)
+    checks = [(saga.status == s.expected, f"saga {status_name(saga.status)} (expected {expected})")]
+    if mode:
+        ran = participant_pb2.SagaMode.Name(saga.mode).removeprefix("SAGA_MODE_").lower()
+        checks.append((ran == mode, f"ran in {ran} mode (asked for {mode})"))
+    if s.reason:
+        f = saga.failure
+        got = f"{f.reason or f.code or 'no reason'} at {f.step or '?'}"
+        checks.append((f.reason == s.reason, f"failure {got} (expected {s.reason})"))
+    completed = s.expected == Status.SAGA_STATUS_COMPLETED
+    checks.append(_order_finished(o, completed))
+    checks += _paid_once(o, o.after) if completed else _restored(o, o.after)
+    if "released" in s.shows:
+        released = inventory_pb2.RESERVATION_STATUS_RELEASED
+        held = o.reservation is not None and o.reservation.status == released
+        checks.append((held, "the reservation was made, then released"))
+    if "refunded" in s.shows:
+        refunded = any(c.status == payment_pb2.CHARGE_STATUS_REFUNDED for c in o.charges)
+        checks.append((refunded, "the charge was captured, then refunded"))
+    if "retried" in s.shows:
+        checks.append(_retried(saga, s))
+    return checks
+
+
+def _order_finished(o: Outcome, completed: bool) -> Check:
+    want = order_pb2.ORDER_STATUS_APPROVED if completed else order_pb2.ORDER_STATUS_CANCELLED
+    if o.order is None:
+        return False, "order missing"
+    name = order_pb2.OrderStatus.Name(o.order.status).removeprefix("ORDER_STATUS_").lower()
+    return o.order.status == want, f"order {name}"
+
+
+def _captured(o: Outcome) -> int:
+    captured = payment_pb2.CHARGE_STATUS_CAPTURED
+    return sum(c.amount.amount_minor for c in o.charges if c.status == captured)
+
+
+def _paid_once(o: Outcome, after: Holdings) -> list[Check]:
+    """A completed order: charged its total exactly once, its items taken from stock."""
+    customer = o.scenario.customer
+    spent = o.before.balances[customer] - after.balances[customer]
+    total = o.order.total.amount_minor if o.order else -1
+    text = f"{customer} paid {money(spent, after.currency)} once"
+    checks = [(spent == total == _captured(o), text)]
+    for sku, quantity in o.scenario.items:
+        taken = o.before.stock[sku][0] - after.stock[sku][0]
+        checks.append((taken == quantity, f"{sku}: {taken} taken from stock"))
+    return checks
+
+
+def _restored(o: Outcome, after: Holdings) -> list[Check]:
+    """A compensated order: the customer's balance and every SKU's stock as before."""
+    customer = o.scenario.customer
+    spent = o.before.balances[customer] - after.balances[customer]
+    text = f"{customer}'s balance restored (change {money(-spent, after.currency)})"
+    checks = [(spent == 0 == _captured(o), text)]
+    for sku, _ in o.scenario.items:
+        available, reserved = after.stock[sku]
+        text = f"{sku}: stock restored ({available:,} available, {reserved:,} reserved)"
+        checks.append((o.before.stock[sku] == after.stock[sku], text))
+    return checks
+
+
+def _retried(saga: coordinator_pb2.Saga, s: Scenario) -> Check:
+    injected = sum(f.fail_next for f in s.faults)
+    transient = sum(
+        a.outcome == "transient"
+        for step in saga.steps
+        for a in step.attempts
+        if step.participant == "payment" and a.phase == "execute"
+    )
+    if saga.mode == participant_pb2.SAGA_MODE_CHOREOGRAPHY and not transient:
+        # Faults are injected into participant calls; a reaction to an event is not one.
+        return True, "choreography: no participant call to fail (faults act on the RPC edge)"
+    return transient >= injected, f"{transient} transient failure(s) of the charge, retried"
