@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.config import ServerSettings
+from common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ class RunningServer:
         app: App,
         port: int,
         grace: float,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.server = server
         self.health = health_servicer
         self.app = app
         self.port = port
         self._grace = grace
+        self._telemetry = telemetry
         self._stopping: asyncio.Task[None] | None = None
 
     @property
@@ -91,14 +94,25 @@ class RunningServer:
         await stopping
         await self.app.stop()
         log.info("stopped")
+        if self._telemetry is not None:
+            # Last, so the spans of the calls that finished above are exported too.
+            await asyncio.to_thread(self._telemetry.shutdown)
 
 
 async def start_server(
-    app: App, settings: ServerSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    app: App,
+    settings: ServerSettings,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    telemetry: Telemetry | None = None,
 ) -> RunningServer:
-    """Open the app, bind the port, and report SERVING for every service."""
+    """Open the app, bind the port, and report SERVING for every service.
+
+    With ``telemetry`` (the process's own) every call but health checks gets a
+    server span, and the telemetry is flushed and shut down after the server stops.
+    """
+    traced = [telemetry.server_interceptor()] if telemetry is not None else []
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        interceptors=[*traced, *interceptors],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -117,7 +131,7 @@ async def start_server(
     for name in ("", *app.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving address=%s:%d", settings.host, port)
-    return RunningServer(server, health_servicer, app, port, settings.grace_seconds)
+    return RunningServer(server, health_servicer, app, port, settings.grace_seconds, telemetry)
 
 
 async def serve_until_signal(running: RunningServer) -> None:

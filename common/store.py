@@ -9,6 +9,7 @@ what lets the barrier give them exactly one effect.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,8 +63,11 @@ class Database:
 
     async def transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work(conn)`` in one IMMEDIATE transaction: all of it commits, or none."""
+        # run_in_executor does not carry context variables: copy the caller's, so
+        # its current span is current inside ``work`` (events written there carry it).
+        context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._in_transaction, work
+            self._executor, context.run, self._in_transaction, work
         )
 
     async def read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:

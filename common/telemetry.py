@@ -1,14 +1,85 @@
-"""OpenTelemetry for every process: trace context propagation through event headers.
+"""OpenTelemetry for every Sagawire process: traces, metrics, and trace context in event headers.
 
-(Provider setup, exporters and instrumentation are added by the telemetry issue.)
+A process calls :func:`setup_telemetry` once at start. It gets a tracer provider
+whose resource carries the process's own ``service.name`` (``OTEL_SERVICE_NAME``
+and ``OTEL_RESOURCE_ATTRIBUTES`` override it, as the SDK's standard resource
+handling does) and a meter provider with the :class:`~common.metrics.SagaMetrics`.
+
+Where spans go, decided by the standard variables:
+
+* ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) set: OTLP/gRPC, e.g. to Jaeger;
+* otherwise the local trace file ``<data_dir>/traces.jsonl`` (:mod:`common.trace_file`),
+  which ``sagawire trace`` draws as a waterfall;
+* ``OTEL_TRACES_EXPORTER`` names them explicitly (``otlp``, ``console``, ``file``, ``none``).
+
+Metrics go over OTLP when an endpoint is configured (``OTEL_METRICS_EXPORTER=none`` turns
+them off, e.g. in front of Jaeger, which takes traces only). :meth:`Telemetry.shutdown`
+flushes both; the server calls it last on graceful shutdown.
+
+gRPC calls are traced by opentelemetry-instrumentation-grpc's aio interceptors
+(:meth:`Telemetry.server_interceptor`, :func:`client_interceptors`). Health checks,
+reflection and the endless ``EventStream/Subscribe`` are not traced: events get
+one span each instead, :func:`producer_span` when written to the outbox and
+:func:`consumer_span` when a consumer reacts, so one choreographed saga is one trace.
+
+The helpers use the *active* telemetry: the one :func:`setup_telemetry` installed
+for the process, or one a test activates with :func:`activated` (tests never set
+the OpenTelemetry globals).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import grpc
 from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import Link, Span, SpanKind, Tracer
+
+from common.metrics import SagaMetrics
+from common.trace_file import TRACE_FILE_NAME, JsonLinesSpanExporter
+from protos.sagawire.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+INSTRUMENTATION_NAME = "sagawire"
+SERVICE_NAMESPACE = "sagawire"
+
+# Calls that get no span: probes, tooling, and the long-lived event stream
+# (its events get one span each from producer_span / consumer_span).
+_UNTRACED = grpc_filters.any_of(
+    grpc_filters.health_check(),
+    grpc_filters.service_prefix("grpc.reflection."),
+    grpc_filters.full_method_name("/sagawire.v1.EventStream/Subscribe"),
+)
+TRACED_CALLS = grpc_filters.negate(_UNTRACED)
+
+
+# --- trace context in event headers -------------------------------------------------
 
 
 def inject_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -20,3 +91,282 @@ def inject_headers(headers: dict[str, str]) -> dict[str, str]:
 def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
     """The trace context carried by an event's headers."""
     return extract(dict(headers))
+
+
+# --- the telemetry of one process ---------------------------------------------------
+
+
+class Telemetry:
+    """One process's tracer and meter providers, its instruments and its interceptors."""
+
+    def __init__(
+        self, service_name: str, tracer_provider: TracerProvider, meter_provider: MeterProvider
+    ) -> None:
+        self.service_name = service_name
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.tracer: Tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
+        self.metrics = SagaMetrics(meter_provider.get_meter(INSTRUMENTATION_NAME))
+        self._shutdown_lock = threading.Lock()
+        self._is_shut_down = False
+
+    def server_interceptor(self) -> grpc.aio.ServerInterceptor:
+        """A SERVER span per call (health checks, reflection and Subscribe excluded)."""
+        interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=self.tracer_provider, filter_=TRACED_CALLS
+        )
+        return interceptor
+
+    def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``: a CLIENT
+        span per call, with the trace context sent in the call's metadata."""
+        return _client_interceptors(self.tracer_provider)
+
+    def force_flush(self, timeout_millis: int = 10_000) -> bool:
+        """Export what is buffered now; True when everything made it."""
+        spans = self.tracer_provider.force_flush(timeout_millis)
+        points = self.meter_provider.force_flush(timeout_millis)
+        return spans and points
+
+    def shutdown(self) -> None:
+        """Flush and stop both providers. Idempotent; blocks while the exporters flush."""
+        with self._shutdown_lock:
+            if self._is_shut_down:
+                return
+            self._is_shut_down = True
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def _client_interceptors(
+    tracer_provider: TracerProvider | None,
+) -> list[grpc.aio.ClientInterceptor]:
+    interceptors: list[grpc.aio.ClientInterceptor] = aio_client_interceptors(  # type: ignore[no-untyped-call]
+        tracer_provider=tracer_provider, filter_=TRACED_CALLS
+    )
+    return list(interceptors)
+
+
+def service_resource(service_name: str) -> Resource:
+    """``service.name`` = the process's name unless ``OTEL_SERVICE_NAME`` or
+    ``OTEL_RESOURCE_ATTRIBUTES`` say otherwise; the SDK's defaults otherwise."""
+    ours = Resource.create({SERVICE_NAME: service_name, "service.namespace": SERVICE_NAMESPACE})
+    # Resource.create lets explicit attributes win; the environment must win over ours.
+    return ours.merge(OTELResourceDetector().detect())
+
+
+def create_telemetry(
+    service_name: str,
+    span_exporters: Sequence[SpanExporter] = (),
+    metric_readers: Sequence[MetricReader] = (),
+    *,
+    batch: bool = True,
+    shutdown_on_exit: bool = False,
+) -> Telemetry:
+    """Telemetry with the given exporters, not installed anywhere (tests use this directly,
+    e.g. with an ``InMemorySpanExporter`` and ``batch=False``)."""
+    resource = service_resource(service_name)
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=shutdown_on_exit)
+    for exporter in span_exporters:
+        processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+        tracer_provider.add_span_processor(processor)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=list(metric_readers), shutdown_on_exit=shutdown_on_exit
+    )
+    return Telemetry(service_name, tracer_provider, meter_provider)
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _exporter_names(variable: str) -> list[str]:
+    return [n.strip().lower() for n in _env(variable).split(",") if n.strip()]
+
+
+def _otlp_configured(signal: str) -> bool:
+    return bool(
+        _env("OTEL_EXPORTER_OTLP_ENDPOINT") or _env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+    )
+
+
+def span_exporters_from_env(data_dir: Path) -> list[SpanExporter]:
+    """The span exporters the ``OTEL_*`` variables ask for (see the module docstring)."""
+    names = _exporter_names("OTEL_TRACES_EXPORTER")
+    if not names:
+        names = ["otlp" if _otlp_configured("TRACES") else "file"]
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "file":
+            exporters.append(JsonLinesSpanExporter(data_dir / TRACE_FILE_NAME))
+        elif name != "none":
+            log.warning("unknown OTEL_TRACES_EXPORTER ignored name=%s", name)
+    return [] if "none" in names else exporters
+
+
+def metric_readers_from_env() -> list[MetricReader]:
+    """OTLP metrics when an endpoint is configured, unless ``OTEL_METRICS_EXPORTER`` says
+    otherwise; the interval is ``OTEL_METRIC_EXPORT_INTERVAL`` (SDK default 60 s)."""
+    names = _exporter_names("OTEL_METRICS_EXPORTER")
+    if not names:
+        names = ["otlp"] if _otlp_configured("METRICS") else []
+    readers: list[MetricReader] = []
+    for name in names:
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        elif name == "console":
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+        elif name != "none":
+            log.warning("unknown OTEL_METRICS_EXPORTER ignored name=%s", name)
+    return [] if "none" in names else readers
+
+
+def setup_telemetry(service_name: str, data_dir: Path, *, install: bool = True) -> Telemetry:
+    """The telemetry of this process, configured from the standard ``OTEL_*`` variables.
+
+    With ``install`` (the default, for a process's ``main``) it becomes the active
+    telemetry and the OpenTelemetry global providers. Call :meth:`Telemetry.shutdown`
+    on the way out (``start_server(..., telemetry=...)`` does).
+    """
+    telemetry = create_telemetry(
+        service_name,
+        span_exporters_from_env(data_dir),
+        metric_readers_from_env(),
+        shutdown_on_exit=install,
+    )
+    if install:
+        global _active
+        _active = telemetry
+        trace.set_tracer_provider(telemetry.tracer_provider)
+        otel_metrics.set_meter_provider(telemetry.meter_provider)
+    return telemetry
+
+
+# --- the active telemetry and the helpers that use it ---------------------------------
+
+_active: Telemetry | None = None
+_fallback_metrics: SagaMetrics | None = None
+
+
+def active() -> Telemetry | None:
+    """The telemetry the helpers below use, if any."""
+    return _active
+
+
+@contextmanager
+def activated(telemetry: Telemetry) -> Iterator[Telemetry]:
+    """Make ``telemetry`` the active one for the block (tests), then restore the previous."""
+    global _active
+    previous, _active = _active, telemetry
+    try:
+        yield telemetry
+    finally:
+        _active = previous
+
+
+def tracer() -> Tracer:
+    """The active telemetry's tracer (the global, no-op until configured, otherwise)."""
+    return _active.tracer if _active is not None else trace.get_tracer(INSTRUMENTATION_NAME)
+
+
+def saga_metrics() -> SagaMetrics:
+    """The active telemetry's :class:`SagaMetrics` (recording into the void otherwise)."""
+    global _fallback_metrics
+    if _active is not None:
+        return _active.metrics
+    if _fallback_metrics is None:
+        _fallback_metrics = SagaMetrics(otel_metrics.get_meter(INSTRUMENTATION_NAME))
+    return _fallback_metrics
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors for a process's outgoing channels (the coordinator's clients)."""
+    if _active is not None:
+        return _active.client_interceptors()
+    return _client_interceptors(None)
+
+
+@contextmanager
+def producer_span(
+    event_type: str, subject: str, headers: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
+    """A PRODUCER span for publishing one event; yields the event's headers carrying it.
+
+    ``subject`` is the saga id. Use it around the outbox write::
+
+        with producer_span("sagawire.inventory.reserved", saga_id) as headers:
+            outbox.append(conn, "sagawire.inventory.reserved", saga_id, data, headers=headers)
+    """
+    attributes: dict[str, Any] = {
+        "messaging.system": INSTRUMENTATION_NAME,
+        "messaging.operation.type": "send",
+        "sagawire.event.type": event_type,
+        "saga.id": subject,
+    }
+    with tracer().start_as_current_span(
+        f"publish {event_type}", kind=SpanKind.PRODUCER, attributes=attributes
+    ):
+        yield inject_headers(headers if headers is not None else {})
+
+
+@contextmanager
+def consumer_span(event: events_pb2.Event, name: str | None = None) -> Iterator[Span]:
+    """A CONSUMER span for reacting to one event, continuing the producer's trace.
+
+    Its parent is the context in the event's headers and it also links to it, so
+    the reaction is part of the saga's one trace. ``name`` defaults to
+    ``"process <event type>"``. Events published inside it carry it onwards.
+    """
+    parent = extract_context(event.headers)
+    produced = trace.get_current_span(parent).get_span_context()
+    links = [Link(produced)] if produced.is_valid else []
+    attributes: dict[str, Any] = {
+        "messaging.system": INSTRUMENTATION_NAME,
+        "messaging.operation.type": "process",
+        "messaging.message.id": event.id,
+        "messaging.destination.name": event.source,
+        "sagawire.event.type": event.type,
+        "sagawire.event.source": event.source,
+        "sagawire.event.sequence": event.sequence,
+        "saga.id": event.subject,
+    }
+    with tracer().start_as_current_span(
+        name or f"process {event.type}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=links,
+    ) as span:
+        yield span
+
+
+def current_trace_id() -> str:
+    """The current trace id as 32 hex digits, or "" outside any span (GetSaga returns it)."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+__all__ = [
+    "SagaMetrics",
+    "Telemetry",
+    "activated",
+    "active",
+    "client_interceptors",
+    "consumer_span",
+    "create_telemetry",
+    "current_trace_id",
+    "extract_context",
+    "inject_headers",
+    "producer_span",
+    "saga_metrics",
+    "setup_telemetry",
+    "tracer",
+]

@@ -1,0 +1,131 @@
+"""The local trace file: finished spans as JSON lines, for a stack that runs without a collector.
+
+Every process of a local stack appends to ``<data_dir>/traces.jsonl``. Each span
+is one line written with a single ``os.write`` on an ``O_APPEND`` descriptor, so
+lines from several processes never interleave and nothing is buffered in the
+process: a span is on disk as soon as it is exported. A line looks like::
+
+    {"trace_id": "4bf9...", "span_id": "00f0...", "parent_span_id": null,
+     "name": "/sagawire.v1.Participant/Execute", "kind": "SERVER", "service": "inventory",
+     "start_ns": 1700000000000000000, "end_ns": 1700000000004000000,
+     "status": "UNSET", "status_message": "", "attributes": {...},
+     "events": [{"name": ..., "time_ns": ..., "attributes": {...}}],
+     "links": [{"trace_id": ..., "span_id": ..., "attributes": {...}}]}
+
+:func:`read_span_lines` reads them back (``sagawire trace``), skipping a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.resources import SERVICE_NAME
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+TRACE_FILE_NAME = "traces.jsonl"
+
+
+def _hex_trace(trace_id: int) -> str:
+    return format(trace_id, "032x")
+
+
+def _hex_span(span_id: int) -> str:
+    return format(span_id, "016x")
+
+
+def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Attribute values are str, bool, int, float or sequences of them.
+    return {
+        k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+        for k, v in (attributes or {}).items()
+    }
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    """One finished span as the JSON object of a trace-file line."""
+    context = span.get_span_context()
+    assert context is not None  # a recorded span always has one
+    parent = span.parent
+    return {
+        "trace_id": _hex_trace(context.trace_id),
+        "span_id": _hex_span(context.span_id),
+        "parent_span_id": _hex_span(parent.span_id) if parent is not None else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": str(span.resource.attributes.get(SERVICE_NAME, "")),
+        "start_ns": span.start_time or 0,
+        "end_ns": span.end_time or span.start_time or 0,
+        "status": span.status.status_code.name,
+        "status_message": span.status.description or "",
+        "attributes": _attributes(span.attributes),
+        "events": [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": _attributes(e.attributes)}
+            for e in span.events
+        ],
+        "links": [
+            {
+                "trace_id": _hex_trace(link.context.trace_id),
+                "span_id": _hex_span(link.context.span_id),
+                "attributes": _attributes(link.attributes),
+            }
+            for link in span.links
+        ],
+    }
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends each exported span to a JSON-lines file (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = [
+            (json.dumps(span_to_dict(s), separators=(",", ":"), default=str) + "\n").encode()
+            for s in spans
+        ]
+        with self._lock:
+            if self._fd is None:
+                return SpanExportResult.FAILURE
+            try:
+                for line in lines:
+                    os.write(self._fd, line)
+            except OSError:
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True  # nothing is buffered: every line was written by export()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def read_span_lines(path: Path, must_contain: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """The span objects of one trace file; lines that are not spans are skipped.
+
+    With ``must_contain``, only lines containing one of those strings are parsed
+    (a cheap filter before JSON decoding, for large files).
+    """
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if must_contain and not any(text in line for text in must_contain):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash mid-write
+            if isinstance(record, dict) and "trace_id" in record and "span_id" in record:
+                yield record
