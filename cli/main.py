@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cli import bench, demo, events, health, sagas, stack, trace
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
@@ -17,6 +19,7 @@ def _root() -> None:
 
 
 class ServiceName(StrEnum):
+    coordinator = "coordinator"
     order = "order"
     inventory = "inventory"
     payment = "payment"
@@ -29,10 +32,23 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (0: any free port).")] = None,
     data: Annotated[Path | None, typer.Option(help="Directory for the SQLite file.")] = None,
 ) -> None:
-    """Run one domain service in the foreground until SIGTERM / Ctrl-C."""
+    """Run one service (or the coordinator) in the foreground until SIGTERM / Ctrl-C."""
+    if service is ServiceName.coordinator:
+        from coordinator.app import main as run_coordinator
+
+        return run_coordinator(port=port, data_dir=data)
     from services.launcher import main
 
     main(service.value, port=port, data_dir=data)
+
+
+app.command()(stack.up)
+app.command()(demo.demo)
+app.add_typer(events.events_app, name="events")
+app.command()(health.health)
+app.command()(trace.trace)
+app.command()(bench.bench)
+sagas.register(app)
 
 
 if __name__ == "__main__":

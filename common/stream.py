@@ -43,9 +43,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
             await abort(context, error)
         types = frozenset(request.types)
         next_sequence = max(request.from_sequence, 1)
-        log.info(
-            "subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence
-        )
+        log.info("subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence)
         while not self._outbox.closed:
             seen = self._outbox.version
             events, scanned = await self._outbox.read(next_sequence, BATCH_SIZE, types)

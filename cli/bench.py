@@ -1,0 +1,416 @@
+"""``sagawire bench``: place_order sagas in closed loop, per mode, against the raw floor.
+
+For each mode and each concurrency: a warm-up, then a measured closed-loop run for a
+duration or a saga count. Modes:
+
+- ``raw``: the bench calls the participants itself (the floor, see :mod:`cli.bench_sagas`);
+- ``orchestration`` / ``choreography``: ``PlaceOrder`` with ``wait`` on a coordinator
+  running sagas in that mode;
+- ``choreography-direct``: choreography started at the order service and observed on its
+  event stream, with no coordinator at all (a diagnostic).
+
+After a mode's runs the services' records are checked against the reported outcomes
+(:mod:`cli.bench_check`). ``--soak`` and ``--recovery`` replace the sweep with the
+long-run checks of :mod:`cli.bench_long`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import psutil
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from cli import bench_long
+from cli.bench_check import Snapshot, snapshot, verify
+from cli.bench_load import Placed, ProcessWatch, Stop, closed_loop
+from cli.bench_report import (
+    RAW,
+    RunRow,
+    add_ratios,
+    markdown,
+    plot,
+    print_report,
+    row_of,
+    write_json,
+)
+from cli.bench_sagas import (
+    CoordinatorDriver,
+    DirectChoreographyDriver,
+    Driver,
+    Mix,
+    RawDriver,
+)
+from cli.bench_stack import BenchError, BenchStack, child_env
+from cli.stack import Mode
+
+ORCHESTRATION, CHOREOGRAPHY, DIRECT = "orchestration", "choreography", "choreography-direct"
+MODES = (RAW, ORCHESTRATION, CHOREOGRAPHY, DIRECT)
+_COORDINATED = {ORCHESTRATION: Mode.orchestration, CHOREOGRAPHY: Mode.choreography}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything ``sagawire bench`` was asked to do."""
+
+    modes: tuple[str, ...]
+    concurrencies: tuple[int, ...]
+    stop: Stop
+    mix: Mix
+    warmup: float = 1.0
+    target: str | None = None
+    verify: bool = True
+    traces: bool = True
+    data_dir: Path | None = None
+    soak_sagas: int = 0
+    recovery: int = 0
+    saga_timeout: float = 60.0
+    progress: bool = True
+    # PlaceOrder's ``saga`` per mode, for a target whose definitions select the mode.
+    definitions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    rows: list[RunRow] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(r.ok for r in self.rows)
+
+
+def machine() -> str:
+    """One line describing where the numbers come from."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{psutil.cpu_count(logical=True)} CPUs ({psutil.cpu_count(logical=False)} cores), "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"grpcio {grpc.__version__}, {platform.system()} {platform.machine()}, "
+        f"load average {load}"
+    )
+
+
+def _driver(stack: BenchStack, mode: str, config: BenchConfig) -> Driver:
+    if mode == RAW:
+        return RawDriver(stack.addresses(), rpc_timeout=config.saga_timeout)
+    if mode == DIRECT:
+        return DirectChoreographyDriver(stack.addresses(), rpc_timeout=config.saga_timeout)
+    return CoordinatorDriver(
+        mode,
+        stack.coordinator_address,
+        saga=config.definitions.get(mode, ""),
+        rpc_timeout=config.saga_timeout,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _mode_driver(stack: BenchStack, mode: str, config: BenchConfig) -> AsyncIterator[Driver]:
+    """The driver of ``mode``, with the coordinator it needs running (and no other)."""
+    if mode in _COORDINATED:
+        await stack.use_coordinator(_COORDINATED[mode])
+    else:
+        await stack.stop_coordinator()
+    driver = _driver(stack, mode, config)
+    try:
+        yield driver
+    finally:
+        await driver.close()
+
+
+class _Bar:
+    """A rich progress bar per run, or nothing when not on a terminal."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[sagas]:>7} sagas"),
+            TextColumn("{task.fields[rate]:>8} sagas/s"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        )
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float) -> Iterator[Callable[[float, int], None]]:
+        task = self.progress.add_task(description, total=total, sagas=0, rate="-")
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+
+        def update(done: float, sagas: int) -> None:
+            elapsed = loop.time() - begin
+            rate = f"{sagas / elapsed:,.0f}" if elapsed > 0 else "-"
+            self.progress.update(task, completed=done, sagas=sagas, rate=rate)
+
+        yield update
+
+
+async def _sweep(
+    stack: BenchStack, mode: str, driver: Driver, config: BenchConfig, bar: _Bar
+) -> tuple[list[RunRow], list[list[Placed]], list[Placed]]:
+    """Warm-up and measured run at each concurrency; returns rows, each run's sagas, all."""
+    rows: list[RunRow] = []
+    per_run: list[list[Placed]] = []
+    everything: list[Placed] = []
+    number = 0
+    for concurrency in config.concurrencies:
+        if config.warmup > 0:
+            with bar.task(f"{mode} c={concurrency} warm-up", config.warmup) as update:
+                warm = await closed_loop(
+                    driver,
+                    config.mix,
+                    concurrency,
+                    Stop(seconds=config.warmup),
+                    first_number=number,
+                    on_progress=update,
+                )
+            number += len(warm.placed) + concurrency
+            everything.extend(warm.placed)
+        watch = ProcessWatch(stack.pids())
+        with bar.task(f"{mode} c={concurrency}", config.stop.total) as update:
+            result = await closed_loop(
+                driver,
+                config.mix,
+                concurrency,
+                config.stop,
+                first_number=number,
+                watch=watch,
+                on_progress=update,
+            )
+        stack.check_alive()
+        number += len(result.placed) + concurrency
+        everything.extend(result.placed)
+        per_run.append(result.placed)
+        rows.append(row_of(mode, concurrency, config.mix.value, result))
+    return rows, per_run, everything
+
+
+async def _check(
+    stack: BenchStack,
+    before: Snapshot | None,
+    rows: list[RunRow],
+    per_run: list[list[Placed]],
+    everything: list[Placed],
+    result: BenchResult,
+    mode: str,
+) -> None:
+    if before is None:
+        return
+    addresses = stack.addresses()
+    verdict = await verify(addresses, before, await snapshot(addresses), everything)
+    for row, placed in zip(rows, per_run, strict=True):
+        bad = sum(1 for p in placed if p.outcome.order_id in verdict.bad_orders)
+        row.consistent = verdict.consistent and bad == 0
+    result.problems.extend(f"{mode}: {problem}" for problem in verdict.problems)
+
+
+async def _run_mode(
+    stack: BenchStack, mode: str, config: BenchConfig, bar: _Bar, result: BenchResult
+) -> None:
+    async with _mode_driver(stack, mode, config) as driver:
+        before = await snapshot(stack.addresses()) if config.verify else None
+        if config.soak_sagas or config.recovery:
+            rows: list[RunRow] = []
+            per_run: list[list[Placed]] = []
+            everything: list[Placed] = []
+            if config.soak_sagas:
+                row, placed = await bench_long.soak(
+                    stack,
+                    mode,
+                    driver,
+                    config.mix,
+                    max(config.concurrencies),
+                    config.soak_sagas,
+                    bar.task,
+                )
+                rows.append(row)
+                per_run.append(placed)
+                everything.extend(placed)
+            await _check(stack, before, rows, per_run, everything, result, mode)
+            result.rows.extend(rows)
+            if config.recovery and mode in _COORDINATED:
+                check = await bench_long.recovery(stack, mode, config.mix, config.recovery)
+                result.checks.append(check)
+                if check["unexpected"]:
+                    result.problems.append(f"{mode} recovery: {check['unexpected']} unexpected")
+            return
+        rows, per_run, everything = await _sweep(stack, mode, driver, config, bar)
+        await _check(stack, before, rows, per_run, everything, result, mode)
+        result.rows.extend(rows)
+
+
+async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
+    """Start (or reach) the stack, run every mode, return the rows."""
+    result = BenchResult()
+    with contextlib.ExitStack() as cleanup:
+        data_dir = config.data_dir
+        if data_dir is None and config.target is None:
+            data_dir = Path(
+                cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sagawire-bench-"))
+            )
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        stack = BenchStack(data_dir, target=config.target, env=child_env(config.traces))
+        bar = _Bar(console, config.progress)
+        async with stack:
+            with bar.progress:
+                for mode in config.modes:
+                    await _run_mode(stack, mode, config, bar, result)
+    add_ratios(result.rows)
+    return result
+
+
+def _csv(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise typer.BadParameter(f"give at least one {what}")
+    return items
+
+
+def bench(
+    mode: Annotated[
+        str, typer.Option(help=f"Comma-separated modes: {', '.join(MODES)}.")
+    ] = "raw,orchestration,choreography",
+    concurrency: Annotated[
+        str, typer.Option(help="Comma-separated closed-loop concurrencies.")
+    ] = "1,8,32,64",
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="Seconds per measured run (default 10).")
+    ] = None,
+    sagas: Annotated[
+        int | None, typer.Option(min=1, help="Sagas per measured run (instead of --duration).")
+    ] = None,
+    mix: Annotated[Mix, typer.Option(help="happy, compensate (declined at payment), mixed.")] = (
+        Mix.happy
+    ),
+    warmup: Annotated[float, typer.Option(min=0, help="Warm-up seconds before each run.")] = 1.0,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the rows to this JSON file.")
+    ] = None,
+    plot_file: Annotated[
+        Path | None, typer.Option("--plot", help="Draw throughput and p99 to this PNG.")
+    ] = None,
+    markdown_file: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the tables as Markdown here.")
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="A running coordinator HOST:PORT instead of an own stack; raw mode then "
+            "reaches the services at SAGAWIRE_<NAME>_ADDR."
+        ),
+    ] = None,
+    soak: Annotated[
+        bool, typer.Option("--soak", help="Instead of the sweep: 100,000 sagas, RSS at 10k/100k.")
+    ] = False,
+    soak_sagas: Annotated[int, typer.Option(min=10, help="Sagas of a --soak run.")] = 100_000,
+    recovery: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Instead of the sweep: start K sagas, SIGKILL the coordinator, restart it."
+        ),
+    ] = 0,
+    verify_records: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Check the services' records after.")
+    ] = True,
+    traces: Annotated[
+        bool, typer.Option("--traces/--no-traces", help="Own stack: export spans (as shipped).")
+    ] = True,
+    data: Annotated[
+        Path | None, typer.Option(help="Own stack: keep its stores here (default: a temp dir).")
+    ] = None,
+    saga: Annotated[
+        list[str] | None,
+        typer.Option(help="MODE=DEFINITION: the PlaceOrder saga to use for a mode (--target)."),
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: tty).")
+    ] = None,
+) -> None:
+    """Benchmark place_order sagas: raw RPC floor vs orchestration vs choreography."""
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: keep the tables whole
+        console = Console(width=max(console.width, 180))
+    modes = tuple(_csv(mode, "mode"))
+    if unknown := [m for m in modes if m not in MODES]:
+        raise typer.BadParameter(f"unknown mode {', '.join(unknown)}", param_hint="--mode")
+    try:
+        concurrencies = tuple(int(c) for c in _csv(concurrency, "concurrency"))
+    except ValueError:
+        raise typer.BadParameter("integers, e.g. 1,8,32", param_hint="--concurrency") from None
+    if any(c < 1 or c > 4096 for c in concurrencies):
+        raise typer.BadParameter("between 1 and 4096", param_hint="--concurrency")
+    if duration is not None and sagas is not None:
+        raise typer.BadParameter("give --duration or --sagas, not both")
+    if target is not None and recovery:
+        raise typer.BadParameter("needs the bench's own stack (it kills the coordinator)")
+    definitions = dict(s.partition("=")[::2] for s in saga or ())
+    config = BenchConfig(
+        modes=modes,
+        concurrencies=concurrencies,
+        stop=Stop(sagas=sagas) if sagas is not None else Stop(seconds=duration or 10.0),
+        mix=mix,
+        warmup=warmup,
+        target=target,
+        verify=verify_records,
+        traces=traces,
+        data_dir=data,
+        soak_sagas=soak_sagas if soak else 0,
+        recovery=recovery,
+        progress=console.is_terminal if progress is None else progress,
+        definitions=definitions,
+    )
+    console.print(f"[dim]machine: {machine()}[/]")
+    try:
+        result = _run(config, console)
+    except BenchError as error:
+        console.print(f"[bold red]bench failed:[/] {error}")
+        raise typer.Exit(2) from None
+    print_report(console, result.rows)
+    for row in result.rows:
+        if row.kind == "soak":
+            bench_long.print_soak(console, row)
+    for check in result.checks:
+        bench_long.print_check(console, check)
+    for problem in result.problems:
+        console.print(f"[bold red]inconsistent:[/] {problem}")
+    if json_file is not None:
+        write_json(json_file, result.rows, result.checks)
+        console.print(f"wrote {json_file}")
+    if markdown_file is not None:
+        markdown_file.write_text(markdown(result.rows))
+        console.print(f"wrote {markdown_file}")
+    if plot_file is not None and result.rows:
+        plot(plot_file, result.rows, title=machine())
+        console.print(f"wrote {plot_file}")
+    if not result.ok:
+        console.print("[bold red]some sagas did not end as expected (see above)[/]")
+        raise typer.Exit(1)
+
+
+def _run(config: BenchConfig, console: Console) -> BenchResult:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run_bench(config, console))
+    result: BenchResult = uvloop.run(run_bench(config, console))
+    return result

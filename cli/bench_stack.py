@@ -1,0 +1,246 @@
+"""The stack a benchmark runs against: its own on free ports, or a running one.
+
+The bench's own stack runs the same processes as ``sagawire up`` with the same
+environment (:meth:`cli.stack.StackOptions.child_env`): the four services start once,
+in a temporary data directory, and a coordinator is started for each mode that needs
+one (``SAGAWIRE_MODE`` set accordingly) and stopped after it, so no mode pays for
+another's coordinator — an idle choreography coordinator still follows all four event
+streams. Children's output is kept (the last lines per process) to explain a failure.
+
+The children are started with :class:`subprocess.Popen` rather than the supervisor's
+asyncio subprocesses: the bench client runs on uvloop, whose ``subprocess_exec`` does
+not take ``process_group``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cli.stack import (
+    COORDINATOR,
+    Mode,
+    StackOptions,
+    coordinator_installed,
+    describe_exit,
+    free_ports,
+)
+from common.config import SERVICE_NAMES, Endpoints
+
+_KEPT_LINES = 200
+_STARTUP_TIMEOUT = 60.0
+_GRACE = 10.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot run as asked."""
+
+
+class Child:
+    """One process of the bench's stack: ``python -m <module>``, output kept, not shown."""
+
+    def __init__(self, name: str, env: Mapping[str, str], address: str) -> None:
+        self.name = name
+        self.address = address
+        module = COORDINATOR if name == COORDINATOR else f"services.{name}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            process_group=0,  # a Ctrl-C reaches the bench, which stops its children
+        )
+        self.lines: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
+        self._reader = threading.Thread(target=self._read, name=f"bench-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, count: int = 20) -> str:
+        return "\n".join(list(self.lines)[-count:])
+
+    async def wait_serving(self, within: float = _STARTUP_TIMEOUT) -> None:
+        """Poll the standard health service until SERVING; BenchError if it dies or hangs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        request = health_pb2.HealthCheckRequest(service="")
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if (code := self.proc.poll()) is not None:
+                    raise BenchError(f"{self.name} {describe_exit(code)}:\n{self.tail()}")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await health.Check(request, timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                if loop.time() > deadline:
+                    raise BenchError(f"{self.name} not SERVING within {within:g}s:\n{self.tail()}")
+                await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, like a crash."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    async def stop(self, grace: float = _GRACE) -> int:
+        """SIGTERM, up to ``grace`` seconds, then SIGKILL; returns the exit status."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        code = await asyncio.to_thread(self.proc.wait)
+        await asyncio.to_thread(self._reader.join, 5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+
+class BenchStack:
+    """Where the bench sends its sagas, and which processes it measures."""
+
+    def __init__(
+        self,
+        data_dir: Path | None,
+        *,
+        target: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.target = target
+        self._env = dict(env or {})
+        self._data_dir = data_dir
+        self._services: dict[str, Child] = {}
+        self._coordinator: Child | None = None
+        self.coordinator_mode: Mode | None = None
+        if target is not None:
+            self.endpoints = Endpoints(coordinator_addr=target)
+            self.ports: dict[str, int] = {}
+        else:
+            self.ports = free_ports([COORDINATOR, *SERVICE_NAMES])
+            self.endpoints = Endpoints(
+                **{f"{name}_addr": f"127.0.0.1:{port}" for name, port in self.ports.items()}
+            )
+
+    @property
+    def own(self) -> bool:
+        """True when the bench started this stack (and may kill its processes)."""
+        return self.target is None
+
+    def _spawn(self, name: str, mode: Mode | None = None) -> Child:
+        assert self._data_dir is not None
+        options = StackOptions(
+            data_dir=self._data_dir, ports=self.ports, names=(name,), mode=mode, env=self._env
+        )
+        env = options.child_env(name)
+        if mode is not None:
+            # The definitions file names this override SAGAWIRE_SAGA_MODE; set both.
+            env["SAGAWIRE_SAGA_MODE"] = mode.value
+        return Child(name, env, self.endpoints.of(name))
+
+    async def __aenter__(self) -> BenchStack:
+        if self.own:
+            try:
+                for name in SERVICE_NAMES:
+                    self._services[name] = self._spawn(name)
+                await asyncio.gather(*(c.wait_serving() for c in self._services.values()))
+            except BaseException:
+                await self.close()
+                raise
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the coordinator, then the services."""
+        await self.stop_coordinator()
+        children, self._services = list(self._services.values()), {}
+        await asyncio.gather(*(c.stop() for c in children))
+
+    def check_alive(self) -> None:
+        """BenchError if a process of the bench's own stack has died."""
+        for child in [*self._services.values(), *filter(None, [self._coordinator])]:
+            if (code := child.proc.poll()) is not None:
+                raise BenchError(f"{child.name} {describe_exit(code)}:\n{child.tail()}")
+
+    def addresses(self) -> dict[str, str]:
+        """Each service's address (own stack, or SAGAWIRE_<NAME>_ADDR for a target)."""
+        return {name: self.endpoints.of(name) for name in SERVICE_NAMES}
+
+    @property
+    def coordinator_address(self) -> str:
+        return self.endpoints.coordinator_addr
+
+    async def use_coordinator(self, mode: Mode) -> None:
+        """Make sure a coordinator runs sagas in ``mode`` (own stack: start one if needed)."""
+        if not self.own or (self.coordinator_mode is mode and self._coordinator is not None):
+            return
+        if not coordinator_installed():
+            raise BenchError("the coordinator is not installed (no coordinator/__main__.py)")
+        await self.stop_coordinator()
+        self._coordinator = self._spawn(COORDINATOR, mode)
+        self.coordinator_mode = mode
+        await self._coordinator.wait_serving()
+
+    async def stop_coordinator(self) -> None:
+        if self._coordinator is not None:
+            child, self._coordinator = self._coordinator, None
+            self.coordinator_mode = None
+            await child.stop()
+
+    def kill_coordinator(self) -> None:
+        """SIGKILL the coordinator: no shutdown code runs, like a crash."""
+        if self._coordinator is None:
+            raise BenchError("no coordinator to kill")
+        self._coordinator.kill()
+
+    async def restart_coordinator(self) -> None:
+        """After :meth:`kill_coordinator`: start it again on the same port and store."""
+        mode = self.coordinator_mode
+        if mode is None:
+            raise BenchError("no coordinator to restart")
+        await self.stop_coordinator()  # reaps the killed process
+        await self.use_coordinator(mode)
+
+    def pids(self) -> dict[str, int]:
+        """The processes to measure, by name (empty for a target: they are not ours)."""
+        children = [*self._services.values(), *filter(None, [self._coordinator])]
+        return {c.name: c.pid for c in children if c.running}
+
+
+def child_env(traces: bool) -> dict[str, str]:
+    """Extra environment for the bench's own stack: tracing on (as shipped) or off."""
+    if traces:
+        return {}
+    return {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}

@@ -1,0 +1,83 @@
+"""A short ``sagawire bench`` run: the shape of its output and that every saga ended as
+expected. Never the speed — the machine running the tests is shared."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.bench_report import RunRow
+
+SAGAWIRE = Path(sys.executable).parent / "sagawire"
+MODES = ("raw", "orchestration", "choreography")
+CONCURRENCIES = (1, 4)
+REQUIRED = (
+    "mode",
+    "concurrency",
+    "mix",
+    "sagas",
+    "seconds",
+    "sagas_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "ratio_to_raw",
+)
+STACK_PROCESSES = {"bench", "order", "inventory", "payment", "shipping"}
+
+
+def _not_available(row: dict[str, Any]) -> bool:
+    return any("MODE_NOT_AVAILABLE" in kind for kind in row["unexpected_kinds"])
+
+
+@pytest.mark.timeout(90)
+def test_short_run_prints_the_table_and_writes_json_and_plot(tmp_path: Path) -> None:
+    out, png = tmp_path / "out.json", tmp_path / "bench.png"
+    args = [
+        str(SAGAWIRE),
+        "bench",
+        "--mode", ",".join(MODES),
+        "--concurrency", ",".join(map(str, CONCURRENCIES)),
+        "--duration", "1",
+        "--warmup", "0.3",
+        "--mix", "mixed",
+        "--no-progress",
+        "--json", str(out),
+        "--plot", str(png),
+    ]  # fmt: skip
+    run = subprocess.run(args, capture_output=True, text=True, timeout=80, check=False)
+    rows: list[dict[str, Any]] = json.loads(out.read_text())
+    choreography = [r for r in rows if r["mode"] == "choreography"]
+    if choreography and all(_not_available(r) for r in choreography):
+        pytest.skip("the coordinator does not run choreography yet (MODE_NOT_AVAILABLE)")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    assert [(r["mode"], r["concurrency"]) for r in rows] == [
+        (m, c) for m in MODES for c in CONCURRENCIES
+    ]
+    for row in rows:
+        assert set(REQUIRED) <= set(row), row
+        assert set(row) == {f for f in RunRow.__dataclass_fields__}
+        assert row["mix"] == "mixed"
+        for key in ("sagas", "seconds", "sagas_per_s", "p50_ms", "p95_ms", "p99_ms"):
+            assert row[key] > 0, (key, row)
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["ratio_to_raw"] > 0
+        # Every saga ended as expected, and the services' records agree.
+        assert row["unexpected"] == 0, row["unexpected_kinds"]
+        assert row["consistent"] is True
+        processes = STACK_PROCESSES | ({"coordinator"} if row["mode"] != "raw" else set())
+        assert set(row["cpu_s_per_saga"]) == processes
+        assert set(row["peak_rss_mb"]) == processes
+        assert all(v > 0 for v in row["peak_rss_mb"].values())
+    assert all(r["ratio_to_raw"] == 1.0 for r in rows if r["mode"] == "raw")
+
+    for mode in MODES:
+        assert mode in run.stdout
+    assert "sagas/s" in run.stdout and "p99 ms" in run.stdout
+    assert png.read_bytes().startswith(b"\x89PNG")
