@@ -19,11 +19,11 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from common.store import Database, utc_now
-from protos.sagawire.v1 import events_pb2, events_pb2_grpc
+from common.subscriber import Subscriber
+from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ CREATE TABLE IF NOT EXISTS poison_event (
 
 # A reaction runs inside the consumer's transaction; it may append to the outbox.
 Reaction = Callable[[sqlite3.Connection, events_pb2.Event], None]
-
-
-class _StreamEnded(Exception):
-    """The producer closed the stream (it is shutting down): reconnect."""
 
 
 class PoisonEvent(Exception):
@@ -92,8 +88,22 @@ class Consumer:
         self._sub = subscription
         self._name = consumer_name
         self._on_commit = on_commit
-        self._channel_options = list(channel_options)
-        self.connected = asyncio.Event()
+        self._subscriber = Subscriber(
+            producer=subscription.producer,
+            address=subscription.address,
+            consumer=consumer_name,
+            types=sorted(subscription.reactions),
+            next_sequence=self._next_sequence,
+            handle=self._apply,
+            channel_options=channel_options,
+        )
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self._subscriber.connected
+
+    async def _next_sequence(self) -> int:
+        return await self.offset() + 1
 
     @property
     def producer(self) -> str:
@@ -103,33 +113,8 @@ class Consumer:
         return await self._db.read(lambda conn: _offset(conn, self._sub.producer))
 
     async def run(self) -> None:
-        """Follow the stream forever, reconnecting with backoff; ends only when cancelled."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((grpc.aio.AioRpcError, _StreamEnded)),
-            wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self._follow()
-
-    async def _follow(self) -> None:
-        types = sorted(self._sub.reactions)
-        async with grpc.aio.insecure_channel(
-            self._sub.address, options=self._channel_options
-        ) as channel:
-            stub = events_pb2_grpc.EventStreamStub(channel)
-            start = await self.offset() + 1
-            stream = stub.Subscribe(
-                events_pb2.SubscribeRequest(from_sequence=start, consumer=self._name, types=types)
-            )
-            self.connected.set()
-            try:
-                async for batch in stream:
-                    await self._apply(batch.events)
-            finally:
-                self.connected.clear()
-        raise _StreamEnded(self._sub.producer)
+        """Follow the producer forever (reconnecting with backoff); ends only when cancelled."""
+        await self._subscriber.run()
 
     async def _apply(self, events: Sequence[events_pb2.Event]) -> None:
         retrying = AsyncRetrying(

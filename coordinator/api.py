@@ -15,10 +15,11 @@ import grpc
 from common.errors import NotFound, SagawireError, abort, grpc_edge
 from common.policy import BreakerBoard
 from coordinator import requests
-from coordinator.definitions import Definitions
+from coordinator.definitions import Definitions, SagaMode
 from coordinator.engine import SagaEngine
+from coordinator.observation import OBSERVED
 from coordinator.payloads import saga_data
-from coordinator.records import SETTLED, SagaRecord
+from coordinator.records import SETTLED, Kind, SagaRecord
 from coordinator.store import SagaLog
 from coordinator.views import SAGA_STATUS, breaker_message, failure_message, saga_message
 from coordinator.views import transition_message as transition
@@ -81,7 +82,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.GetSagaRequest, context: grpc.aio.ServicerContext
     ) -> pb.Saga:
         async def body() -> pb.Saga:
-            return self._message(await self._load(requests.saga_id(request.saga_id)))
+            record = await self._load(requests.saga_id(request.saga_id))
+            message = self._message(record)
+            if record.mode == SagaMode.CHOREOGRAPHY.value:
+                observed = await self._log.history(record.saga_id)
+                for step in message.steps:
+                    step.events.extend(
+                        t.detail.removeprefix(OBSERVED)
+                        for t in observed
+                        if t.step == step.name
+                        and t.detail.startswith(OBSERVED)
+                        and t.kind
+                        in (Kind.STEP_SUCCEEDED, Kind.STEP_REJECTED, Kind.COMPENSATION_DONE)
+                    )
+            return message
 
         return await grpc_edge(context, body)
 

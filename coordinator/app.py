@@ -20,13 +20,14 @@ import grpc
 from common.config import DEFAULT_PORTS, Endpoints, load
 from common.logs import setup_logging
 from common.policy import BreakerBoard, BreakerSettings, CallPolicy
-from common.server import serve_until_signal, start_server
+from common.server import serve_until_signal, server_options, start_server
 from common.telemetry import setup_telemetry
 from coordinator import api
 from coordinator.clients import Participants
 from coordinator.crash import CrashHook
-from coordinator.definitions import DefinitionError, Definitions, load_definitions
+from coordinator.definitions import DefinitionError, Definitions, SagaMode, load_definitions
 from coordinator.engine import SagaEngine
+from coordinator.observer import Observer
 from coordinator.recovery import recover
 from coordinator.runner import SagaRunner
 from coordinator.settings import CoordinatorSettings
@@ -52,9 +53,7 @@ class CoordinatorApp:
         definitions: Definitions | None = None,
     ) -> None:
         self.settings = settings
-        self.definitions = definitions or load_definitions(
-            settings.definitions_file, settings.saga_mode
-        )
+        self.definitions = definitions or load_definitions(settings.definitions_file, settings.mode)
         participants = participants_of(self.definitions)
         self.participants = Participants(
             endpoints or Endpoints(), participants, client_interceptors
@@ -78,6 +77,22 @@ class CoordinatorApp:
             max_concurrent=settings.max_concurrent_sagas,
             max_pending=settings.max_pending_sagas,
         )
+        # Choreographed sagas are followed through the services' event streams.
+        choreographed = any(
+            d.mode is SagaMode.CHOREOGRAPHY for d in self.definitions.sagas.values()
+        )
+        self.observer = (
+            Observer(
+                self.log,
+                endpoints or Endpoints(),
+                settings.data_dir,
+                synchronous=settings.sqlite_synchronous,
+                channel_options=server_options(settings),
+                stall_check_seconds=settings.stall_check_seconds,
+            )
+            if choreographed
+            else None
+        )
         self.servicer = api.CoordinatorServicer(
             self.engine, self.log, self.definitions, self.breakers
         )
@@ -91,6 +106,8 @@ class CoordinatorApp:
         if self.crash.armed:
             log.warning("crash hook armed at=%s (test only)", self.settings.crash_at)
         resumed = await recover(self.log, self.engine, self.crash)
+        if self.observer is not None:
+            await self.observer.start()
         log.info("coordinator ready sagas_resumed=%d", resumed)
 
     async def drain(self) -> None:
@@ -103,6 +120,8 @@ class CoordinatorApp:
             return
         self._stopped = True
         await self.engine.close(self.settings.drain_seconds)
+        if self.observer is not None:
+            await self.observer.stop()
         await self.participants.close()
         await self.log.close()
 
@@ -115,7 +134,7 @@ def participants_of(definitions: Definitions) -> list[str]:
 async def run(settings: CoordinatorSettings) -> None:
     """Serve until SIGTERM/SIGINT; traces and metrics are flushed on the way out."""
     try:
-        definitions = load_definitions(settings.definitions_file, settings.saga_mode)
+        definitions = load_definitions(settings.definitions_file, settings.mode)
         Participants(Endpoints(), participants_of(definitions))  # every address is known
     except (DefinitionError, ValueError) as error:
         raise SystemExit(str(error)) from None

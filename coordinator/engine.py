@@ -18,9 +18,9 @@ from datetime import timedelta
 import grpc
 from google.protobuf.message import Message
 
-from common.errors import BusinessRejection, InvalidArgument, NotFound, Transient
+from common.errors import InvalidArgument, NotFound, Transient
 from common.store import utc_now
-from coordinator.definitions import Definitions, SagaMode
+from coordinator.definitions import Definitions
 from coordinator.payloads import pack
 from coordinator.records import (
     SETTLED,
@@ -79,10 +79,6 @@ class SagaEngine:
         if definition is None:
             known = ", ".join(sorted(self.definitions.sagas))
             raise InvalidArgument("saga", f"unknown saga {saga!r} (known: {known})")
-        if definition.mode is not SagaMode.ORCHESTRATION:
-            raise BusinessRejection(
-                "MODE_NOT_AVAILABLE", f"saga {saga!r} is {definition.mode.value}, not orchestrated"
-            )
         if self._closing:
             raise Transient("the coordinator is shutting down")
         if len(self._tasks) >= self._max_pending:

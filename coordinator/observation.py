@@ -1,37 +1,57 @@
-"""What a choreography event says about its saga: the pure half of the observer.
+"""What a choreography event says about its saga, and the log changes that record it.
 
-Each place_order event reports one step's outcome; this table turns it into the
-same step and saga statuses an orchestrated saga goes through, so ``GetSaga``
-shows both kinds alike.
+This is the pure half of the observer (coordinator/observer.py). Each place_order
+event reports one step's outcome; :func:`plan` turns it into the same changes an
+orchestrated saga goes through (an attempt started and ended, the step's status,
+then the saga's), so ``GetSaga`` and ``WatchSaga`` show both kinds alike.
+
+The first step (create_order) is the coordinator's own call even in choreography,
+so its events are not observed here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from protos.sagawire.v1 import coordinator_pb2 as pb
+from google.protobuf import any_pb2
+
+from coordinator.records import (
+    TERMINAL,
+    AttemptChange,
+    Change,
+    Direction,
+    ErrorDetail,
+    Failure,
+    Kind,
+    Outcome,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepStatus,
+    apply,
+)
 from protos.sagawire.v1 import events_pb2, participant_pb2
 from services import saga_events as ev
 
-# event type -> (step status, saga status after it; None keeps the current one)
-_EFFECTS: dict[str, tuple[int, int | None]] = {
-    ev.ORDER_CREATED: (pb.STEP_STATUS_SUCCEEDED, pb.SAGA_STATUS_RUNNING),
-    ev.ORDER_REJECTED: (pb.STEP_STATUS_REJECTED, pb.SAGA_STATUS_COMPENSATED),
-    ev.STOCK_RESERVED: (pb.STEP_STATUS_SUCCEEDED, None),
-    ev.STOCK_REJECTED: (pb.STEP_STATUS_REJECTED, pb.SAGA_STATUS_COMPENSATING),
-    ev.PAYMENT_CHARGED: (pb.STEP_STATUS_SUCCEEDED, None),
-    ev.PAYMENT_DECLINED: (pb.STEP_STATUS_REJECTED, pb.SAGA_STATUS_COMPENSATING),
-    ev.SHIPMENT_SCHEDULED: (pb.STEP_STATUS_SUCCEEDED, None),
-    ev.SHIPMENT_FAILED: (pb.STEP_STATUS_REJECTED, pb.SAGA_STATUS_COMPENSATING),
-    ev.PAYMENT_REFUNDED: (pb.STEP_STATUS_COMPENSATED, None),
-    ev.STOCK_RELEASED: (pb.STEP_STATUS_COMPENSATED, None),
-    ev.SHIPMENT_CANCELLED: (pb.STEP_STATUS_COMPENSATED, None),
-    ev.ORDER_CANCELLED: (pb.STEP_STATUS_COMPENSATED, pb.SAGA_STATUS_COMPENSATED),
-    ev.ORDER_APPROVED: (pb.STEP_STATUS_SUCCEEDED, pb.SAGA_STATUS_COMPLETED),
+# event type -> what it says about the step it names
+_STEP_STATUS: dict[str, StepStatus] = {
+    ev.STOCK_RESERVED: StepStatus.SUCCEEDED,
+    ev.STOCK_REJECTED: StepStatus.REJECTED,
+    ev.PAYMENT_CHARGED: StepStatus.SUCCEEDED,
+    ev.PAYMENT_DECLINED: StepStatus.REJECTED,
+    ev.SHIPMENT_SCHEDULED: StepStatus.SUCCEEDED,
+    ev.SHIPMENT_FAILED: StepStatus.REJECTED,
+    ev.ORDER_APPROVED: StepStatus.SUCCEEDED,
+    ev.PAYMENT_REFUNDED: StepStatus.COMPENSATED,
+    ev.STOCK_RELEASED: StepStatus.COMPENSATED,
+    ev.SHIPMENT_CANCELLED: StepStatus.COMPENSATED,
+    ev.ORDER_CANCELLED: StepStatus.COMPENSATED,
 }
 
-OBSERVED_TYPES = frozenset(_EFFECTS)
-TERMINAL = frozenset({pb.SAGA_STATUS_COMPLETED, pb.SAGA_STATUS_COMPENSATED})
+OBSERVED_TYPES = tuple(sorted(_STEP_STATUS))
+# Transitions the observer records carry "observed <event type>" as their detail.
+OBSERVED = "observed "
 
 
 @dataclass(frozen=True)
@@ -40,37 +60,123 @@ class Observation:
 
     saga_id: str
     step: str
-    step_status: int
-    saga_status: int | None
+    step_status: StepStatus
     event_type: str
-    data: events_pb2.OrderSagaEvent
-    # For rejections: which step said no, and why.
-    failure: pb.Failure | None
+    at: datetime
+    # The saga's data as the event carries it (a packed OrderSagaData).
+    data: bytes
+    failure: Failure | None
 
 
 def observe(event: events_pb2.Event) -> Observation | None:
     """The observation an event makes, or None (not a choreographed place_order event)."""
-    effect = _EFFECTS.get(event.type)
+    status = _STEP_STATUS.get(event.type)
     payload = events_pb2.OrderSagaEvent()
-    if effect is None or not event.data.Unpack(payload):
+    if status is None or not event.data.Unpack(payload):
         return None
     if payload.mode != participant_pb2.SAGA_MODE_CHOREOGRAPHY:
         return None
-    step_status, saga_status = effect
     failure = None
-    if step_status == pb.STEP_STATUS_REJECTED:
-        failure = pb.Failure(
-            step=payload.step,
-            code="FAILED_PRECONDITION",
-            reason=payload.reason,
-            message=payload.message,
-        )
+    if status is StepStatus.REJECTED:
+        failure = Failure(payload.step, "FAILED_PRECONDITION", payload.reason, payload.message)
+    packed = any_pb2.Any()
+    packed.Pack(payload.data)
     return Observation(
         saga_id=event.subject,
         step=payload.step,
-        step_status=step_status,
-        saga_status=saga_status,
+        step_status=status,
         event_type=event.type,
-        data=payload,
+        at=event.time.ToDatetime(tzinfo=UTC),
+        data=packed.SerializeToString(),
         failure=failure,
     )
+
+
+def plan(record: SagaRecord, seen: Observation) -> list[Change]:
+    """The changes that record ``seen`` on the saga; none if it says nothing new."""
+    try:
+        step = record.step(seen.step)
+    except KeyError:
+        return []
+    if step.status is seen.step_status or (
+        seen.step_status is not StepStatus.COMPENSATED and step.status is StepStatus.COMPENSATED
+    ):
+        return []  # redelivered, or older news than what we know
+    started_at = min(record.updated_at, seen.at)
+    detail = OBSERVED + seen.event_type
+    if seen.step_status is StepStatus.COMPENSATED:
+        number = len(step.attempts_of(Phase.COMPENSATE)) + 1
+        changes = [
+            Change(
+                kind=Kind.COMPENSATION_STARTED,
+                at=started_at,
+                step=step.name,
+                attempt=AttemptChange(Phase.COMPENSATE, number),
+                step_status=StepStatus.COMPENSATING,
+                detail=detail,
+            ),
+            Change(
+                kind=Kind.COMPENSATION_DONE,
+                at=seen.at,
+                step=step.name,
+                attempt=AttemptChange(Phase.COMPENSATE, number, Outcome.OK),
+                step_status=StepStatus.COMPENSATED,
+                detail=detail,
+            ),
+        ]
+    else:
+        number = len(step.attempts_of(Phase.EXECUTE)) + 1
+        rejected = seen.failure is not None
+        error = None
+        if seen.failure is not None:
+            error = ErrorDetail(seen.failure.code, seen.failure.reason, seen.failure.message)
+        changes = [
+            Change(
+                kind=Kind.STEP_STARTED,
+                at=started_at,
+                step=step.name,
+                attempt=AttemptChange(Phase.EXECUTE, number),
+                step_status=StepStatus.RUNNING,
+                detail=detail,
+            ),
+            Change(
+                kind=Kind.STEP_REJECTED if rejected else Kind.STEP_SUCCEEDED,
+                at=seen.at,
+                step=step.name,
+                attempt=AttemptChange(
+                    Phase.EXECUTE, number, Outcome.REJECTED if rejected else Outcome.OK, error
+                ),
+                step_status=seen.step_status,
+                result=None if rejected else seen.data,
+                detail=detail,
+            ),
+        ]
+    if record.status in TERMINAL:
+        return changes  # late news about a finished saga: steps only
+    after = record
+    for change in changes:
+        after, _ = apply(after, change)
+    changes.extend(_saga_changes(after, seen))
+    return changes
+
+
+def _saga_changes(record: SagaRecord, seen: Observation) -> list[Change]:
+    """The saga-level transition the step's news leads to, if any."""
+    statuses = {s.status for s in record.steps}
+    if statuses == {StepStatus.SUCCEEDED}:
+        return [Change(kind=Kind.SAGA_COMPLETED, at=seen.at, saga_status=SagaStatus.COMPLETED)]
+    if seen.failure is not None and record.direction is Direction.FORWARD:
+        return [
+            Change(
+                kind=Kind.SAGA_COMPENSATING,
+                at=seen.at,
+                saga_status=SagaStatus.COMPENSATING,
+                direction=Direction.BACKWARD,
+                failure=seen.failure,
+                detail=seen.failure.describe(),
+            )
+        ]
+    undone = {StepStatus.PENDING, StepStatus.REJECTED, StepStatus.COMPENSATED}
+    if record.direction is Direction.BACKWARD and statuses <= undone:
+        return [Change(kind=Kind.SAGA_COMPENSATED, at=seen.at, saga_status=SagaStatus.COMPENSATED)]
+    return []

@@ -13,6 +13,12 @@ from coordinator.definitions import SagaDefinition, Step
 from coordinator.records import Phase, SagaRecord, StepStatus
 from protos.sagawire.v1 import participant_pb2
 
+# The wire value of a saga's mode: participants' reactions act only on choreographed sagas.
+MODES = {
+    "orchestration": participant_pb2.SAGA_MODE_ORCHESTRATION,
+    "choreography": participant_pb2.SAGA_MODE_CHOREOGRAPHY,
+}
+
 # Statuses of a step whose execute returned a result.
 _WITH_RESULT = frozenset({StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED})
 
@@ -49,5 +55,5 @@ def step_request(
         step=step.name,
         action=action,
         payload=pack(data),
-        mode=participant_pb2.SAGA_MODE_ORCHESTRATION,
+        mode=MODES[record.mode],
     )

@@ -27,7 +27,7 @@ class SagaStatus(StrEnum):
 
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
 # Nothing more happens to these without a command.
-SETTLED = TERMINAL | {SagaStatus.NEEDS_ATTENTION}
+SETTLED = TERMINAL | {SagaStatus.NEEDS_ATTENTION, SagaStatus.STALLED}
 UNFINISHED = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING})
 
 
@@ -82,6 +82,8 @@ class Kind(StrEnum):
     SAGA_RETRIED = "saga_retried"
     SAGA_RESUMED = "saga_resumed"
     SAGA_DEADLINE_EXCEEDED = "saga_deadline_exceeded"
+    # Choreography: no progress observed within the saga's deadline.
+    SAGA_STALLED = "saga_stalled"
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from common.policy import AttemptSlot, CallPolicy
 from common.store import utc_now
 from coordinator.clients import Participants
 from coordinator.crash import NO_CRASH, CrashHook
-from coordinator.definitions import Definitions, SagaDefinition, Step
+from coordinator.definitions import Definitions, SagaDefinition, SagaMode, Step
 from coordinator.outcomes import (
     StepFailed,
     barrier_outcome,
@@ -122,7 +122,22 @@ class _SagaRun:
         await self.runner.log.append(self.record.saga_id, change)
 
     async def drive(self) -> SagaRecord:
-        if self.record.direction is Direction.FORWARD:
+        choreographed = self.record.mode == SagaMode.CHOREOGRAPHY.value
+        if choreographed and self.record.direction is Direction.FORWARD:
+            failure = await self.start_choreography()
+            if failure is None:
+                return self.record
+            await self.change(
+                Change(
+                    kind=Kind.SAGA_COMPENSATING,
+                    at=self.runner.clock(),
+                    saga_status=SagaStatus.COMPENSATING,
+                    direction=Direction.BACKWARD,
+                    failure=failure,
+                    detail=failure.describe(),
+                )
+            )
+        elif self.record.direction is Direction.FORWARD:
             failure = await self.forward()
             if failure is None:
                 return self.record
@@ -139,6 +154,29 @@ class _SagaRun:
             )
         await self.backward()
         return self.record
+
+    # -- choreography ------------------------------------------------------------------
+
+    async def start_choreography(self) -> Failure | None:
+        """Run only the first step(s); the services' reactions carry the saga on from there.
+
+        The first step is retried until the participant answers, within the saga's
+        deadline: once it took effect the flow runs without us, so an unknown outcome
+        must not be compensated from here. A refusal ends the saga (nothing took
+        effect anywhere). The observer (coordinator/observer.py) follows the rest.
+        """
+        roots = tuple(s for s in self.definition.steps if not s.after)
+        if self._all_succeeded(roots):
+            return None
+        remaining = (self.record.deadline - self.runner.clock()).total_seconds()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await self.run_steps(roots, forward_only=True)
+        except TimeoutError:
+            log.warning(
+                "choreography not started before the deadline saga_id=%s", self.record.saga_id
+            )
+            return None  # left running; the observer flags it as stalled
 
     # -- forward -----------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ class CoordinatorSettings(ServerSettings):
 
     # The saga definitions (YAML) to load at start.
     definitions_file: Path = DEFAULT_FILE
-    # Overrides every definition's mode ("" keeps each definition's own).
-    saga_mode: Literal["", "orchestration", "choreography"] = ""
+    # SAGAWIRE_MODE overrides every definition's mode ("" keeps each definition's own).
+    mode: Literal["", "orchestration", "choreography"] = ""
     # Sagas driven at once; more wait for a free slot (already logged, so never lost).
     max_concurrent_sagas: int = Field(default=500, ge=1, le=100_000)
     # Sagas in progress (running or waiting) before PlaceOrder answers RESOURCE_EXHAUSTED.
@@ -26,5 +26,7 @@ class CoordinatorSettings(ServerSettings):
     breaker_reset_timeout: float = Field(default=10.0, gt=0, le=3600)
     # How long shutdown waits for running sagas before leaving them to recovery.
     drain_seconds: float = Field(default=2.0, ge=0, le=300)
+    # How often the choreography observer looks for sagas past their deadline.
+    stall_check_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Test-only crash hook, e.g. "after_intent:charge_payment" (see coordinator/crash.py).
     crash_at: str = ""

@@ -81,7 +81,11 @@ def reaction(runner: ActionRunner, rule: Rule) -> Reaction:
             return  # an orchestrated saga: the coordinator drives it
         data = saga_event.data
         if saga_event.reason and not data.cancel_reason:
-            data.cancel_reason = f"{saga_event.step}: {saga_event.reason}"
+            # The same words the coordinator uses (records.Failure.describe).
+            why = f"{saga_event.step}: {saga_event.reason}"
+            if saga_event.message:
+                why += f" ({saga_event.message})"
+            data.cancel_reason = why[:200]
         try:
             action.validate(data)
         except SagawireError as error:

@@ -16,13 +16,7 @@ SAGAWIRE = Path(sys.executable).parent / "sagawire"
 pytestmark = pytest.mark.skipif(not coordinator_installed(), reason="no coordinator yet")
 
 
-_NOT_YET = pytest.mark.xfail(
-    strict=True,  # passes once choreography is in: then drop this mark
-    reason="the coordinator's choreography mode (issue 4) is not in yet",
-)
-
-
-@pytest.mark.parametrize("mode", ["orchestration", pytest.param("choreography", marks=_NOT_YET)])
+@pytest.mark.parametrize("mode", ["orchestration", "choreography"])
 def test_demo_shows_every_outcome_and_exits_zero(tmp_path: Path, mode: str) -> None:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     args = [str(SAGAWIRE), "demo", "--mode", mode, "--data", str(tmp_path / "demo")]

@@ -1,0 +1,69 @@
+"""Following one producer's event stream: subscribe, hand over batches, reconnect.
+
+The subscriber asks where to resume each time it (re)connects, so whoever keeps
+the offset (the inbox of a service, the coordinator's observer) decides what
+"already seen" means. Disconnects and producer restarts are retried with
+jittered exponential backoff (tenacity), for as long as the task runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from protos.sagawire.v1 import events_pb2, events_pb2_grpc
+
+BatchHandler = Callable[[Sequence[events_pb2.Event]], Awaitable[None]]
+
+
+class _StreamEnded(Exception):
+    """The producer closed the stream (it is shutting down): reconnect."""
+
+
+@dataclass
+class Subscriber:
+    """Follows ``producer`` at ``address`` until cancelled."""
+
+    producer: str
+    address: str
+    consumer: str
+    types: Sequence[str]
+    # Where to resume: the first sequence not yet handled.
+    next_sequence: Callable[[], Awaitable[int]]
+    handle: BatchHandler
+    channel_options: Sequence[tuple[str, int]] = ()
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        """Follow the stream forever, reconnecting with backoff; ends only when cancelled."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((grpc.aio.AioRpcError, _StreamEnded)),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._follow()
+
+    async def _follow(self) -> None:
+        async with grpc.aio.insecure_channel(
+            self.address, options=list(self.channel_options)
+        ) as channel:
+            stub = events_pb2_grpc.EventStreamStub(channel)
+            request = events_pb2.SubscribeRequest(
+                from_sequence=await self.next_sequence(),
+                consumer=self.consumer,
+                types=list(self.types),
+            )
+            stream = stub.Subscribe(request)
+            self.connected.set()
+            try:
+                async for batch in stream:
+                    await self.handle(batch.events)
+            finally:
+                self.connected.clear()
+        raise _StreamEnded(self.producer)

@@ -1,0 +1,164 @@
+"""The choreography observer: the coordinator's view of sagas it does not drive.
+
+In choreography the services carry a saga on by reacting to each other's events.
+The observer follows all four event streams and records what each event says
+(:mod:`coordinator.observation`) in the same saga log the runner writes, so
+``GetSaga``, ``ListSagas``, ``WatchSaga`` and ``PlaceOrder(wait)`` work the same
+in both modes. A choreographed saga with no outcome by its deadline is marked
+STALLED rather than left hanging silently.
+
+Offsets per producer live in the observer's own SQLite file and move only after
+a batch's changes are durable in the saga log; a batch seen again after a crash
+plans no change (see :func:`coordinator.observation.plan`), so nothing is
+recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+from common import inbox
+from common.config import SERVICE_NAMES, Endpoints
+from common.store import Database, utc_now
+from common.subscriber import Subscriber
+from coordinator.definitions import SagaMode
+from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
+from coordinator.records import UNFINISHED, Change, Kind, SagaStatus
+from coordinator.store import SagaLog, StatusConflict
+from protos.sagawire.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+OFFSETS_FILE = "observer.db"
+CHOREOGRAPHY = SagaMode.CHOREOGRAPHY.value
+
+
+class Observer:
+    """Follows the four services' streams and keeps choreographed sagas' views current."""
+
+    def __init__(
+        self,
+        saga_log: SagaLog,
+        endpoints: Endpoints,
+        data_dir: Path,
+        synchronous: str = "FULL",
+        channel_options: Sequence[tuple[str, int]] = (),
+        stall_check_seconds: float = 1.0,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._log = saga_log
+        self._offsets = Database(data_dir / OFFSETS_FILE, inbox.SCHEMA, synchronous=synchronous)
+        self._stall_check = stall_check_seconds
+        self._clock = clock
+        # One lock per saga being recorded, dropped when its last user leaves.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.subscribers = [
+            Subscriber(
+                producer=name,
+                address=endpoints.of(name),
+                consumer="coordinator-observer",
+                types=OBSERVED_TYPES,
+                next_sequence=partial(self._next_sequence, name),
+                handle=partial(self._handle, name),
+                channel_options=channel_options,
+            )
+            for name in SERVICE_NAMES
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._offsets.open()
+        self._tasks = [
+            asyncio.create_task(s.run(), name=f"observe-{s.producer}") for s in self.subscribers
+        ]
+        self._tasks.append(asyncio.create_task(self._flag_stalled(), name="observe-stalls"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._offsets.close()
+
+    async def _next_sequence(self, producer: str) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
+            ).fetchone()
+            return int(row[0]) + 1 if row else 1
+
+        return await self._offsets.read(query)
+
+    async def _handle(self, producer: str, events: Sequence[events_pb2.Event]) -> None:
+        by_saga: defaultdict[str, list[Observation]] = defaultdict(list)
+        for event in events:
+            seen = observe(event)
+            if seen is not None:
+                by_saga[seen.saga_id].append(seen)
+        # Sagas are independent: record them concurrently, each in its events' order.
+        await asyncio.gather(*(self._record(saga_id, seen) for saga_id, seen in by_saga.items()))
+        last = events[-1].sequence
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
+                " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
+                (producer, last),
+            )
+
+        await self._offsets.transaction(save)
+
+    @contextlib.asynccontextmanager
+    async def _saga_lock(self, saga_id: str) -> AsyncIterator[None]:
+        """Serialise the observer's writes to one saga (its four streams race)."""
+        lock, users = self._locks.get(saga_id, (asyncio.Lock(), 0))
+        self._locks[saga_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[saga_id]
+            if users == 1:
+                del self._locks[saga_id]
+            else:
+                self._locks[saga_id] = (lock, users - 1)
+
+    async def _record(self, saga_id: str, observations: list[Observation]) -> None:
+        async with self._saga_lock(saga_id):
+            for seen in observations:
+                record = await self._log.load(saga_id)
+                if record is None or record.mode != CHOREOGRAPHY:
+                    return  # started elsewhere (e.g. by a test), or not ours to watch
+                for change in plan(record, seen):
+                    await self._log.append(saga_id, change)
+
+    async def _flag_stalled(self) -> None:
+        while True:
+            await asyncio.sleep(self._stall_check)
+            now = self._clock()
+            for saga_id in await self._log.unfinished():
+                record = await self._log.load(saga_id)
+                if record is None or record.mode != CHOREOGRAPHY or record.deadline > now:
+                    continue
+                async with self._saga_lock(saga_id):
+                    log.warning("choreographed saga stalled saga_id=%s", saga_id)
+                    with contextlib.suppress(StatusConflict):  # it moved on meanwhile
+                        await self._log.append(
+                            saga_id,
+                            Change(
+                                kind=Kind.SAGA_STALLED,
+                                at=now,
+                                saga_status=SagaStatus.STALLED,
+                                require_status=UNFINISHED,
+                                detail="no outcome observed within the saga's deadline",
+                            ),
+                        )
