@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
+from common.telemetry import consumer_span
 from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,9 @@ class Consumer:
     def _react(self, conn: sqlite3.Connection, reaction: Reaction, event: events_pb2.Event) -> None:
         conn.execute("SAVEPOINT reaction")
         try:
-            reaction(conn, event)
+            # One span per event, continuing the producer's trace (not one per stream).
+            with consumer_span(event, f"{self._name} {event.type}"):
+                reaction(conn, event)
         except sqlite3.OperationalError:
             raise  # transient: the whole batch is retried
         except Exception as error:  # poison: record it, skip it, keep the stream moving

@@ -20,7 +20,7 @@ from common import barrier, outbox
 from common.errors import BusinessRejection, InvalidArgument, grpc_edge
 from common.faults import FaultInjector
 from common.store import Database
-from common.telemetry import inject_headers
+from common.telemetry import producer_span
 from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -168,7 +168,8 @@ class ActionRunner:
 def _emit(conn: sqlite3.Connection, ctx: StepContext, emitted: Emitted) -> None:
     """Publish an event about the saga through the outbox, with the current trace context."""
     event_type, data = emitted
-    outbox.append(conn, event_type, ctx.saga_id, data, headers=inject_headers({}))
+    with producer_span(event_type, ctx.saga_id) as headers:
+        outbox.append(conn, event_type, ctx.saga_id, data, headers=headers)
 
 
 class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):

@@ -66,6 +66,7 @@ class Observation:
     # The saga's data as the event carries it (a packed OrderSagaData).
     data: bytes
     failure: Failure | None
+    event: events_pb2.Event
 
 
 def observe(event: events_pb2.Event) -> Observation | None:
@@ -89,6 +90,7 @@ def observe(event: events_pb2.Event) -> Observation | None:
         at=event.time.ToDatetime(tzinfo=UTC),
         data=packed.SerializeToString(),
         failure=failure,
+        event=event,
     )
 
 

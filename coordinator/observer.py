@@ -29,6 +29,7 @@ from common import inbox
 from common.config import SERVICE_NAMES, Endpoints
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
+from common.telemetry import consumer_span
 from coordinator.definitions import SagaMode
 from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
 from coordinator.records import UNFINISHED, Change, Kind, SagaStatus
@@ -138,8 +139,10 @@ class Observer:
                 record = await self._log.load(saga_id)
                 if record is None or record.mode != CHOREOGRAPHY:
                     return  # started elsewhere (e.g. by a test), or not ours to watch
-                for change in plan(record, seen):
-                    await self._log.append(saga_id, change)
+                # The observer's span joins the saga's one trace, like a reaction's.
+                with consumer_span(seen.event, f"observe {seen.event_type}"):
+                    for change in plan(record, seen):
+                        await self._log.append(saga_id, change)
 
     async def _flag_stalled(self) -> None:
         while True:

@@ -1,0 +1,103 @@
+"""One choreographed order is one trace across all four services and the observer.
+
+Five real processes export over OTLP/gRPC (as to Jaeger on 4317) to a test
+receiver; the trace context travels in the events' headers from each PRODUCER
+span to the CONSUMER span that reacts to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.config import SERVICE_NAMES
+from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from tests.coordinator_support import write_definitions
+from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute
+from tests.support import Process, free_port, start_service_process, wait_until
+
+# SPAN_KIND_PRODUCER and SPAN_KIND_CONSUMER in OTLP's enum.
+PRODUCER, CONSUMER = 4, 5
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    running = await OtlpReceiver().start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_a_choreographed_order_is_one_trace(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    env = {
+        **{f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()},
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_SERVICE_NAME": "",
+        "OTEL_RESOURCE_ATTRIBUTES": "",
+    }
+    processes: list[Process] = [
+        start_service_process(name, tmp_path / name, env, port=ports[name])
+        for name in SERVICE_NAMES
+    ]
+    coordinator = Process(
+        ["-m", "coordinator"],
+        env={
+            **env,
+            "SAGAWIRE_PORT": "0",
+            "SAGAWIRE_DATA_DIR": str(tmp_path / "coordinator"),
+            "SAGAWIRE_DEFINITIONS_FILE": str(write_definitions(tmp_path / "sagas.yaml")),
+            "SAGAWIRE_MODE": "choreography",
+            "SAGAWIRE_GRACE_SECONDS": "1",
+        },
+    )
+    processes.append(coordinator)
+    try:
+        port = await asyncio.to_thread(coordinator.port)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await coordinator_pb2_grpc.CoordinatorStub(channel).PlaceOrder(
+                coordinator_pb2.PlaceOrderRequest(
+                    customer_id="alice",
+                    items=[common_pb2.LineItem(sku="SKU-BOOK", quantity=1)],
+                    destination="Berlin",
+                    wait=True,
+                ),
+                timeout=30,
+            )
+        assert reply.status == coordinator_pb2.SAGA_STATUS_COMPLETED
+
+        def saga_spans() -> list[ReceivedSpan]:
+            return [
+                s
+                for s in receiver.spans()
+                if attribute(s.span.attributes, "saga.id") == reply.saga_id
+            ]
+
+        def observed_everywhere() -> bool:
+            consumers = {s.service for s in saga_spans() if s.span.kind == CONSUMER}
+            # inventory, payment, shipping and order react; the coordinator observes.
+            return consumers >= {*SERVICE_NAMES, "coordinator"}
+
+        await wait_until(observed_everywhere, timeout=20, message="spans from all five processes")
+    finally:
+        for process in processes:
+            await asyncio.to_thread(process.stop)
+
+    spans = saga_spans()
+    by_id = {s.span_id: s for s in receiver.spans()}
+    assert len({s.trace_id for s in spans}) == 1, "one trace for the whole saga"
+    consumers = [s for s in spans if s.span.kind == CONSUMER]
+    for consumer in consumers:
+        parent = by_id.get(consumer.parent_id)
+        assert parent is not None and parent.span.kind == PRODUCER, consumer.span.name
+        assert [link.span_id.hex() for link in consumer.span.links] == [parent.span_id]
+    # Every process took part in the one trace.
+    assert {s.service for s in spans} >= {*SERVICE_NAMES, "coordinator"}
