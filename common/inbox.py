@@ -17,7 +17,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
@@ -65,6 +65,8 @@ class Subscription:
     producer: str
     address: str
     reactions: Mapping[str, Reaction]
+    # Only events with these headers are sent at all (e.g. choreographed sagas only).
+    match_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def _offset(conn: sqlite3.Connection, producer: str) -> int:
@@ -97,6 +99,7 @@ class Consumer:
             next_sequence=self._next_sequence,
             handle=self._apply,
             channel_options=channel_options,
+            match_headers=subscription.match_headers,
         )
 
     @property

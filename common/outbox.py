@@ -101,10 +101,16 @@ class Outbox:
         return self._closed
 
     async def read(
-        self, from_sequence: int, limit: int, types: frozenset[str] = frozenset()
+        self,
+        from_sequence: int,
+        limit: int,
+        types: frozenset[str] = frozenset(),
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[list[events_pb2.Event], int]:
         """Up to ``limit`` stored events from ``from_sequence`` on, in order, keeping only
-        ``types`` (all when empty); also the last sequence scanned (0: nothing stored yet)."""
+        ``types`` (all when empty) and events carrying every one of ``headers``; also the
+        last sequence scanned (0: nothing stored yet)."""
+        wanted = dict(headers or {})
 
         def query(conn: sqlite3.Connection) -> tuple[list[events_pb2.Event], int]:
             rows = conn.execute(
@@ -113,6 +119,8 @@ class Outbox:
             ).fetchall()
             scanned = rows[-1]["sequence"] if rows else from_sequence - 1
             kept = [_to_event(self.source, r) for r in rows if not types or r["type"] in types]
+            if wanted:
+                kept = [e for e in kept if wanted.items() <= dict(e.headers).items()]
             return kept, scanned
 
         return await self._db.read(query)

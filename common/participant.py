@@ -89,6 +89,13 @@ def pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+# Every event says how its saga runs, so consumers can ask producers for one mode only.
+MODE_HEADER = "saga-mode"
+MODE_NAMES: dict[int, str] = {
+    participant_pb2.SAGA_MODE_ORCHESTRATION: "orchestration",
+    participant_pb2.SAGA_MODE_CHOREOGRAPHY: "choreography",
+}
+
 _OUTCOMES = {
     barrier.Outcome.APPLIED: participant_pb2.BARRIER_OUTCOME_APPLIED,
     barrier.Outcome.REPLAYED: participant_pb2.BARRIER_OUTCOME_REPLAYED,
@@ -168,7 +175,8 @@ class ActionRunner:
 def _emit(conn: sqlite3.Connection, ctx: StepContext, emitted: Emitted) -> None:
     """Publish an event about the saga through the outbox, with the current trace context."""
     event_type, data = emitted
-    with producer_span(event_type, ctx.saga_id) as headers:
+    mode = {MODE_HEADER: MODE_NAMES.get(ctx.mode, "")}
+    with producer_span(event_type, ctx.saga_id, headers=mode) as headers:
         outbox.append(conn, event_type, ctx.saga_id, data, headers=headers)
 
 

@@ -42,11 +42,12 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         except InvalidArgument as error:
             await abort(context, error)
         types = frozenset(request.types)
+        headers = dict(request.headers)
         next_sequence = max(request.from_sequence, 1)
         log.info("subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence)
         while not self._outbox.closed:
             seen = self._outbox.version
-            events, scanned = await self._outbox.read(next_sequence, BATCH_SIZE, types)
+            events, scanned = await self._outbox.read(next_sequence, BATCH_SIZE, types, headers)
             if events:
                 yield events_pb2.EventBatch(events=events)
             if scanned >= next_sequence:

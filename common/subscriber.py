@@ -9,7 +9,7 @@ jittered exponential backoff (tenacity), for as long as the task runs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -36,6 +36,8 @@ class Subscriber:
     next_sequence: Callable[[], Awaitable[int]]
     handle: BatchHandler
     channel_options: Sequence[tuple[str, int]] = ()
+    # Only events carrying these headers (filtered by the producer, not shipped).
+    match_headers: Mapping[str, str] = field(default_factory=dict)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -58,6 +60,7 @@ class Subscriber:
                 from_sequence=await self.next_sequence(),
                 consumer=self.consumer,
                 types=list(self.types),
+                headers=dict(self.match_headers),
             )
             stream = stub.Subscribe(request)
             self.connected.set()

@@ -35,6 +35,7 @@ from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
 from coordinator.records import UNFINISHED, Change, Kind, SagaStatus
 from coordinator.store import SagaLog, StatusConflict
 from protos.sagawire.v1 import events_pb2
+from services.choreography import CHOREOGRAPHED_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Observer:
                 next_sequence=partial(self._next_sequence, name),
                 handle=partial(self._handle, name),
                 channel_options=channel_options,
+                match_headers=CHOREOGRAPHED_ONLY,
             )
             for name in SERVICE_NAMES
         ]

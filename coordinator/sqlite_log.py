@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from common.errors import NotFound
-from coordinator.group_commit import GroupCommitDatabase
+from common.store import Database
 from coordinator.records import (
     TERMINAL,
     UNFINISHED,
@@ -109,7 +109,7 @@ class SqliteSagaLog(SagaLog):
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         super().__init__()
-        self.db = GroupCommitDatabase(path, SCHEMA, synchronous=synchronous)
+        self.db = Database(path, SCHEMA, synchronous=synchronous)
 
     async def open(self) -> None:
         await self.db.open()
@@ -118,7 +118,7 @@ class SqliteSagaLog(SagaLog):
         await self.db.close()
 
     async def create(self, new: NewSaga) -> tuple[SagaRecord, bool]:
-        existing_id, created = await self.db.write(lambda conn: _create(conn, new))
+        existing_id, created = await self.db.transaction(lambda conn: _create(conn, new))
         if created:
             record = new_record(new)
             self._notify(new.saga_id, record.status)
@@ -128,7 +128,7 @@ class SqliteSagaLog(SagaLog):
         return existing, False
 
     async def append(self, saga_id: str, change: Change) -> Transition:
-        transition = await self.db.write(lambda conn: _append(conn, saga_id, change))
+        transition = await self.db.transaction(lambda conn: _append(conn, saga_id, change))
         self._notify(saga_id, transition.status)
         return transition
 

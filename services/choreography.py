@@ -23,13 +23,15 @@ from dataclasses import dataclass
 
 from common.errors import Aborted, SagawireError
 from common.inbox import PoisonEvent, Reaction
-from common.participant import ActionRunner, StepContext
+from common.participant import MODE_HEADER, ActionRunner, StepContext
 from protos.sagawire.v1 import events_pb2, participant_pb2
 from services import saga_events as ev
 
 log = logging.getLogger(__name__)
 
 CHOREOGRAPHY = participant_pb2.SAGA_MODE_CHOREOGRAPHY
+# Producers send a consumer only the events of choreographed sagas.
+CHOREOGRAPHED_ONLY = {MODE_HEADER: "choreography"}
 
 
 @dataclass(frozen=True)

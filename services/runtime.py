@@ -27,7 +27,7 @@ from common.server import server_options
 from common.store import Database
 from common.stream import EventStreamServicer
 from protos.sagawire.v1 import admin_pb2_grpc, events_pb2_grpc, participant_pb2_grpc
-from services.choreography import reactions_of
+from services.choreography import CHOREOGRAPHED_ONLY, reactions_of
 
 _SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
@@ -70,7 +70,9 @@ class DomainService:
             [
                 inbox.Consumer(
                     self.db,
-                    inbox.Subscription(producer, self.endpoints.of(producer), reactions),
+                    inbox.Subscription(
+                        producer, self.endpoints.of(producer), reactions, CHOREOGRAPHED_ONLY
+                    ),
                     consumer_name=spec.name,
                     on_commit=self.outbox.notify,
                     channel_options=server_options(settings),

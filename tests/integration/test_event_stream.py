@@ -124,3 +124,25 @@ async def test_orchestrated_steps_publish_events_but_trigger_no_reactions(
         cluster.address("inventory"), 1, types=[saga_events.STOCK_RESERVED]
     )
     assert [e.subject for e in reserved] == [probe.saga_id]
+
+
+async def test_subscribe_can_ask_for_the_events_of_one_saga_mode(cluster: Cluster) -> None:
+    orchestrated = create_order_request()
+    orchestrated.mode = participant_pb2.SAGA_MODE_ORCHESTRATION
+    choreographed = create_order_request()
+    await cluster.participant("order").Execute(orchestrated)
+    await cluster.participant("order").Execute(choreographed)
+
+    stub = events_pb2_grpc.EventStreamStub(cluster.channel("order"))
+    stream = stub.Subscribe(
+        events_pb2.SubscribeRequest(
+            from_sequence=1,
+            types=[saga_events.ORDER_CREATED],
+            headers={"saga-mode": "choreography"},
+        ),
+        timeout=10,
+    )
+    batch = await stream.read()
+    stream.cancel()
+    assert [e.subject for e in batch.events] == [choreographed.saga_id]
+    assert batch.events[0].sequence == 2  # the orchestrated one (1) was not sent

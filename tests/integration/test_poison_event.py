@@ -25,6 +25,7 @@ from protos.sagawire.v1 import (
     participant_pb2,
 )
 from services import saga_events
+from services.choreography import CHOREOGRAPHED_ONLY
 from services.launcher import spec_of
 from services.runtime import DomainService
 from tests.support import free_port, service_settings, wait_until
@@ -59,7 +60,7 @@ class EventSource:
 
     async def publish(self, event_type: str, subject: str, data: Message) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            outbox.append(conn, event_type, subject, data)
+            outbox.append(conn, event_type, subject, data, headers=CHOREOGRAPHED_ONLY)
 
         await self.db.transaction(write)
         await self.outbox.notify()
