@@ -113,6 +113,10 @@ class BreakerView:
 
 BreakerListener = Callable[[BreakerTransition], None]
 
+# Told before each retry: the number of the coming attempt, the wait before it in
+# seconds, and the error that ended the previous one (telemetry adds a span event).
+RetryListener = Callable[[int, float, BaseException | None], None]
+
 
 class _Listener(pybreaker.CircuitBreakerListener):
     def __init__(self, board: BreakerBoard) -> None:
@@ -235,6 +239,7 @@ class CallPolicy:
         rpc: Callable[[float], Awaitable[_T]],
         scope: AttemptScope[_T] = bare_attempt,
         first_number: int = 1,
+        on_retry: RetryListener | None = None,
     ) -> _T:
         """Call ``rpc(attempt_timeout)`` until it succeeds or the policy gives up.
 
@@ -242,6 +247,7 @@ class CallPolicy:
         ``first_number``, so a resumed step keeps counting): the caller logs the
         attempt there before it is made, and on exit records how it ended (the
         reply is in the slot the scope yields, an error is the exception).
+        ``on_retry`` hears of every retry before its backoff.
 
         Raises:
             Transient: the last attempt's transient error once attempts ran out.
@@ -256,7 +262,7 @@ class CallPolicy:
                 jitter=retry.jitter,
             ),
             retry=retry_if_exception_type(Transient),
-            before_sleep=_log_retry(participant),
+            before_sleep=_before_retry(participant, first_number, on_retry),
             reraise=True,
         )
         async for attempt in retrying:
@@ -270,17 +276,22 @@ class CallPolicy:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 
-def _log_retry(participant: str) -> Callable[[RetryCallState], None]:
+def _before_retry(
+    participant: str, first_number: int, on_retry: RetryListener | None
+) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
+        number = first_number + state.attempt_number  # the coming attempt
         log.info(
             "retrying participant=%s attempt=%d in_seconds=%.3f error=%s",
             participant,
-            state.attempt_number,
+            number,
             delay,
             error,
         )
+        if on_retry is not None:
+            on_retry(number, delay, error)
 
     return before_sleep
 
@@ -296,6 +307,7 @@ __all__ = [
     "BreakerTransition",
     "BreakerView",
     "CallPolicy",
+    "RetryListener",
     "RetryPolicy",
     "bare_attempt",
 ]

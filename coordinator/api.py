@@ -14,6 +14,7 @@ import grpc
 
 from common.errors import NotFound, SagawireError, abort, grpc_edge
 from common.policy import BreakerBoard
+from common.telemetry import current_trace_id
 from coordinator import requests
 from coordinator.definitions import Definitions, SagaMode
 from coordinator.engine import SagaEngine
@@ -63,6 +64,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 data,
                 idempotency_key=request.idempotency_key,
                 request_hash=fingerprint,
+                # This call's trace: the saga's spans join it, GetSaga returns its id.
+                trace_id=current_trace_id(),
             )
             if request.wait and record.status not in SETTLED:
                 record = await self._engine.wait_settled(record.saga_id)

@@ -21,7 +21,7 @@ from common.config import DEFAULT_PORTS, Endpoints, load
 from common.logs import setup_logging
 from common.policy import BreakerBoard, BreakerSettings, CallPolicy
 from common.server import serve_until_signal, server_options, start_server
-from common.telemetry import setup_telemetry
+from common.telemetry import saga_metrics, setup_telemetry
 from coordinator import api
 from coordinator.clients import Participants
 from coordinator.crash import CrashHook
@@ -30,6 +30,7 @@ from coordinator.engine import SagaEngine
 from coordinator.observer import Observer
 from coordinator.recovery import recover
 from coordinator.runner import SagaRunner
+from coordinator.saga_telemetry import breaker_changed
 from coordinator.settings import CoordinatorSettings
 from coordinator.sqlite_log import SqliteSagaLog
 from coordinator.store import SagaLog
@@ -63,6 +64,9 @@ class CoordinatorApp:
         )
         for name in participants:
             self.breakers.breaker(name)  # listed (closed) before their first call
+            saga_metrics().breaker_changed(name, "closed")
+        # Breaker changes are logged by the board; telemetry adds a metric and a span event.
+        self.breakers.add_listener(breaker_changed)
         self.log = saga_log or SqliteSagaLog(
             settings.data_dir / LOG_FILE, synchronous=settings.sqlite_synchronous
         )

@@ -6,6 +6,10 @@ the same time (a slow participant holds only its own sagas' slots); the others
 wait their turn, already logged. Shutdown stops taking new sagas, lets running
 ones finish for a grace period, then cancels them: recovery resumes them at the
 next start.
+
+A new saga's run continues the trace of the call that started it (the context is
+captured in :meth:`SagaEngine.start` and handed to the runner, which opens the saga
+span under it); a saga is counted as started once it is logged.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
 
 from common.errors import InvalidArgument, NotFound, Transient
 from common.store import utc_now
+from common.telemetry import saga_metrics
 from coordinator.definitions import Definitions
 from coordinator.payloads import pack
 from coordinator.records import (
@@ -33,6 +39,7 @@ from coordinator.records import (
     SagaStatus,
 )
 from coordinator.runner import SagaRunner
+from coordinator.saga_telemetry import RunCause
 from coordinator.store import SagaLog
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,9 @@ class SagaEngine:
     ) -> tuple[SagaRecord, bool]:
         """Log a new saga and start driving it; or find the one with the same key.
 
+        The saga's span is a child of the current span (the ``PlaceOrder`` call);
+        ``trace_id`` is that span's trace id, kept in the log for ``GetSaga``.
+
         Returns:
             The saga as logged, and whether it was created now.
         """
@@ -101,7 +111,8 @@ class SagaEngine:
         )
         record, created = await self.log.create(new)
         if created:
-            self._spawn(record, resumed=False)
+            saga_metrics().saga_started(definition.name, definition.mode.value)
+            self._spawn(record, RunCause.STARTED, otel_context.get_current())
         return record, created
 
     async def resume(self, saga_id: str) -> bool:
@@ -109,7 +120,7 @@ class SagaEngine:
         record = await self.log.load(saga_id)
         if record is None or record.status not in UNFINISHED:
             return False
-        self._spawn(record, resumed=True)
+        self._spawn(record, RunCause.RECOVERED)
         return True
 
     async def retry(self, saga_id: str) -> SagaRecord:
@@ -136,7 +147,7 @@ class SagaEngine:
         )
         retried = await self.log.load(saga_id)
         assert retried is not None
-        self._spawn(retried, resumed=False)
+        self._spawn(retried, RunCause.RETRIED, otel_context.get_current())
         return retried
 
     async def wait_settled(self, saga_id: str) -> SagaRecord:
@@ -157,10 +168,14 @@ class SagaEngine:
                     check = False
                 await listener.changed.wait()
 
-    def _spawn(self, record: SagaRecord, resumed: bool) -> None:
+    def _spawn(
+        self, record: SagaRecord, cause: RunCause, context: otel_context.Context | None = None
+    ) -> None:
         saga_id = record.saga_id
         previous = self._tasks.get(saga_id)
-        task = asyncio.create_task(self._drive(record, resumed, previous), name=f"saga-{saga_id}")
+        task = asyncio.create_task(
+            self._drive(record, cause, context, previous), name=f"saga-{saga_id}"
+        )
         self._tasks[saga_id] = task
 
         def forget(done: asyncio.Task[SagaRecord | None]) -> None:
@@ -172,7 +187,8 @@ class SagaEngine:
     async def _drive(
         self,
         record: SagaRecord,
-        resumed: bool,
+        cause: RunCause,
+        context: otel_context.Context | None,
         previous: asyncio.Task[SagaRecord | None] | None,
     ) -> SagaRecord | None:
         if previous is not None:
@@ -180,7 +196,7 @@ class SagaEngine:
             await asyncio.wait([previous])
         async with self._slots:
             try:
-                return await self.runner.run(record, resumed=resumed)
+                return await self.runner.run(record, cause, context)
             except Exception:
                 log.exception(
                     "saga stopped by an unexpected error saga_id=%s; it resumes at the next start",

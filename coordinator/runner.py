@@ -22,9 +22,10 @@ The same code resumes a saga after a crash: steps already succeeded are
 skipped, in-flight ones are re-sent with the same key (saga id + step), which
 the participants' barrier turns into a replay.
 
-Telemetry: :meth:`SagaRunner.run` is where a saga span belongs, and
-:meth:`_SagaRun.attempt` is the one place where a step attempt or compensation
-attempt starts and ends.
+Telemetry (coordinator/saga_telemetry.py): :meth:`SagaRunner.run` opens the saga
+span and records the saga's end; :meth:`_SagaRun.attempt`, the one place where a
+step attempt or compensation attempt starts and ends, opens a child span per
+attempt, current while the participant is called, so the gRPC call nests under it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
+
+from opentelemetry.context import Context
 
 from common.errors import BusinessRejection, SagawireError
 from common.policy import AttemptSlot, CallPolicy
@@ -64,6 +67,7 @@ from coordinator.records import (
     StepStatus,
     apply,
 )
+from coordinator.saga_telemetry import RunCause, SagaTelemetry
 from coordinator.store import SagaLog
 from protos.sagawire.v1 import participant_pb2
 
@@ -89,31 +93,53 @@ class SagaRunner:
         self.crash = crash
         self.clock = clock
 
-    async def run(self, record: SagaRecord, resumed: bool = False) -> SagaRecord:
-        """Drive the saga until it is completed, compensated or needs attention."""
+    async def run(
+        self,
+        record: SagaRecord,
+        cause: RunCause = RunCause.STARTED,
+        context: Context | None = None,
+    ) -> SagaRecord:
+        """Drive the saga until it is completed, compensated or needs attention.
+
+        Args:
+            record: the saga as logged.
+            cause: why it runs now; a recovered saga first logs that it resumed.
+            context: the trace context of the call that started (or retried) it.
+        """
         definition = self.definitions.get(record.definition)
         if definition is None:
             raise LookupError(f"saga {record.saga_id}: no definition {record.definition!r}")
-        run = _SagaRun(self, definition, record)
-        if resumed:
-            await run.change(
-                Change(
-                    kind=Kind.SAGA_RESUMED,
-                    at=self.clock(),
-                    interrupt_open_attempts=True,
-                    detail="resumed by recovery",
+        telemetry = SagaTelemetry(record, cause, context)
+        run = _SagaRun(self, definition, record, telemetry)
+        with telemetry.current():
+            if cause is RunCause.RECOVERED:
+                await run.change(
+                    Change(
+                        kind=Kind.SAGA_RESUMED,
+                        at=self.clock(),
+                        interrupt_open_attempts=True,
+                        detail="resumed by recovery",
+                    )
                 )
-            )
-        return await run.drive()
+            settled = await run.drive()
+            telemetry.finished(settled, self.clock())
+        return settled
 
 
 class _SagaRun:
     """One saga being driven: its definition and its record, kept in step with the log."""
 
-    def __init__(self, runner: SagaRunner, definition: SagaDefinition, record: SagaRecord) -> None:
+    def __init__(
+        self,
+        runner: SagaRunner,
+        definition: SagaDefinition,
+        record: SagaRecord,
+        telemetry: SagaTelemetry,
+    ) -> None:
         self.runner = runner
         self.definition = definition
         self.record = record
+        self.telemetry = telemetry
 
     async def change(self, change: Change) -> None:
         """Log a change (durably), keeping the in-memory record in step."""
@@ -277,6 +303,7 @@ class _SagaRun:
                 partial(self._send, step, Phase.EXECUTE),
                 scope=partial(self.attempt, step, Phase.EXECUTE),
                 first_number=len(attempts) + 1,
+                on_retry=partial(self.telemetry.retrying, step, Phase.EXECUTE),
             )
         except BusinessRejection as rejection:
             raise StepFailed(
@@ -308,50 +335,59 @@ class _SagaRun:
     async def attempt(
         self, step: Step, phase: Phase, number: int
     ) -> AsyncIterator[AttemptSlot[participant_pb2.StepReply]]:
-        """One attempt of a step (or of its compensation): logged before, recorded after."""
+        """One attempt of a step (or of its compensation): logged before, recorded after.
+
+        Its span is current for the whole attempt, the participant's call included.
+        """
         execute = phase is Phase.EXECUTE
         prefix = "" if execute else "compensate_"
-        await self.change(
-            Change(
-                kind=Kind.STEP_STARTED if execute else Kind.COMPENSATION_STARTED,
-                at=self.runner.clock(),
-                step=step.name,
-                attempt=AttemptChange(phase, number),
-                step_status=StepStatus.RUNNING if execute else StepStatus.COMPENSATING,
+        with self.telemetry.attempt(step, phase, number) as traced:
+            await self.change(
+                Change(
+                    kind=Kind.STEP_STARTED if execute else Kind.COMPENSATION_STARTED,
+                    at=self.runner.clock(),
+                    step=step.name,
+                    attempt=AttemptChange(phase, number),
+                    step_status=StepStatus.RUNNING if execute else StepStatus.COMPENSATING,
+                )
             )
-        )
-        self.runner.crash(f"after_{prefix}intent", step.name)
-        slot: AttemptSlot[participant_pb2.StepReply] = AttemptSlot()
-        try:
-            yield slot
-        except SagawireError as error:
+            self.runner.crash(f"after_{prefix}intent", step.name)
+            slot: AttemptSlot[participant_pb2.StepReply] = AttemptSlot()
+            try:
+                yield slot
+            except SagawireError as error:
+                self.runner.crash(f"after_{prefix}call", step.name)
+                failed = failed_attempt(step.name, phase, number, error, self.runner.clock())
+                assert failed.attempt is not None
+                traced.ended(failed.attempt)
+                await self.change(failed)
+                raise
             self.runner.crash(f"after_{prefix}call", step.name)
-            await self.change(failed_attempt(step.name, phase, number, error, self.runner.clock()))
-            raise
-        self.runner.crash(f"after_{prefix}call", step.name)
-        reply = slot.value
-        assert reply is not None  # the policy fills the slot before a normal exit
-        ended = AttemptChange(phase, number, Outcome.OK)
-        if execute:
-            change = Change(
-                kind=Kind.STEP_SUCCEEDED,
-                at=self.runner.clock(),
-                step=step.name,
-                attempt=ended,
-                step_status=StepStatus.SUCCEEDED,
-                result=reply.result.SerializeToString(),
-                detail=barrier_outcome(reply),
-            )
-        else:
-            change = Change(
-                kind=Kind.COMPENSATION_DONE,
-                at=self.runner.clock(),
-                step=step.name,
-                attempt=ended,
-                step_status=StepStatus.COMPENSATED,
-                detail=barrier_outcome(reply),
-            )
-        await self.change(change)
+            reply = slot.value
+            assert reply is not None  # the policy fills the slot before a normal exit
+            ended = AttemptChange(phase, number, Outcome.OK)
+            barrier = barrier_outcome(reply)
+            traced.ended(ended, barrier)
+            if execute:
+                change = Change(
+                    kind=Kind.STEP_SUCCEEDED,
+                    at=self.runner.clock(),
+                    step=step.name,
+                    attempt=ended,
+                    step_status=StepStatus.SUCCEEDED,
+                    result=reply.result.SerializeToString(),
+                    detail=barrier,
+                )
+            else:
+                change = Change(
+                    kind=Kind.COMPENSATION_DONE,
+                    at=self.runner.clock(),
+                    step=step.name,
+                    attempt=ended,
+                    step_status=StepStatus.COMPENSATED,
+                    detail=barrier,
+                )
+            await self.change(change)
 
     # -- backward ----------------------------------------------------------------------
 
@@ -429,6 +465,7 @@ class _SagaRun:
                 partial(self._send, step, Phase.COMPENSATE),
                 scope=partial(self.attempt, step, Phase.COMPENSATE),
                 first_number=len(attempts) + 1,
+                on_retry=partial(self.telemetry.retrying, step, Phase.COMPENSATE),
             )
         except SagawireError as error:
             log.warning(

@@ -1,180 +1,137 @@
 """One orchestrated order is one trace: the coordinator and the four services, in memory.
 
 Every process runs in this test's event loop with its own telemetry (its own
-``service.name``), all exporting to one ``InMemorySpanExporter``.
+``service.name``), all exporting to one ``InMemorySpanExporter``
+(see :mod:`tests.telemetry_support`).
 """
 
 from __future__ import annotations
 
-import uuid
+import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
+import typer
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from typer.testing import CliRunner
 
-from common.config import SERVICE_NAMES, Endpoints
-from common.server import RunningServer, start_server
-from common.telemetry import Telemetry, activated, create_telemetry
-from coordinator.app import CoordinatorApp
-from coordinator.settings import CoordinatorSettings
-from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from services.launcher import spec_of
-from services.runtime import DomainService
-from tests.support import service_settings, wait_until
-
-PLACE_ORDER = "/sagawire.v1.Coordinator/PlaceOrder"
-
-
-@dataclass
-class TracedStack:
-    exporter: InMemorySpanExporter
-    telemetry: dict[str, Telemetry]
-    servers: dict[str, RunningServer]
-    channel: grpc.aio.Channel
-
-    @property
-    def coordinator(self) -> coordinator_pb2_grpc.CoordinatorStub:
-        return coordinator_pb2_grpc.CoordinatorStub(self.channel)
-
-    async def place_order(self, customer: str) -> coordinator_pb2.PlaceOrderResponse:
-        request = coordinator_pb2.PlaceOrderRequest(
-            customer_id=customer,
-            items=[common_pb2.LineItem(sku="SKU-MUG", quantity=2)],
-            destination="Berlin",
-            idempotency_key=str(uuid.uuid4()),
-            wait=True,
-        )
-        response: coordinator_pb2.PlaceOrderResponse = await self.coordinator.PlaceOrder(request)
-        return response
+from cli import sagas
+from common.config import SERVICE_NAMES
+from protos.sagawire.v1 import coordinator_pb2 as pb
+from tests.coordinator_support import write_definitions
+from tests.support import wait_until
+from tests.telemetry_support import (
+    PLACE_ORDER,
+    RETRY_SAGA,
+    TracedStack,
+    attribute,
+    is_saga_span,
+    saga_trace,
+    service_of,
+    span_id_of,
+    trace_id_of,
+    traced_stack,
+)
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[TracedStack]:
-    exporter = InMemorySpanExporter()
-    telemetry = {
-        name: create_telemetry(name, [exporter], batch=False)
-        for name in ("coordinator", *SERVICE_NAMES)
-    }
-    servers: dict[str, RunningServer] = {}
-    try:
-        for name in SERVICE_NAMES:
-            service = service_settings(tmp_path / name, reactions_enabled=False)
-            app = DomainService(spec_of(name), service)
-            servers[name] = await start_server(app, service, telemetry=telemetry[name])
-        endpoints = Endpoints(**{f"{n}_addr": servers[n].address for n in SERVICE_NAMES})
-        settings = CoordinatorSettings(port=0, data_dir=tmp_path / "coordinator", grace_seconds=1.0)
-        coordinator = CoordinatorApp(
-            settings, endpoints, client_interceptors=telemetry["coordinator"].client_interceptors()
-        )
-        servers["coordinator"] = await start_server(
-            coordinator, settings, telemetry=telemetry["coordinator"]
-        )
-        channel = grpc.aio.insecure_channel(servers["coordinator"].address)
-        # The coordinator's own spans (saga, steps) use the active telemetry.
-        with activated(telemetry["coordinator"]):
-            yield TracedStack(exporter, telemetry, servers, channel)
-        await channel.close()
-    finally:
-        for name in ("coordinator", *SERVICE_NAMES):
-            if name in servers:
-                await servers[name].stop()
+    async with traced_stack(tmp_path) as traced:
+        yield traced
 
 
-def _service(span: ReadableSpan) -> object:
-    return span.resource.attributes.get("service.name")
+def _parent(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> ReadableSpan:
+    assert span.parent is not None, span.name
+    return by_id[span.parent.span_id]
 
 
-def _trace_id(span: ReadableSpan) -> int:
-    context = span.get_span_context()
-    assert context is not None
-    return context.trace_id
-
-
-def _span_id(span: ReadableSpan) -> int:
-    context = span.get_span_context()
-    assert context is not None
-    return context.span_id
-
-
-async def _trace_of(
-    stack: TracedStack, saga_id: str, services: tuple[str, ...] = SERVICE_NAMES
-) -> list[ReadableSpan]:
-    """The finished spans of the latest PlaceOrder's trace (the one that answered ``saga_id``),
-    once ``services`` and the coordinator all have their server spans in it."""
-
-    def spans() -> list[ReadableSpan]:
-        finished = stack.exporter.get_finished_spans()
-        roots = [s for s in finished if s.name == PLACE_ORDER and s.kind == SpanKind.SERVER]
-        return [s for s in finished if roots and _trace_id(s) == _trace_id(roots[-1])]
-
-    # The last participant's server span ends just before the coordinator hears back.
-    await wait_until(
-        lambda: (
-            {_service(s) for s in spans() if s.kind == SpanKind.SERVER}
-            >= {"coordinator", *SERVICE_NAMES}
-        ),
-        message=f"server spans of saga {saga_id} in all five processes",
+def _attempts(spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    return sorted(
+        (s for s in spans if attribute(s, "saga.step") is not None and s.kind == SpanKind.INTERNAL),
+        key=lambda s: s.start_time or 0,
     )
-    return spans()
 
 
 async def test_one_orchestrated_order_is_one_trace_across_the_five_processes(
     stack: TracedStack,
 ) -> None:
-    placed = await stack.place_order("alice")
-    assert placed.status == coordinator_pb2.SAGA_STATUS_COMPLETED
+    placed = await stack.stack.place("alice")
+    assert placed.status == pb.SAGA_STATUS_COMPLETED
 
-    spans = await _trace_of(stack, placed.saga_id)
-    by_id = {_span_id(s): s for s in spans}
+    spans = await saga_trace(stack, placed.saga_id)
+    by_id = {span_id_of(s): s for s in spans}
     (root,) = [s for s in spans if s.name == PLACE_ORDER]
-    assert _service(root) == "coordinator" and root.parent is None
+    assert service_of(root) == "coordinator" and root.parent is None
+    # Every span of the trace hangs, through spans of the trace, from the PlaceOrder call.
+    for span in spans:
+        ancestor = span
+        while ancestor is not root:
+            ancestor = _parent(ancestor, by_id)
+    # Nothing of this saga is in another trace.
+    saga_traces = {
+        trace_id_of(s) for s in stack.spans() if attribute(s, "saga.id") == placed.saga_id
+    }
+    assert saga_traces == {trace_id_of(root)}
+
+    # PlaceOrder -> saga -> step attempt -> client call -> the participant's server span.
+    (saga,) = [s for s in spans if is_saga_span(s, placed.saga_id)]
+    assert _parent(saga, by_id) is root
+    assert (saga.name, attribute(saga, "saga.status")) == ("saga place_order", "completed")
     servers = [s for s in spans if s.kind == SpanKind.SERVER and s is not root]
-    assert {_service(s) for s in servers} == set(SERVICE_NAMES)
+    assert sorted(str(service_of(s)) for s in servers) == sorted([*SERVICE_NAMES, "order"])
+    called = []
     for server in servers:
-        # Each participant's server span is the child of a coordinator client span
-        # of the same method, itself inside the PlaceOrder call.
         assert server.parent is not None and server.parent.is_remote
-        client = by_id[server.parent.span_id]
-        assert (client.kind, client.name, _service(client)) == (
+        client = _parent(server, by_id)
+        assert (client.kind, client.name, service_of(client)) == (
             SpanKind.CLIENT,
             server.name,
             "coordinator",
         )
-        ancestor = client
-        while ancestor.parent is not None and ancestor is not root:
-            ancestor = by_id[ancestor.parent.span_id]
-        assert ancestor is root
+        step = _parent(client, by_id)
+        assert _parent(step, by_id) is saga
+        assert step.name == f"step {attribute(step, 'saga.step')}"
+        called.append((attribute(step, "saga.step"), service_of(server)))
+    assert sorted(called) == [
+        ("approve_order", "order"),
+        ("charge_payment", "payment"),
+        ("create_order", "order"),
+        ("reserve_stock", "inventory"),
+        ("schedule_shipment", "shipping"),
+    ]
+    for step in _attempts(spans):
+        assert _parent(step, by_id) is saga
+        assert attribute(step, "saga.id") == placed.saga_id
+        assert (attribute(step, "saga.phase"), attribute(step, "saga.attempt")) == ("execute", 1)
+        assert (attribute(step, "saga.outcome"), attribute(step, "saga.barrier")) == (
+            "ok",
+            "applied",
+        )
     assert all(s.status.status_code != StatusCode.ERROR for s in spans)
 
+    shown = await stack.stack.saga(placed.saga_id)
+    assert shown.trace_id == f"{trace_id_of(root):032x}"
 
-@pytest.mark.xfail(strict=True, reason="the coordinator's saga and step spans (issue 5, item 3)")
+
 async def test_saga_and_step_spans_show_the_saga_and_its_compensation(
     stack: TracedStack,
 ) -> None:
     # carol's small balance declines the charge: shipping is never called.
     for customer, outcome in (("alice", "completed"), ("carol", "compensated")):
-        response = await stack.place_order(customer)
+        response = await stack.stack.place(customer)
         involved = SERVICE_NAMES if outcome == "completed" else ("order", "inventory", "payment")
-        spans = await _trace_of(stack, response.saga_id, involved)
-        by_id = {_span_id(s): s for s in spans}
+        spans = await saga_trace(stack, response.saga_id, involved)
+        by_id = {span_id_of(s): s for s in spans}
         (root,) = [s for s in spans if s.name == PLACE_ORDER]
-        (saga,) = [
-            s
-            for s in spans
-            if (s.attributes or {}).get("saga.id") == response.saga_id
-            and "saga.step" not in (s.attributes or {})
-            and s.kind == SpanKind.INTERNAL
-        ]
-        assert saga.parent is not None and saga.parent.span_id == _span_id(root)
-        assert (saga.attributes or {}).get("saga.type") == "place_order"
-        assert (saga.attributes or {}).get("saga.mode") == "orchestration"
-        steps = [s for s in spans if "saga.step" in (s.attributes or {})]
-        assert steps and all(s.parent and s.parent.span_id == _span_id(saga) for s in steps)
+        (saga,) = [s for s in spans if is_saga_span(s, response.saga_id)]
+        assert saga.parent is not None and saga.parent.span_id == span_id_of(root)
+        assert attribute(saga, "saga.type") == "place_order"
+        assert attribute(saga, "saga.mode") == "orchestration"
+        assert attribute(saga, "saga.status") == outcome
+        steps = _attempts(spans)
+        assert steps and all(s.parent and s.parent.span_id == span_id_of(saga) for s in steps)
         for step in steps:
             assert {"saga.id", "saga.action", "saga.attempt", "saga.outcome"} <= set(
                 step.attributes or {}
@@ -183,16 +140,139 @@ async def test_saga_and_step_spans_show_the_saga_and_its_compensation(
         for client in (s for s in spans if s.kind == SpanKind.CLIENT):
             assert client.parent is not None
             assert "saga.step" in (by_id[client.parent.span_id].attributes or {})
-        saga_id = (
-            await stack.coordinator.GetSaga(
-                coordinator_pb2.GetSagaRequest(saga_id=response.saga_id)
-            )
-        ).trace_id
-        assert saga_id == f"{_trace_id(root):032x}"
+        trace_id = (await stack.stack.saga(response.saga_id)).trace_id
+        assert trace_id == f"{trace_id_of(root):032x}"
         if outcome == "compensated":
-            assert response.status == coordinator_pb2.SAGA_STATUS_COMPENSATED
-            rejected = [s for s in steps if (s.attributes or {}).get("saga.outcome") == "rejected"]
+            assert response.status == pb.SAGA_STATUS_COMPENSATED
+            assert saga.status.status_code == StatusCode.ERROR
+            rejected = [s for s in steps if attribute(s, "saga.outcome") == "rejected"]
             assert rejected and all(s.status.status_code == StatusCode.ERROR for s in rejected)
-            assert (rejected[0].attributes or {}).get("saga.error_reason") == "INSUFFICIENT_FUNDS"
-            compensations = {(s.attributes or {}).get("saga.action") for s in steps}
+            assert attribute(rejected[0], "saga.error_reason") == "INSUFFICIENT_FUNDS"
+            compensations = {attribute(s, "saga.action") for s in steps}
             assert {"release", "cancel_order"} <= compensations
+            undone = [s for s in steps if attribute(s, "saga.phase") == "compensate"]
+            assert sorted((s.name, service_of(_callee(s, spans))) for s in undone) == [
+                ("compensate create_order", "order"),
+                ("compensate reserve_stock", "inventory"),
+            ]
+            assert all(attribute(s, "saga.outcome") == "ok" for s in undone)
+            # Reverse dependency order: the order is cancelled once the stock is released.
+            release, cancel = sorted(undone, key=lambda s: s.start_time or 0)
+            assert attribute(release, "saga.action") == "release"
+            assert (cancel.start_time or 0) >= (release.end_time or 0)
+        else:
+            assert saga.status.status_code == StatusCode.UNSET
+
+
+def _callee(step: ReadableSpan, spans: list[ReadableSpan]) -> ReadableSpan:
+    """The participant's server span of the call made in the step attempt ``step``."""
+    (client,) = [s for s in spans if s.parent and s.parent.span_id == span_id_of(step)]
+    (server,) = [s for s in spans if s.parent and s.parent.span_id == span_id_of(client)]
+    return server
+
+
+async def test_retries_and_breaker_changes_are_span_events(tmp_path: Path) -> None:
+    # One failure opens inventory's breaker; the retry (after >= 10 ms of backoff)
+    # finds the 1 ms reset timeout passed, goes through as the half-open trial, closes it.
+    async with traced_stack(
+        tmp_path, breaker_failure_threshold=1, breaker_reset_timeout=0.001
+    ) as traced:
+        await traced.stack.faults("inventory", reserve=(1, 0))
+        placed = await traced.stack.place("alice")
+        assert placed.status == pb.SAGA_STATUS_COMPLETED
+        spans = await saga_trace(traced, placed.saga_id)
+        (saga,) = [s for s in spans if is_saga_span(s, placed.saga_id)]
+        first, second = [s for s in _attempts(spans) if s.name == "step reserve_stock"]
+        assert [attribute(s, "saga.attempt") for s in (first, second)] == [1, 2]
+        assert (attribute(first, "saga.outcome"), first.status.status_code) == (
+            "transient",
+            StatusCode.ERROR,
+        )
+        assert attribute(first, "saga.error_reason") == "UNAVAILABLE"
+        assert attribute(second, "saga.outcome") == "ok"
+
+        (retry,) = [e for e in saga.events if e.name == "retry"]
+        assert retry.attributes is not None
+        assert (retry.attributes["saga.step"], retry.attributes["saga.attempt"]) == (
+            "reserve_stock",
+            2,
+        )
+        wait = retry.attributes["retry.wait_s"]
+        assert isinstance(wait, float) and wait > 0
+        assert retry.attributes["saga.error_reason"] == "UNAVAILABLE"
+
+        def changes(span: ReadableSpan) -> list[tuple[object, object, object]]:
+            return [
+                (
+                    (e.attributes or {}).get("breaker.participant"),
+                    (e.attributes or {}).get("breaker.from"),
+                    (e.attributes or {}).get("breaker.to"),
+                )
+                for e in span.events
+                if e.name == "breaker.state_change"
+            ]
+
+        assert changes(first) == [("inventory", "closed", "open")]
+        assert changes(second) == [
+            ("inventory", "open", "half-open"),
+            ("inventory", "half-open", "closed"),
+        ]
+
+
+async def test_a_retried_saga_continues_its_trace(tmp_path: Path) -> None:
+    # The release fails past its budget of 3: the saga needs attention; RetrySaga ends it.
+    definitions = write_definitions(tmp_path / "sagas.yaml", compensation_retry={"max_attempts": 3})
+    async with traced_stack(tmp_path, definitions=definitions) as traced:
+        await traced.stack.faults("inventory", release=(3, 0))
+        placed = await traced.stack.place("carol")
+        assert placed.status == pb.SAGA_STATUS_NEEDS_ATTENTION
+        first = await saga_trace(traced, placed.saga_id, ("order", "inventory", "payment"))
+        (first_run,) = [s for s in first if is_saga_span(s, placed.saga_id)]
+        assert attribute(first_run, "saga.status") == "needs_attention"
+        assert first_run.status.status_code == StatusCode.ERROR
+        trace_id = trace_id_of(first_run)
+
+        await traced.stack.api.RetrySaga(pb.RetrySagaRequest(saga_id=placed.saga_id))
+        settled = await traced.stack.settled(placed.saga_id)
+        assert settled.status == pb.SAGA_STATUS_COMPENSATED
+        assert settled.trace_id == f"{trace_id:032x}"
+
+        def second_run() -> ReadableSpan | None:
+            runs = [s for s in traced.spans() if is_saga_span(s, placed.saga_id)]
+            return runs[1] if len(runs) == 2 else None
+
+        run = await wait_until(second_run, message="the retried saga's span")
+        # The same trace as the first run, and a link to the RetrySaga call.
+        assert trace_id_of(run) == trace_id
+        assert run.parent is not None and run.parent.is_remote
+        (resumed,) = [e for e in run.events if e.name == "resumed"]
+        assert (resumed.attributes or {}).get("saga.resumed_by") == "retried"
+        (retry_call,) = [s for s in traced.spans() if s.name == RETRY_SAGA]
+        assert [link.context.span_id for link in run.links] == [span_id_of(retry_call)]
+        assert attribute(run, "saga.status") == "compensated"
+        # The release's fourth attempt, then the order's cancellation it held back.
+        undone = _attempts(
+            [s for s in traced.spans() if s.parent and s.parent.span_id == span_id_of(run)]
+        )
+        assert [
+            (s.name, attribute(s, "saga.attempt"), attribute(s, "saga.outcome")) for s in undone
+        ] == [
+            ("compensate reserve_stock", 4, "ok"),
+            ("compensate create_order", 1, "ok"),
+        ]
+
+
+async def test_saga_show_prints_the_trace_id(stack: TracedStack) -> None:
+    placed = await stack.stack.place("alice")
+    trace_id = (await stack.stack.saga(placed.saga_id)).trace_id
+    assert len(trace_id) == 32
+
+    app = typer.Typer()
+    sagas.register(app)
+    env = {"SAGAWIRE_COORDINATOR_ADDR": stack.stack.address, "COLUMNS": "200"}
+    # The CLI is a blocking gRPC client; the servers run in this loop.
+    shown = await asyncio.to_thread(
+        CliRunner().invoke, app, ["saga", "show", placed.saga_id], env=env
+    )
+    assert shown.exit_code == 0, shown.output
+    assert f"trace {trace_id}" in shown.output

@@ -1,0 +1,251 @@
+"""The runner's telemetry: a span per saga run, a child per attempt, and the saga metrics.
+
+One orchestrated order, as ``sagawire trace`` draws it::
+
+    /sagawire.v1.Coordinator/PlaceOrder      SERVER span of the incoming call
+      saga place_order                       saga.id, saga.type, saga.mode, saga.status
+        step reserve_stock                   one execute attempt: saga.step, saga.action,
+          /sagawire.v1.Participant/Execute     saga.attempt, saga.phase, saga.outcome,
+            (the participant's SERVER span)    saga.error_reason; ERROR status on failure
+        compensate reserve_stock             one compensation attempt, the same attributes
+
+Retries are ``retry`` events on the saga span (the attempt that failed has ended by
+then); a breaker's state change is a ``breaker.state_change`` event on the span that
+was current when it changed, i.e. the attempt that tripped or probed it.
+
+A saga's first run hangs under the call that started it. A later run (recovery after
+a restart, or ``RetrySaga``) continues the trace whose id the saga log kept, the one
+``GetSaga`` returns, so a saga is one trace from start to end: the original saga
+span's id is not logged, so the new saga span's parent is a placeholder derived from
+the saga id (Jaeger shows the run as a second root of the trace). It carries a
+``resumed`` event, and a ``RetrySaga`` run links to that call's span.
+
+Metrics (:class:`common.metrics.SagaMetrics`): a saga's end with its duration since it
+was created, every attempt with its duration and outcome, every retry, every breaker
+change. The tracer and the instruments are those of the active telemetry, looked up
+once per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from enum import StrEnum
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
+
+from common.errors import SagawireError
+from common.metrics import BREAKER_STATES
+from common.policy import BreakerTransition
+from common.telemetry import saga_metrics, tracer
+from coordinator.definitions import Step
+from coordinator.outcomes import error_detail
+from coordinator.records import AttemptChange, Outcome, Phase, SagaRecord, SagaStatus
+
+SAGA_ID = "saga.id"
+SAGA_TYPE = "saga.type"
+SAGA_MODE = "saga.mode"
+SAGA_STATUS = "saga.status"
+SAGA_STEP = "saga.step"
+SAGA_ACTION = "saga.action"
+SAGA_ATTEMPT = "saga.attempt"
+SAGA_PHASE = "saga.phase"
+SAGA_OUTCOME = "saga.outcome"
+SAGA_ERROR_REASON = "saga.error_reason"
+
+# An attempt that ended without recording how: the coordinator stopped under it.
+_INTERRUPTED = Outcome.INTERRUPTED.value
+
+
+class RunCause(StrEnum):
+    """Why a saga run begins."""
+
+    STARTED = "started"  # PlaceOrder: the first run
+    RECOVERED = "recovered"  # recovery, when the coordinator starts
+    RETRIED = "retried"  # RetrySaga, for a saga that needs attention
+
+
+def placeholder_parent(record: SagaRecord) -> SpanContext | None:
+    """A remote parent in the saga's logged trace, for a run that continues it."""
+    try:
+        trace_id = int(record.trace_id, 16)
+    except ValueError:
+        return None
+    digest = hashlib.blake2b(record.saga_id.encode(), digest_size=8).digest()
+    span_id = int.from_bytes(digest) or 1
+    found = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(1))
+    return found if found.is_valid else None
+
+
+class SagaTelemetry:
+    """The span and the metrics of one saga run (see the module docstring)."""
+
+    __slots__ = ("_metrics", "_tracer", "mode", "saga_id", "saga_type", "span")
+
+    def __init__(
+        self,
+        record: SagaRecord,
+        cause: RunCause,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        self._tracer = tracer()
+        self._metrics = saga_metrics()
+        self.saga_id = record.saga_id
+        self.saga_type = record.definition
+        self.mode = record.mode
+        parent, links = context, []
+        if cause is not RunCause.STARTED:
+            caller = trace.get_current_span(context).get_span_context()
+            if caller.is_valid:
+                links.append(Link(caller))
+            logged = placeholder_parent(record)
+            if logged is not None:
+                parent = trace.set_span_in_context(NonRecordingSpan(logged))
+        self.span: Span = self._tracer.start_span(
+            f"saga {record.definition}",
+            context=parent,
+            links=links,
+            attributes={SAGA_ID: record.saga_id, SAGA_TYPE: self.saga_type, SAGA_MODE: self.mode},
+        )
+        if cause is not RunCause.STARTED:
+            self.span.add_event(
+                "resumed", {"saga.resumed_by": cause.value, SAGA_STATUS: record.status.value}
+            )
+
+    def started(self) -> None:
+        """Count a new saga (once, at its first run)."""
+        self._metrics.saga_started(self.saga_type, self.mode)
+
+    @contextmanager
+    def current(self) -> Iterator[Span]:
+        """Make the saga span current for the run (steps nest under it); end it after."""
+        with trace.use_span(self.span, end_on_exit=True):
+            yield self.span
+
+    def finished(self, record: SagaRecord, now: datetime) -> None:
+        """The run is over: record the saga's status, and its end if it is settled."""
+        status = record.status
+        self.span.set_attribute(SAGA_STATUS, status.value)
+        duration = (now - record.created_at).total_seconds()
+        if status is SagaStatus.COMPLETED:
+            self._metrics.saga_completed(self.saga_type, self.mode, duration)
+        elif status is SagaStatus.COMPENSATED:
+            self.span.set_status(StatusCode.ERROR, "compensated")
+            self._metrics.saga_compensated(self.saga_type, self.mode, duration)
+        elif status is SagaStatus.NEEDS_ATTENTION:
+            self.span.set_status(StatusCode.ERROR, "needs attention")
+            self._metrics.saga_needs_attention(self.saga_type, self.mode, duration)
+
+    @contextmanager
+    def attempt(self, step: Step, phase: Phase, number: int) -> Iterator[AttemptTrace]:
+        """A span (current for the block) and a duration for one attempt of ``step``."""
+        action = step.action if phase is Phase.EXECUTE else (step.compensation or "")
+        name = f"step {step.name}" if phase is Phase.EXECUTE else f"compensate {step.name}"
+        attributes: dict[str, AttributeValue] = {
+            SAGA_ID: self.saga_id,
+            SAGA_STEP: step.name,
+            SAGA_ACTION: action,
+            SAGA_ATTEMPT: number,
+            SAGA_PHASE: phase.value,
+        }
+        span = self._tracer.start_span(name, attributes=attributes)
+        traced = AttemptTrace(span)
+        started = time.perf_counter()
+        try:
+            # The runner sets the outcome and status; an exception says nothing more.
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                yield traced
+        except Exception as error:
+            if traced.outcome is None:  # not the call's error: e.g. the log failed
+                traced.broken(error)
+            raise
+        finally:
+            if traced.outcome is None:  # cancelled: the coordinator stopped under it
+                traced.ended(AttemptChange(phase, number, Outcome.INTERRUPTED))
+            self._metrics.step_finished(
+                self.saga_type,
+                step.name,
+                action,
+                traced.outcome or _INTERRUPTED,
+                time.perf_counter() - started,
+            )
+            span.end()
+
+    def retrying(
+        self, step: Step, phase: Phase, number: int, wait_s: float, error: BaseException | None
+    ) -> None:
+        """A :data:`common.policy.RetryListener`: attempt ``number`` comes in ``wait_s``."""
+        action = step.action if phase is Phase.EXECUTE else (step.compensation or "")
+        self._metrics.step_retried(self.saga_type, step.name, action)
+        self.span.add_event(
+            "retry",
+            {
+                SAGA_STEP: step.name,
+                SAGA_PHASE: phase.value,
+                SAGA_ATTEMPT: number,
+                "retry.wait_s": wait_s,
+                SAGA_ERROR_REASON: _reason(error),
+            },
+        )
+
+
+class AttemptTrace:
+    """How an attempt ended, set on its span when the runner records it."""
+
+    __slots__ = ("outcome", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.outcome: str | None = None
+
+    def ended(self, attempt: AttemptChange, barrier: str = "") -> None:
+        """The attempt ended as the saga log records it (``barrier``: how the participant's
+        barrier let a successful call through, e.g. "replayed")."""
+        outcome = (attempt.outcome or Outcome.INTERRUPTED).value
+        self.outcome = outcome
+        self.span.set_attribute(SAGA_OUTCOME, outcome)
+        if barrier:
+            self.span.set_attribute("saga.barrier", barrier)
+        if attempt.outcome in (Outcome.OK, Outcome.INTERRUPTED, None):
+            return
+        error = attempt.error
+        reason = (error.reason or error.code) if error is not None else outcome
+        self.span.set_attribute(SAGA_ERROR_REASON, reason)
+        self.span.set_status(StatusCode.ERROR, error.message if error is not None else outcome)
+
+    def broken(self, error: Exception) -> None:
+        """The attempt stopped on an error of the coordinator's own."""
+        self.outcome = Outcome.ERROR.value
+        self.span.set_attribute(SAGA_OUTCOME, self.outcome)
+        self.span.set_attribute(SAGA_ERROR_REASON, type(error).__name__)
+        self.span.record_exception(error)
+        self.span.set_status(StatusCode.ERROR, str(error))
+
+
+def _reason(error: BaseException | None) -> str:
+    """As an attempt span's ``saga.error_reason``: the ErrorInfo reason, else the code."""
+    if isinstance(error, SagawireError):
+        detail = error_detail(error)
+        return detail.reason or detail.code
+    return type(error).__name__ if error is not None else ""
+
+
+def breaker_changed(transition: BreakerTransition) -> None:
+    """A :class:`common.policy.BreakerBoard` listener: the new state as a metric, and as
+    an event on the current span (the attempt whose call changed it)."""
+    if transition.to_state in BREAKER_STATES:
+        saga_metrics().breaker_changed(transition.participant, transition.to_state)
+    trace.get_current_span().add_event(
+        "breaker.state_change",
+        {
+            "breaker.participant": transition.participant,
+            "breaker.from": transition.from_state,
+            "breaker.to": transition.to_state,
+        },
+    )

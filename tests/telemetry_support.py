@@ -1,0 +1,174 @@
+"""Helpers for saga telemetry tests: the four services and a coordinator, traced, in memory.
+
+Every process runs in the test's event loop with its own telemetry (its own
+``service.name``); all of them export spans to one ``InMemorySpanExporter``, and
+the coordinator's metrics go to an ``InMemoryMetricReader``. The coordinator's
+telemetry is the active one (:func:`common.telemetry.activated`) while the stack
+runs, as :func:`common.telemetry.setup_telemetry` makes it in the real process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from common.config import SERVICE_NAMES, Endpoints
+from common.server import RunningServer, start_server
+from common.telemetry import Telemetry, activated, create_telemetry
+from coordinator.app import CoordinatorApp
+from services.launcher import spec_of
+from services.runtime import DomainService
+from tests.coordinator_support import Stack, coordinator_settings, write_definitions
+from tests.support import Cluster, service_settings, wait_until
+
+PLACE_ORDER = "/sagawire.v1.Coordinator/PlaceOrder"
+RETRY_SAGA = "/sagawire.v1.Coordinator/RetrySaga"
+
+DataPoint = NumberDataPoint | HistogramDataPoint
+
+
+@dataclass
+class TracedStack:
+    """A :class:`~tests.coordinator_support.Stack` whose processes export to memory."""
+
+    stack: Stack
+    exporter: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    telemetry: dict[str, Telemetry]
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], DataPoint]]:
+        """The coordinator's data points of the metric ``name``, with their attributes."""
+        data = self.metrics.get_metrics_data()
+        found: list[tuple[dict[str, Any], DataPoint]] = []
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend(
+                            (dict(p.attributes or {}), p)
+                            for p in metric.data.data_points
+                            if isinstance(p, DataPoint)
+                        )
+        return found
+
+    def value(self, name: str, **attributes: Any) -> float:
+        """A counter's or gauge's value (a histogram's count) where ``attributes`` match."""
+        total: float = 0
+        for found, point in self.points(name):
+            if attributes.items() <= found.items():
+                total += point.count if isinstance(point, HistogramDataPoint) else point.value
+        return total
+
+    def values_by(self, name: str, attribute: str) -> dict[str, float]:
+        """A counter's or gauge's values, by the value of one attribute."""
+        return {
+            str(found[attribute]): self.value(name, **{attribute: found[attribute]})
+            for found, _ in self.points(name)
+        }
+
+
+@asynccontextmanager
+async def traced_stack(
+    tmp_path: Path, definitions: Path | None = None, **settings: Any
+) -> AsyncIterator[TracedStack]:
+    """The four services and a coordinator (``settings`` override its test settings)."""
+    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    telemetry = {name: create_telemetry(name, [exporter], batch=False) for name in SERVICE_NAMES}
+    telemetry["coordinator"] = create_telemetry("coordinator", [exporter], [reader], batch=False)
+    definitions = definitions or write_definitions(tmp_path / "sagas.yaml")
+    servers: dict[str, RunningServer] = {}
+    stack = Stack(Cluster(servers), address="")
+    with activated(telemetry["coordinator"]):
+        try:
+            for name in SERVICE_NAMES:
+                service = service_settings(tmp_path / name, reactions_enabled=False)
+                app = DomainService(spec_of(name), service)
+                servers[name] = await start_server(app, service, telemetry=telemetry[name])
+            endpoints = Endpoints(**{f"{n}_addr": servers[n].address for n in SERVICE_NAMES})
+            config = coordinator_settings(tmp_path / "coordinator", definitions, **settings)
+            coordinator = CoordinatorApp(
+                config,
+                endpoints,
+                client_interceptors=telemetry["coordinator"].client_interceptors(),
+            )
+            running = await start_server(coordinator, config, telemetry=telemetry["coordinator"])
+            stack.coordinator, stack.app, stack.address = running, coordinator, running.address
+            yield TracedStack(stack, exporter, reader, telemetry)
+        finally:
+            await stack.stop_coordinator()
+            await stack.cluster.stop()
+
+
+# --- spans ---------------------------------------------------------------------------
+
+
+def service_of(span: ReadableSpan) -> object:
+    return span.resource.attributes.get("service.name")
+
+
+def trace_id_of(span: ReadableSpan) -> int:
+    context = span.get_span_context()
+    assert context is not None
+    return context.trace_id
+
+
+def span_id_of(span: ReadableSpan) -> int:
+    context = span.get_span_context()
+    assert context is not None
+    return context.span_id
+
+
+def attribute(span: ReadableSpan, name: str) -> Any:
+    return (span.attributes or {}).get(name)
+
+
+def is_saga_span(span: ReadableSpan, saga_id: str) -> bool:
+    """The coordinator's span of a saga run (its attempt spans carry ``saga.step``)."""
+    return (
+        span.kind == SpanKind.INTERNAL
+        and attribute(span, "saga.id") == saga_id
+        and attribute(span, "saga.type") is not None
+    )
+
+
+async def saga_trace(
+    traced: TracedStack,
+    saga_id: str,
+    services: tuple[str, ...] = SERVICE_NAMES,
+    root: Callable[[ReadableSpan], bool] = lambda s: s.name == PLACE_ORDER,
+) -> list[ReadableSpan]:
+    """The finished spans of the trace of the latest ``root`` span (by default the latest
+    ``PlaceOrder`` call), once the saga's span and a server span of the coordinator and of
+    every one of ``services`` are in it."""
+
+    def spans() -> list[ReadableSpan]:
+        finished = traced.spans()
+        roots = [s for s in finished if s.kind == SpanKind.SERVER and root(s)]
+        return [s for s in finished if roots and trace_id_of(s) == trace_id_of(roots[-1])]
+
+    def complete() -> bool:
+        found = spans()
+        servers = {service_of(s) for s in found if s.kind == SpanKind.SERVER}
+        return servers >= {"coordinator", *services} and any(
+            is_saga_span(s, saga_id) for s in found
+        )
+
+    # The saga span ends once the saga's last transition is logged, which is when
+    # PlaceOrder may answer: it can end after the PlaceOrder span does.
+    await wait_until(complete, message=f"the trace of saga {saga_id}")
+    return spans()

@@ -1,0 +1,114 @@
+"""The runner's spans where the integration tests do not go: resumed runs, broken attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from common.policy import RetryPolicy
+from common.telemetry import Telemetry, activated, create_telemetry
+from coordinator.definitions import Step
+from coordinator.records import NewSaga, Phase, SagaRecord, new_record
+from coordinator.saga_telemetry import RunCause, SagaTelemetry, placeholder_parent
+
+STEP = Step(
+    name="reserve_stock",
+    participant="inventory",
+    action="reserve",
+    compensation="release",
+    after=(),
+    retry=RetryPolicy(),
+    compensation_retry=RetryPolicy(),
+)
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def telemetry(exporter: InMemorySpanExporter) -> Iterator[Telemetry]:
+    created = create_telemetry("coordinator", [exporter], [InMemoryMetricReader()], batch=False)
+    with activated(created):
+        yield created
+    created.shutdown()
+
+
+def record(trace_id: str = "") -> SagaRecord:
+    now = datetime.now(UTC)
+    return new_record(
+        NewSaga(
+            saga_id=str(uuid.uuid4()),
+            definition="place_order",
+            mode="orchestration",
+            data=b"",
+            step_names=(STEP.name,),
+            created_at=now,
+            deadline=now + timedelta(seconds=10),
+            trace_id=trace_id,
+        )
+    )
+
+
+def only(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == name]
+    return span
+
+
+def test_a_recovered_run_continues_the_logged_trace(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    logged = record(trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
+    run = SagaTelemetry(logged, RunCause.RECOVERED)
+    with run.current():
+        pass
+    span = only(exporter, "saga place_order")
+    context = span.get_span_context()
+    assert context is not None and f"{context.trace_id:032x}" == logged.trace_id
+    placeholder = placeholder_parent(logged)
+    assert placeholder is not None and span.parent == placeholder
+    assert [(e.name, dict(e.attributes or {})) for e in span.events] == [
+        ("resumed", {"saga.resumed_by": "recovered", "saga.status": "running"})
+    ]
+    assert list(span.links) == []
+
+
+def test_a_saga_logged_without_a_trace_resumes_in_a_new_one(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    assert placeholder_parent(record()) is None
+    with SagaTelemetry(record(), RunCause.RECOVERED).current():
+        pass
+    span = only(exporter, "saga place_order")
+    assert span.parent is None and [e.name for e in span.events] == ["resumed"]
+
+
+def test_attempts_cut_short_say_how(telemetry: Telemetry, exporter: InMemorySpanExporter) -> None:
+    run = SagaTelemetry(record(), RunCause.STARTED)
+    with run.current():
+        with pytest.raises(asyncio.CancelledError), run.attempt(STEP, Phase.EXECUTE, 1):
+            raise asyncio.CancelledError
+        with pytest.raises(RuntimeError), run.attempt(STEP, Phase.COMPENSATE, 1):
+            raise RuntimeError("the saga log is gone")
+    cancelled = only(exporter, "step reserve_stock")
+    assert (cancelled.attributes or {}).get("saga.outcome") == "interrupted"
+    assert cancelled.status.status_code == StatusCode.UNSET
+    broken = only(exporter, "compensate reserve_stock")
+    assert (broken.attributes or {}).get("saga.action") == "release"
+    assert (broken.attributes or {}).get("saga.outcome") == "error"
+    assert (broken.attributes or {}).get("saga.error_reason") == "RuntimeError"
+    assert broken.status.status_code == StatusCode.ERROR
+    saga = only(exporter, "saga place_order")
+    assert all(
+        s.parent is not None and s.parent.span_id == saga.context.span_id
+        for s in (cancelled, broken)
+    )
