@@ -29,7 +29,7 @@ from common import inbox
 from common.config import SERVICE_NAMES, Endpoints
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
-from common.telemetry import consumer_span
+from common.telemetry import consumer_span, saga_metrics
 from coordinator.definitions import SagaMode
 from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
 from coordinator.records import UNFINISHED, Change, Kind, SagaStatus
@@ -41,6 +41,15 @@ log = logging.getLogger(__name__)
 
 OFFSETS_FILE = "observer.db"
 CHOREOGRAPHY = SagaMode.CHOREOGRAPHY.value
+
+
+def _count_outcome(saga_type: str, change: Change, created_at: datetime) -> None:
+    """The saga metrics of a choreographed saga's end (the runner counts orchestrated ones)."""
+    duration = (change.at - created_at).total_seconds()
+    if change.saga_status is SagaStatus.COMPLETED:
+        saga_metrics().saga_completed(saga_type, CHOREOGRAPHY, duration)
+    elif change.saga_status is SagaStatus.COMPENSATED:
+        saga_metrics().saga_compensated(saga_type, CHOREOGRAPHY, duration)
 
 
 class Observer:
@@ -145,6 +154,7 @@ class Observer:
                 with consumer_span(seen.event, f"observe {seen.event_type}"):
                     for change in plan(record, seen):
                         await self._log.append(saga_id, change)
+                        _count_outcome(record.definition, change, record.created_at)
 
     async def _flag_stalled(self) -> None:
         while True:

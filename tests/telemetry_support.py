@@ -31,7 +31,7 @@ from coordinator.app import CoordinatorApp
 from services.launcher import spec_of
 from services.runtime import DomainService
 from tests.coordinator_support import Stack, coordinator_settings, write_definitions
-from tests.support import Cluster, service_settings, wait_until
+from tests.support import Cluster, free_port, service_settings, wait_until
 
 PLACE_ORDER = "/sagawire.v1.Coordinator/PlaceOrder"
 RETRY_SAGA = "/sagawire.v1.Coordinator/RetrySaga"
@@ -84,9 +84,12 @@ class TracedStack:
 
 @asynccontextmanager
 async def traced_stack(
-    tmp_path: Path, definitions: Path | None = None, **settings: Any
+    tmp_path: Path, definitions: Path | None = None, reactions: bool = False, **settings: Any
 ) -> AsyncIterator[TracedStack]:
-    """The four services and a coordinator (``settings`` override its test settings)."""
+    """The four services and a coordinator (``settings`` override its test settings).
+
+    ``reactions`` lets the services follow each other's streams (choreography).
+    """
     exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
     telemetry = {name: create_telemetry(name, [exporter], batch=False) for name in SERVICE_NAMES}
     telemetry["coordinator"] = create_telemetry("coordinator", [exporter], [reader], batch=False)
@@ -95,11 +98,14 @@ async def traced_stack(
     stack = Stack(Cluster(servers), address="")
     with activated(telemetry["coordinator"]):
         try:
+            ports = {name: free_port() for name in SERVICE_NAMES}
+            endpoints = Endpoints(**{f"{n}_addr": f"127.0.0.1:{p}" for n, p in ports.items()})
             for name in SERVICE_NAMES:
-                service = service_settings(tmp_path / name, reactions_enabled=False)
-                app = DomainService(spec_of(name), service)
+                service = service_settings(
+                    tmp_path / name, port=ports[name], reactions_enabled=reactions
+                )
+                app = DomainService(spec_of(name), service, endpoints)
                 servers[name] = await start_server(app, service, telemetry=telemetry[name])
-            endpoints = Endpoints(**{f"{n}_addr": servers[n].address for n in SERVICE_NAMES})
             config = coordinator_settings(tmp_path / "coordinator", definitions, **settings)
             coordinator = CoordinatorApp(
                 config,

@@ -99,3 +99,15 @@ async def test_retries_breakers_and_sagas_needing_attention(tmp_path: Path) -> N
         assert traced.value("step_duration", **release, **{"saga.outcome": "transient"}) == 1
         assert traced.value("step_duration", **release, **{"saga.outcome": "breaker_open"}) == 2
         assert traced.values_by("breaker_state", "participant")["inventory"] == 2  # open
+
+
+async def test_choreographed_sagas_are_counted_by_the_observer(tmp_path: Path) -> None:
+    choreographed = {"saga.type": "place_order", "saga.mode": "choreography"}
+    async with traced_stack(tmp_path, reactions=True, mode="choreography") as traced:
+        completed = await traced.stack.place("alice")
+        compensated = await traced.stack.place("carol")  # the charge is declined
+        assert completed.status == pb.SAGA_STATUS_COMPLETED
+        assert compensated.status == pb.SAGA_STATUS_COMPENSATED
+        await _counted(traced, "sagas_completed", 1, **choreographed)
+        await _counted(traced, "sagas_compensated", 1, **choreographed)
+        assert traced.value("sagas_started", **choreographed) == 2
