@@ -103,7 +103,10 @@ def plan(record: SagaRecord, seen: Observation) -> list[Change]:
     if step.status is seen.step_status or (
         seen.step_status is not StepStatus.COMPENSATED and step.status is StepStatus.COMPENSATED
     ):
-        return []  # redelivered, or older news than what we know
+        # Redelivered, or older news than what we know (the runner may have recorded it
+        # first): nothing to add about the step, but the saga may now be settled.
+        settled = None if record.status in TERMINAL else settlement(record, seen.at)
+        return [settled] if settled is not None else []
     started_at = min(record.updated_at, seen.at)
     detail = OBSERVED + seen.event_type
     if seen.step_status is StepStatus.COMPENSATED:
@@ -162,23 +165,48 @@ def plan(record: SagaRecord, seen: Observation) -> list[Change]:
     return changes
 
 
-def _saga_changes(record: SagaRecord, seen: Observation) -> list[Change]:
-    """The saga-level transition the step's news leads to, if any."""
+# A choreographed saga can still be settled from these (a stalled one, too).
+OPEN = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.STALLED})
+_UNDONE = frozenset({StepStatus.PENDING, StepStatus.REJECTED, StepStatus.COMPENSATED})
+
+
+def settlement(record: SagaRecord, at: datetime) -> Change | None:
+    """The terminal transition the saga's steps add up to, if they do.
+
+    Completed once every step succeeded; compensated once it turned back and every
+    step is undone (or never ran). Only from an open status, so whoever records
+    it second (observer or runner) is refused instead of recording it twice.
+    """
     statuses = {s.status for s in record.steps}
     if statuses == {StepStatus.SUCCEEDED}:
-        return [Change(kind=Kind.SAGA_COMPLETED, at=seen.at, saga_status=SagaStatus.COMPLETED)]
+        return Change(
+            kind=Kind.SAGA_COMPLETED, at=at, saga_status=SagaStatus.COMPLETED, require_status=OPEN
+        )
+    if record.direction is Direction.BACKWARD and statuses <= _UNDONE:
+        return Change(
+            kind=Kind.SAGA_COMPENSATED,
+            at=at,
+            saga_status=SagaStatus.COMPENSATED,
+            require_status=OPEN,
+        )
+    return None
+
+
+def _saga_changes(record: SagaRecord, seen: Observation) -> list[Change]:
+    """The saga-level transition the step's news leads to, if any."""
+    settled = settlement(record, seen.at)
+    if settled is not None:
+        return [settled]
     if seen.failure is not None and record.direction is Direction.FORWARD:
-        return [
-            Change(
-                kind=Kind.SAGA_COMPENSATING,
-                at=seen.at,
-                saga_status=SagaStatus.COMPENSATING,
-                direction=Direction.BACKWARD,
-                failure=seen.failure,
-                detail=seen.failure.describe(),
-            )
-        ]
-    undone = {StepStatus.PENDING, StepStatus.REJECTED, StepStatus.COMPENSATED}
-    if record.direction is Direction.BACKWARD and statuses <= undone:
-        return [Change(kind=Kind.SAGA_COMPENSATED, at=seen.at, saga_status=SagaStatus.COMPENSATED)]
+        turned = Change(
+            kind=Kind.SAGA_COMPENSATING,
+            at=seen.at,
+            saga_status=SagaStatus.COMPENSATING,
+            direction=Direction.BACKWARD,
+            failure=seen.failure,
+            detail=seen.failure.describe(),
+        )
+        # Streams race: the undoing may have been observed before the failure that caused it.
+        settled = settlement(apply(record, turned)[0], seen.at)
+        return [turned] if settled is None else [turned, settled]
     return []

@@ -153,7 +153,10 @@ class Observer:
                 # The observer's span joins the saga's one trace, like a reaction's.
                 with consumer_span(seen.event, f"observe {seen.event_type}"):
                     for change in plan(record, seen):
-                        await self._log.append(saga_id, change)
+                        try:
+                            await self._log.append(saga_id, change)
+                        except StatusConflict:
+                            break  # the runner settled it a moment ago
                         _count_outcome(record.definition, change, record.created_at)
 
     async def _flag_stalled(self) -> None:

@@ -31,6 +31,7 @@ attempt, current while the participant is called, so the gRPC call nests under i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -40,12 +41,13 @@ from functools import partial
 
 from opentelemetry.context import Context
 
-from common.errors import BusinessRejection, SagawireError
+from common.errors import Aborted, BusinessRejection, SagawireError
 from common.policy import AttemptSlot, CallPolicy
 from common.store import utc_now
 from coordinator.clients import Participants
 from coordinator.crash import NO_CRASH, CrashHook
 from coordinator.definitions import Definitions, SagaDefinition, SagaMode, Step
+from coordinator.observation import settlement
 from coordinator.outcomes import (
     StepFailed,
     barrier_outcome,
@@ -68,7 +70,7 @@ from coordinator.records import (
     apply,
 )
 from coordinator.saga_telemetry import RunCause, SagaTelemetry
-from coordinator.store import SagaLog
+from coordinator.store import SagaLog, StatusConflict
 from protos.sagawire.v1 import participant_pb2
 
 log = logging.getLogger(__name__)
@@ -197,12 +199,37 @@ class _SagaRun:
         remaining = (self.record.deadline - self.runner.clock()).total_seconds()
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
-                return await self.run_steps(roots, forward_only=True)
+                failure = await self.run_steps(roots, forward_only=True)
         except TimeoutError:
             log.warning(
                 "choreography not started before the deadline saga_id=%s", self.record.saga_id
             )
             return None  # left running; the observer flags it as stalled
+        if failure is not None and failure.reason != Aborted.reason:
+            return failure  # refused: nothing took effect anywhere
+        if failure is not None:
+            # Re-sent after a restart and refused by the barrier: the services ran the
+            # saga without us and already undid this step.
+            await self.change(
+                Change(
+                    kind=Kind.COMPENSATION_DONE,
+                    at=self.runner.clock(),
+                    step=failure.step,
+                    step_status=StepStatus.COMPENSATED,
+                    detail="compensated by the services while the coordinator was down",
+                )
+            )
+        # The services may have finished the saga while this step was unconfirmed; then
+        # no further event will come to settle it.
+        await self._settle_observed()
+        return None
+
+    async def _settle_observed(self) -> None:
+        logged = await self.runner.log.load(self.record.saga_id)
+        settled = settlement(logged, self.runner.clock()) if logged is not None else None
+        if settled is not None:
+            with contextlib.suppress(StatusConflict):  # the observer settled it first
+                await self.runner.log.append(self.record.saga_id, settled)
 
     # -- forward -----------------------------------------------------------------------
 
