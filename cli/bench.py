@@ -18,32 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import platform
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import grpc
-import psutil
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from cli import bench_long
 from cli.bench_check import Snapshot, snapshot, verify
 from cli.bench_load import Placed, ProcessWatch, Stop, closed_loop
 from cli.bench_report import (
     RAW,
+    ProgressBars,
     RunRow,
     add_ratios,
+    machine,
     markdown,
     plot,
     print_report,
@@ -97,17 +89,6 @@ class BenchResult:
         return not self.problems and all(r.ok for r in self.rows)
 
 
-def machine() -> str:
-    """One line describing where the numbers come from."""
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{psutil.cpu_count(logical=True)} CPUs ({psutil.cpu_count(logical=False)} cores), "
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"grpcio {grpc.__version__}, {platform.system()} {platform.machine()}, "
-        f"load average {load}"
-    )
-
-
 def _driver(stack: BenchStack, mode: str, config: BenchConfig) -> Driver:
     if mode == RAW:
         return RawDriver(stack.addresses(), rpc_timeout=config.saga_timeout)
@@ -135,37 +116,8 @@ async def _mode_driver(stack: BenchStack, mode: str, config: BenchConfig) -> Asy
         await driver.close()
 
 
-class _Bar:
-    """A rich progress bar per run, or nothing when not on a terminal."""
-
-    def __init__(self, console: Console, enabled: bool) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[sagas]:>7} sagas"),
-            TextColumn("{task.fields[rate]:>8} sagas/s"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not enabled,
-            transient=False,
-        )
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: float) -> Iterator[Callable[[float, int], None]]:
-        task = self.progress.add_task(description, total=total, sagas=0, rate="-")
-        loop = asyncio.get_running_loop()
-        begin = loop.time()
-
-        def update(done: float, sagas: int) -> None:
-            elapsed = loop.time() - begin
-            rate = f"{sagas / elapsed:,.0f}" if elapsed > 0 else "-"
-            self.progress.update(task, completed=done, sagas=sagas, rate=rate)
-
-        yield update
-
-
 async def _sweep(
-    stack: BenchStack, mode: str, driver: Driver, config: BenchConfig, bar: _Bar
+    stack: BenchStack, mode: str, driver: Driver, config: BenchConfig, bar: ProgressBars
 ) -> tuple[list[RunRow], list[list[Placed]], list[Placed]]:
     """Warm-up and measured run at each concurrency; returns rows, each run's sagas, all."""
     rows: list[RunRow] = []
@@ -224,7 +176,7 @@ async def _check(
 
 
 async def _run_mode(
-    stack: BenchStack, mode: str, config: BenchConfig, bar: _Bar, result: BenchResult
+    stack: BenchStack, mode: str, config: BenchConfig, bar: ProgressBars, result: BenchResult
 ) -> None:
     async with _mode_driver(stack, mode, config) as driver:
         before = await snapshot(stack.addresses()) if config.verify else None
@@ -270,7 +222,7 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
         stack = BenchStack(data_dir, target=config.target, env=child_env(config.traces))
-        bar = _Bar(console, config.progress)
+        bar = ProgressBars(console, config.progress)
         async with stack:
             with bar.progress:
                 for mode in config.modes:
@@ -342,6 +294,9 @@ def bench(
         list[str] | None,
         typer.Option(help="MODE=DEFINITION: the PlaceOrder saga to use for a mode (--target)."),
     ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a saga may take before it counts as failed.")
+    ] = 60.0,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: tty).")
     ] = None,
@@ -376,6 +331,7 @@ def bench(
         data_dir=data,
         soak_sagas=soak_sagas if soak else 0,
         recovery=recovery,
+        saga_timeout=timeout,
         progress=console.is_terminal if progress is None else progress,
         definitions=definitions,
     )

@@ -4,10 +4,11 @@
 the run and at its end. Flat means under 10% growth between the two (the bench's own
 process is shown but not judged: it keeps every outcome for the final check).
 
-``recovery``: K sagas are placed without waiting, the coordinator is SIGKILLed as soon
-as the last one is accepted (most are still running), restarted on the same port and
-store, and ``GetSaga`` is polled until all K are terminal; the services' records are
-then checked like after any run — nothing lost, nothing done twice.
+``recovery``: K sagas are placed without waiting; as soon as the last one is accepted
+the sagas still RUNNING or COMPENSATING are counted (``ListSagas``) and the coordinator
+is SIGKILLed, restarted on the same port and store, and ``ListSagas`` is polled until
+none is unfinished. Then every saga's outcome is read (``GetSaga``, not timed) and the
+services' records are checked like after any run — nothing lost, nothing done twice.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 import grpc
@@ -33,14 +35,12 @@ from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 FLAT_GROWTH = 0.10
 _SUBMIT_CONCURRENCY = 64
-_POLL_CONCURRENCY = 16
+_POLL_CONCURRENCY = 32
 _POLL_EVERY = 0.05
-_TERMINAL = {
-    coordinator_pb2.SAGA_STATUS_COMPLETED,
-    coordinator_pb2.SAGA_STATUS_COMPENSATED,
-    coordinator_pb2.SAGA_STATUS_NEEDS_ATTENTION,
-    coordinator_pb2.SAGA_STATUS_STALLED,
-}
+_PAGE = 500
+# A saga is finished when it is in neither of these (NEEDS_ATTENTION and STALLED end
+# the wait too, and count as unexpected).
+_UNFINISHED = (coordinator_pb2.SAGA_STATUS_RUNNING, coordinator_pb2.SAGA_STATUS_COMPENSATING)
 
 ProgressTask = Callable[[str, float], AbstractContextManager[Callable[[float, int], None]]]
 
@@ -115,13 +115,23 @@ async def recovery(stack: BenchStack, mode: str, mix: Mix, count: int) -> dict[s
                 reply = await _retrying(lambda: stub.PlaceOrder(request, timeout=30), until)
             return str(reply.saga_id)
 
+        began = time.perf_counter()
         saga_ids = await asyncio.gather(*(submit(n) for n in range(count)))
+        submitted = time.perf_counter()
+        in_flight = await _unfinished(stub, until)
         killed = time.perf_counter()
         stack.kill_coordinator()
         await stack.restart_coordinator()
         restarted = time.perf_counter()
-        finals, unfinished_after_restart = await _until_terminal(stub, saga_ids, until)
+        after_restart = await _unfinished(stub, until)
+        left = after_restart
+        while left:
+            if time.monotonic() > until:
+                raise BenchError(f"recovery: {left} sagas still not terminal")
+            await asyncio.sleep(_POLL_EVERY)
+            left = await _unfinished(stub, until)
         done = time.perf_counter()
+        finals = await _sagas(stub, saga_ids, until)
 
     placed: list[Placed] = []
     outcomes: Counter[str] = Counter()
@@ -155,8 +165,10 @@ async def recovery(stack: BenchStack, mode: str, mix: Mix, count: int) -> dict[s
         "p95_ms": None,
         "p99_ms": None,
         "ratio_to_raw": None,
+        "submit_s": round(submitted - began, 3),
+        "in_flight_at_kill": in_flight,
         "restart_s": round(restarted - killed, 3),
-        "unfinished_after_restart": unfinished_after_restart,
+        "unfinished_after_restart": after_restart,
         "outcomes": dict(outcomes),
         "unexpected": sum(unexpected.values()),
         "unexpected_kinds": dict(unexpected),
@@ -165,33 +177,45 @@ async def recovery(stack: BenchStack, mode: str, mix: Mix, count: int) -> dict[s
     }
 
 
-async def _until_terminal(
-    stub: coordinator_pb2_grpc.CoordinatorStub, saga_ids: list[str], until: float
-) -> tuple[dict[str, coordinator_pb2.Saga], int]:
-    """Poll GetSaga until every saga is terminal; returns them and how many were not at first."""
-    remaining = set(saga_ids)
-    finals: dict[str, coordinator_pb2.Saga] = {}
-    gate = asyncio.Semaphore(_POLL_CONCURRENCY)
-    first_round: int | None = None
+async def _unfinished(stub: coordinator_pb2_grpc.CoordinatorStub, until: float) -> int:
+    """How many sagas are RUNNING or COMPENSATING (ListSagas, paged)."""
+    total = 0
+    for status in _UNFINISHED:
+        token = ""
+        while True:
+            page = await _retrying(
+                partial(
+                    stub.ListSagas,
+                    coordinator_pb2.ListSagasRequest(
+                        status=status, page_size=_PAGE, page_token=token
+                    ),
+                    timeout=10,
+                ),
+                until,
+            )
+            total += len(page.sagas)
+            token = page.next_page_token
+            if not token:
+                break
+    return total
 
-    async def look(saga_id: str) -> None:
+
+async def _sagas(
+    stub: coordinator_pb2_grpc.CoordinatorStub, saga_ids: list[str], until: float
+) -> dict[str, coordinator_pb2.Saga]:
+    """Every saga as the coordinator reports it now (GetSaga, a few at a time)."""
+    gate = asyncio.Semaphore(_POLL_CONCURRENCY)
+
+    async def get(saga_id: str) -> coordinator_pb2.Saga:
         async with gate:
             request = coordinator_pb2.GetSagaRequest(saga_id=saga_id)
-            saga = await _retrying(lambda: stub.GetSaga(request, timeout=10), until)
-        if saga.status in _TERMINAL:
-            finals[saga_id] = saga
-            remaining.discard(saga_id)
+            saga: coordinator_pb2.Saga = await _retrying(
+                lambda: stub.GetSaga(request, timeout=10), until
+            )
+            return saga
 
-    while remaining:
-        await asyncio.gather(*(look(s) for s in list(remaining)))
-        if first_round is None:
-            first_round = len(remaining)
-        if not remaining:
-            break
-        if time.monotonic() > until:
-            raise BenchError(f"recovery: {len(remaining)} sagas still not terminal")
-        await asyncio.sleep(_POLL_EVERY)
-    return finals, first_round or 0
+    found = await asyncio.gather(*(get(s) for s in saga_ids))
+    return dict(zip(saga_ids, found, strict=True))
 
 
 def print_check(console: Console, check: dict[str, Any]) -> None:
@@ -199,10 +223,11 @@ def print_check(console: Console, check: dict[str, Any]) -> None:
     colour = "green" if not check["unexpected"] and check["consistent"] else "red"
     outcomes = ", ".join(f"{n} {s}" for s, n in sorted(check["outcomes"].items()))
     console.print(
-        f"[{colour}]recovery {check['mode']}: {check['sagas']} sagas, coordinator SIGKILLed, "
-        f"back up in {check['restart_s']:.2f} s, all terminal {check['seconds']:.2f} s after "
-        f"the kill ({check['unfinished_after_restart']} still unfinished after the restart); "
-        f"{outcomes}; unexpected {check['unexpected']}; consistent {check['consistent']}[/]"
+        f"[{colour}]recovery {check['mode']}: {check['sagas']} sagas placed in "
+        f"{check['submit_s']:.2f} s; SIGKILL with {check['in_flight_at_kill']} unfinished; "
+        f"back up in {check['restart_s']:.2f} s ({check['unfinished_after_restart']} unfinished); "
+        f"all terminal {check['seconds']:.2f} s after the kill; {outcomes}; "
+        f"unexpected {check['unexpected']}; consistent {check['consistent']}[/]"
     )
     for problem in check["problems"]:
         console.print(f"  [red]{problem}[/]")

@@ -1,14 +1,21 @@
-"""The benchmark's results: one row per (mode, concurrency), as a table, JSON and a plot."""
+"""The benchmark's output: progress bars, then one row per run as tables, JSON, Markdown, a plot."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import platform
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+import psutil
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.bench_load import BENCH_PROCESS, LoadResult, percentile
@@ -17,6 +24,46 @@ RAW = "raw"
 _MB = 1024 * 1024
 # Column order of processes in the resources table.
 PROCESS_ORDER = (BENCH_PROCESS, "coordinator", "order", "inventory", "payment", "shipping")
+
+
+def machine() -> str:
+    """One line describing where the numbers come from."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{psutil.cpu_count(logical=True)} CPUs ({psutil.cpu_count(logical=False)} cores), "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"grpcio {grpc.__version__}, {platform.system()} {platform.machine()}, "
+        f"load average {load}"
+    )
+
+
+class ProgressBars:
+    """A rich progress bar per run, or nothing when not on a terminal."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[sagas]:>7} sagas"),
+            TextColumn("{task.fields[rate]:>8} sagas/s"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        )
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float) -> Iterator[Callable[[float, int], None]]:
+        task = self.progress.add_task(description, total=total, sagas=0, rate="-")
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+
+        def update(done: float, sagas: int) -> None:
+            elapsed = loop.time() - begin
+            rate = f"{sagas / elapsed:,.0f}" if elapsed > 0 else "-"
+            self.progress.update(task, completed=done, sagas=sagas, rate=rate)
+
+        yield update
 
 
 @dataclass

@@ -157,11 +157,7 @@ class BenchStack:
         options = StackOptions(
             data_dir=self._data_dir, ports=self.ports, names=(name,), mode=mode, env=self._env
         )
-        env = options.child_env(name)
-        if mode is not None:
-            # The definitions file names this override SAGAWIRE_SAGA_MODE; set both.
-            env["SAGAWIRE_SAGA_MODE"] = mode.value
-        return Child(name, env, self.endpoints.of(name))
+        return Child(name, options.child_env(name), self.endpoints.of(name))
 
     async def __aenter__(self) -> BenchStack:
         if self.own:
