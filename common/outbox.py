@@ -28,9 +28,21 @@ CREATE TABLE IF NOT EXISTS outbox (
     subject  TEXT NOT NULL,
     time     TEXT NOT NULL,
     headers  BLOB NOT NULL,
-    data     BLOB NOT NULL
+    data     BLOB NOT NULL,
+    -- The saga-mode header again (NULL without one), so Subscribe filters on it in SQL
+    -- without decoding the headers of every row.
+    mode     TEXT
 );
 """
+
+# The header consumers filter on most (choreographed sagas only); see the ``mode`` column.
+MODE_HEADER = "saga-mode"
+
+_INSERT = (
+    "INSERT INTO outbox (event_id, type, subject, time, headers, data, mode)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_LAST_SEQUENCE = "SELECT COALESCE(MAX(sequence), 0) FROM outbox"
 
 
 def append(
@@ -44,10 +56,10 @@ def append(
     event_id = str(uuid.uuid4())
     packed = any_pb2.Any()
     packed.Pack(data)
-    header_msg = events_pb2.Event(headers=dict(headers or {}))
+    header_map = dict(headers or {})
+    header_msg = events_pb2.Event(headers=header_map)
     conn.execute(
-        "INSERT INTO outbox (event_id, type, subject, time, headers, data)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        _INSERT,
         (
             event_id,
             event_type,
@@ -55,9 +67,20 @@ def append(
             utc_now().isoformat(),
             header_msg.SerializeToString(),
             packed.SerializeToString(),
+            header_map.get(MODE_HEADER),
         ),
     )
     return event_id
+
+
+def _select(types: frozenset[str], by_mode: bool) -> str:
+    """The statement for one kind of filter; constant per subscriber, so sqlite3 caches it."""
+    sql = "SELECT * FROM outbox WHERE sequence >= ?"
+    if types:
+        sql += " AND type IN (" + ",".join("?" * len(types)) + ")"
+    if by_mode:
+        sql += " AND mode = ?"
+    return sql + " ORDER BY sequence LIMIT ?"
 
 
 def _to_event(source: str, row: sqlite3.Row) -> events_pb2.Event:
@@ -80,16 +103,33 @@ class Outbox:
     def __init__(self, db: Database, source: str) -> None:
         self._db = db
         self.source = source
-        self._committed = asyncio.Condition()
         self._closed = False
         # Bumped on every notify; a reader notes it before reading so no commit is missed.
         self.version = 0
+        # Notifies that named no saga mode (anything may have committed), and notifies per
+        # mode: a stream that wants one mode wakes only for that mode's commits.
+        self._unspecified = 0
+        self._by_mode: dict[str, int] = {}
+        self._waiters: set[tuple[str | None, asyncio.Future[None]]] = set()
 
-    async def notify(self) -> None:
-        """Call after a transaction that may have appended events has committed."""
-        async with self._committed:
-            self.version += 1
-            self._committed.notify_all()
+    def stamp(self, mode: str | None = None) -> tuple[int, int]:
+        """What a reader notes before reading: the commits it cares about so far (all
+        commits, or those that may hold events of saga ``mode``)."""
+        if mode is None:
+            return (self.version, 0)
+        return (self._unspecified, self._by_mode.get(mode, 0))
+
+    async def notify(self, mode: str | None = None) -> None:
+        """Call after a transaction that may have appended events has committed; ``mode``
+        when every event it appended carries that saga-mode header (wakes fewer streams)."""
+        self.version += 1
+        if mode is None:
+            self._unspecified += 1
+        else:
+            self._by_mode[mode] = self._by_mode.get(mode, 0) + 1
+        for wanted, waiter in self._waiters:
+            if (mode is None or wanted is None or wanted == mode) and not waiter.done():
+                waiter.set_result(None)
 
     async def close(self) -> None:
         """Wake every waiter so open streams can end."""
@@ -110,33 +150,66 @@ class Outbox:
         """Up to ``limit`` stored events from ``from_sequence`` on, in order, keeping only
         ``types`` (all when empty) and events carrying every one of ``headers``; also the
         last sequence scanned (0: nothing stored yet)."""
-        wanted = dict(headers or {})
+        events, scanned, _ = await self.read_batch(from_sequence, limit, types, headers)
+        return events, scanned
 
-        def query(conn: sqlite3.Connection) -> tuple[list[events_pb2.Event], int]:
-            rows = conn.execute(
-                "SELECT * FROM outbox WHERE sequence >= ? ORDER BY sequence LIMIT ?",
-                (from_sequence, limit),
-            ).fetchall()
-            scanned = rows[-1]["sequence"] if rows else from_sequence - 1
-            kept = [_to_event(self.source, r) for r in rows if not types or r["type"] in types]
+    async def read_batch(
+        self,
+        from_sequence: int,
+        limit: int,
+        types: frozenset[str] = frozenset(),
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[list[events_pb2.Event], int, bool]:
+        """As :meth:`read`, and whether the read reached the last stored event.
+
+        The type and saga-mode filters run in SQL, so rows nobody asked for are
+        never decoded; other headers are compared on the decoded events.
+        """
+        wanted = dict(headers or {})
+        mode = wanted.pop(MODE_HEADER, None)
+        sql = _select(types, mode is not None)
+        params: list[object] = [from_sequence, *sorted(types)]
+        if mode is not None:
+            params.append(mode)
+        params.append(limit)
+
+        def query(conn: sqlite3.Connection) -> tuple[list[events_pb2.Event], int, bool]:
+            rows = conn.execute(sql, params).fetchall()
+            if len(rows) >= limit:
+                scanned, complete = rows[-1]["sequence"], False
+            else:
+                # Every matching row up to the end of this snapshot was read.
+                last = int(conn.execute(_LAST_SEQUENCE).fetchone()[0])
+                scanned, complete = max(last, from_sequence - 1), True
+            kept = [_to_event(self.source, r) for r in rows]
             if wanted:
                 kept = [e for e in kept if wanted.items() <= dict(e.headers).items()]
-            return kept, scanned
+            return kept, scanned, complete
 
         return await self._db.read(query)
 
     async def last_sequence(self) -> int:
         def query(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM outbox").fetchone()
+            row = conn.execute(_LAST_SEQUENCE).fetchone()
             return int(row[0])
 
         return await self._db.read(query)
 
-    async def wait_for_commit(self, seen_version: int, timeout: float) -> None:
-        """Wait until something committed after ``seen_version``, closing, or timeout."""
-        async with self._committed:
+    async def wait_for_commit(
+        self, seen: int | tuple[int, int], timeout: float, mode: str | None = None
+    ) -> None:
+        """Wait until something committed after ``seen`` (a :meth:`stamp` for ``mode``, or
+        a :attr:`version`), closing, or timeout."""
+        stamp = self.stamp(mode)
+        if isinstance(seen, int):
+            seen = (seen, 0)
+        if stamp != seen or self._closed:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (mode, waiter)
+        self._waiters.add(entry)
+        try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._committed.wait_for(lambda: self.version != seen_version or self._closed),
-                    timeout,
-                )
+                await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._waiters.discard(entry)

@@ -90,11 +90,13 @@ def pack(message: Message) -> any_pb2.Any:
 
 
 # Every event says how its saga runs, so consumers can ask producers for one mode only.
-MODE_HEADER = "saga-mode"
+MODE_HEADER = outbox.MODE_HEADER
 MODE_NAMES: dict[int, str] = {
     participant_pb2.SAGA_MODE_ORCHESTRATION: "orchestration",
     participant_pb2.SAGA_MODE_CHOREOGRAPHY: "choreography",
 }
+
+_SAGA_MODES = frozenset(participant_pb2.SagaMode.values())
 
 _OUTCOMES = {
     barrier.Outcome.APPLIED: participant_pb2.BARRIER_OUTCOME_APPLIED,
@@ -159,7 +161,8 @@ class ActionRunner:
         guarded = await self.db.transaction(
             lambda conn: self.execute_in(conn, action, ctx, payload)
         )
-        await self.events.notify()
+        # Every event of this transaction carries the saga's mode (see _emit).
+        await self.events.notify(MODE_NAMES.get(ctx.mode, ""))
         return guarded
 
     async def compensate(
@@ -168,7 +171,8 @@ class ActionRunner:
         guarded = await self.db.transaction(
             lambda conn: self.compensate_in(conn, action, ctx, payload)
         )
-        await self.events.notify()
+        # Every event of this transaction carries the saga's mode (see _emit).
+        await self.events.notify(MODE_NAMES.get(ctx.mode, ""))
         return guarded
 
 
@@ -196,7 +200,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
         if action is None:
             known = ", ".join(sorted(table)) or "none"
             raise InvalidArgument("action", f"unknown action {request.action!r} (known: {known})")
-        if request.mode not in participant_pb2.SagaMode.values():
+        if request.mode not in _SAGA_MODES:
             raise InvalidArgument("mode", f"unknown saga mode {request.mode}")
         payload = unpack_payload(request.payload, action.payload_type)
         action.validate(payload)

@@ -20,6 +20,7 @@ API can show them and telemetry can add them to spans.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,6 +38,8 @@ from tenacity import (
     stop_never,
     wait_exponential_jitter,
 )
+from tenacity.stop import StopBaseT
+from tenacity.wait import WaitBaseT
 
 from common.errors import (
     Aborted,
@@ -253,15 +256,11 @@ class CallPolicy:
             Transient: the last attempt's transient error once attempts ran out.
             SagawireError: any other error at once (never retried).
         """
+        stop, wait = _strategies(retry)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(retry.max_attempts) if retry.max_attempts else stop_never,
-            wait=wait_exponential_jitter(
-                multiplier=retry.initial_backoff,
-                max=retry.max_backoff,
-                exp_base=retry.multiplier,
-                jitter=retry.jitter,
-            ),
-            retry=retry_if_exception_type(Transient),
+            stop=stop,
+            wait=wait,
+            retry=_RETRY_TRANSIENT,
             before_sleep=_before_retry(participant, first_number, on_retry),
             reraise=True,
         )
@@ -274,6 +273,22 @@ class CallPolicy:
                     slot.value = reply
                 return reply
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+_RETRY_TRANSIENT = retry_if_exception_type(Transient)
+
+
+@functools.lru_cache(maxsize=256)
+def _strategies(retry: RetryPolicy) -> tuple[StopBaseT, WaitBaseT]:
+    """The policy's stop and wait strategies (stateless, so shared by every call)."""
+    stop = stop_after_attempt(retry.max_attempts) if retry.max_attempts else stop_never
+    wait = wait_exponential_jitter(
+        multiplier=retry.initial_backoff,
+        max=retry.max_backoff,
+        exp_base=retry.multiplier,
+        jitter=retry.jitter,
+    )
+    return stop, wait
 
 
 def _before_retry(

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from common.errors import InvalidArgument, abort
-from common.outbox import Outbox
+from common.outbox import MODE_HEADER, Outbox
 from common.store import Database, to_timestamp
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
 
@@ -44,16 +44,21 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         types = frozenset(request.types)
         headers = dict(request.headers)
         next_sequence = max(request.from_sequence, 1)
+        mode = headers.get(MODE_HEADER)
         log.info("subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence)
         while not self._outbox.closed:
-            seen = self._outbox.version
-            events, scanned = await self._outbox.read(next_sequence, BATCH_SIZE, types, headers)
+            seen = self._outbox.stamp(mode)
+            events, scanned, complete = await self._outbox.read_batch(
+                next_sequence, BATCH_SIZE, types, headers
+            )
             if events:
                 yield events_pb2.EventBatch(events=events)
-            if scanned >= next_sequence:
-                next_sequence = scanned + 1
+            next_sequence = max(next_sequence, scanned + 1)
+            if not complete:
                 continue
-            await self._outbox.wait_for_commit(seen, IDLE_RECHECK_SECONDS)
+            # Caught up: read again only after a commit since ``seen`` (at once if one came
+            # while this read ran), so a burst of commits costs one read, not one each.
+            await self._outbox.wait_for_commit(seen, IDLE_RECHECK_SECONDS, mode)
         log.info("stream ended (shutdown) consumer=%s", request.consumer)
 
     async def ListPoisonEvents(
