@@ -8,6 +8,7 @@ Tables: ``sagas`` (one row each, the current state), ``steps``, ``attempts``
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -132,6 +133,14 @@ class SqliteSagaLog(SagaLog):
         self._notify(saga_id, transition.status)
         return transition
 
+    async def append_many(self, saga_id: str, changes: Sequence[Change]) -> list[Transition]:
+        transitions = await self.db.transaction(
+            lambda conn: [_append(conn, saga_id, change) for change in changes]
+        )
+        for transition in transitions:
+            self._notify(saga_id, transition.status)
+        return transitions
+
     async def load(self, saga_id: str) -> SagaRecord | None:
         return await self.db.read(lambda conn: _load(conn, saga_id))
 
@@ -203,7 +212,7 @@ def _insert_transition(conn: sqlite3.Connection, t: Transition) -> None:
 
 def _append(conn: sqlite3.Connection, saga_id: str, change: Change) -> Transition:
     row = conn.execute(
-        "SELECT status, last_seq FROM sagas WHERE saga_id = ?", (saga_id,)
+        "SELECT status, last_seq, round FROM sagas WHERE saga_id = ?", (saga_id,)
     ).fetchone()
     if row is None:
         raise NotFound(f"no saga {saga_id}")
@@ -221,8 +230,8 @@ def _append(conn: sqlite3.Connection, saga_id: str, change: Change) -> Transitio
     if moved is not None and moved.outcome is None:
         conn.execute(
             "INSERT INTO attempts (saga_id, step, phase, number, round, started_at)"
-            " SELECT ?, ?, ?, ?, round, ? FROM sagas WHERE saga_id = ?",
-            (saga_id, change.step, moved.phase.value, moved.number, at, saga_id),
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (saga_id, change.step, moved.phase.value, moved.number, row["round"], at),
         )
     elif moved is not None:
         error = moved.error
@@ -255,28 +264,41 @@ def _append(conn: sqlite3.Connection, saga_id: str, change: Change) -> Transitio
     status = change.saga_status or current
     seq = int(row["last_seq"]) + 1
     failure = change.failure
-    conn.execute(
-        "UPDATE sagas SET status = ?, direction = COALESCE(?, direction),"
-        " failure_step = COALESCE(?, failure_step), failure_code = COALESCE(?, failure_code),"
-        " failure_reason = COALESCE(?, failure_reason),"
-        " failure_message = COALESCE(?, failure_message),"
-        " round = round + ?, updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END,"
-        " last_seq = ? WHERE saga_id = ?",
-        (
-            status.value,
-            change.direction.value if change.direction else None,
-            failure.step if failure else None,
-            failure.code if failure else None,
-            failure.reason if failure else None,
-            failure.message if failure else None,
-            1 if change.next_round else 0,
-            at,
-            status in TERMINAL,
-            at,
-            seq,
-            saga_id,
-        ),
-    )
+    if (
+        change.direction is not None
+        or failure is not None
+        or change.next_round
+        or status in TERMINAL
+    ):
+        conn.execute(
+            "UPDATE sagas SET status = ?, direction = COALESCE(?, direction),"
+            " failure_step = COALESCE(?, failure_step), failure_code = COALESCE(?, failure_code),"
+            " failure_reason = COALESCE(?, failure_reason),"
+            " failure_message = COALESCE(?, failure_message),"
+            " round = round + ?, updated_at = ?,"
+            " finished_at = CASE WHEN ? THEN ? ELSE finished_at END,"
+            " last_seq = ? WHERE saga_id = ?",
+            (
+                status.value,
+                change.direction.value if change.direction else None,
+                failure.step if failure else None,
+                failure.code if failure else None,
+                failure.reason if failure else None,
+                failure.message if failure else None,
+                1 if change.next_round else 0,
+                at,
+                status in TERMINAL,
+                at,
+                seq,
+                saga_id,
+            ),
+        )
+    else:
+        # Most changes (a step's attempts) touch only these columns.
+        conn.execute(
+            "UPDATE sagas SET status = ?, updated_at = ?, last_seq = ? WHERE saga_id = ?",
+            (status.value, at, seq, saga_id),
+        )
     transition = Transition(
         saga_id=saga_id,
         seq=seq,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -101,6 +101,20 @@ class SagaLog(ABC):
             NotFound: no such saga.
             StatusConflict: ``change.require_status`` does not hold.
         """
+
+    async def append_many(self, saga_id: str, changes: Sequence[Change]) -> list[Transition]:
+        """Apply ``changes`` in order and append their transitions, in one atomic, durable write.
+
+        All or nothing: if any change fails, none is written. Adapters override this
+        to write the whole batch in one transaction; this default is for adapters
+        that cannot, and is not atomic.
+
+        Raises:
+            NotFound: no such saga.
+            StatusConflict: a change's ``require_status`` does not hold (after the
+                changes before it).
+        """
+        return [await self.append(saga_id, change) for change in changes]
 
     @abstractmethod
     async def load(self, saga_id: str) -> SagaRecord | None:
@@ -185,6 +199,22 @@ class InMemorySagaLog(SagaLog):
         self._history[saga_id].append(transition)
         self._notify(saga_id, transition.status)
         return transition
+
+    async def append_many(self, saga_id: str, changes: Sequence[Change]) -> list[Transition]:
+        record = self._sagas.get(saga_id)
+        if record is None:
+            raise NotFound(f"no saga {saga_id}")
+        transitions: list[Transition] = []
+        for change in changes:
+            if change.require_status is not None and record.status not in change.require_status:
+                raise StatusConflict(saga_id, record.status, change.require_status)
+            record, transition = apply(record, change)
+            transitions.append(transition)
+        self._sagas[saga_id] = record
+        self._history[saga_id].extend(transitions)
+        for transition in transitions:
+            self._notify(saga_id, transition.status)
+        return transitions
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         return self._sagas.get(saga_id)

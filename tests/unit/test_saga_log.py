@@ -140,6 +140,39 @@ async def test_load_after_appends_equals_apply(saga_log: SagaLog) -> None:
     assert expected.finished_at is not None
 
 
+async def test_append_many_equals_appending_one_by_one(saga_log: SagaLog) -> None:
+    record, _ = await saga_log.create(new_saga())
+    expected: SagaRecord = record
+    transitions = []
+    changes = script(T0)
+    for change in changes:
+        expected, transition = apply(expected, change)
+        transitions.append(transition)
+    heard = []
+    with saga_log.listen(record.saga_id) as listener:
+        assert await saga_log.append_many(record.saga_id, changes[:5]) == transitions[:5]
+        heard.append(listener.status)
+        assert await saga_log.append_many(record.saga_id, []) == []
+        assert await saga_log.append_many(record.saga_id, changes[5:]) == transitions[5:]
+        heard.append(listener.status)
+    assert heard == [SagaStatus.RUNNING, SagaStatus.COMPENSATED]
+    assert await saga_log.load(record.saga_id) == expected
+    assert (await saga_log.history(record.saga_id))[1:] == transitions
+
+
+async def test_append_many_writes_all_or_nothing(saga_log: SagaLog) -> None:
+    record, _ = await saga_log.create(new_saga())
+    changes = script(T0)
+    # The retry requires needs_attention, which the batch never reaches: nothing is written.
+    batch = [changes[0], changes[11]]
+    with pytest.raises(StatusConflict):
+        await saga_log.append_many(record.saga_id, batch)
+    assert await saga_log.load(record.saga_id) == record
+    assert len(await saga_log.history(record.saga_id)) == 1
+    with pytest.raises(NotFound):
+        await saga_log.append_many(str(uuid.uuid4()), changes[:1])
+
+
 async def test_a_required_status_is_checked(saga_log: SagaLog) -> None:
     record, _ = await saga_log.create(new_saga())
     retry = Change(
