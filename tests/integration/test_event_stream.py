@@ -146,3 +146,62 @@ async def test_subscribe_can_ask_for_the_events_of_one_saga_mode(cluster: Cluste
     stream.cancel()
     assert [e.subject for e in batch.events] == [choreographed.saga_id]
     assert batch.events[0].sequence == 2  # the orchestrated one (1) was not sent
+
+
+async def test_a_mode_filtered_stream_delivers_live_events_of_its_mode(cluster: Cluster) -> None:
+    stub = events_pb2_grpc.EventStreamStub(cluster.channel("order"))
+    stream = stub.Subscribe(
+        events_pb2.SubscribeRequest(
+            from_sequence=1,
+            types=[saga_events.ORDER_CREATED],
+            headers={"saga-mode": "choreography"},
+        ),
+        timeout=20,
+    )
+    seen: list[events_pb2.Event] = []
+
+    async def consume() -> None:
+        async for batch in stream:
+            seen.extend(batch.events)
+            if len(seen) >= 2:
+                return
+
+    reader = asyncio.create_task(consume())
+    expected = []
+    for _ in range(2):  # live: the stream is idle, waiting for its mode's commits
+        orchestrated = create_order_request()
+        orchestrated.mode = participant_pb2.SAGA_MODE_ORCHESTRATION
+        await cluster.participant("order").Execute(orchestrated)
+        choreographed = create_order_request()
+        await cluster.participant("order").Execute(choreographed)
+        expected.append(choreographed.saga_id)
+    await asyncio.wait_for(reader, 10)
+    stream.cancel()
+    assert [e.subject for e in seen] == expected
+    assert all(e.headers["saga-mode"] == "choreography" for e in seen)
+
+
+async def test_a_waiter_for_one_mode_wakes_for_its_mode_or_an_unnamed_commit(
+    tmp_path: Path,
+) -> None:
+    db = Database(tmp_path / "wake.db", schema=outbox.SCHEMA)
+    await db.open()
+    box = outbox.Outbox(db, source="test")
+
+    async def woken_by(mode: str | None) -> bool:
+        seen = box.stamp("choreography")
+        waiter = asyncio.create_task(box.wait_for_commit(seen, 5, "choreography"))
+        await asyncio.sleep(0)  # let it register before the commit is announced
+        await box.notify(mode)
+        done, _ = await asyncio.wait({waiter}, timeout=0.2)
+        waiter.cancel()
+        return waiter in done
+
+    assert await woken_by("choreography")
+    assert await woken_by(None)
+    assert not await woken_by("orchestration")
+    # A commit announced between the stamp and the wait is not missed.
+    seen = box.stamp("choreography")
+    await box.notify("choreography")
+    await asyncio.wait_for(box.wait_for_commit(seen, 5, "choreography"), 1)
+    await db.close()
