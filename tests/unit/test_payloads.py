@@ -1,0 +1,92 @@
+"""The saga's data as the coordinator rebuilds it from its input and its steps' results."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import any_pb2
+
+from coordinator.definitions import SagaDefinition, load_definitions
+from coordinator.payloads import saga_data
+from coordinator.records import (
+    AttemptChange,
+    Change,
+    Kind,
+    NewSaga,
+    Outcome,
+    Phase,
+    SagaRecord,
+    StepStatus,
+    apply,
+    new_record,
+)
+from protos.sagawire.v1 import common_pb2, order_saga_pb2
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+STEPS = ("create_order", "reserve_stock", "charge_payment", "schedule_shipment", "approve_order")
+INPUT = order_saga_pb2.OrderSagaData(
+    order_id="o-1",
+    customer_id="alice",
+    destination="Berlin",
+    items=[common_pb2.LineItem(sku="SKU-BOOK", quantity=2)],
+)
+
+
+TOTAL = common_pb2.Money(amount_minor=3000, currency="EUR")
+
+
+def _packed(data: order_saga_pb2.OrderSagaData) -> bytes:
+    packed = any_pb2.Any()
+    packed.Pack(data)
+    return packed.SerializeToString()
+
+
+def _with_results(results: dict[str, order_saga_pb2.OrderSagaData]) -> SagaRecord:
+    record = new_record(
+        NewSaga("s-1", "place_order", "choreography", _packed(INPUT), STEPS, T0, T0)
+    )
+    for step, result in results.items():
+        for change in (
+            Change(
+                Kind.STEP_STARTED, T0, step, AttemptChange(Phase.EXECUTE, 1), StepStatus.RUNNING
+            ),
+            Change(
+                Kind.STEP_SUCCEEDED,
+                T0,
+                step,
+                AttemptChange(Phase.EXECUTE, 1, Outcome.OK),
+                StepStatus.SUCCEEDED,
+                result=_packed(result),
+            ),
+        ):
+            record, _ = apply(record, change)
+    return record
+
+
+def _place_order() -> SagaDefinition:
+    definition = load_definitions().get("place_order")
+    assert definition is not None
+    return definition
+
+
+def test_results_that_carry_the_whole_data_do_not_repeat_the_items() -> None:
+    # A choreographed step's result is the data its event carried: the input and more.
+    created = order_saga_pb2.OrderSagaData(total=TOTAL)
+    created.MergeFrom(INPUT)
+    charged = order_saga_pb2.OrderSagaData(charge_id="c-1")
+    charged.MergeFrom(created)
+    record = _with_results(
+        {"create_order": created, "reserve_stock": created, "charge_payment": charged}
+    )
+    data = saga_data(_place_order(), record)
+    assert isinstance(data, order_saga_pb2.OrderSagaData)
+    assert list(data.items) == list(INPUT.items)
+    assert (data.total, data.charge_id, data.destination) == (TOTAL, "c-1", "Berlin")
+
+
+def test_a_result_with_only_its_own_fields_is_laid_over_the_input() -> None:
+    record = _with_results({"create_order": order_saga_pb2.OrderSagaData(total=TOTAL)})
+    data = saga_data(_place_order(), record)
+    assert isinstance(data, order_saga_pb2.OrderSagaData)
+    assert list(data.items) == list(INPUT.items)
+    assert (data.order_id, data.total) == ("o-1", TOTAL)
