@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from common.errors import NotFound
+from common.errors import BusinessRejection, NotFound
 from common.participant import Action, StepContext, require_id
 from protos.sagawire.v1 import common_pb2, order_saga_pb2
 from services import saga_events
@@ -22,6 +22,11 @@ def _validate_create(data: Data) -> None:
 
 
 def _create(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    # The barrier answers a repeat of this saga's step; a row here belongs to another saga.
+    if store.order(conn, data.order_id) is not None:
+        raise BusinessRejection(
+            "ORDER_EXISTS", f"order {data.order_id} belongs to another saga", order_id=data.order_id
+        )
     prices, currency = store.prices(conn)
     total = domain.price(prices, [(i.sku, i.quantity) for i in data.items])
     store.add_order(conn, ctx.saga_id, data, total, currency)

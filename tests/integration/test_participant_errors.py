@@ -209,3 +209,15 @@ async def test_a_bug_is_internal_error_and_leaks_nothing(cluster: Cluster, servi
     for secret in (b"sqlite", b"UNIQUE", b"constraint", b"Traceback", b".py"):
         assert secret not in trailers
     assert await full_state(cluster, service) == before
+
+
+async def test_an_order_id_of_another_saga_is_refused_and_changes_nothing(cluster: Cluster) -> None:
+    data = order_data()
+    await execute(cluster, "order", step_request("create_order", data))
+    before = await full_state(cluster, "order")
+
+    other_saga = step_request("create_order", data)  # a new saga id, the same order id
+    refused = await failure(execute(cluster, "order", other_saga))
+
+    assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ORDER_EXISTS")
+    assert await full_state(cluster, "order") == before
