@@ -142,12 +142,30 @@ class _SagaRun:
         self.definition = definition
         self.record = record
         self.telemetry = telemetry
+        # Changes applied to the record but not yet written: see change(defer=True).
+        self._unwritten: list[Change] = []
 
-    async def change(self, change: Change) -> None:
-        """Log a change (durably), keeping the in-memory record in step."""
+    async def change(self, change: Change, defer: bool = False) -> None:
+        """Log a change (durably), keeping the in-memory record in step.
+
+        ``defer`` keeps it to be written with this saga's next change, in one commit.
+        Only for what may be lost in a crash: a step's result, which recovery gets
+        again by re-sending the step (the barrier replays it). The next change, written
+        before anything acts on the result, carries it to disk first.
+        """
         # Applied before awaiting so concurrent steps see the order the log will have.
         self.record, _ = apply(self.record, change)
-        await self.runner.log.append(self.record.saga_id, change)
+        self._unwritten.append(change)
+        if not defer:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the deferred changes (in order, in one commit)."""
+        if not self._unwritten:
+            return
+        # Taken and queued without an await between: concurrent flushes keep the order.
+        batch, self._unwritten = self._unwritten, []
+        await self.runner.log.append_many(self.record.saga_id, batch)
 
     async def drive(self) -> SagaRecord:
         choreographed = self.record.mode == SagaMode.CHOREOGRAPHY.value
@@ -395,6 +413,16 @@ class _SagaRun:
             ended = AttemptChange(phase, number, Outcome.OK)
             barrier = barrier_outcome(reply)
             traced.ended(ended, barrier)
+            # An orchestrated compensable step's result can wait for the saga's next
+            # change (the next step's intent, or the outcome), which always follows.
+            # Not the pivot's (once it succeeded, the log must say so at once), nor a
+            # choreographed saga's (the observer reads the log, not this record).
+            defer = (
+                execute
+                and not step.pivot
+                and step.name not in self.definition.forward_only
+                and self.record.mode == SagaMode.ORCHESTRATION.value
+            )
             if execute:
                 change = Change(
                     kind=Kind.STEP_SUCCEEDED,
@@ -414,7 +442,7 @@ class _SagaRun:
                     step_status=StepStatus.COMPENSATED,
                     detail=barrier,
                 )
-            await self.change(change)
+            await self.change(change, defer=defer)
 
     # -- backward ----------------------------------------------------------------------
 
