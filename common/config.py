@@ -79,6 +79,8 @@ class ServerSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # FULL survives power loss; NORMAL (WAL) survives process crashes only.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    # The local trace file is moved aside at this size (one older file is kept).
+    trace_file_max_mb: int = Field(default=100, ge=1, le=1_000_000)
 
 
 class ServiceSettings(ServerSettings):

@@ -60,7 +60,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from common.metrics import SagaMetrics
-from common.trace_file import TRACE_FILE_NAME, JsonLinesSpanExporter
+from common.trace_file import DEFAULT_MAX_BYTES, TRACE_FILE_NAME, JsonLinesSpanExporter
 from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,9 @@ def _otlp_configured(signal: str) -> bool:
     )
 
 
-def span_exporters_from_env(data_dir: Path) -> list[SpanExporter]:
+def span_exporters_from_env(
+    data_dir: Path, trace_file_max_bytes: int = DEFAULT_MAX_BYTES
+) -> list[SpanExporter]:
     """The span exporters the ``OTEL_*`` variables ask for (see the module docstring)."""
     names = _exporter_names("OTEL_TRACES_EXPORTER")
     if not names:
@@ -220,7 +222,9 @@ def span_exporters_from_env(data_dir: Path) -> list[SpanExporter]:
         elif name == "console":
             exporters.append(ConsoleSpanExporter())
         elif name == "file":
-            exporters.append(JsonLinesSpanExporter(data_dir / TRACE_FILE_NAME))
+            exporters.append(
+                JsonLinesSpanExporter(data_dir / TRACE_FILE_NAME, trace_file_max_bytes)
+            )
         elif name != "none":
             log.warning("unknown OTEL_TRACES_EXPORTER ignored name=%s", name)
     return [] if "none" in names else exporters
@@ -245,7 +249,13 @@ def metric_readers_from_env() -> list[MetricReader]:
     return [] if "none" in names else readers
 
 
-def setup_telemetry(service_name: str, data_dir: Path, *, install: bool = True) -> Telemetry:
+def setup_telemetry(
+    service_name: str,
+    data_dir: Path,
+    *,
+    install: bool = True,
+    trace_file_max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Telemetry:
     """The telemetry of this process, configured from the standard ``OTEL_*`` variables.
 
     With ``install`` (the default, for a process's ``main``) it becomes the active
@@ -254,7 +264,7 @@ def setup_telemetry(service_name: str, data_dir: Path, *, install: bool = True) 
     """
     telemetry = create_telemetry(
         service_name,
-        span_exporters_from_env(data_dir),
+        span_exporters_from_env(data_dir, trace_file_max_bytes),
         metric_readers_from_env(),
         shutdown_on_exit=install,
     )

@@ -13,10 +13,17 @@ process: a span is on disk as soon as it is exported. A line looks like::
      "links": [{"trace_id": ..., "span_id": ..., "attributes": {...}}]}
 
 :func:`read_span_lines` reads them back (``sagawire trace``), skipping a torn last line.
+
+The file is capped: once it reaches ``max_bytes``, the process that notices moves it
+to ``traces.1.jsonl`` (replacing the previous one) and starts a new one; the others
+notice the new file at their next export and follow. So a long-running stack keeps at
+most about twice the cap on disk, and ``sagawire trace`` reads both files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import threading
@@ -29,6 +36,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 TRACE_FILE_NAME = "traces.jsonl"
+DEFAULT_MAX_BYTES = 100 << 20
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 _SEQUENCES = (tuple, list)
 # One encoder for every line (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -85,11 +94,13 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
 class JsonLinesSpanExporter(SpanExporter):
     """Appends each exported span to a JSON-lines file (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.rotated_path = path.with_name(f"{path.stem}.1{path.suffix}")
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd: int | None = os.open(path, _FLAGS, 0o644)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         encode = _ENCODER.encode
@@ -104,9 +115,27 @@ class JsonLinesSpanExporter(SpanExporter):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self._fd, view) :]
+                self._fd = self._rotated(self._fd)
             except OSError:
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _rotated(self, fd: int) -> int:
+        """The descriptor to write to next: ``fd``, or the new file after a rotation
+        (made here when the file is full, or by another process)."""
+        mine = os.fstat(fd)
+        if mine.st_size < self.max_bytes and _inode(self.path) == mine.st_ino:
+            return fd
+        # Processes rotate one at a time, and only the file they write to, so a
+        # rotation is never repeated on the new file by a process that saw the old one.
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _inode(self.path) == mine.st_ino:
+                os.replace(self.path, self.rotated_path)
+            new_fd = os.open(self.path, _FLAGS, 0o644)
+        os.close(fd)
+        return new_fd
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True  # nothing is buffered: every line was written by export()
@@ -116,6 +145,12 @@ class JsonLinesSpanExporter(SpanExporter):
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _inode(path: Path) -> int | None:
+    with contextlib.suppress(FileNotFoundError):
+        return os.stat(path).st_ino
+    return None
 
 
 def read_span_lines(path: Path, must_contain: Sequence[str] = ()) -> Iterator[dict[str, Any]]:

@@ -142,7 +142,9 @@ async def run(settings: CoordinatorSettings) -> None:
         Participants(Endpoints(), participants_of(definitions))  # every address is known
     except (DefinitionError, ValueError) as error:
         raise SystemExit(str(error)) from None
-    telemetry = setup_telemetry("coordinator", settings.data_dir)
+    telemetry = setup_telemetry(
+        "coordinator", settings.data_dir, trace_file_max_bytes=settings.trace_file_max_mb << 20
+    )
     app = CoordinatorApp(
         settings, client_interceptors=telemetry.client_interceptors(), definitions=definitions
     )

@@ -23,7 +23,9 @@ def spec_of(name: str) -> ServiceSpec:
 
 async def run(name: str, settings: ServiceSettings) -> None:
     """Serve until SIGTERM/SIGINT; traces and metrics are flushed on the way out."""
-    telemetry = setup_telemetry(name, settings.data_dir)
+    telemetry = setup_telemetry(
+        name, settings.data_dir, trace_file_max_bytes=settings.trace_file_max_mb << 20
+    )
     running = await start_server(
         DomainService(spec_of(name), settings), settings, telemetry=telemetry
     )
