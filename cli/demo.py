@@ -128,6 +128,15 @@ async def _set_faults(clients: Clients, faults: tuple[Fault, ...], clear: bool =
         await clients.admin(service).SetFaults(admin_pb2.FaultPlan(actions=actions))
 
 
+async def _call_counts(clients: Clients, faults: tuple[Fault, ...]) -> dict[str, int]:
+    """Calls each faulted action has received so far, keyed "service.action"."""
+    counts: dict[str, int] = {}
+    for f in faults:
+        reply = await clients.admin(f.service).GetCallCounts(admin_pb2.GetCallCountsRequest())
+        counts[f"{f.service}.{f.action}"] = reply.calls[f.action]
+    return counts
+
+
 async def wait_ended(clients: Clients, saga_id: str) -> coordinator_pb2.Saga:
     """GetSaga until the saga is settled (or the deadline passes)."""
     deadline = time.monotonic() + _SAGA_DEADLINE
@@ -156,12 +165,15 @@ async def play_scenario(
         wait=True,
     )
     try:
+        calls_before = await _call_counts(clients, scenario.faults)
         await _set_faults(clients, scenario.faults)
         try:
             placed = await clients.coordinator.PlaceOrder(request, timeout=_SAGA_DEADLINE)
         finally:
             await _set_faults(clients, scenario.faults, clear=True)
         outcome.saga = saga = await wait_ended(clients, placed.saga_id)
+        calls_after = await _call_counts(clients, scenario.faults)
+        outcome.calls = {k: calls_after[k] - calls_before[k] for k in calls_after}
         order_id = placed.order_id
         outcome.order = await _maybe(
             lambda: clients.order.GetOrder(order_pb2.GetOrderRequest(order_id=order_id))

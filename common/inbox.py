@@ -6,9 +6,11 @@ inbox and moves the stored offset — so a crash at any instant either keeps the
 effect *and* the offset, or neither, and a redelivered event is skipped. After a
 disconnect it reconnects with backoff (tenacity) and resumes from its offset.
 
-A reaction that fails transiently (the store is busy) is retried with the whole
-batch; a poison event (undecodable, or failing permanently) is recorded, logged
-and skipped, so it never blocks the stream.
+A reaction that fails transiently (the store is busy, or the service is told to
+fail by fault injection: the ``before_apply`` hook) is retried with the whole batch,
+with backoff, for as long as it keeps failing transiently; a poison event
+(undecodable, or failing permanently) is recorded, logged and skipped, so it never
+blocks the stream.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from common.errors import Transient
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
 from common.telemetry import consumer_span
@@ -86,11 +89,14 @@ class Consumer:
         consumer_name: str,
         on_commit: Callable[[], object] | None = None,
         channel_options: Sequence[tuple[str, int]] = (),
+        before_apply: Callable[[Sequence[events_pb2.Event]], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
         self._sub = subscription
         self._name = consumer_name
         self._on_commit = on_commit
+        # Runs before each attempt at a batch; may raise Transient (fault injection).
+        self._before_apply = before_apply
         self._subscriber = Subscriber(
             producer=subscription.producer,
             address=subscription.address,
@@ -122,17 +128,29 @@ class Consumer:
 
     async def _apply(self, events: Sequence[events_pb2.Event]) -> None:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(sqlite3.OperationalError),
+            retry=retry_if_exception_type((sqlite3.OperationalError, Transient)),
             wait=wait_random_exponential(multiplier=0.01, max=1.0),
+            before_sleep=self._retrying,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
+                if self._before_apply is not None:
+                    await self._before_apply(events)
                 await self._db.transaction(lambda conn: self._apply_in(conn, events))
         if self._on_commit is not None:
             result = self._on_commit()
             if asyncio.iscoroutine(result):
                 await result
+
+    def _retrying(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "reaction failed transiently, retrying producer=%s attempt=%d error=%s",
+            self._sub.producer,
+            state.attempt_number,
+            error,
+        )
 
     def _apply_in(self, conn: sqlite3.Connection, events: Sequence[events_pb2.Event]) -> None:
         producer = self._sub.producer

@@ -112,3 +112,8 @@ def reactions_of(service: str, runner: ActionRunner) -> dict[str, dict[str, Reac
     for rule in RULES.get(service, ()):
         grouped.setdefault(rule.producer, {})[rule.event] = reaction(runner, rule)
     return grouped
+
+
+def reacting_actions(service: str, producer: str) -> dict[str, str]:
+    """The action (or compensation) ``service`` runs on each event type of ``producer``."""
+    return {r.event: r.action for r in RULES.get(service, ()) if r.producer == producer}

@@ -13,6 +13,7 @@ import sqlite3
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -26,8 +27,8 @@ from common.participant import Action, ActionRunner, ParticipantServicer
 from common.server import server_options
 from common.store import Database
 from common.stream import EventStreamServicer
-from protos.sagawire.v1 import admin_pb2_grpc, events_pb2_grpc, participant_pb2_grpc
-from services.choreography import CHOREOGRAPHED_ONLY, reactions_of
+from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, participant_pb2_grpc
+from services.choreography import CHOREOGRAPHED_ONLY, reacting_actions, reactions_of
 
 _SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
@@ -76,6 +77,9 @@ class DomainService:
                     consumer_name=spec.name,
                     on_commit=self.outbox.notify,
                     channel_options=server_options(settings),
+                    before_apply=partial(
+                        self._inject_faults, reacting_actions(spec.name, producer)
+                    ),
                 )
                 for producer, reactions in reactions_of(spec.name, self.runner).items()
             ]
@@ -89,6 +93,15 @@ class DomainService:
             spec.query_service_name,
             *(["sagawire.v1.Admin"] if settings.admin_enabled else []),
         ]
+
+    async def _inject_faults(
+        self, actions: Mapping[str, str], events: Sequence[events_pb2.Event]
+    ) -> None:
+        """A reaction is a call of its action, as a participant call is: faults apply."""
+        for event in events:
+            action = actions.get(event.type)
+            if action is not None:
+                await self.faults.before_call(action)
 
     def register(self, server: grpc.aio.Server) -> None:
         participant_pb2_grpc.add_ParticipantServicer_to_server(

@@ -13,11 +13,13 @@ from common import outbox
 from common.errors import parse_rpc_error
 from common.store import Database
 from protos.sagawire.v1 import (
+    admin_pb2,
     events_pb2,
     events_pb2_grpc,
     order_pb2,
     order_saga_pb2,
     participant_pb2,
+    payment_pb2,
 )
 from services import saga_events
 from tests.event_support import create_order_request, read_events
@@ -205,3 +207,31 @@ async def test_a_waiter_for_one_mode_wakes_for_its_mode_or_an_unnamed_commit(
     await box.notify("choreography")
     await asyncio.wait_for(box.wait_for_commit(seen, 5, "choreography"), 1)
     await db.close()
+
+
+async def test_a_reaction_that_fails_transiently_is_retried_until_it_succeeds(
+    cluster: Cluster,
+) -> None:
+    payment = cluster.admin("payment")
+    fault = admin_pb2.ActionFault(action="charge", fail_next=2)
+    await payment.SetFaults(admin_pb2.FaultPlan(actions=[fault]))
+    before = (await payment.GetCallCounts(admin_pb2.GetCallCountsRequest())).calls["charge"]
+    request = create_order_request(sku="SKU-BOOK", quantity=1)
+    await cluster.participant("order").Execute(request)
+    data = order_saga_pb2.OrderSagaData()
+    request.payload.Unpack(data)
+
+    async def approved() -> bool:
+        found = await cluster.order.GetOrder(order_pb2.GetOrderRequest(order_id=data.order_id))
+        return found.status == order_pb2.ORDER_STATUS_APPROVED
+
+    await wait_until(approved, message="the order to be approved despite two failed charges")
+    after = (await payment.GetCallCounts(admin_pb2.GetCallCountsRequest())).calls["charge"]
+    assert after - before == 3  # two injected failures, then the charge
+    stub = events_pb2_grpc.EventStreamStub(cluster.channel("payment"))
+    poison = await stub.ListPoisonEvents(events_pb2.ListPoisonEventsRequest())
+    assert list(poison.events) == []
+    charges = await cluster.payment.ListCharges(
+        payment_pb2.ListChargesRequest(saga_id=request.saga_id)
+    )
+    assert len(charges.charges) == 1  # charged once, for all the retries
