@@ -29,6 +29,7 @@ the OpenTelemetry globals).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -57,6 +58,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from common.metrics import SagaMetrics
@@ -182,7 +184,9 @@ def create_telemetry(
     """Telemetry with the given exporters, not installed anywhere (tests use this directly,
     e.g. with an ``InMemorySpanExporter`` and ``batch=False``)."""
     resource = service_resource(service_name)
-    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=shutdown_on_exit)
+    tracer_provider = TracerProvider(
+        resource=resource, shutdown_on_exit=shutdown_on_exit, id_generator=_ChosenSpanIds()
+    )
     for exporter in span_exporters:
         processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         tracer_provider.add_span_processor(processor)
@@ -190,6 +194,31 @@ def create_telemetry(
         resource=resource, metric_readers=list(metric_readers), shutdown_on_exit=shutdown_on_exit
     )
     return Telemetry(service_name, tracer_provider, meter_provider)
+
+
+_chosen_span_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "sagawire_chosen_span_id", default=None
+)
+
+
+class _ChosenSpanIds(RandomIdGenerator):
+    """Random ids, except a span started inside :func:`with_span_id` gets that id."""
+
+    def generate_span_id(self) -> int:
+        chosen = _chosen_span_id.get()
+        return chosen if chosen is not None else super().generate_span_id()
+
+
+@contextmanager
+def with_span_id(span_id: int | None) -> Iterator[None]:
+    """Spans started in this block get ``span_id`` (None: random ids): a span a later
+    process can name as a parent without having logged its id (the saga span, see
+    coordinator/saga_telemetry)."""
+    token = _chosen_span_id.set(span_id)
+    try:
+        yield
+    finally:
+        _chosen_span_id.reset(token)
 
 
 def _env(name: str) -> str:

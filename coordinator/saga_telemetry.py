@@ -15,10 +15,11 @@ was current when it changed, i.e. the attempt that tripped or probed it.
 
 A saga's first run hangs under the call that started it. A later run (recovery after
 a restart, or ``RetrySaga``) continues the trace whose id the saga log kept, the one
-``GetSaga`` returns, so a saga is one trace from start to end: the original saga
-span's id is not logged, so the new saga span's parent is a placeholder derived from
-the saga id (Jaeger shows the run as a second root of the trace). It carries a
-``resumed`` event, and a ``RetrySaga`` run links to that call's span.
+``GetSaga`` returns, so a saga is one trace from start to end: the first run's saga
+span gets a span id derived from the saga id (:func:`saga_span_context`), so a later
+run, in this process or after a restart, names it as its parent without its id being
+logged. A later run carries a ``resumed`` event, and a ``RetrySaga`` run links to that
+call's span.
 
 Metrics (:class:`common.metrics.SagaMetrics`): a saga's end with its duration since it
 was created, every attempt with its duration and outcome, every retry, every breaker
@@ -43,7 +44,7 @@ from opentelemetry.util.types import AttributeValue
 from common.errors import SagawireError
 from common.metrics import BREAKER_STATES
 from common.policy import BreakerTransition
-from common.telemetry import saga_metrics, tracer
+from common.telemetry import saga_metrics, tracer, with_span_id
 from coordinator.definitions import Step
 from coordinator.outcomes import error_detail
 from coordinator.records import AttemptChange, Outcome, Phase, SagaRecord, SagaStatus
@@ -71,15 +72,21 @@ class RunCause(StrEnum):
     RETRIED = "retried"  # RetrySaga, for a saga that needs attention
 
 
-def placeholder_parent(record: SagaRecord) -> SpanContext | None:
-    """A remote parent in the saga's logged trace, for a run that continues it."""
+def saga_span_id(saga_id: str) -> int:
+    """The span id of a saga's first run (see the module docstring)."""
+    digest = hashlib.blake2b(saga_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest) or 1
+
+
+def saga_span_context(record: SagaRecord) -> SpanContext | None:
+    """The first run's saga span, in the saga's logged trace: a later run's parent."""
     try:
         trace_id = int(record.trace_id, 16)
     except ValueError:
         return None
-    digest = hashlib.blake2b(record.saga_id.encode(), digest_size=8).digest()
-    span_id = int.from_bytes(digest) or 1
-    found = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(1))
+    found = SpanContext(
+        trace_id, saga_span_id(record.saga_id), is_remote=True, trace_flags=TraceFlags(1)
+    )
     return found if found.is_valid else None
 
 
@@ -104,15 +111,22 @@ class SagaTelemetry:
             caller = trace.get_current_span(context).get_span_context()
             if caller.is_valid:
                 links.append(Link(caller))
-            logged = placeholder_parent(record)
+            logged = saga_span_context(record)
             if logged is not None:
                 parent = trace.set_span_in_context(NonRecordingSpan(logged))
-        self.span: Span = self._tracer.start_span(
-            f"saga {record.definition}",
-            context=parent,
-            links=links,
-            attributes={SAGA_ID: record.saga_id, SAGA_TYPE: self.saga_type, SAGA_MODE: self.mode},
-        )
+        # The first run's span id is the one later runs name as their parent.
+        chosen = saga_span_id(record.saga_id) if cause is RunCause.STARTED else None
+        with with_span_id(chosen):
+            self.span: Span = self._tracer.start_span(
+                f"saga {record.definition}",
+                context=parent,
+                links=links,
+                attributes={
+                    SAGA_ID: record.saga_id,
+                    SAGA_TYPE: self.saga_type,
+                    SAGA_MODE: self.mode,
+                },
+            )
         if cause is not RunCause.STARTED:
             self.span.add_event(
                 "resumed", {"saga.resumed_by": cause.value, SAGA_STATUS: record.status.value}

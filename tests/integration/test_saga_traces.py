@@ -245,6 +245,8 @@ async def test_a_retried_saga_continues_its_trace(tmp_path: Path) -> None:
         # The same trace as the first run, and a link to the RetrySaga call.
         assert trace_id_of(run) == trace_id
         assert run.parent is not None and run.parent.is_remote
+        # Nested under the first run's saga span (a real span), not a second root.
+        assert run.parent.span_id == span_id_of(first_run)
         (resumed,) = [e for e in run.events if e.name == "resumed"]
         assert (resumed.attributes or {}).get("saga.resumed_by") == "retried"
         (retry_call,) = [s for s in traced.spans() if s.name == RETRY_SAGA]

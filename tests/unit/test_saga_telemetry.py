@@ -17,7 +17,7 @@ from common.policy import RetryPolicy
 from common.telemetry import Telemetry, activated, create_telemetry
 from coordinator.definitions import Step
 from coordinator.records import NewSaga, Phase, SagaRecord, new_record
-from coordinator.saga_telemetry import RunCause, SagaTelemetry, placeholder_parent
+from coordinator.saga_telemetry import RunCause, SagaTelemetry, saga_span_context
 
 STEP = Step(
     name="reserve_stock",
@@ -74,8 +74,8 @@ def test_a_recovered_run_continues_the_logged_trace(
     span = only(exporter, "saga place_order")
     context = span.get_span_context()
     assert context is not None and f"{context.trace_id:032x}" == logged.trace_id
-    placeholder = placeholder_parent(logged)
-    assert placeholder is not None and span.parent == placeholder
+    first_run = saga_span_context(logged)
+    assert first_run is not None and span.parent == first_run
     assert [(e.name, dict(e.attributes or {})) for e in span.events] == [
         ("resumed", {"saga.resumed_by": "recovered", "saga.status": "running"})
     ]
@@ -85,7 +85,7 @@ def test_a_recovered_run_continues_the_logged_trace(
 def test_a_saga_logged_without_a_trace_resumes_in_a_new_one(
     telemetry: Telemetry, exporter: InMemorySpanExporter
 ) -> None:
-    assert placeholder_parent(record()) is None
+    assert saga_span_context(record()) is None
     with SagaTelemetry(record(), RunCause.RECOVERED).current():
         pass
     span = only(exporter, "saga place_order")
