@@ -196,14 +196,11 @@ class Outbox:
         return await self._db.read(query)
 
     async def wait_for_commit(
-        self, seen: int | tuple[int, int], timeout: float, mode: str | None = None
+        self, seen: tuple[int, int], timeout: float, mode: str | None = None
     ) -> None:
-        """Wait until something committed after ``seen`` (a :meth:`stamp` for ``mode``, or
-        a :attr:`version`), closing, or timeout."""
-        stamp = self.stamp(mode)
-        if isinstance(seen, int):
-            seen = (seen, 0)
-        if stamp != seen or self._closed:
+        """Wait until something committed after ``seen`` (a :meth:`stamp` for ``mode``),
+        closing, or timeout."""
+        if self.stamp(mode) != seen or self._closed:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (mode, waiter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,16 @@ from protos.sagawire.v1 import (
 from services import saga_events
 from tests.event_support import create_order_request, read_events
 from tests.support import Cluster, wait_until
+
+
+async def collect(
+    stream: AsyncIterator[events_pb2.EventBatch], seen: list[events_pb2.Event], count: int
+) -> None:
+    """Read a Subscribe stream into ``seen`` (visible while it runs) until it holds ``count``."""
+    async for batch in stream:
+        seen.extend(batch.events)
+        if len(seen) >= count:
+            return
 
 
 async def test_rolled_back_change_emits_no_event_and_committed_one_does(tmp_path: Path) -> None:
@@ -60,14 +71,7 @@ async def test_subscribe_streams_backlog_then_live_events_in_order(cluster: Clus
         timeout=20,
     )
     seen: list[events_pb2.Event] = []
-
-    async def consume() -> None:
-        async for batch in stream:
-            seen.extend(batch.events)
-            if len(seen) >= 5:
-                return
-
-    reader = asyncio.create_task(consume())
+    reader = asyncio.create_task(collect(stream, seen, 5))
     await wait_until(lambda: len(seen) >= 3, message="the backlog")
     live = [create_order_request() for _ in range(2)]
     for request in live:
@@ -161,14 +165,7 @@ async def test_a_mode_filtered_stream_delivers_live_events_of_its_mode(cluster: 
         timeout=20,
     )
     seen: list[events_pb2.Event] = []
-
-    async def consume() -> None:
-        async for batch in stream:
-            seen.extend(batch.events)
-            if len(seen) >= 2:
-                return
-
-    reader = asyncio.create_task(consume())
+    reader = asyncio.create_task(collect(stream, seen, 2))
     expected = []
     for _ in range(2):  # live: the stream is idle, waiting for its mode's commits
         orchestrated = create_order_request()
