@@ -32,7 +32,7 @@ from common.subscriber import Subscriber
 from common.telemetry import consumer_span, saga_metrics
 from coordinator.definitions import SagaMode
 from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
-from coordinator.records import UNFINISHED, Change, Kind, SagaStatus, apply
+from coordinator.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
 from coordinator.store import SagaLog, StatusConflict
 from protos.sagawire.v1 import events_pb2
 from services.choreography import CHOREOGRAPHED_ONLY
@@ -41,6 +41,23 @@ log = logging.getLogger(__name__)
 
 OFFSETS_FILE = "observer.db"
 CHOREOGRAPHY = SagaMode.CHOREOGRAPHY.value
+
+
+def _planned(record: SagaRecord, observations: list[Observation]) -> list[Change]:
+    """The changes that record ``observations``, planned against the record as the log
+    will have it after the ones before (records.apply is what load would show)."""
+    batch: list[Change] = []
+    planned = record
+    for seen in observations:
+        # The observer's span joins the saga's one trace, like a reaction's.
+        with consumer_span(seen.event, f"observe {seen.event_type}"):
+            for change in plan(planned, seen):
+                wanted = change.require_status
+                if wanted is not None and planned.status not in wanted:
+                    break  # the log would refuse it: settled a moment ago
+                planned, _ = apply(planned, change)
+                batch.append(change)
+    return batch
 
 
 def _count_outcome(saga_type: str, change: Change, created_at: datetime) -> None:
@@ -146,48 +163,23 @@ class Observer:
 
     async def _record(self, saga_id: str, observations: list[Observation]) -> None:
         async with self._saga_lock(saga_id):
-            record = await self._log.load(saga_id)
-            if record is None or record.mode != CHOREOGRAPHY:
-                return  # started elsewhere (e.g. by a test), or not ours to watch
-            # Plan every observation of the batch against the record as the log will
-            # have it (records.apply is what load would show), then write them all in
-            # one transaction: one load and one commit per saga per batch.
-            batch: list[Change] = []
-            planned = record
-            for seen in observations:
-                # The observer's span joins the saga's one trace, like a reaction's.
-                with consumer_span(seen.event, f"observe {seen.event_type}"):
-                    for change in plan(planned, seen):
-                        wanted = change.require_status
-                        if wanted is not None and planned.status not in wanted:
-                            break  # the log would refuse it: settled a moment ago
-                        planned, _ = apply(planned, change)
-                        batch.append(change)
-            if not batch:
-                return
-            try:
-                await self._log.append_many(saga_id, batch)
-            except StatusConflict:
-                # The runner settled the saga between our load and our write (the
-                # batch wrote nothing): record the observations one at a time.
-                await self._record_each(saga_id, observations)
-                return
-            for change in batch:
-                _count_outcome(record.definition, change, record.created_at)
-
-    async def _record_each(self, saga_id: str, observations: list[Observation]) -> None:
-        """Record observations one change at a time, reloading the saga for each."""
-        for seen in observations:
-            record = await self._log.load(saga_id)
-            if record is None or record.mode != CHOREOGRAPHY:
-                return
-            with consumer_span(seen.event, f"observe {seen.event_type}"):
-                for change in plan(record, seen):
-                    try:
-                        await self._log.append(saga_id, change)
-                    except StatusConflict:
-                        break  # the runner settled it a moment ago
+            while True:
+                record = await self._log.load(saga_id)
+                if record is None or record.mode != CHOREOGRAPHY:
+                    return  # started elsewhere (e.g. by a test), or not ours to watch
+                batch = _planned(record, observations)
+                if not batch:
+                    return
+                try:
+                    # One load and one commit per saga per batch of events.
+                    await self._log.append_many(saga_id, batch)
+                except StatusConflict:
+                    # The runner settled the saga between our load and our write (the
+                    # batch wrote nothing): plan again against what the log now holds.
+                    continue
+                for change in batch:
                     _count_outcome(record.definition, change, record.created_at)
+                return
 
     async def _flag_stalled(self) -> None:
         while True:
