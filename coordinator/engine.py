@@ -63,6 +63,9 @@ class SagaEngine:
         self._max_pending = max_pending
         self._tasks: dict[str, asyncio.Task[SagaRecord | None]] = {}
         self._closing = False
+        # Done once shutdown begins: ends every wait for an outcome (made at first use,
+        # inside the event loop).
+        self._closed: asyncio.Future[None] | None = None
 
     @property
     def in_progress(self) -> int:
@@ -155,6 +158,15 @@ class SagaEngine:
 
         Returns the saga as it is then, or as it is when shutdown begins.
         """
+        run = self._tasks.get(saga_id)
+        if run is not None:
+            # Driven here: its run ends with the settled record it logged (an
+            # orchestrated saga), which spares reading it back from the log.
+            await asyncio.wait((run, self._closing_signal()), return_when=asyncio.FIRST_COMPLETED)
+            if run.done() and not run.cancelled():
+                record = run.result()
+                if record is not None and record.status in SETTLED:
+                    return record
         with self.log.listen(saga_id) as listener:
             check = True
             while True:
@@ -167,6 +179,11 @@ class SagaEngine:
                         return record
                     check = False
                 await listener.changed.wait()
+
+    def _closing_signal(self) -> asyncio.Future[None]:
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        return self._closed
 
     def _spawn(
         self, record: SagaRecord, cause: RunCause, context: otel_context.Context | None = None
@@ -207,6 +224,9 @@ class SagaEngine:
     def drain(self) -> None:
         """Stop taking sagas, and end every wait for an outcome (shutdown has begun)."""
         self._closing = True
+        closed = self._closing_signal()
+        if not closed.done():
+            closed.set_result(None)
         self.log.wake_all()
 
     async def close(self, grace: float) -> None:

@@ -413,16 +413,13 @@ class _SagaRun:
             ended = AttemptChange(phase, number, Outcome.OK)
             barrier = barrier_outcome(reply)
             traced.ended(ended, barrier)
-            # An orchestrated compensable step's result can wait for the saga's next
-            # change (the next step's intent, or the outcome), which always follows.
-            # Not the pivot's (once it succeeded, the log must say so at once), nor a
-            # choreographed saga's (the observer reads the log, not this record).
-            defer = (
-                execute
-                and not step.pivot
-                and step.name not in self.definition.forward_only
-                and self.record.mode == SagaMode.ORCHESTRATION.value
-            )
+            # An orchestrated step's result can wait for the saga's next change (the
+            # next step's intent, or the outcome), which always follows; if a crash
+            # loses it, recovery re-sends the step and the barrier replays the result.
+            # Not the pivot's: once it succeeded the log must say so at once, or a
+            # recovery past the deadline would compensate it. Nor a choreographed
+            # saga's: the observer reads the log, not this record.
+            defer = execute and not step.pivot and self.record.mode == SagaMode.ORCHESTRATION.value
             if execute:
                 change = Change(
                     kind=Kind.STEP_SUCCEEDED,
