@@ -100,6 +100,13 @@ class SagaDefinition:
         return tuple(s for s in self.steps if s.name not in self.forward_only)
 
     @property
+    def first_steps(self) -> tuple[Step, ...]:
+        """The steps a new saga starts with, at once: those that wait for no other step
+        (in orchestration, of the compensable phase, which runs first)."""
+        candidates = self.steps if self.mode is SagaMode.CHOREOGRAPHY else self.compensable
+        return tuple(s for s in candidates if not s.after)
+
+    @property
     def forward(self) -> tuple[Step, ...]:
         """The forward-only steps (after the pivot), in order."""
         return tuple(s for s in self.steps if s.name in self.forward_only)

@@ -38,7 +38,7 @@ from coordinator.records import (
     SagaRecord,
     SagaStatus,
 )
-from coordinator.runner import SagaRunner
+from coordinator.runner import SagaRunner, first_intents
 from coordinator.saga_telemetry import RunCause
 from coordinator.store import SagaLog
 
@@ -112,7 +112,7 @@ class SagaEngine:
             request_hash=request_hash,
             trace_id=trace_id,
         )
-        record, created = await self.log.create(new)
+        record, created = await self.log.create(new, then=first_intents(definition, now))
         if created:
             saga_metrics().saga_started(definition.name, definition.mode.value)
             self._spawn(record, RunCause.STARTED, otel_context.get_current())

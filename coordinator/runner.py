@@ -76,6 +76,24 @@ from protos.sagawire.v1 import participant_pb2
 log = logging.getLogger(__name__)
 
 
+def intent(step: Step, phase: Phase, number: int, at: datetime) -> Change:
+    """The change that logs an attempt of ``step`` before it is made."""
+    execute = phase is Phase.EXECUTE
+    return Change(
+        kind=Kind.STEP_STARTED if execute else Kind.COMPENSATION_STARTED,
+        at=at,
+        step=step.name,
+        attempt=AttemptChange(phase, number),
+        step_status=StepStatus.RUNNING if execute else StepStatus.COMPENSATING,
+    )
+
+
+def first_intents(definition: SagaDefinition, at: datetime) -> tuple[Change, ...]:
+    """The intents of a new saga's first attempts, to be logged with the saga itself
+    (:meth:`SagaLog.create`): the run then finds them logged and does not log them again."""
+    return tuple(intent(s, Phase.EXECUTE, 1, at) for s in definition.first_steps)
+
+
 class SagaRunner:
     """Runs sagas of the given definitions through the policy, logging as it goes."""
 
@@ -336,6 +354,10 @@ class _SagaRun:
 
     async def execute(self, step: Step, forward_only: bool) -> None:
         attempts = self.record.step(step.name).attempts_of(Phase.EXECUTE)
+        # An attempt still open here was logged with the saga (first_intents) and not
+        # made yet: it is the first one this run makes. (A resumed run has closed every
+        # open attempt as interrupted.)
+        opened = bool(attempts) and attempts[-1].outcome is None
         if forward_only:
             policy = replace(step.retry, max_attempts=0)  # until it succeeds
         else:
@@ -347,7 +369,7 @@ class _SagaRun:
                 policy,
                 partial(self._send, step, Phase.EXECUTE),
                 scope=partial(self.attempt, step, Phase.EXECUTE),
-                first_number=len(attempts) + 1,
+                first_number=len(attempts) if opened else len(attempts) + 1,
                 on_retry=partial(self.telemetry.retrying, step, Phase.EXECUTE),
             )
         except BusinessRejection as rejection:
@@ -387,15 +409,8 @@ class _SagaRun:
         execute = phase is Phase.EXECUTE
         prefix = "" if execute else "compensate_"
         with self.telemetry.attempt(step, phase, number) as traced:
-            await self.change(
-                Change(
-                    kind=Kind.STEP_STARTED if execute else Kind.COMPENSATION_STARTED,
-                    at=self.runner.clock(),
-                    step=step.name,
-                    attempt=AttemptChange(phase, number),
-                    step_status=StepStatus.RUNNING if execute else StepStatus.COMPENSATING,
-                )
-            )
+            if not self._logged_open(step, phase, number):
+                await self.change(intent(step, phase, number, self.runner.clock()))
             self.runner.crash(f"after_{prefix}intent", step.name)
             slot: AttemptSlot[participant_pb2.StepReply] = AttemptSlot()
             try:
@@ -440,6 +455,12 @@ class _SagaRun:
                     detail=barrier,
                 )
             await self.change(change, defer=defer)
+
+    def _logged_open(self, step: Step, phase: Phase, number: int) -> bool:
+        return any(
+            a.phase is phase and a.number == number and a.outcome is None
+            for a in self.record.step(step.name).attempts
+        )
 
     # -- backward ----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from coordinator.records import (
     StepRecord,
     StepStatus,
     Transition,
+    apply,
     first_transition,
     new_record,
 )
@@ -118,11 +119,14 @@ class SqliteSagaLog(SagaLog):
     async def close(self) -> None:
         await self.db.close()
 
-    async def create(self, new: NewSaga) -> tuple[SagaRecord, bool]:
-        existing_id, created = await self.db.transaction(lambda conn: _create(conn, new))
+    async def create(self, new: NewSaga, then: Sequence[Change] = ()) -> tuple[SagaRecord, bool]:
+        existing_id, created = await self.db.transaction(lambda conn: _create(conn, new, then))
         if created:
             record = new_record(new)
             self._notify(new.saga_id, record.status)
+            for change in then:
+                record, transition = apply(record, change)
+                self._notify(new.saga_id, transition.status)
             return record, True
         existing = await self.load(existing_id)
         assert existing is not None  # sagas are never deleted
@@ -163,7 +167,7 @@ class SqliteSagaLog(SagaLog):
         return [row["saga_id"] for row in rows]
 
 
-def _create(conn: sqlite3.Connection, new: NewSaga) -> tuple[str, bool]:
+def _create(conn: sqlite3.Connection, new: NewSaga, then: Sequence[Change]) -> tuple[str, bool]:
     if new.idempotency_key:
         row = conn.execute(
             "SELECT saga_id, request_hash FROM sagas WHERE idempotency_key = ?",
@@ -199,6 +203,8 @@ def _create(conn: sqlite3.Connection, new: NewSaga) -> tuple[str, bool]:
         [(record.saga_id, i, s.name, s.status.value) for i, s in enumerate(record.steps)],
     )
     _insert_transition(conn, first_transition(record))
+    for change in then:
+        _append(conn, record.saga_id, change)
     return record.saga_id, True
 
 

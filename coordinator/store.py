@@ -83,11 +83,16 @@ class SagaLog(ABC):
         """Release the store; pending writes are finished first."""
 
     @abstractmethod
-    async def create(self, new: NewSaga) -> tuple[SagaRecord, bool]:
+    async def create(self, new: NewSaga, then: Sequence[Change] = ()) -> tuple[SagaRecord, bool]:
         """Log a new saga, or find the one with the same idempotency key.
 
+        ``then`` are changes written with the new saga, in the same atomic, durable
+        write (its first steps' intents: one commit instead of two). Nothing of them
+        is written if the key matched.
+
         Returns:
-            The saga, and True if it was created now (False: the key matched).
+            The saga (``then`` applied if created now), and True if it was created now
+            (False: the key matched).
 
         Raises:
             IdempotencyConflict: the key belongs to a different request.
@@ -174,7 +179,7 @@ class InMemorySagaLog(SagaLog):
         self._history: dict[str, list[Transition]] = {}
         self._keys: dict[str, str] = {}
 
-    async def create(self, new: NewSaga) -> tuple[SagaRecord, bool]:
+    async def create(self, new: NewSaga, then: Sequence[Change] = ()) -> tuple[SagaRecord, bool]:
         if new.idempotency_key and new.idempotency_key in self._keys:
             existing = self._sagas[self._keys[new.idempotency_key]]
             if existing.request_hash != new.request_hash:
@@ -186,7 +191,9 @@ class InMemorySagaLog(SagaLog):
         if new.idempotency_key:
             self._keys[new.idempotency_key] = new.saga_id
         self._notify(new.saga_id, record.status)
-        return record, True
+        for change in then:
+            await self.append(new.saga_id, change)
+        return self._sagas[new.saga_id], True
 
     async def append(self, saga_id: str, change: Change) -> Transition:
         record = self._sagas.get(saga_id)

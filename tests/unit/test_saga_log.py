@@ -25,6 +25,7 @@ from coordinator.records import (
     SagaStatus,
     StepStatus,
     apply,
+    new_record,
 )
 from coordinator.sqlite_log import SqliteSagaLog
 from coordinator.store import IdempotencyConflict, InMemorySagaLog, SagaLog, StatusConflict
@@ -107,6 +108,21 @@ async def test_create_logs_the_saga_with_pending_steps(saga_log: SagaLog) -> Non
     (started,) = await saga_log.history(record.saga_id)
     assert (started.seq, started.kind, started.status) == (1, Kind.SAGA_STARTED, "running")
     assert await saga_log.load(str(uuid.uuid4())) is None
+
+
+async def test_create_writes_the_first_changes_with_the_saga(saga_log: SagaLog) -> None:
+    first = script(T0)[:1]  # create_order's first attempt is logged with the saga
+    record, created = await saga_log.create(new_saga(key="k-1"), then=first)
+    assert created
+    expected, _ = apply(new_record(new_saga()), first[0])
+    assert record.step("create_order") == expected.step("create_order")
+    assert await saga_log.load(record.saga_id) == record
+    kinds = [t.kind for t in await saga_log.history(record.saga_id)]
+    assert kinds == [Kind.SAGA_STARTED, Kind.STEP_STARTED]
+    # The same key again: the saga is found, and nothing more is written.
+    again, created_again = await saga_log.create(new_saga(key="k-1"), then=first)
+    assert not created_again and again == record
+    assert len(await saga_log.history(record.saga_id)) == 2
 
 
 async def test_an_idempotency_key_finds_the_same_saga(saga_log: SagaLog) -> None:
