@@ -454,7 +454,41 @@ class _SagaRun:
                     step_status=StepStatus.COMPENSATED,
                     detail=barrier,
                 )
-            await self.change(change, defer=defer)
+            await self.change(change, defer=True)
+            # The steps this result lets start are logged with it, in the same commit:
+            # they start as soon as this attempt ends.
+            unblocked = self._unblocked_by(step) if execute else ()
+            for ready in unblocked:
+                number = len(self.record.step(ready.name).attempts_of(Phase.EXECUTE)) + 1
+                await self.change(intent(ready, Phase.EXECUTE, number, self.runner.clock()), True)
+            if unblocked or not defer:
+                await self.flush()
+
+    def _unblocked_by(self, finished: Step) -> tuple[Step, ...]:
+        """The steps of an orchestrated saga that start once ``finished`` succeeded."""
+        if (
+            self.record.mode != SagaMode.ORCHESTRATION.value
+            or self.record.direction is not Direction.FORWARD
+        ):
+            return ()
+        succeeded = {s.name for s in self.record.steps if s.status is StepStatus.SUCCEEDED}
+        compensable = self.definition.compensable
+        if finished.name not in self.definition.forward_only and succeeded.issuperset(
+            s.name for s in compensable
+        ):
+            # The compensable phase is over: the forward-only phase starts.
+            candidates, waiting = self.definition.forward, False
+        elif finished.name in self.definition.forward_only:
+            candidates, waiting = self.definition.forward, True
+        else:
+            candidates, waiting = compensable, True
+        return tuple(
+            s
+            for s in candidates
+            if (finished.name in s.after or not waiting)
+            and self.record.step(s.name).status is StepStatus.PENDING
+            and succeeded.issuperset(s.after)
+        )
 
     def _logged_open(self, step: Step, phase: Phase, number: int) -> bool:
         return any(

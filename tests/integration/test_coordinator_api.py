@@ -10,6 +10,8 @@ import grpc
 import pytest
 
 from common.errors import parse_rpc_error
+from coordinator.records import Kind
+from coordinator.sqlite_log import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_pb2, order_saga_pb2, participant_pb2
 from tests.coordinator_support import SETTLED, line, running_stack
@@ -53,6 +55,27 @@ async def test_happy_path_completes_and_changes_exactly_what_it_should(tmp_path:
         assert list(steps["schedule_shipment"].after) == ["reserve_stock", "charge_payment"]
         assert steps["schedule_shipment"].pivot
         assert steps["charge_payment"].compensation == "refund"
+
+
+async def test_a_happy_saga_takes_five_log_writes_each_intent_before_its_call(
+    tmp_path: Path,
+) -> None:
+    # A step's intent is written with the result that lets it start (the first ones with
+    # the saga); an orchestrated step's result may wait for the saga's next write.
+    async with running_stack(tmp_path) as stack:
+        assert stack.app is not None
+        saga_log = stack.app.log
+        assert isinstance(saga_log, SqliteSagaLog)
+        before = saga_log.db.writes
+        reply = await stack.place()
+        assert reply.status == pb.SAGA_STATUS_COMPLETED
+        assert saga_log.db.writes - before == 5
+        history = await saga_log.history(reply.saga_id)
+        seq = {(t.kind, t.step): t.seq for t in history}
+        for step in STEP_NAMES:
+            assert seq[(Kind.STEP_STARTED, step)] < seq[(Kind.STEP_SUCCEEDED, step)]
+        assert history[-1].kind is Kind.SAGA_COMPLETED
+        assert len(history) == 2 + 2 * len(STEP_NAMES)
 
 
 async def test_no_wait_returns_at_once_and_watch_streams_to_the_end(tmp_path: Path) -> None:
