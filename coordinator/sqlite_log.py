@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.errors import NotFound
 from common.store import Database
+from coordinator.record_cache import RecordCache
 from coordinator.records import (
     TERMINAL,
     UNFINISHED,
@@ -112,6 +113,7 @@ class SqliteSagaLog(SagaLog):
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         super().__init__()
         self.db = Database(path, SCHEMA, synchronous=synchronous)
+        self._cache = RecordCache()
 
     async def open(self) -> None:
         await self.db.open()
@@ -134,6 +136,7 @@ class SqliteSagaLog(SagaLog):
 
     async def append(self, saga_id: str, change: Change) -> Transition:
         transition = await self.db.transaction(lambda conn: _append(conn, saga_id, change))
+        self._cache.written(saga_id, (change,), (transition,))
         self._notify(saga_id, transition.status)
         return transition
 
@@ -141,12 +144,20 @@ class SqliteSagaLog(SagaLog):
         transitions = await self.db.transaction(
             lambda conn: [_append(conn, saga_id, change) for change in changes]
         )
+        self._cache.written(saga_id, changes, transitions)
         for transition in transitions:
             self._notify(saga_id, transition.status)
         return transitions
 
     async def load(self, saga_id: str) -> SagaRecord | None:
-        return await self.db.read(lambda conn: _load(conn, saga_id))
+        cached = self._cache.get(saga_id)
+        if cached is not None:
+            return cached
+        with self._cache.reading(saga_id) as keep:
+            record = await self.db.read(lambda conn: _load(conn, saga_id))
+            if record is not None:
+                keep(record)
+        return record
 
     async def list_sagas(
         self, status: SagaStatus | None, before: Cursor | None, limit: int

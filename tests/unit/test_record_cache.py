@@ -1,0 +1,74 @@
+"""The saga log's cache of running sagas: a read from it equals a read from the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator.record_cache import RecordCache
+from coordinator.records import Kind, SagaStatus, apply, new_record
+from coordinator.sqlite_log import SqliteSagaLog
+from tests.unit.test_saga_log import T0, new_saga, script
+
+
+async def test_a_cached_saga_reads_the_same_as_the_file_after_every_write(
+    tmp_path: Path,
+) -> None:
+    saga_log = SqliteSagaLog(tmp_path / "log.db", synchronous="NORMAL")
+    await saga_log.open()
+    try:
+        record, _ = await saga_log.create(new_saga())
+        assert await saga_log.load(record.saga_id) == record  # read once: cached from now
+        for change in script(T0)[:-1]:
+            await saga_log.append_many(record.saga_id, [change])
+            cached = await saga_log.load(record.saga_id)
+            fresh = SqliteSagaLog(tmp_path / "log.db", synchronous="NORMAL")
+            await fresh.open()
+            try:
+                assert cached == await fresh.load(record.saga_id)
+            finally:
+                await fresh.close()
+    finally:
+        await saga_log.close()
+
+
+def test_a_write_during_a_read_keeps_the_read_out_of_the_cache() -> None:
+    cache = RecordCache()
+    record = new_record(new_saga())
+    change = script(T0)[0]
+    after, transition = apply(record, change)
+    with cache.reading(record.saga_id) as keep:
+        cache.written(record.saga_id, [change], [transition])  # landed while reading
+        keep(record)  # the read may predate that write
+    assert cache.get(record.saga_id) is None
+    with cache.reading(record.saga_id) as keep:
+        keep(after)
+    assert cache.get(record.saga_id) == after
+
+
+def test_a_write_that_does_not_follow_the_cached_version_drops_the_saga() -> None:
+    cache = RecordCache()
+    record = new_record(new_saga())
+    with cache.reading(record.saga_id) as keep:
+        keep(record)
+    first, second = script(T0)[:2]
+    after_first, _ = apply(record, first)
+    _, t2 = apply(after_first, second)
+    cache.written(record.saga_id, [second], [t2])  # the first write was never seen
+    assert cache.get(record.saga_id) is None
+
+
+def test_ended_sagas_leave_and_the_cache_stays_bounded() -> None:
+    cache = RecordCache(size=2)
+    records = [new_record(new_saga()) for _ in range(3)]
+    for record in records:
+        with cache.reading(record.saga_id) as keep:
+            keep(record)
+    assert len(cache) == 2 and cache.get(records[0].saga_id) is None  # least recent out
+    last = script(T0)[-1]
+    assert last.kind is Kind.SAGA_COMPENSATED and last.saga_status is SagaStatus.COMPENSATED
+    ended, transition = apply(records[2], last)
+    cache.written(records[2].saga_id, [last], [transition])
+    assert cache.get(records[2].saga_id) is None
+    with cache.reading(ended.saga_id) as keep:
+        keep(ended)
+    assert cache.get(ended.saga_id) is None
