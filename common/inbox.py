@@ -21,15 +21,21 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import wait_random_exponential
 
 from common.errors import Transient
+from common.retrying import attempt_then_retry
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
 from common.telemetry import consumer_span
 from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)
+
+# A reaction that fails on a busy store or an injected fault is retried, with its
+# batch, for as long as it keeps failing so.
+_TRANSIENT = (sqlite3.OperationalError, Transient)
+_RETRY_WAIT = wait_random_exponential(multiplier=0.01, max=1.0)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS consumer_offset (
@@ -127,28 +133,23 @@ class Consumer:
         await self._subscriber.run()
 
     async def _apply(self, events: Sequence[events_pb2.Event]) -> None:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((sqlite3.OperationalError, Transient)),
-            wait=wait_random_exponential(multiplier=0.01, max=1.0),
-            before_sleep=self._retrying,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                if self._before_apply is not None:
-                    await self._before_apply(events)
-                await self._db.transaction(lambda conn: self._apply_in(conn, events))
+        async def attempt(_: int) -> None:
+            if self._before_apply is not None:
+                await self._before_apply(events)
+            await self._db.transaction(lambda conn: self._apply_in(conn, events))
+
+        await attempt_then_retry(attempt, _TRANSIENT, _RETRY_WAIT, self._retrying)
         if self._on_commit is not None:
             result = self._on_commit()
             if asyncio.iscoroutine(result):
                 await result
 
-    def _retrying(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
+    def _retrying(self, attempt: int, delay: float, error: BaseException) -> None:
         log.warning(
-            "reaction failed transiently, retrying producer=%s attempt=%d error=%s",
+            "reaction failed transiently, retrying producer=%s attempt=%d in_seconds=%.3f error=%s",
             self._sub.producer,
-            state.attempt_number,
+            attempt,
+            delay,
             error,
         )
 

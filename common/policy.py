@@ -30,15 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import pybreaker
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_never,
-    wait_exponential_jitter,
-)
-from tenacity.stop import StopBaseT
+from tenacity import wait_exponential_jitter
 from tenacity.wait import WaitBaseT
 
 from common.errors import (
@@ -50,6 +42,7 @@ from common.errors import (
     Transient,
     translate_rpc_errors,
 )
+from common.retrying import attempt_then_retry
 
 log = logging.getLogger(__name__)
 
@@ -256,59 +249,41 @@ class CallPolicy:
             Transient: the last attempt's transient error once attempts ran out.
             SagawireError: any other error at once (never retried).
         """
-        stop, wait = _strategies(retry)
-        retrying = AsyncRetrying(
-            stop=stop,
-            wait=wait,
-            retry=_RETRY_TRANSIENT,
-            before_sleep=_before_retry(participant, first_number, on_retry),
-            reraise=True,
+
+        async def one(attempt: int) -> _T:
+            number = first_number + attempt - 1
+            async with scope(number) as slot:
+                with self.breakers.guard(participant), translate_rpc_errors():
+                    reply = await rpc(retry.attempt_timeout)
+                slot.value = reply
+            return reply
+
+        def before_retry(attempt: int, delay: float, error: BaseException) -> None:
+            number = first_number + attempt - 1  # the coming attempt
+            log.info(
+                "retrying participant=%s attempt=%d in_seconds=%.3f error=%s",
+                participant,
+                number,
+                delay,
+                error,
+            )
+            if on_retry is not None:
+                on_retry(number, delay, error)
+
+        return await attempt_then_retry(
+            one, Transient, _wait(retry), before_retry, max_attempts=retry.max_attempts
         )
-        async for attempt in retrying:
-            with attempt:
-                number = first_number + attempt.retry_state.attempt_number - 1
-                async with scope(number) as slot:
-                    with self.breakers.guard(participant), translate_rpc_errors():
-                        reply = await rpc(retry.attempt_timeout)
-                    slot.value = reply
-                return reply
-        raise AssertionError("unreachable: tenacity either returns or raises")
-
-
-_RETRY_TRANSIENT = retry_if_exception_type(Transient)
 
 
 @functools.lru_cache(maxsize=256)
-def _strategies(retry: RetryPolicy) -> tuple[StopBaseT, WaitBaseT]:
-    """The policy's stop and wait strategies (stateless, so shared by every call)."""
-    stop = stop_after_attempt(retry.max_attempts) if retry.max_attempts else stop_never
-    wait = wait_exponential_jitter(
+def _wait(retry: RetryPolicy) -> WaitBaseT:
+    """The policy's wait strategy (stateless, so shared by every call)."""
+    return wait_exponential_jitter(
         multiplier=retry.initial_backoff,
         max=retry.max_backoff,
         exp_base=retry.multiplier,
         jitter=retry.jitter,
     )
-    return stop, wait
-
-
-def _before_retry(
-    participant: str, first_number: int, on_retry: RetryListener | None
-) -> Callable[[RetryCallState], None]:
-    def before_sleep(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        number = first_number + state.attempt_number  # the coming attempt
-        log.info(
-            "retrying participant=%s attempt=%d in_seconds=%.3f error=%s",
-            participant,
-            number,
-            delay,
-            error,
-        )
-        if on_retry is not None:
-            on_retry(number, delay, error)
-
-    return before_sleep
 
 
 __all__ = [
