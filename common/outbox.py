@@ -13,8 +13,9 @@ import contextlib
 import sqlite3
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from common.store import Database, utc_now
@@ -83,6 +84,9 @@ def _select(types: frozenset[str], by_mode: bool) -> str:
     return sql + " ORDER BY sequence LIMIT ?"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _to_event(source: str, row: sqlite3.Row) -> events_pb2.Event:
     event = events_pb2.Event.FromString(row["headers"])
     event.id = row["event_id"]
@@ -90,9 +94,11 @@ def _to_event(source: str, row: sqlite3.Row) -> events_pb2.Event:
     event.type = row["type"]
     event.subject = row["subject"]
     event.sequence = row["sequence"]
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromJsonString(row["time"].replace("+00:00", "Z"))
-    event.time.CopyFrom(stamp)
+    # fromisoformat and integer fields: FromJsonString goes through strptime, a few
+    # percent of a service's CPU when it streams events.
+    since_epoch = datetime.fromisoformat(row["time"]) - _EPOCH
+    event.time.seconds = since_epoch.days * 86_400 + since_epoch.seconds
+    event.time.nanos = since_epoch.microseconds * 1_000
     event.data.ParseFromString(row["data"])
     return event
 

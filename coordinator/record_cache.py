@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 from coordinator.records import TERMINAL, UNFINISHED, Change, SagaRecord, Transition, apply
 
-DEFAULT_SIZE = 10_000
+DEFAULT_SIZE = 4_096
 
 
 class RecordCache:

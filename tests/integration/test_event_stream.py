@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -61,6 +62,7 @@ async def test_rolled_back_change_emits_no_event_and_committed_one_does(tmp_path
 
 async def test_subscribe_streams_backlog_then_live_events_in_order(cluster: Cluster) -> None:
     order = cluster.participant("order")
+    started = datetime.now(UTC)
     first = [create_order_request() for _ in range(3)]
     for request in first:
         await order.Execute(request)
@@ -83,6 +85,10 @@ async def test_subscribe_streams_backlog_then_live_events_in_order(cluster: Clus
     assert all(e.type == saga_events.ORDER_CREATED and e.source == "order" for e in seen)
     sequences = [e.sequence for e in seen]
     assert sequences == sorted(sequences) and len(set(sequences)) == 5
+    # Each event's time is when it was committed, to the microsecond, in UTC.
+    times = [e.time.ToDatetime(tzinfo=UTC) for e in seen]
+    assert started <= times[0] and times == sorted(times) and times[-1] <= datetime.now(UTC)
+    assert all(e.time.nanos % 1_000 == 0 for e in seen) and any(e.time.nanos for e in seen)
     payload = events_pb2.OrderSagaEvent()
     assert seen[0].data.Unpack(payload)
     assert payload.data.total.amount_minor > 0
