@@ -28,6 +28,7 @@ from common.store import utc_now
 from common.telemetry import saga_metrics
 from coordinator.definitions import Definitions
 from coordinator.payloads import pack
+from coordinator.plan import first_intents
 from coordinator.records import (
     SETTLED,
     UNFINISHED,
@@ -38,7 +39,7 @@ from coordinator.records import (
     SagaRecord,
     SagaStatus,
 )
-from coordinator.runner import SagaRunner, first_intents
+from coordinator.runner import SagaRunner
 from coordinator.saga_telemetry import RunCause
 from coordinator.store import SagaLog
 

@@ -22,6 +22,12 @@ The same code resumes a saga after a crash: steps already succeeded are
 skipped, in-flight ones are re-sent with the same key (saga id + step), which
 the participants' barrier turns into a replay.
 
+Fewer, larger writes, each still before the action it allows: a step's intent
+is written together with the result that lets it start (the first steps' with
+the saga itself; coordinator/plan.py says which), and an orchestrated step's
+result, unless it is the pivot's, may wait for the saga's next write. A happy
+``place_order`` takes five writes.
+
 Telemetry (coordinator/saga_telemetry.py): :meth:`SagaRunner.run` opens the saga
 span and records the saga's end; :meth:`_SagaRun.attempt`, the one place where a
 step attempt or compensation attempt starts and ends, opens a child span per
@@ -56,6 +62,14 @@ from coordinator.outcomes import (
     needs_compensation,
 )
 from coordinator.payloads import step_request
+from coordinator.plan import (
+    all_succeeded,
+    descendants,
+    failure_of,
+    intent,
+    logged_open,
+    unblocked_by,
+)
 from coordinator.records import (
     AttemptChange,
     Change,
@@ -74,24 +88,6 @@ from coordinator.store import SagaLog, StatusConflict
 from protos.sagawire.v1 import participant_pb2
 
 log = logging.getLogger(__name__)
-
-
-def intent(step: Step, phase: Phase, number: int, at: datetime) -> Change:
-    """The change that logs an attempt of ``step`` before it is made."""
-    execute = phase is Phase.EXECUTE
-    return Change(
-        kind=Kind.STEP_STARTED if execute else Kind.COMPENSATION_STARTED,
-        at=at,
-        step=step.name,
-        attempt=AttemptChange(phase, number),
-        step_status=StepStatus.RUNNING if execute else StepStatus.COMPENSATING,
-    )
-
-
-def first_intents(definition: SagaDefinition, at: datetime) -> tuple[Change, ...]:
-    """The intents of a new saga's first attempts, to be logged with the saga itself
-    (:meth:`SagaLog.create`): the run then finds them logged and does not log them again."""
-    return tuple(intent(s, Phase.EXECUTE, 1, at) for s in definition.first_steps)
 
 
 class SagaRunner:
@@ -230,7 +226,7 @@ class _SagaRun:
         effect anywhere). The observer (coordinator/observer.py) follows the rest.
         """
         roots = tuple(s for s in self.definition.steps if not s.after)
-        if self._all_succeeded(roots):
+        if all_succeeded(self.record, roots):
             return None
         remaining = (self.record.deadline - self.runner.clock()).total_seconds()
         try:
@@ -269,20 +265,17 @@ class _SagaRun:
 
     # -- forward -----------------------------------------------------------------------
 
-    def _all_succeeded(self, steps: Sequence[Step]) -> bool:
-        return all(self.record.step(s.name).status is StepStatus.SUCCEEDED for s in steps)
-
     async def forward(self) -> Failure | None:
         """Run the steps; a Failure means the saga must compensate."""
         compensable = self.definition.compensable
-        if not self._all_succeeded(compensable):
+        if not all_succeeded(self.record, compensable):
             remaining = (self.record.deadline - self.runner.clock()).total_seconds()
             failure: Failure | None = None
             try:
                 async with asyncio.timeout(max(remaining, 0.0)):
                     failure = await self.run_steps(compensable, forward_only=False)
             except TimeoutError:
-                if not self._all_succeeded(compensable):
+                if not all_succeeded(self.record, compensable):
                     failure = Failure(
                         step="",
                         code="DEADLINE_EXCEEDED",
@@ -341,16 +334,9 @@ class _SagaRun:
             await done[dependency].wait()
         current = self.record.step(step.name)
         if current.status in (StepStatus.REJECTED, StepStatus.FAILED) and not forward_only:
-            raise StepFailed(self._failure_of(step.name))  # decided before a restart
+            raise StepFailed(failure_of(self.record, step.name))  # decided before a restart
         await self.execute(step, forward_only)
         done[step.name].set()
-
-    def _failure_of(self, step: str) -> Failure:
-        for attempt in reversed(self.record.step(step).attempts_of(Phase.EXECUTE)):
-            if attempt.error is not None:
-                e = attempt.error
-                return Failure(step, e.code, e.reason, e.message)
-        return Failure(step, "UNKNOWN", "", "outcome unknown")
 
     async def execute(self, step: Step, forward_only: bool) -> None:
         attempts = self.record.step(step.name).attempts_of(Phase.EXECUTE)
@@ -409,7 +395,7 @@ class _SagaRun:
         execute = phase is Phase.EXECUTE
         prefix = "" if execute else "compensate_"
         with self.telemetry.attempt(step, phase, number) as traced:
-            if not self._logged_open(step, phase, number):
+            if not logged_open(self.record, step.name, phase, number):
                 await self.change(intent(step, phase, number, self.runner.clock()))
             self.runner.crash(f"after_{prefix}intent", step.name)
             slot: AttemptSlot[participant_pb2.StepReply] = AttemptSlot()
@@ -457,44 +443,12 @@ class _SagaRun:
             await self.change(change, defer=True)
             # The steps this result lets start are logged with it, in the same commit:
             # they start as soon as this attempt ends.
-            unblocked = self._unblocked_by(step) if execute else ()
+            unblocked = unblocked_by(self.definition, self.record, step) if execute else ()
             for ready in unblocked:
                 number = len(self.record.step(ready.name).attempts_of(Phase.EXECUTE)) + 1
                 await self.change(intent(ready, Phase.EXECUTE, number, self.runner.clock()), True)
             if unblocked or not defer:
                 await self.flush()
-
-    def _unblocked_by(self, finished: Step) -> tuple[Step, ...]:
-        """The steps of an orchestrated saga that start once ``finished`` succeeded."""
-        if (
-            self.record.mode != SagaMode.ORCHESTRATION.value
-            or self.record.direction is not Direction.FORWARD
-        ):
-            return ()
-        succeeded = {s.name for s in self.record.steps if s.status is StepStatus.SUCCEEDED}
-        compensable = self.definition.compensable
-        if finished.name not in self.definition.forward_only and succeeded.issuperset(
-            s.name for s in compensable
-        ):
-            # The compensable phase is over: the forward-only phase starts.
-            candidates, waiting = self.definition.forward, False
-        elif finished.name in self.definition.forward_only:
-            candidates, waiting = self.definition.forward, True
-        else:
-            candidates, waiting = compensable, True
-        return tuple(
-            s
-            for s in candidates
-            if (finished.name in s.after or not waiting)
-            and self.record.step(s.name).status is StepStatus.PENDING
-            and succeeded.issuperset(s.after)
-        )
-
-    def _logged_open(self, step: Step, phase: Phase, number: int) -> bool:
-        return any(
-            a.phase is phase and a.number == number and a.outcome is None
-            for a in self.record.step(step.name).attempts
-        )
 
     # -- backward ----------------------------------------------------------------------
 
@@ -508,7 +462,7 @@ class _SagaRun:
         results: dict[str, asyncio.Future[bool]] = {s.name: loop.create_future() for s in undo}
         async with asyncio.TaskGroup() as group:
             for step in undo:
-                later = [n for n in self._descendants(step.name) if n in names]
+                later = [n for n in descendants(self.definition, step.name) if n in names]
                 group.create_task(self.compensate_after(step, later, results))
         stuck = sorted(name for name, ok in results.items() if not ok.result())
         now = self.runner.clock()
@@ -525,16 +479,6 @@ class _SagaRun:
             await self.change(
                 Change(kind=Kind.SAGA_COMPENSATED, at=now, saga_status=SagaStatus.COMPENSATED)
             )
-
-    def _descendants(self, name: str) -> set[str]:
-        found: set[str] = set()
-        stack = list(self.definition.dependents.get(name, ()))
-        while stack:
-            step = stack.pop()
-            if step not in found:
-                found.add(step)
-                stack.extend(self.definition.dependents.get(step, ()))
-        return found
 
     async def compensate_after(
         self, step: Step, later: Sequence[str], results: dict[str, asyncio.Future[bool]]

@@ -1,0 +1,101 @@
+"""What a saga does next, read off its definition and its record: pure functions.
+
+The runner (coordinator/runner.py) asks these which steps start once one has
+succeeded, which intents to log with them, and what ran after a step (so it is
+undone first). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from coordinator.definitions import SagaDefinition, SagaMode, Step
+from coordinator.records import (
+    AttemptChange,
+    Change,
+    Direction,
+    Failure,
+    Kind,
+    Phase,
+    SagaRecord,
+    StepStatus,
+)
+
+
+def intent(step: Step, phase: Phase, number: int, at: datetime) -> Change:
+    """The change that logs an attempt of ``step`` before it is made."""
+    execute = phase is Phase.EXECUTE
+    return Change(
+        kind=Kind.STEP_STARTED if execute else Kind.COMPENSATION_STARTED,
+        at=at,
+        step=step.name,
+        attempt=AttemptChange(phase, number),
+        step_status=StepStatus.RUNNING if execute else StepStatus.COMPENSATING,
+    )
+
+
+def first_intents(definition: SagaDefinition, at: datetime) -> tuple[Change, ...]:
+    """The intents of a new saga's first attempts, to be logged with the saga itself
+    (:meth:`SagaLog.create`): the run then finds them logged and does not log them again."""
+    return tuple(intent(s, Phase.EXECUTE, 1, at) for s in definition.first_steps)
+
+
+def logged_open(record: SagaRecord, step: str, phase: Phase, number: int) -> bool:
+    """Whether that attempt was logged and has not ended (its intent is written)."""
+    return any(
+        a.phase is phase and a.number == number and a.outcome is None
+        for a in record.step(step).attempts
+    )
+
+
+def all_succeeded(record: SagaRecord, steps: Sequence[Step]) -> bool:
+    return all(record.step(s.name).status is StepStatus.SUCCEEDED for s in steps)
+
+
+def unblocked_by(
+    definition: SagaDefinition, record: SagaRecord, finished: Step
+) -> tuple[Step, ...]:
+    """The steps of an orchestrated saga that start at once now that ``finished``
+    succeeded (``record`` says so): its dependents whose other dependencies succeeded
+    too, or the first forward-only steps when the compensable phase is over."""
+    if record.mode != SagaMode.ORCHESTRATION.value or record.direction is not Direction.FORWARD:
+        return ()
+    succeeded = {s.name for s in record.steps if s.status is StepStatus.SUCCEEDED}
+    compensable = definition.compensable
+    if finished.name not in definition.forward_only and succeeded.issuperset(
+        s.name for s in compensable
+    ):
+        candidates, waiting = definition.forward, False  # the forward-only phase starts
+    elif finished.name in definition.forward_only:
+        candidates, waiting = definition.forward, True
+    else:
+        candidates, waiting = compensable, True
+    return tuple(
+        s
+        for s in candidates
+        if (finished.name in s.after or not waiting)
+        and record.step(s.name).status is StepStatus.PENDING
+        and succeeded.issuperset(s.after)
+    )
+
+
+def failure_of(record: SagaRecord, step: str) -> Failure:
+    """Why a step failed, from its last attempt with an error."""
+    for attempt in reversed(record.step(step).attempts_of(Phase.EXECUTE)):
+        if attempt.error is not None:
+            e = attempt.error
+            return Failure(step, e.code, e.reason, e.message)
+    return Failure(step, "UNKNOWN", "", "outcome unknown")
+
+
+def descendants(definition: SagaDefinition, name: str) -> set[str]:
+    """Every step that runs after ``name``, directly or not."""
+    found: set[str] = set()
+    stack = list(definition.dependents.get(name, ()))
+    while stack:
+        step = stack.pop()
+        if step not in found:
+            found.add(step)
+            stack.extend(definition.dependents.get(step, ()))
+    return found

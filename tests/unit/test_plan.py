@@ -1,0 +1,110 @@
+"""coordinator.plan: which steps of place_order start once another succeeded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from coordinator.definitions import SagaMode, load_definitions
+from coordinator.plan import first_intents, intent, logged_open, unblocked_by
+from coordinator.records import (
+    AttemptChange,
+    Change,
+    Direction,
+    Kind,
+    NewSaga,
+    Outcome,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepStatus,
+    apply,
+    new_record,
+)
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ORCHESTRATED = load_definitions().sagas["place_order"]
+CHOREOGRAPHED = load_definitions(mode="choreography").sagas["place_order"]
+
+
+def fresh(mode: SagaMode = SagaMode.ORCHESTRATION) -> SagaRecord:
+    new = NewSaga(
+        "s-1",
+        "place_order",
+        mode.value,
+        b"",
+        tuple(s.name for s in ORCHESTRATED.steps),
+        T0,
+        T0 + timedelta(seconds=30),
+    )
+    return new_record(new)
+
+
+def succeed(record: SagaRecord, *steps: str) -> SagaRecord:
+    for name in steps:
+        record, _ = apply(record, intent(ORCHESTRATED.step(name), Phase.EXECUTE, 1, T0))
+        done = Change(
+            Kind.STEP_SUCCEEDED,
+            T0,
+            name,
+            AttemptChange(Phase.EXECUTE, 1, Outcome.OK),
+            step_status=StepStatus.SUCCEEDED,
+        )
+        record, _ = apply(record, done)
+    return record
+
+
+def started(record: SagaRecord, *steps: str) -> SagaRecord:
+    for name in steps:
+        record, _ = apply(record, intent(ORCHESTRATED.step(name), Phase.EXECUTE, 1, T0))
+    return record
+
+
+def names(record: SagaRecord, finished: str) -> list[str]:
+    return [s.name for s in unblocked_by(ORCHESTRATED, record, ORCHESTRATED.step(finished))]
+
+
+def test_a_new_saga_starts_with_its_root_steps_intents() -> None:
+    assert [c.step for c in first_intents(ORCHESTRATED, T0)] == ["create_order"]
+    assert [c.step for c in first_intents(CHOREOGRAPHED, T0)] == ["create_order"]
+    record, _ = apply(fresh(), first_intents(ORCHESTRATED, T0)[0])
+    assert logged_open(record, "create_order", Phase.EXECUTE, 1)
+    assert not logged_open(record, "create_order", Phase.EXECUTE, 2)
+    assert not logged_open(record, "reserve_stock", Phase.EXECUTE, 1)
+
+
+def test_each_result_unblocks_the_steps_that_wait_only_for_it() -> None:
+    record = succeed(fresh(), "create_order")
+    assert names(record, "create_order") == ["reserve_stock", "charge_payment"]
+    # The stock is reserved while the charge runs: nothing new can start yet.
+    record = succeed(started(record, "charge_payment"), "reserve_stock")
+    assert names(record, "reserve_stock") == []
+    record = succeed(record, "charge_payment")
+    assert names(record, "charge_payment") == ["schedule_shipment"]
+    # The pivot ends the compensable phase: the forward-only step starts.
+    record = succeed(record, "schedule_shipment")
+    assert names(record, "schedule_shipment") == ["approve_order"]
+    record = succeed(record, "approve_order")
+    assert names(record, "approve_order") == []
+
+
+def test_a_step_already_started_is_not_started_again() -> None:
+    record = succeed(started(fresh(), "reserve_stock"), "create_order")
+    assert names(record, "create_order") == ["charge_payment"]
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_nothing_starts_in_choreography_or_once_the_saga_turned_back(backwards: bool) -> None:
+    if backwards:
+        record = succeed(fresh(), "create_order")
+        turned = Change(
+            Kind.SAGA_COMPENSATING,
+            T0,
+            saga_status=SagaStatus.COMPENSATING,
+            direction=Direction.BACKWARD,
+        )
+        record, _ = apply(record, turned)
+    else:
+        record = succeed(fresh(SagaMode.CHOREOGRAPHY), "create_order")
+    assert names(record, "create_order") == []
