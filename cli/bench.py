@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -214,6 +215,7 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
     """Start (or reach) the stack, run every mode, return the rows."""
     result = BenchResult()
     with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(_stopped_by_signals())
         data_dir = config.data_dir
         if data_dir is None and config.target is None:
             data_dir = Path(
@@ -229,6 +231,24 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
                     await _run_mode(stack, mode, config, bar, result)
     add_ratios(result.rows)
     return result
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the bench as Ctrl-C does: the run is cancelled and its
+    own stack stopped on the way out (its children are in their own process group, so
+    no signal sent to the bench reaches them)."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    for sig in signals:
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def _csv(value: str, what: str) -> list[str]:
@@ -341,6 +361,9 @@ def bench(
     except BenchError as error:
         console.print(f"[bold red]bench failed:[/] {error}")
         raise typer.Exit(2) from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("[yellow]bench stopped; its stack was stopped[/]")
+        raise typer.Exit(130) from None
     print_report(console, result.rows)
     for row in result.rows:
         if row.kind == "soak":

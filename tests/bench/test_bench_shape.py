@@ -3,12 +3,16 @@ expected. Never the speed — the machine running the tests is shared."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from cli.bench_report import RunRow
@@ -76,3 +80,31 @@ def test_short_run_prints_the_table_and_writes_json_and_plot(tmp_path: Path) -> 
         assert mode in run.stdout
     assert "sagas/s" in run.stdout and "p99 ms" in run.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_bench_stops_its_own_stack(tmp_path: Path, sig: signal.Signals) -> None:
+    args = [str(SAGAWIRE), "bench", "--mode", "orchestration", "--concurrency", "1"]
+    args += ["--duration", "60", "--no-progress", "--data", str(tmp_path / "data")]
+    bench = psutil.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children: list[psutil.Process] = []
+    try:
+
+        def stack() -> list[psutil.Process]:
+            return [c for c in bench.children(recursive=True) if "-m" in c.cmdline()]
+
+        deadline = time.monotonic() + 40
+        while len(children := stack()) < 5:  # four services and the coordinator
+            assert bench.poll() is None and time.monotonic() < deadline, "stack never started"
+            time.sleep(0.2)
+        bench.send_signal(sig)
+        output, _ = bench.communicate(timeout=30)
+        assert bench.returncode == 130, output
+        assert "its stack was stopped" in output
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"still running: {alive}"
+    finally:
+        for process in [bench, *children]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
