@@ -305,7 +305,10 @@ def bench(
         bool, typer.Option("--verify/--no-verify", help="Check the services' records after.")
     ] = True,
     traces: Annotated[
-        bool, typer.Option("--traces/--no-traces", help="Own stack: export spans (as shipped).")
+        bool,
+        typer.Option(
+            "--traces/--no-traces", help="Own stack: trace (as shipped), or make no spans at all."
+        ),
     ] = True,
     data: Annotated[
         Path | None, typer.Option(help="Own stack: keep its stores here (default: a temp dir).")

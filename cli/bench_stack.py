@@ -236,7 +236,14 @@ class BenchStack:
 
 
 def child_env(traces: bool) -> dict[str, str]:
-    """Extra environment for the bench's own stack: tracing on (as shipped) or off."""
+    """Extra environment for the bench's own stack: tracing on (as shipped) or off.
+
+    Off means no spans at all (OTEL_SDK_DISABLED), not spans made and dropped: the
+    figure then shows the whole cost of tracing."""
     if traces:
         return {}
-    return {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    return {
+        "OTEL_SDK_DISABLED": "true",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
