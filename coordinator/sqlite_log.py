@@ -3,6 +3,8 @@
 Tables: ``sagas`` (one row each, the current state), ``steps``, ``attempts``
 (projections updated in the same transaction as the change) and
 ``transitions``, the append-only history. Times are ISO-8601 UTC strings.
+Running sagas once read are served from :class:`coordinator.record_cache.RecordCache`,
+kept in step with the writes made here; every write still goes to the file.
 """
 
 from __future__ import annotations
