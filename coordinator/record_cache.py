@@ -4,7 +4,8 @@ The observer reads a choreographed saga each time its events arrive, and
 ``GetSaga``/``WatchSaga`` read sagas while they run. A read served from memory
 spares a SQLite read on a thread for each of them. A saga is cached only once it
 was read (an orchestrated saga's run keeps its own record and never reads it), and
-leaves when it ends or when the cache is full (least recently used first).
+leaves once it no longer runs (ended, needing attention or stalled) or when the
+cache is full (least recently used first).
 
 The cache can only be right or absent: a write is applied to a cached record only
 if that record is the version the write follows (by sequence number); otherwise
@@ -17,7 +18,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from coordinator.records import TERMINAL, UNFINISHED, Change, SagaRecord, Transition, apply
+from coordinator.records import UNFINISHED, Change, SagaRecord, Transition, apply
 
 DEFAULT_SIZE = 4_096
 
@@ -83,7 +84,7 @@ class RecordCache:
             return
         for change in changes:
             record, _ = apply(record, change)
-        if record.last_seq != transitions[-1].seq or record.status in TERMINAL:
-            del self._records[saga_id]
+        if record.last_seq != transitions[-1].seq or record.status not in UNFINISHED:
+            del self._records[saga_id]  # a mismatch, or the saga ended: as _keep decides
         else:
             self._records[saga_id] = record
