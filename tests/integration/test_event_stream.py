@@ -38,6 +38,21 @@ async def collect(
             return
 
 
+async def place_and_wait_approved(
+    cluster: Cluster, request: participant_pb2.StepRequest, waiting_for: str
+) -> None:
+    """Start a choreographed order with ``request`` and wait until the services approve it."""
+    await cluster.participant("order").Execute(request)
+    data = order_saga_pb2.OrderSagaData()
+    request.payload.Unpack(data)
+
+    async def approved() -> bool:
+        found = await cluster.order.GetOrder(order_pb2.GetOrderRequest(order_id=data.order_id))
+        return found.status == order_pb2.ORDER_STATUS_APPROVED
+
+    await wait_until(approved, message=waiting_for)
+
+
 async def test_rolled_back_change_emits_no_event_and_committed_one_does(tmp_path: Path) -> None:
     db = Database(tmp_path / "atomic.db", schema=outbox.SCHEMA)
     await db.open()
@@ -106,15 +121,7 @@ async def test_subscribe_rejects_a_negative_sequence(cluster: Cluster) -> None:
 
 async def test_choreographed_order_flows_through_all_four_services(cluster: Cluster) -> None:
     request = create_order_request(sku="SKU-BOOK", quantity=2)
-    await cluster.participant("order").Execute(request)
-    data = order_saga_pb2.OrderSagaData()
-    request.payload.Unpack(data)
-
-    async def approved() -> bool:
-        found = await cluster.order.GetOrder(order_pb2.GetOrderRequest(order_id=data.order_id))
-        return found.status == order_pb2.ORDER_STATUS_APPROVED
-
-    await wait_until(approved, message="the order to be approved")
+    await place_and_wait_approved(cluster, request, "the order to be approved")
     shipping_events = await read_events(cluster.address("shipping"), 1)
     assert shipping_events[0].type == saga_events.SHIPMENT_SCHEDULED
     assert shipping_events[0].subject == request.saga_id
@@ -220,15 +227,9 @@ async def test_a_reaction_that_fails_transiently_is_retried_until_it_succeeds(
     await payment.SetFaults(admin_pb2.FaultPlan(actions=[fault]))
     before = (await payment.GetCallCounts(admin_pb2.GetCallCountsRequest())).calls["charge"]
     request = create_order_request(sku="SKU-BOOK", quantity=1)
-    await cluster.participant("order").Execute(request)
-    data = order_saga_pb2.OrderSagaData()
-    request.payload.Unpack(data)
-
-    async def approved() -> bool:
-        found = await cluster.order.GetOrder(order_pb2.GetOrderRequest(order_id=data.order_id))
-        return found.status == order_pb2.ORDER_STATUS_APPROVED
-
-    await wait_until(approved, message="the order to be approved despite two failed charges")
+    await place_and_wait_approved(
+        cluster, request, "the order to be approved despite two failed charges"
+    )
     after = (await payment.GetCallCounts(admin_pb2.GetCallCountsRequest())).calls["charge"]
     assert after - before == 3  # two injected failures, then the charge
     stub = events_pb2_grpc.EventStreamStub(cluster.channel("payment"))
