@@ -28,7 +28,7 @@ from common.store import utc_now
 from common.telemetry import saga_metrics
 from coordinator.definitions import Definitions
 from coordinator.payloads import pack
-from coordinator.plan import first_intents
+from coordinator.plan import carried_by_services, first_intents
 from coordinator.records import (
     SETTLED,
     UNFINISHED,
@@ -119,10 +119,13 @@ class SagaEngine:
             self._spawn(record, RunCause.STARTED, otel_context.get_current())
         return record, created
 
-    async def resume(self, saga_id: str) -> bool:
-        """Drive an unfinished saga found in the log (recovery). False if nothing to do."""
-        record = await self.log.load(saga_id)
-        if record is None or record.status not in UNFINISHED:
+    def resume(self, record: SagaRecord) -> bool:
+        """Drive an unfinished saga found in the log (recovery). False if nothing to do:
+        it is settled, or the services carry it on and the observer follows it."""
+        if record.status not in UNFINISHED:
+            return False
+        definition = self.definitions.get(record.definition)
+        if definition is not None and carried_by_services(definition, record):
             return False
         self._spawn(record, RunCause.RECOVERED)
         return True

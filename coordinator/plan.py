@@ -53,6 +53,24 @@ def all_succeeded(record: SagaRecord, steps: Sequence[Step]) -> bool:
     return all(record.step(s.name).status is StepStatus.SUCCEEDED for s in steps)
 
 
+def roots(definition: SagaDefinition) -> tuple[Step, ...]:
+    """The steps that wait for no other step, whatever the mode."""
+    return tuple(s for s in definition.steps if not s.after)
+
+
+def carried_by_services(definition: SagaDefinition, record: SagaRecord) -> bool:
+    """Whether a saga is a choreographed one the services carry on by themselves: its
+    first steps succeeded and it has not turned back. The coordinator has nothing left
+    to call; the observer records the rest as the services' events arrive."""
+    # The saga's own mode, as logged: a coordinator restarted in the other mode
+    # still finishes the sagas it started.
+    return (
+        record.mode == SagaMode.CHOREOGRAPHY.value
+        and record.direction is Direction.FORWARD
+        and all_succeeded(record, roots(definition))
+    )
+
+
 def unblocked_by(
     definition: SagaDefinition, record: SagaRecord, finished: Step
 ) -> tuple[Step, ...]:

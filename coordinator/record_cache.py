@@ -32,6 +32,7 @@ class RecordCache:
         self._reads: Counter[str] = Counter()
         self._written_at: dict[str, int] = {}
         self._clock = 0
+        self._writes = 0  # every write, for reads of many sagas at once
 
     def __len__(self) -> int:
         return len(self._records)
@@ -61,6 +62,19 @@ class RecordCache:
                 del self._reads[saga_id]
                 self._written_at.pop(saga_id, None)
 
+    @contextmanager
+    def reading_many(self) -> Iterator[Callable[[Sequence[SagaRecord]], None]]:
+        """Around a read of many sagas: what it yields keeps the records read only if
+        no saga at all was written meanwhile (recovery reads before anything writes)."""
+        started = self._writes
+
+        def keep(records: Sequence[SagaRecord]) -> None:
+            if self._writes == started:
+                for record in records:
+                    self._keep(record)
+
+        yield keep
+
     def _keep(self, record: SagaRecord) -> None:
         if record.status not in UNFINISHED:
             return
@@ -73,6 +87,7 @@ class RecordCache:
         self, saga_id: str, changes: Sequence[Change], transitions: Sequence[Transition]
     ) -> None:
         """Apply changes just written, which appended ``transitions``."""
+        self._writes += 1
         if saga_id in self._reads:
             self._clock += 1
             self._written_at[saga_id] = self._clock

@@ -4,7 +4,8 @@ Each saga continues from its logged state, forwards or backwards, and steps
 that were in flight are sent again with the same idempotency key (saga id +
 step): the participants' barrier turns a duplicate into a replay, and a late
 execute after its compensation into a refusal. Sagas that need attention stay
-as they are until ``RetrySaga``.
+as they are until ``RetrySaga``. A choreographed saga past its first step is not
+resumed: the services carry it on, and the observer records the events it missed.
 """
 
 from __future__ import annotations
@@ -20,11 +21,8 @@ log = logging.getLogger(__name__)
 
 async def recover(saga_log: SagaLog, engine: SagaEngine, crash: CrashHook = NO_CRASH) -> int:
     """Resume the unfinished sagas (in the background); returns how many."""
-    unfinished = await saga_log.unfinished()
+    unfinished = await saga_log.load_unfinished()
     if unfinished:
         log.info("recovering sagas count=%d", len(unfinished))
     crash("recovery")
-    resumed = 0
-    for saga_id in unfinished:
-        resumed += await engine.resume(saga_id)
-    return resumed
+    return sum(engine.resume(record) for record in unfinished)

@@ -64,10 +64,12 @@ from coordinator.outcomes import (
 from coordinator.payloads import step_request
 from coordinator.plan import (
     all_succeeded,
+    carried_by_services,
     descendants,
     failure_of,
     intent,
     logged_open,
+    roots,
     unblocked_by,
 )
 from coordinator.records import (
@@ -225,13 +227,12 @@ class _SagaRun:
         must not be compensated from here. A refusal ends the saga (nothing took
         effect anywhere). The observer (coordinator/observer.py) follows the rest.
         """
-        roots = tuple(s for s in self.definition.steps if not s.after)
-        if all_succeeded(self.record, roots):
+        if carried_by_services(self.definition, self.record):
             return None
         remaining = (self.record.deadline - self.runner.clock()).total_seconds()
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
-                failure = await self.run_steps(roots, forward_only=True)
+                failure = await self.run_steps(roots(self.definition), forward_only=True)
         except TimeoutError:
             log.warning(
                 "choreography not started before the deadline saga_id=%s", self.record.saga_id

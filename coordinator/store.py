@@ -139,6 +139,12 @@ class SagaLog(ABC):
     async def unfinished(self) -> list[str]:
         """Ids of the sagas still running or compensating, oldest first."""
 
+    async def load_unfinished(self) -> list[SagaRecord]:
+        """The sagas still running or compensating, oldest first, each with every step
+        and attempt (what recovery resumes). Adapters read them all at once."""
+        found = [await self.load(saga_id) for saga_id in await self.unfinished()]
+        return [record for record in found if record is not None]
+
     @contextmanager
     def listen(self, saga_id: str) -> Iterator[Listener]:
         """Be told whenever the saga changes (after the change is durable).

@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from coordinator.definitions import SagaMode, load_definitions
-from coordinator.plan import first_intents, intent, logged_open, unblocked_by
+from coordinator.plan import (
+    carried_by_services,
+    first_intents,
+    intent,
+    logged_open,
+    unblocked_by,
+)
 from coordinator.records import (
     AttemptChange,
     Change,
@@ -108,3 +114,21 @@ def test_nothing_starts_in_choreography_or_once_the_saga_turned_back(backwards: 
     else:
         record = succeed(fresh(SagaMode.CHOREOGRAPHY), "create_order")
     assert names(record, "create_order") == []
+
+
+def test_only_a_choreographed_saga_past_its_first_step_is_left_to_the_services() -> None:
+    choreographed = fresh(SagaMode.CHOREOGRAPHY)
+    assert not carried_by_services(CHOREOGRAPHED, choreographed)
+    assert not carried_by_services(CHOREOGRAPHED, started(choreographed, "create_order"))
+    assert carried_by_services(CHOREOGRAPHED, succeed(choreographed, "create_order"))
+    # The saga's logged mode decides, not the mode the coordinator runs in now.
+    assert carried_by_services(ORCHESTRATED, succeed(choreographed, "create_order"))
+    assert not carried_by_services(CHOREOGRAPHED, succeed(fresh(), "create_order"))
+    turned = Change(
+        Kind.SAGA_COMPENSATING,
+        T0,
+        saga_status=SagaStatus.COMPENSATING,
+        direction=Direction.BACKWARD,
+    )
+    backward, _ = apply(succeed(choreographed, "create_order"), turned)
+    assert not carried_by_services(CHOREOGRAPHED, backward)

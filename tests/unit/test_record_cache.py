@@ -72,3 +72,18 @@ def test_ended_sagas_leave_and_the_cache_stays_bounded() -> None:
     with cache.reading(ended.saga_id) as keep:
         keep(ended)
     assert cache.get(ended.saga_id) is None
+
+
+def test_a_read_of_many_is_kept_only_if_nothing_was_written_meanwhile() -> None:
+    cache = RecordCache()
+    records = [new_record(new_saga()) for _ in range(3)]
+    other = new_record(new_saga())
+    change = script(T0)[0]
+    _, transition = apply(other, change)
+    with cache.reading_many() as keep:
+        cache.written(other.saga_id, [change], [transition])  # any saga, while reading
+        keep(records)
+    assert all(cache.get(r.saga_id) is None for r in records)
+    with cache.reading_many() as keep:
+        keep(records)
+    assert [cache.get(r.saga_id) for r in records] == records

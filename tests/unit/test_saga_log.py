@@ -220,6 +220,24 @@ async def test_listing_is_newest_first_paged_and_filtered(saga_log: SagaLog) -> 
     assert await saga_log.unfinished() == [ids[0], ids[2], ids[3], ids[4]]
 
 
+async def test_load_unfinished_reads_every_running_saga_whole_oldest_first(
+    saga_log: SagaLog,
+) -> None:
+    changes = script(T0)
+    expected: list[SagaRecord] = []
+    for i, upto in enumerate([4, 0, 8, len(changes)]):  # the last one ends compensated
+        record, _ = await saga_log.create(new_saga(at=T0 + timedelta(seconds=i)))
+        for change in changes[:upto]:
+            record, _ = apply(record, change)
+            await saga_log.append(record.saga_id, change)
+        if record.status is not SagaStatus.COMPENSATED:
+            expected.append(record)
+    loaded = await saga_log.load_unfinished()
+    assert loaded == expected
+    assert [r.step("create_order").result for r in loaded] == [b"result", b"", b"result"]
+    assert [len(r.step("charge_payment").attempts) for r in loaded] == [0, 0, 1]
+
+
 async def test_listeners_hear_each_change_with_its_status(saga_log: SagaLog) -> None:
     record, _ = await saga_log.create(new_saga())
     with saga_log.listen(record.saga_id) as listener:
