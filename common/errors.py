@@ -98,11 +98,16 @@ STATUS_CODES: tuple[tuple[type[SagawireError], grpc.StatusCode], ...] = (
 )
 
 # Codes a caller may retry with the same idempotency key; nothing else is retried.
+# CANCELLED reaches a caller that did not cancel when the server is shutting down:
+# gRPC reports a call that had arrived but not reached a handler that way
+# (grpc/grpc#41785), and the call never ran; one that did ran in one transaction
+# behind its barrier, so a retry replays it.
 TRANSIENT_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
     }
 )
 

@@ -50,6 +50,7 @@ def test_only_transient_codes_are_retryable() -> None:
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,  # by a server shutting down, not by the caller
     } == errors.TRANSIENT_CODES
     for error_class, code in errors.STATUS_CODES:
         assert (code in errors.TRANSIENT_CODES) == issubclass(error_class, Transient)
@@ -126,3 +127,12 @@ def test_translate_rpc_errors_raises_the_matching_error() -> None:
         raise failed
     assert caught.value.reason == "UNKNOWN_CUSTOMER"
     assert caught.value.__cause__ is failed
+
+
+def test_a_call_cancelled_by_a_server_shutting_down_is_retried() -> None:
+    # What gRPC core reports for a call that reached a stopping server but no handler.
+    cancelled = grpc.aio.AioRpcError(
+        grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Cancelled"
+    )
+    error = errors.error_from_remote(errors.parse_rpc_error(cancelled))
+    assert isinstance(error, Transient) and error.code == grpc.StatusCode.CANCELLED
