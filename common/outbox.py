@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from common.event_tail import DEFAULT_SIZE, EventTail, TailEvent
 from common.store import Database, utc_now
 from protos.sagawire.v1 import events_pb2
 
@@ -44,6 +46,10 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _LAST_SEQUENCE = "SELECT COALESCE(MAX(sequence), 0) FROM outbox"
+_NEWEST_AFTER = "SELECT * FROM outbox WHERE sequence > ? ORDER BY sequence DESC LIMIT ?"
+# The shared tail is re-read after this long even without a notify: the same safety
+# net as a stream's idle re-check, for a commit whose notify was missed.
+_TAIL_MAX_AGE_SECONDS = 1.0
 
 
 def append(
@@ -104,12 +110,21 @@ def _to_event(source: str, row: sqlite3.Row) -> events_pb2.Event:
 
 
 class Outbox:
-    """Reads a service's committed events and wakes waiters when more commit."""
+    """Reads a service's committed events and wakes waiters when more commit.
 
-    def __init__(self, db: Database, source: str) -> None:
+    The newest events are kept decoded in memory (:class:`common.event_tail.EventTail`),
+    read from the file once per wave of commits however many streams want them.
+    """
+
+    def __init__(self, db: Database, source: str, tail_size: int = DEFAULT_SIZE) -> None:
         self._db = db
         self.source = source
         self._closed = False
+        self._tail: EventTail | None = None
+        self._tail_size = tail_size
+        self._tail_version = -1  # the notify count the tail is known fresh for
+        self._tail_loaded_at = 0.0
+        self._tail_loading: asyncio.Future[None] | None = None
         # Bumped on every notify; a reader notes it before reading so no commit is missed.
         self.version = 0
         # Notifies that named no saga mode (anything may have committed), and notifies per
@@ -193,6 +208,58 @@ class Outbox:
             return kept, scanned, complete
 
         return await self._db.read(query)
+
+    async def read_notified(
+        self,
+        from_sequence: int,
+        limit: int,
+        types: frozenset[str] = frozenset(),
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[list[events_pb2.Event], int, bool]:
+        """As :meth:`read_batch`, for streams: from the shared tail when it holds
+        ``from_sequence``, else from the file. It sees every commit notified before the
+        call, and any other within a second. The events may be shared with other
+        readers: copy one before changing it."""
+        tail = await self._fresh_tail()
+        if not tail.covers(from_sequence):
+            return await self.read_batch(from_sequence, limit, types, headers)
+        wanted = dict(headers or {})
+        mode = wanted.pop(MODE_HEADER, None)
+        return tail.read(from_sequence, limit, types, mode, wanted)
+
+    async def _fresh_tail(self) -> EventTail:
+        """The tail, holding every event committed before this call (one load at a time,
+        shared by every stream that asks meanwhile)."""
+        wanted = self.version
+        if time.monotonic() - self._tail_loaded_at > _TAIL_MAX_AGE_SECONDS:
+            self._tail_version = -1
+        while self._tail is None or self._tail_version < wanted:
+            if self._tail_loading is None:
+                self._tail_loading = asyncio.ensure_future(self._load_tail())
+            await asyncio.shield(self._tail_loading)
+        return self._tail
+
+    async def _load_tail(self) -> None:
+        try:
+            version = self.version  # noted first: every commit notified so far is read
+            tail = self._tail
+
+            def query(conn: sqlite3.Connection) -> tuple[int, list[TailEvent]]:
+                if tail is None:
+                    return int(conn.execute(_LAST_SEQUENCE).fetchone()[0]), []
+                rows = conn.execute(_NEWEST_AFTER, (tail.end, tail.size)).fetchall()
+                rows.reverse()
+                return 0, [TailEvent(_to_event(self.source, r), r["mode"]) for r in rows]
+
+            last, newest = await self._db.read(query)
+            if tail is None:
+                self._tail = EventTail(last, self._tail_size)
+            else:
+                tail.extend(newest, complete=len(newest) < tail.size)
+            self._tail_version = version
+            self._tail_loaded_at = time.monotonic()
+        finally:
+            self._tail_loading = None
 
     async def last_sequence(self) -> int:
         def query(conn: sqlite3.Connection) -> int:

@@ -48,7 +48,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         log.info("subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence)
         while not self._outbox.closed:
             seen = self._outbox.stamp(mode)
-            events, scanned, complete = await self._outbox.read_batch(
+            events, scanned, complete = await self._outbox.read_notified(
                 next_sequence, BATCH_SIZE, types, headers
             )
             if events:
