@@ -30,7 +30,7 @@ from coordinator.engine import SagaEngine
 from coordinator.observer import Observer
 from coordinator.recovery import recover
 from coordinator.runner import SagaRunner
-from coordinator.saga_telemetry import breaker_changed
+from coordinator.saga_telemetry import CarriedSpans, breaker_changed
 from coordinator.settings import CoordinatorSettings
 from coordinator.sqlite_log import SqliteSagaLog
 from coordinator.store import SagaLog
@@ -71,8 +71,15 @@ class CoordinatorApp:
             settings.data_dir / LOG_FILE, synchronous=settings.sqlite_synchronous
         )
         self.crash = CrashHook(settings.crash_at)
+        # Choreographed sagas' spans: the runner hands them over, the observer ends them.
+        carried = CarriedSpans()
         self.runner = SagaRunner(
-            self.log, self.definitions, self.participants, CallPolicy(self.breakers), self.crash
+            self.log,
+            self.definitions,
+            self.participants,
+            CallPolicy(self.breakers),
+            self.crash,
+            carried=carried,
         )
         self.engine = SagaEngine(
             self.log,
@@ -93,6 +100,7 @@ class CoordinatorApp:
                 synchronous=settings.sqlite_synchronous,
                 channel_options=server_options(settings),
                 stall_check_seconds=settings.stall_check_seconds,
+                carried=carried,
             )
             if choreographed
             else None

@@ -33,6 +33,7 @@ from common.telemetry import consumer_span, saga_metrics
 from coordinator.definitions import SagaMode
 from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
 from coordinator.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
+from coordinator.saga_telemetry import CarriedSpans
 from coordinator.store import SagaLog, StatusConflict
 from protos.sagawire.v1 import events_pb2
 from services.choreography import CHOREOGRAPHED_ONLY
@@ -81,8 +82,10 @@ class Observer:
         channel_options: Sequence[tuple[str, int]] = (),
         stall_check_seconds: float = 1.0,
         clock: Callable[[], datetime] = utc_now,
+        carried: CarriedSpans | None = None,
     ) -> None:
         self._log = saga_log
+        self._carried = carried if carried is not None else CarriedSpans()
         self._offsets = Database(data_dir / OFFSETS_FILE, inbox.SCHEMA, synchronous=synchronous)
         self._stall_check = stall_check_seconds
         self._clock = clock
@@ -117,6 +120,7 @@ class Observer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._offsets.close()
+        self._carried.end_all()  # exported as they are, not lost
 
     async def _next_sequence(self, producer: str) -> int:
         def query(conn: sqlite3.Connection) -> int:
@@ -179,6 +183,8 @@ class Observer:
                     continue
                 for change in batch:
                     _count_outcome(record.definition, change, record.created_at)
+                    if change.saga_status is not None:
+                        self._carried.settled(saga_id, change.saga_status)
                 return
 
     async def _flag_stalled(self) -> None:
@@ -202,3 +208,4 @@ class Observer:
                                 detail="no outcome observed within the saga's deadline",
                             ),
                         )
+                        self._carried.settled(saga_id, SagaStatus.STALLED)

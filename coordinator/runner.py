@@ -73,6 +73,7 @@ from coordinator.plan import (
     unblocked_by,
 )
 from coordinator.records import (
+    UNFINISHED,
     AttemptChange,
     Change,
     Direction,
@@ -85,7 +86,7 @@ from coordinator.records import (
     StepStatus,
     apply,
 )
-from coordinator.saga_telemetry import RunCause, SagaTelemetry
+from coordinator.saga_telemetry import CarriedSpans, RunCause, SagaTelemetry
 from coordinator.store import SagaLog, StatusConflict
 from protos.sagawire.v1 import participant_pb2
 
@@ -103,6 +104,7 @@ class SagaRunner:
         policy: CallPolicy,
         crash: CrashHook = NO_CRASH,
         clock: Callable[[], datetime] = utc_now,
+        carried: CarriedSpans | None = None,
     ) -> None:
         self.log = saga_log
         self.definitions = definitions
@@ -110,6 +112,8 @@ class SagaRunner:
         self.policy = policy
         self.crash = crash
         self.clock = clock
+        # Spans of choreographed sagas the services carry on, ended by the observer.
+        self.carried = carried
 
     async def run(
         self,
@@ -141,6 +145,12 @@ class SagaRunner:
                 )
             settled = await run.drive()
             telemetry.finished(settled, self.clock())
+            if (
+                self.carried is not None
+                and settled.status in UNFINISHED
+                and carried_by_services(definition, settled)
+            ):
+                telemetry.hand_over(self.carried)
         return settled
 
 
@@ -258,11 +268,17 @@ class _SagaRun:
         return None
 
     async def _settle_observed(self) -> None:
-        logged = await self.runner.log.load(self.record.saga_id)
+        """Settle the saga if the events observed so far end it; the run then ends with
+        the saga as logged (the observer's changes too)."""
+        saga_id = self.record.saga_id
+        logged = await self.runner.log.load(saga_id)
         settled = settlement(logged, self.runner.clock()) if logged is not None else None
         if settled is not None:
             with contextlib.suppress(StatusConflict):  # the observer settled it first
-                await self.runner.log.append(self.record.saga_id, settled)
+                await self.runner.log.append(saga_id, settled)
+            logged = await self.runner.log.load(saga_id)
+        if logged is not None:
+            self.record = logged
 
     # -- forward -----------------------------------------------------------------------
 

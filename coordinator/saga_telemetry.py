@@ -21,6 +21,11 @@ run, in this process or after a restart, names it as its parent without its id b
 logged. A later run carries a ``resumed`` event, and a ``RetrySaga`` run links to that
 call's span.
 
+A choreographed saga's run ends once its first step is done, but the saga does not:
+its span is handed to :class:`CarriedSpans` and ended by the observer when it records
+the saga's outcome (or that it stalled), so the span covers the whole saga, as an
+orchestrated one's does.
+
 Metrics (:class:`common.metrics.SagaMetrics`): a saga's end with its duration since it
 was created, every attempt with its duration and outcome, every retry, every breaker
 change. The tracer and the instruments are those of the active telemetry, looked up
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -90,10 +96,69 @@ def saga_span_context(record: SagaRecord) -> SpanContext | None:
     return found if found.is_valid else None
 
 
+def _mark_status(span: Span, status: SagaStatus) -> None:
+    """The saga's status on its span; ERROR unless it completed or still runs."""
+    span.set_attribute(SAGA_STATUS, status.value)
+    if status in (SagaStatus.COMPENSATED, SagaStatus.NEEDS_ATTENTION, SagaStatus.STALLED):
+        span.set_status(StatusCode.ERROR, status.value.replace("_", " "))
+
+
+def _end(span: Span, status: SagaStatus) -> None:
+    _mark_status(span, status)
+    span.end()
+
+
+# How the observer sees a choreographed saga end.
+_OBSERVED_ENDS = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.STALLED})
+
+
+class CarriedSpans:
+    """Saga spans of choreographed sagas the services carry on, until the observer
+    records how each ended. Bounded: past ``size`` the oldest is ended as it is."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._spans: dict[str, Span] = {}
+        # Sagas that settled before their span was handed over (the services were
+        # quicker than the run's last write): the span ends as soon as it comes.
+        self._early: OrderedDict[str, SagaStatus] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def keep(self, saga_id: str, span: Span) -> None:
+        early = self._early.pop(saga_id, None)
+        if early is not None:
+            _end(span, early)
+            return
+        self._spans[saga_id] = span
+        if len(self._spans) > self._size:
+            oldest = next(iter(self._spans))
+            self._spans.pop(oldest).end()
+
+    def settled(self, saga_id: str, status: SagaStatus) -> None:
+        """The observer recorded ``status``: end the saga's span if it has settled."""
+        if status not in _OBSERVED_ENDS:
+            return
+        span = self._spans.pop(saga_id, None)
+        if span is not None:
+            _end(span, status)
+            return
+        self._early[saga_id] = status
+        if len(self._early) > self._size:
+            self._early.popitem(last=False)
+
+    def end_all(self) -> None:
+        """At shutdown: end every span still open, as it is (so it is exported)."""
+        spans, self._spans = self._spans, {}
+        for span in spans.values():
+            span.end()
+
+
 class SagaTelemetry:
     """The span and the metrics of one saga run (see the module docstring)."""
 
-    __slots__ = ("_metrics", "_tracer", "mode", "saga_id", "saga_type", "span")
+    __slots__ = ("_carried", "_metrics", "_tracer", "mode", "saga_id", "saga_type", "span")
 
     def __init__(
         self,
@@ -106,6 +171,7 @@ class SagaTelemetry:
         self.saga_id = record.saga_id
         self.saga_type = record.definition
         self.mode = record.mode
+        self._carried: CarriedSpans | None = None
         parent, links = context, []
         if cause is not RunCause.STARTED:
             caller = trace.get_current_span(context).get_span_context()
@@ -138,22 +204,31 @@ class SagaTelemetry:
 
     @contextmanager
     def current(self) -> Iterator[Span]:
-        """Make the saga span current for the run (steps nest under it); end it after."""
-        with trace.use_span(self.span, end_on_exit=True):
-            yield self.span
+        """Make the saga span current for the run (steps nest under it); end it after,
+        unless it was handed over (:meth:`hand_over`)."""
+        with trace.use_span(self.span, end_on_exit=False):
+            try:
+                yield self.span
+            finally:
+                if self._carried is None:
+                    self.span.end()
+                else:
+                    self._carried.keep(self.saga_id, self.span)
+
+    def hand_over(self, carried: CarriedSpans) -> None:
+        """The services carry the saga on: its span ends when the observer sees it end."""
+        self._carried = carried
 
     def finished(self, record: SagaRecord, now: datetime) -> None:
         """The run is over: record the saga's status, and its end if it is settled."""
         status = record.status
-        self.span.set_attribute(SAGA_STATUS, status.value)
+        _mark_status(self.span, status)
         duration = (now - record.created_at).total_seconds()
         if status is SagaStatus.COMPLETED:
             self._metrics.saga_completed(self.saga_type, self.mode, duration)
         elif status is SagaStatus.COMPENSATED:
-            self.span.set_status(StatusCode.ERROR, "compensated")
             self._metrics.saga_compensated(self.saga_type, self.mode, duration)
         elif status is SagaStatus.NEEDS_ATTENTION:
-            self.span.set_status(StatusCode.ERROR, "needs attention")
             self._metrics.saga_needs_attention(self.saga_type, self.mode, duration)
 
     @contextmanager

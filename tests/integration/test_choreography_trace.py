@@ -101,3 +101,9 @@ async def test_a_choreographed_order_is_one_trace(receiver: OtlpReceiver, tmp_pa
         assert [link.span_id.hex() for link in consumer.span.links] == [parent.span_id]
     # Every process took part in the one trace.
     assert {s.service for s in spans} >= {*SERVICE_NAMES, "coordinator"}
+    # The saga span covers the whole saga, to the observed outcome, not only the run
+    # that started it (which ends after the first step).
+    (saga,) = [s.span for s in spans if s.span.name == "saga place_order"]
+    observed = [s.span for s in consumers if s.service == "coordinator"]
+    assert saga.end_time_unix_nano >= max(o.start_time_unix_nano for o in observed)
+    assert attribute(saga.attributes, "saga.status") == "completed"

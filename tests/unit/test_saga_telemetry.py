@@ -16,8 +16,13 @@ from opentelemetry.trace import StatusCode
 from common.policy import RetryPolicy
 from common.telemetry import Telemetry, activated, create_telemetry
 from coordinator.definitions import Step
-from coordinator.records import NewSaga, Phase, SagaRecord, new_record
-from coordinator.saga_telemetry import RunCause, SagaTelemetry, saga_span_context
+from coordinator.records import NewSaga, Phase, SagaRecord, SagaStatus, new_record
+from coordinator.saga_telemetry import (
+    CarriedSpans,
+    RunCause,
+    SagaTelemetry,
+    saga_span_context,
+)
 
 STEP = Step(
     name="reserve_stock",
@@ -112,3 +117,51 @@ def test_attempts_cut_short_say_how(telemetry: Telemetry, exporter: InMemorySpan
         s.parent is not None and s.parent.span_id == saga.context.span_id
         for s in (cancelled, broken)
     )
+
+
+def ended(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name == "saga place_order"]
+
+
+def test_a_handed_over_saga_span_ends_when_the_observer_sees_the_saga_end(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    carried = CarriedSpans()
+    saga = record()
+    run = SagaTelemetry(saga, RunCause.STARTED)
+    with run.current():
+        run.hand_over(carried)  # the services carry it on after the first step
+    assert ended(exporter) == [] and len(carried) == 1
+    carried.settled(saga.saga_id, SagaStatus.RUNNING)  # not an end
+    assert ended(exporter) == []
+    carried.settled(saga.saga_id, SagaStatus.COMPENSATED)
+    (span,) = ended(exporter)
+    assert span.attributes is not None and span.attributes["saga.status"] == "compensated"
+    assert span.status.status_code is StatusCode.ERROR and len(carried) == 0
+
+
+def test_a_saga_that_ended_before_its_span_was_handed_over_ends_it_at_once(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    carried = CarriedSpans()
+    saga = record()
+    carried.settled(saga.saga_id, SagaStatus.COMPLETED)  # the observer was quicker
+    run = SagaTelemetry(saga, RunCause.STARTED)
+    with run.current():
+        run.hand_over(carried)
+    (span,) = ended(exporter)
+    assert span.attributes is not None and span.attributes["saga.status"] == "completed"
+    assert len(carried) == 0
+
+
+def test_carried_spans_are_bounded_and_ended_at_shutdown(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    carried = CarriedSpans(size=2)
+    for _ in range(3):
+        run = SagaTelemetry(record(), RunCause.STARTED)
+        with run.current():
+            run.hand_over(carried)
+    assert len(carried) == 2 and len(ended(exporter)) == 1  # the oldest, as it was
+    carried.end_all()
+    assert len(carried) == 0 and len(ended(exporter)) == 3
