@@ -44,9 +44,12 @@ OFFSETS_FILE = "observer.db"
 CHOREOGRAPHY = SagaMode.CHOREOGRAPHY.value
 
 
-def _planned(record: SagaRecord, observations: list[Observation]) -> list[Change]:
+def _planned(
+    record: SagaRecord, observations: list[Observation]
+) -> tuple[list[Change], SagaRecord]:
     """The changes that record ``observations``, planned against the record as the log
-    will have it after the ones before (records.apply is what load would show)."""
+    will have it after the ones before (records.apply is what load would show), and
+    the record after them all."""
     batch: list[Change] = []
     planned = record
     for seen in observations:
@@ -58,7 +61,7 @@ def _planned(record: SagaRecord, observations: list[Observation]) -> list[Change
                     break  # the log would refuse it: settled a moment ago
                 planned, _ = apply(planned, change)
                 batch.append(change)
-    return batch
+    return batch, planned
 
 
 def _count_outcome(saga_type: str, change: Change, created_at: datetime) -> None:
@@ -171,12 +174,12 @@ class Observer:
                 record = await self._log.load(saga_id)
                 if record is None or record.mode != CHOREOGRAPHY:
                     return  # started elsewhere (e.g. by a test), or not ours to watch
-                batch = _planned(record, observations)
+                batch, planned = _planned(record, observations)
                 if not batch:
                     return
                 try:
                     # One load and one commit per saga per batch of events.
-                    await self._log.append_many(saga_id, batch)
+                    await self._log.append_many(saga_id, batch, planned)
                 except StatusConflict:
                     # The runner settled the saga between our load and our write (the
                     # batch wrote nothing): plan again against what the log now holds.

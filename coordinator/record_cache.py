@@ -84,9 +84,15 @@ class RecordCache:
             self._records.popitem(last=False)
 
     def written(
-        self, saga_id: str, changes: Sequence[Change], transitions: Sequence[Transition]
+        self,
+        saga_id: str,
+        changes: Sequence[Change],
+        transitions: Sequence[Transition],
+        planned: SagaRecord | None = None,
     ) -> None:
-        """Apply changes just written, which appended ``transitions``."""
+        """Apply changes just written, which appended ``transitions``; ``planned`` is the
+        writer's own result of applying them, taken if it was worked out from the
+        cached version (the observer's), instead of applying them again."""
         self._writes += 1
         if saga_id in self._reads:
             self._clock += 1
@@ -97,8 +103,11 @@ class RecordCache:
         if record.last_seq + 1 != transitions[0].seq:
             del self._records[saga_id]  # another write came in between: read it again
             return
-        for change in changes:
-            record, _ = apply(record, change)
+        if planned is not None and planned.last_seq == record.last_seq + len(changes):
+            record = planned  # from this very version: the same as applying again
+        else:
+            for change in changes:
+                record, _ = apply(record, change)
         if record.last_seq != transitions[-1].seq or record.status not in UNFINISHED:
             del self._records[saga_id]  # a mismatch, or the saga ended: as _keep decides
         else:

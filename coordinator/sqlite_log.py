@@ -142,11 +142,13 @@ class SqliteSagaLog(SagaLog):
         self._notify(saga_id, transition.status)
         return transition
 
-    async def append_many(self, saga_id: str, changes: Sequence[Change]) -> list[Transition]:
+    async def append_many(
+        self, saga_id: str, changes: Sequence[Change], planned: SagaRecord | None = None
+    ) -> list[Transition]:
         transitions = await self.db.transaction(
             lambda conn: [_append(conn, saga_id, change) for change in changes]
         )
-        self._cache.written(saga_id, changes, transitions)
+        self._cache.written(saga_id, changes, transitions, planned)
         for transition in transitions:
             self._notify(saga_id, transition.status)
         return transitions

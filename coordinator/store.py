@@ -107,12 +107,16 @@ class SagaLog(ABC):
             StatusConflict: ``change.require_status`` does not hold.
         """
 
-    async def append_many(self, saga_id: str, changes: Sequence[Change]) -> list[Transition]:
+    async def append_many(
+        self, saga_id: str, changes: Sequence[Change], planned: SagaRecord | None = None
+    ) -> list[Transition]:
         """Apply ``changes`` in order and append their transitions, in one atomic, durable write.
 
         All or nothing: if any change fails, none is written. Adapters override this
         to write the whole batch in one transaction; this default is for adapters
-        that cannot, and is not atomic.
+        that cannot, and is not atomic. ``planned``: the saga after ``changes`` as the
+        caller worked it out (:func:`records.apply` on the version it read), which an
+        adapter that keeps records in memory may take instead of applying them again.
 
         Raises:
             NotFound: no such saga.
@@ -213,7 +217,9 @@ class InMemorySagaLog(SagaLog):
         self._notify(saga_id, transition.status)
         return transition
 
-    async def append_many(self, saga_id: str, changes: Sequence[Change]) -> list[Transition]:
+    async def append_many(
+        self, saga_id: str, changes: Sequence[Change], planned: SagaRecord | None = None
+    ) -> list[Transition]:
         record = self._sagas.get(saga_id)
         if record is None:
             raise NotFound(f"no saga {saga_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from coordinator.record_cache import RecordCache
@@ -87,3 +88,20 @@ def test_a_read_of_many_is_kept_only_if_nothing_was_written_meanwhile() -> None:
     with cache.reading_many() as keep:
         keep(records)
     assert [cache.get(r.saga_id) for r in records] == records
+
+
+def test_the_writers_planned_record_is_taken_only_from_the_cached_version() -> None:
+    cache = RecordCache()
+    record = new_record(new_saga())
+    with cache.reading(record.saga_id) as keep:
+        keep(record)
+    first, second = script(T0)[:2]
+    planned, t1 = apply(record, first)
+    marked = replace(planned, data=b"planned")  # tells which record the cache kept
+    cache.written(record.saga_id, [first], [t1], marked)
+    assert cache.get(record.saga_id) is marked
+    # Planned against the version before ``first``: the cache applies ``second`` itself.
+    stale, _ = apply(record, second)
+    expected, t2 = apply(marked, second)
+    cache.written(record.saga_id, [second], [t2], replace(stale, data=b"stale"))
+    assert cache.get(record.saga_id) == expected
