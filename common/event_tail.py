@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from protos.sagawire.v1 import events_pb2
 
-DEFAULT_SIZE = 4_096
+DEFAULT_SIZE = 1_024  # ~4 s of events at c=64; a stream further behind reads the file
 
 
 @dataclass(frozen=True)
