@@ -2,7 +2,7 @@
 
 Every stream of a service wakes on the same commits and wants the same new rows:
 without a shared tail each one read them from SQLite on a thread and decoded them
-again (~1 ms of CPU per event streamed, with four or five streams per service).
+again (four or five streams per service in choreography).
 :class:`EventTail` holds every stored event with a sequence in ``[start, end]``,
 at most ``size`` of them; a stream reading from ``start`` or later is served from
 memory with the same filters the SQL read applies, and one that fell behind reads
