@@ -271,6 +271,7 @@ class _SagaRun:
         """Settle the saga if the events observed so far end it; the run then ends with
         the saga as logged (the observer's changes too)."""
         saga_id = self.record.saga_id
+        await self.flush()  # nothing is deferred in choreography; the log is the record
         logged = await self.runner.log.load(saga_id)
         settled = settlement(logged, self.runner.clock()) if logged is not None else None
         if settled is not None:
