@@ -90,6 +90,12 @@ def _select(types: frozenset[str], by_mode: bool) -> str:
     return sql + " ORDER BY sequence LIMIT ?"
 
 
+def _split_mode(headers: Mapping[str, str] | None) -> tuple[str | None, dict[str, str]]:
+    """The saga-mode header (filtered on its own column) and the other headers."""
+    rest = dict(headers or {})
+    return rest.pop(MODE_HEADER, None), rest
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -186,8 +192,7 @@ class Outbox:
         The type and saga-mode filters run in SQL, so rows nobody asked for are
         never decoded; other headers are compared on the decoded events.
         """
-        wanted = dict(headers or {})
-        mode = wanted.pop(MODE_HEADER, None)
+        mode, wanted = _split_mode(headers)
         sql = _select(types, mode is not None)
         params: list[object] = [from_sequence, *sorted(types)]
         if mode is not None:
@@ -223,8 +228,7 @@ class Outbox:
         tail = await self._fresh_tail()
         if not tail.covers(from_sequence):
             return await self.read_batch(from_sequence, limit, types, headers)
-        wanted = dict(headers or {})
-        mode = wanted.pop(MODE_HEADER, None)
+        mode, wanted = _split_mode(headers)
         return tail.read(from_sequence, limit, types, mode, wanted)
 
     async def _fresh_tail(self) -> EventTail:
