@@ -100,11 +100,17 @@ class SagaDefinition:
         return tuple(s for s in self.steps if s.name not in self.forward_only)
 
     @property
+    def roots(self) -> tuple[Step, ...]:
+        """The steps that wait for no other step, whatever the mode."""
+        return tuple(s for s in self.steps if not s.after)
+
+    @property
     def first_steps(self) -> tuple[Step, ...]:
-        """The steps a new saga starts with, at once: those that wait for no other step
-        (in orchestration, of the compensable phase, which runs first)."""
-        candidates = self.steps if self.mode is SagaMode.CHOREOGRAPHY else self.compensable
-        return tuple(s for s in candidates if not s.after)
+        """The steps a new saga starts with, at once: its roots (in orchestration, those
+        of the compensable phase, which runs first)."""
+        if self.mode is SagaMode.CHOREOGRAPHY:
+            return self.roots
+        return tuple(s for s in self.roots if s.name not in self.forward_only)
 
     @property
     def forward(self) -> tuple[Step, ...]:

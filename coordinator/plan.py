@@ -53,11 +53,6 @@ def all_succeeded(record: SagaRecord, steps: Sequence[Step]) -> bool:
     return all(record.step(s.name).status is StepStatus.SUCCEEDED for s in steps)
 
 
-def roots(definition: SagaDefinition) -> tuple[Step, ...]:
-    """The steps that wait for no other step, whatever the mode."""
-    return tuple(s for s in definition.steps if not s.after)
-
-
 def carried_by_services(definition: SagaDefinition, record: SagaRecord) -> bool:
     """Whether a saga is a choreographed one the services carry on by themselves: its
     first steps succeeded and it has not turned back. The coordinator has nothing left
@@ -67,7 +62,7 @@ def carried_by_services(definition: SagaDefinition, record: SagaRecord) -> bool:
     return (
         record.mode == SagaMode.CHOREOGRAPHY.value
         and record.direction is Direction.FORWARD
-        and all_succeeded(record, roots(definition))
+        and all_succeeded(record, definition.roots)
     )
 
 

@@ -37,7 +37,6 @@ attempt, current while the participant is called, so the gRPC call nests under i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -69,7 +68,6 @@ from coordinator.plan import (
     failure_of,
     intent,
     logged_open,
-    roots,
     unblocked_by,
 )
 from coordinator.records import (
@@ -242,7 +240,7 @@ class _SagaRun:
         remaining = (self.record.deadline - self.runner.clock()).total_seconds()
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
-                failure = await self.run_steps(roots(self.definition), forward_only=True)
+                failure = await self.run_steps(self.definition.roots, forward_only=True)
         except TimeoutError:
             log.warning(
                 "choreography not started before the deadline saga_id=%s", self.record.saga_id
@@ -273,13 +271,17 @@ class _SagaRun:
         saga_id = self.record.saga_id
         await self.flush()  # nothing is deferred in choreography; the log is the record
         logged = await self.runner.log.load(saga_id)
-        settled = settlement(logged, self.runner.clock()) if logged is not None else None
+        assert logged is not None  # sagas are never deleted
+        settled = settlement(logged, self.runner.clock())
         if settled is not None:
-            with contextlib.suppress(StatusConflict):  # the observer settled it first
+            try:
                 await self.runner.log.append(saga_id, settled)
-            logged = await self.runner.log.load(saga_id)
-        if logged is not None:
-            self.record = logged
+                logged, _ = apply(logged, settled)
+            except StatusConflict:  # the observer settled it first: read what it wrote
+                reloaded = await self.runner.log.load(saga_id)
+                assert reloaded is not None
+                logged = reloaded
+        self.record = logged
 
     # -- forward -----------------------------------------------------------------------
 
