@@ -194,13 +194,9 @@ class Observer:
         while True:
             await asyncio.sleep(self._stall_check)
             now = self._clock()
-            for saga_id in await self._log.unfinished():
-                record = await self._log.load(saga_id)
-                if record is None or record.mode != CHOREOGRAPHY or record.deadline > now:
-                    continue
+            for saga_id in await self._log.overdue(CHOREOGRAPHY, now):
                 async with self._saga_lock(saga_id):
-                    log.warning("choreographed saga stalled saga_id=%s", saga_id)
-                    with contextlib.suppress(StatusConflict):  # it moved on meanwhile
+                    with contextlib.suppress(StatusConflict):  # it ended meanwhile
                         await self._log.append(
                             saga_id,
                             Change(
@@ -211,4 +207,5 @@ class Observer:
                                 detail="no outcome observed within the saga's deadline",
                             ),
                         )
+                        log.warning("choreographed saga stalled saga_id=%s", saga_id)
                         self._carried.settled(saga_id, SagaStatus.STALLED)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common.errors import NotFound
@@ -183,6 +183,17 @@ class SqliteSagaLog(SagaLog):
             lambda conn: conn.execute(
                 f"SELECT saga_id FROM sagas WHERE status IN ({marks}) ORDER BY created_at, saga_id",
                 [s.value for s in UNFINISHED],
+            ).fetchall()
+        )
+        return [row["saga_id"] for row in rows]
+
+    async def overdue(self, mode: str, now: datetime) -> list[str]:
+        marks = ", ".join("?" for _ in UNFINISHED)
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                f"SELECT saga_id FROM sagas WHERE status IN ({marks}) AND mode = ?"
+                " AND deadline <= ? ORDER BY created_at, saga_id",
+                [*(s.value for s in UNFINISHED), mode, _iso(now.astimezone(UTC))],
             ).fetchall()
         )
         return [row["saga_id"] for row in rows]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,32 @@ async def test_listing_is_newest_first_paged_and_filtered(saga_log: SagaLog) -> 
     completed = await saga_log.list_sagas(SagaStatus.COMPLETED, None, 10)
     assert [r.saga_id for r in completed] == [ids[1]]
     assert await saga_log.unfinished() == [ids[0], ids[2], ids[3], ids[4]]
+
+
+async def test_overdue_names_unfinished_sagas_of_the_mode_past_their_deadline(
+    saga_log: SagaLog,
+) -> None:
+    def saga(at: datetime, mode: str) -> NewSaga:
+        return dataclasses.replace(new_saga(at=at), mode=mode)
+
+    late, ended, other_mode, on_time = (
+        saga(T0, "choreography"),
+        saga(T0 + timedelta(seconds=1), "choreography"),
+        saga(T0 + timedelta(seconds=2), "orchestration"),
+        saga(T0 + timedelta(seconds=20), "choreography"),
+    )
+    for new in (on_time, late, ended, other_mode):
+        await saga_log.create(new)
+    done = Change(Kind.SAGA_COMPLETED, T0, saga_status=SagaStatus.COMPLETED)
+    await saga_log.append(ended.saga_id, done)
+    now = T0 + timedelta(seconds=33)  # past the first three deadlines (created + 30 s)
+    assert await saga_log.overdue("choreography", now) == [late.saga_id]
+    assert await saga_log.overdue("orchestration", now) == [other_mode.saga_id]
+    # A deadline equal to now counts as passed, and an aware time in another zone is compared
+    # as the instant it is.
+    at_deadline = on_time.deadline.astimezone(timezone(timedelta(hours=-5)))
+    assert await saga_log.overdue("choreography", at_deadline) == [late.saga_id, on_time.saga_id]
+    assert await saga_log.overdue("choreography", T0) == []
 
 
 async def test_load_unfinished_reads_every_running_saga_whole_oldest_first(
