@@ -5,7 +5,8 @@ the saga survives any crash. At most ``max_concurrent`` sagas are driven at
 the same time (a slow participant holds only its own sagas' slots); the others
 wait their turn, already logged. Shutdown stops taking new sagas, lets running
 ones finish for a grace period, then cancels them: recovery resumes them at the
-next start.
+next start. A run stopped by an unexpected error (a bug, a failing disk) is driven
+again from the log after a growing pause, so the saga does not wait for a restart.
 
 A new saga's run continues the trace of the call that started it (the context is
 captured in :meth:`SagaEngine.start` and handed to the runner, which opens the saga
@@ -22,8 +23,10 @@ from datetime import timedelta
 import grpc
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
+from tenacity import wait_exponential_jitter
 
 from common.errors import InvalidArgument, NotFound, Transient
+from common.retrying import attempt_then_retry
 from common.store import utc_now
 from common.telemetry import saga_metrics
 from coordinator.definitions import Definitions
@@ -44,6 +47,10 @@ from coordinator.saga_telemetry import RunCause
 from coordinator.store import SagaLog
 
 log = logging.getLogger(__name__)
+
+# After an unexpected error stops a saga's run: 1 s, 2 s, 4 s... up to a minute, jittered
+# so that sagas stopped together (a full disk) do not come back together.
+REDRIVE_WAIT = wait_exponential_jitter(initial=1.0, max=60.0, jitter=1.0)
 
 
 class SagaEngine:
@@ -122,10 +129,7 @@ class SagaEngine:
     def resume(self, record: SagaRecord) -> bool:
         """Drive an unfinished saga found in the log (recovery). False if nothing to do:
         it is settled, or the services carry it on and the observer follows it."""
-        if record.status not in UNFINISHED:
-            return False
-        definition = self.definitions.get(record.definition)
-        if definition is not None and carried_by_services(definition, record):
+        if not self._drivable(record):
             return False
         self._spawn(record, RunCause.RECOVERED)
         return True
@@ -215,15 +219,38 @@ class SagaEngine:
         if previous is not None:
             # The saga's last run is still writing its final transition.
             await asyncio.wait([previous])
-        async with self._slots:
-            try:
-                return await self.runner.run(record, cause, context)
-            except Exception:
-                log.exception(
-                    "saga stopped by an unexpected error saga_id=%s; it resumes at the next start",
-                    record.saga_id,
-                )
-                return None
+        saga_id = record.saga_id
+
+        async def run(attempt: int) -> SagaRecord | None:
+            if attempt == 1:
+                async with self._slots:
+                    return await self.runner.run(record, cause, context)
+            # The failed run may have logged more than it returned: start from the log.
+            logged = await self.log.load(saga_id)
+            if logged is None or self._closing or not self._drivable(logged):
+                return logged  # settled, carried on by the services, or left to recovery
+            async with self._slots:
+                return await self.runner.run(logged, RunCause.REDRIVEN)
+
+        def before_redrive(attempt: int, delay: float, error: BaseException) -> None:
+            log.error(
+                "saga stopped by an unexpected error saga_id=%s; driving it again in %.1f s"
+                " (attempt %d)",
+                saga_id,
+                delay,
+                attempt,
+                exc_info=error,
+            )
+
+        # A bug or a failing disk must not leave a saga unfinished until the next start;
+        # shutdown cancels the wait, and recovery picks the saga up then.
+        return await attempt_then_retry(run, Exception, REDRIVE_WAIT, before_redrive)
+
+    def _drivable(self, record: SagaRecord) -> bool:
+        if record.status not in UNFINISHED:
+            return False
+        definition = self.definitions.get(record.definition)
+        return definition is None or not carried_by_services(definition, record)
 
     def drain(self) -> None:
         """Stop taking sagas, and end every wait for an outcome (shutdown has begun)."""

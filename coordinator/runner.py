@@ -91,6 +91,14 @@ from protos.sagawire.v1 import participant_pb2
 log = logging.getLogger(__name__)
 
 
+# Runs that pick up a saga whose last run ended early log that first (its open attempts
+# were interrupted).
+_RESUMED_DETAIL = {
+    RunCause.RECOVERED: "resumed by recovery",
+    RunCause.REDRIVEN: "resumed after an unexpected error stopped its last run",
+}
+
+
 class SagaRunner:
     """Runs sagas of the given definitions through the policy, logging as it goes."""
 
@@ -123,7 +131,7 @@ class SagaRunner:
 
         Args:
             record: the saga as logged.
-            cause: why it runs now; a recovered saga first logs that it resumed.
+            cause: why it runs now; a recovered or re-driven saga first logs that it resumed.
             context: the trace context of the call that started (or retried) it.
         """
         definition = self.definitions.get(record.definition)
@@ -132,13 +140,14 @@ class SagaRunner:
         telemetry = SagaTelemetry(record, cause, context)
         run = _SagaRun(self, definition, record, telemetry)
         with telemetry.current():
-            if cause is RunCause.RECOVERED:
+            resumed = _RESUMED_DETAIL.get(cause)
+            if resumed is not None:
                 await run.change(
                     Change(
                         kind=Kind.SAGA_RESUMED,
                         at=self.clock(),
                         interrupt_open_attempts=True,
-                        detail="resumed by recovery",
+                        detail=resumed,
                     )
                 )
             settled = await run.drive()

@@ -76,6 +76,7 @@ class RunCause(StrEnum):
     STARTED = "started"  # PlaceOrder: the first run
     RECOVERED = "recovered"  # recovery, when the coordinator starts
     RETRIED = "retried"  # RetrySaga, for a saga that needs attention
+    REDRIVEN = "redriven"  # again, after an unexpected error stopped its last run
 
 
 def saga_span_id(saga_id: str) -> int:

@@ -1,12 +1,26 @@
-"""Circuit breakers and forward recovery past the pivot, with real services."""
+"""Circuit breakers, forward recovery past the pivot, and runs driven again after an
+unexpected error, with real services."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
+from common.server import start_server
+from coordinator.app import CoordinatorApp
+from coordinator.records import Change, Kind, SagaRecord, Transition
+from coordinator.sqlite_log import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
-from protos.sagawire.v1 import order_pb2, shipping_pb2
-from tests.coordinator_support import running_stack, write_definitions
+from protos.sagawire.v1 import order_pb2, order_saga_pb2, shipping_pb2
+from tests.coordinator_support import (
+    Stack,
+    coordinator_settings,
+    endpoints_of,
+    running_stack,
+    write_definitions,
+)
+from tests.support import start_cluster
 
 
 def outcomes(saga: pb.Saga, step: str, phase: str = "execute") -> list[str]:
@@ -100,3 +114,64 @@ async def test_past_the_pivot_the_saga_deadline_no_longer_compensates(tmp_path: 
             shipping_pb2.GetShipmentBySagaRequest(saga_id=reply.saga_id)
         )
         assert shipment.status == shipping_pb2.SHIPMENT_STATUS_SCHEDULED
+
+
+class _DiskFullOnce(SqliteSagaLog):
+    """The coordinator's real log, except that the first write of ``step``'s result fails
+    as a full disk would: the run that made it stops with an unexpected error."""
+
+    def __init__(self, path: Path, step: str) -> None:
+        super().__init__(path, synchronous="NORMAL")
+        self._step = step
+        self.failed = 0
+
+    def _fail_once(self, changes: Sequence[Change]) -> None:
+        if self.failed == 0 and any(
+            c.step == self._step and c.kind is Kind.STEP_SUCCEEDED for c in changes
+        ):
+            self.failed += 1
+            raise sqlite3.OperationalError("database or disk is full")
+
+    async def append(self, saga_id: str, change: Change) -> Transition:
+        self._fail_once([change])
+        return await super().append(saga_id, change)
+
+    async def append_many(
+        self, saga_id: str, changes: Sequence[Change], planned: SagaRecord | None = None
+    ) -> list[Transition]:
+        self._fail_once(changes)
+        return await super().append_many(saga_id, changes, planned)
+
+
+async def test_a_run_stopped_by_an_unexpected_error_is_driven_again_from_the_log(
+    tmp_path: Path,
+) -> None:
+    definitions = write_definitions(tmp_path / "sagas.yaml")
+    cluster = await start_cluster(tmp_path / "services")
+    config = coordinator_settings(tmp_path / "coordinator", definitions)
+    saga_log = _DiskFullOnce(tmp_path / "coordinator" / "coordinator.db", "charge_payment")
+    app = CoordinatorApp(config, endpoints_of(cluster), saga_log=saga_log)
+    stack = Stack(cluster, address="")
+    try:
+        stack.coordinator, stack.app = await start_server(app, config), app
+        stack.address = stack.coordinator.address
+        balance = await stack.balance("alice")
+        reply = await stack.place(wait=False)
+        # The charge went through, its result was not logged, and the run stopped; without
+        # a re-drive the saga would stay running until the coordinator restarts.
+        saga = await stack.settled(reply.saga_id, timeout=20)
+        assert saga_log.failed == 1
+        assert saga.status == pb.SAGA_STATUS_COMPLETED
+        resumed = [t for t in await saga_log.history(reply.saga_id) if t.kind is Kind.SAGA_RESUMED]
+        assert [t.detail for t in resumed] == [
+            "resumed after an unexpected error stopped its last run"
+        ]
+        # The charge was sent twice with one key; the barrier applied it once.
+        assert outcomes(saga, "charge_payment") == ["interrupted", "ok"]
+        assert (await stack.calls("payment"))["charge"] == 2
+        data = order_saga_pb2.OrderSagaData()
+        assert saga.data.Unpack(data)
+        assert balance - await stack.balance("alice") == data.total.amount_minor > 0
+    finally:
+        await stack.stop_coordinator()
+        await cluster.stop()
