@@ -7,16 +7,19 @@ transition to the saga log *before* acting on it:
    once the steps it runs ``after`` succeeded, so independent steps run at the
    same time (one ``asyncio.TaskGroup``). Each step is one call through the
    policy (retry around breaker around RPC); every attempt is logged before it
-   is sent and recorded when it ends (:meth:`_SagaRun.attempt`).
+   is sent and recorded when it ends (:meth:`SagaRun.attempt`).
 2. A rejection, a step whose retries ran out (its outcome is unknown), or the
    deadline stops the phase: the saga turns **backwards** and every step that
    may have taken effect is compensated, each once all the steps that ran after
    it are undone (reverse dependency order). Compensations are retried within
    their budget; when it runs out the saga *needs attention* and keeps its place
-   for ``RetrySaga``; the other compensations still run.
+   for ``RetrySaga``; the other compensations still run (coordinator/compensation.py).
 3. Once every compensable step (the pivot included) succeeded, the
    **forward-only** steps run and are retried until they succeed (forward
    recovery); the deadline no longer applies.
+
+A choreographed saga's run makes only its first step(s) and leaves the rest to the
+services (coordinator/choreography_start.py).
 
 The same code resumes a saga after a crash: steps already succeeded are
 skipped, in-flight ones are re-sent with the same key (saga id + step), which
@@ -29,7 +32,7 @@ result, unless it is the pivot's, may wait for the saga's next write. A happy
 ``place_order`` takes five writes.
 
 Telemetry (coordinator/saga_telemetry.py): :meth:`SagaRunner.run` opens the saga
-span and records the saga's end; :meth:`_SagaRun.attempt`, the one place where a
+span and records the saga's end; :meth:`SagaRun.attempt`, the one place where a
 step attempt or compensation attempt starts and ends, opens a child span per
 attempt, current while the participant is called, so the gRPC call nests under it.
 """
@@ -46,25 +49,24 @@ from functools import partial
 
 from opentelemetry.context import Context
 
-from common.errors import Aborted, BusinessRejection, SagawireError
+from common.errors import BusinessRejection, SagawireError
 from common.policy import AttemptSlot, CallPolicy
 from common.store import utc_now
+from coordinator.choreography_start import start_choreography
 from coordinator.clients import Participants
+from coordinator.compensation import compensate_all
 from coordinator.crash import NO_CRASH, CrashHook
 from coordinator.definitions import Definitions, SagaDefinition, SagaMode, Step
-from coordinator.observation import settlement
 from coordinator.outcomes import (
     StepFailed,
     barrier_outcome,
     error_detail,
     failed_attempt,
-    needs_compensation,
 )
 from coordinator.payloads import step_request
 from coordinator.plan import (
     all_succeeded,
     carried_by_services,
-    descendants,
     failure_of,
     intent,
     logged_open,
@@ -85,7 +87,7 @@ from coordinator.records import (
     apply,
 )
 from coordinator.saga_telemetry import CarriedSpans, RunCause, SagaTelemetry
-from coordinator.store import SagaLog, StatusConflict
+from coordinator.store import SagaLog
 from protos.sagawire.v1 import participant_pb2
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ class SagaRunner:
         if definition is None:
             raise LookupError(f"saga {record.saga_id}: no definition {record.definition!r}")
         telemetry = SagaTelemetry(record, cause, context)
-        run = _SagaRun(self, definition, record, telemetry)
+        run = SagaRun(self, definition, record, telemetry)
         with telemetry.current():
             resumed = _RESUMED_DETAIL.get(cause)
             if resumed is not None:
@@ -161,8 +163,11 @@ class SagaRunner:
         return settled
 
 
-class _SagaRun:
-    """One saga being driven: its definition and its record, kept in step with the log."""
+class SagaRun:
+    """One saga being driven: its definition and its record, kept in step with the log.
+
+    The forward phase is here; the backward phase and the choreography start are
+    functions of their own modules that drive a run through the same methods."""
 
     def __init__(
         self,
@@ -203,7 +208,7 @@ class _SagaRun:
     async def drive(self) -> SagaRecord:
         choreographed = self.record.mode == SagaMode.CHOREOGRAPHY.value
         if choreographed and self.record.direction is Direction.FORWARD:
-            failure = await self.start_choreography()
+            failure = await start_choreography(self)
             if failure is None:
                 return self.record
             await self.change(
@@ -231,66 +236,8 @@ class _SagaRun:
                     detail=failure.describe(),
                 )
             )
-        await self.backward()
+        await compensate_all(self)
         return self.record
-
-    # -- choreography ------------------------------------------------------------------
-
-    async def start_choreography(self) -> Failure | None:
-        """Run only the first step(s); the services' reactions carry the saga on from there.
-
-        The first step is retried until the participant answers, within the saga's
-        deadline: once it took effect the flow runs without us, so an unknown outcome
-        must not be compensated from here. A refusal ends the saga (nothing took
-        effect anywhere). The observer (coordinator/observer.py) follows the rest.
-        """
-        if carried_by_services(self.definition, self.record):
-            return None
-        remaining = (self.record.deadline - self.runner.clock()).total_seconds()
-        try:
-            async with asyncio.timeout(max(remaining, 0.0)):
-                failure = await self.run_steps(self.definition.roots, forward_only=True)
-        except TimeoutError:
-            log.warning(
-                "choreography not started before the deadline saga_id=%s", self.record.saga_id
-            )
-            return None  # left running; the observer flags it as stalled
-        if failure is not None and failure.reason != Aborted.reason:
-            return failure  # refused: nothing took effect anywhere
-        if failure is not None:
-            # Re-sent after a restart and refused by the barrier: the services ran the
-            # saga without us and already undid this step.
-            await self.change(
-                Change(
-                    kind=Kind.COMPENSATION_DONE,
-                    at=self.runner.clock(),
-                    step=failure.step,
-                    step_status=StepStatus.COMPENSATED,
-                    detail="compensated by the services while the coordinator was down",
-                )
-            )
-        # The services may have finished the saga while this step was unconfirmed; then
-        # no further event will come to settle it.
-        await self._settle_observed()
-        return None
-
-    async def _settle_observed(self) -> None:
-        """Settle the saga if the events observed so far end it; the run then ends with
-        the saga as logged (the observer's changes too)."""
-        saga_id = self.record.saga_id
-        await self.flush()  # nothing is deferred in choreography; the log is the record
-        logged = await self.runner.log.load(saga_id)
-        assert logged is not None  # sagas are never deleted
-        settled = settlement(logged, self.runner.clock())
-        if settled is not None:
-            try:
-                await self.runner.log.append(saga_id, settled)
-                logged, _ = apply(logged, settled)
-            except StatusConflict:  # the observer settled it first: read what it wrote
-                reloaded = await self.runner.log.load(saga_id)
-                assert reloaded is not None
-                logged = reloaded
-        self.record = logged
 
     # -- forward -----------------------------------------------------------------------
 
@@ -382,7 +329,7 @@ class _SagaRun:
             await self.runner.policy.call(
                 step.participant,
                 policy,
-                partial(self._send, step, Phase.EXECUTE),
+                partial(self.send, step, Phase.EXECUTE),
                 scope=partial(self.attempt, step, Phase.EXECUTE),
                 first_number=len(attempts) if opened else len(attempts) + 1,
                 on_retry=partial(self.telemetry.retrying, step, Phase.EXECUTE),
@@ -406,7 +353,7 @@ class _SagaRun:
                 )
             raise StepFailed(failure) from None
 
-    async def _send(self, step: Step, phase: Phase, deadline: float) -> participant_pb2.StepReply:
+    async def send(self, step: Step, phase: Phase, deadline: float) -> participant_pb2.StepReply:
         request = step_request(self.definition, self.record, step, phase)
         participants = self.runner.participants
         if phase is Phase.EXECUTE:
@@ -478,81 +425,3 @@ class _SagaRun:
                 await self.change(intent(ready, Phase.EXECUTE, number, self.runner.clock()), True)
             if unblocked or not defer:
                 await self.flush()
-
-    # -- backward ----------------------------------------------------------------------
-
-    async def backward(self) -> None:
-        """Compensate what may have taken effect, in reverse dependency order."""
-        undo = [
-            s for s in self.definition.compensable if needs_compensation(self.record.step(s.name))
-        ]
-        names = {s.name for s in undo}
-        loop = asyncio.get_running_loop()
-        results: dict[str, asyncio.Future[bool]] = {s.name: loop.create_future() for s in undo}
-        async with asyncio.TaskGroup() as group:
-            for step in undo:
-                later = [n for n in descendants(self.definition, step.name) if n in names]
-                group.create_task(self.compensate_after(step, later, results))
-        stuck = sorted(name for name, ok in results.items() if not ok.result())
-        now = self.runner.clock()
-        if stuck:
-            await self.change(
-                Change(
-                    kind=Kind.SAGA_NEEDS_ATTENTION,
-                    at=now,
-                    saga_status=SagaStatus.NEEDS_ATTENTION,
-                    detail=f"compensation not done for: {', '.join(stuck)}",
-                )
-            )
-        else:
-            await self.change(
-                Change(kind=Kind.SAGA_COMPENSATED, at=now, saga_status=SagaStatus.COMPENSATED)
-            )
-
-    async def compensate_after(
-        self, step: Step, later: Sequence[str], results: dict[str, asyncio.Future[bool]]
-    ) -> None:
-        """Compensate ``step`` once every step that ran after it is undone."""
-        for name in later:
-            if not await asyncio.shield(results[name]):
-                log.warning(
-                    "compensation blocked saga_id=%s step=%s waits_for=%s",
-                    self.record.saga_id,
-                    step.name,
-                    name,
-                )
-                results[step.name].set_result(False)
-                return
-        results[step.name].set_result(await self.compensate(step))
-
-    async def compensate(self, step: Step) -> bool:
-        """Compensate within the budget of this round; False if it could not be done."""
-        if self.record.step(step.name).status is StepStatus.COMPENSATED:
-            return True
-        attempts = self.record.step(step.name).attempts_of(Phase.COMPENSATE)
-        ended = sum(
-            1
-            for a in attempts
-            if a.round == self.record.round and a.outcome not in (None, Outcome.INTERRUPTED)
-        )
-        remaining = step.compensation_retry.max_attempts - ended
-        if remaining <= 0:
-            return False
-        try:
-            await self.runner.policy.call(
-                step.participant,
-                replace(step.compensation_retry, max_attempts=remaining),
-                partial(self._send, step, Phase.COMPENSATE),
-                scope=partial(self.attempt, step, Phase.COMPENSATE),
-                first_number=len(attempts) + 1,
-                on_retry=partial(self.telemetry.retrying, step, Phase.COMPENSATE),
-            )
-        except SagawireError as error:
-            log.warning(
-                "compensation gave up saga_id=%s step=%s error=%s",
-                self.record.saga_id,
-                step.name,
-                error,
-            )
-            return False
-        return True
