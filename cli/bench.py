@@ -176,10 +176,28 @@ async def _check(
     result.problems.extend(f"{mode}: {problem}" for problem in verdict.problems)
 
 
+async def _confirm_target_mode(stack: BenchStack, mode: str, driver: Driver) -> None:
+    """Against a target, whose definitions (not the bench) choose how a saga runs: place
+    one saga and check that the target ran it in ``mode``, so no row carries a wrong label."""
+    probe = await closed_loop(driver, Mix.happy, 1, Stop(sagas=1))
+    saga_id = probe.placed[0].outcome.saga_id if probe.placed else ""
+    if not saga_id:
+        problem = ", ".join(probe.examples) or "no saga id in the answer"
+        raise BenchError(f"{mode}: the target did not run a probe saga: {problem}")
+    ran = await stack.saga_mode(saga_id)
+    if ran != mode:
+        raise BenchError(
+            f"{mode}: the target ran the probe saga in {ran} mode. Start it with"
+            f" SAGAWIRE_MODE={mode}, or name a {mode} definition with --saga {mode}=NAME."
+        )
+
+
 async def _run_mode(
     stack: BenchStack, mode: str, config: BenchConfig, bar: ProgressBars, result: BenchResult
 ) -> None:
     async with _mode_driver(stack, mode, config) as driver:
+        if not stack.own and mode in _COORDINATED:
+            await _confirm_target_mode(stack, mode, driver)
         before = await snapshot(stack.addresses()) if config.verify else None
         if config.soak_sagas or config.recovery:
             rows: list[RunRow] = []

@@ -207,6 +207,8 @@ def resources_table(rows: Sequence[RunRow]) -> Table:
             rss = r.peak_rss_mb.get(name)
             cells.append("-" if cpu is None else f"{cpu * 1000:.2f} · {rss or 0:.0f}")
         table.add_row(r.mode, str(r.concurrency), *cells, f"{r.cpu_s_per_saga_total * 1000:.2f}")
+    if names == [BENCH_PROCESS]:
+        table.caption = "bench only: a --target stack is not measured"
     return table
 
 

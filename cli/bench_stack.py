@@ -36,6 +36,7 @@ from cli.stack import (
     free_ports,
 )
 from common.config import SERVICE_NAMES, Endpoints
+from protos.sagawire.v1 import coordinator_pb2, coordinator_pb2_grpc, participant_pb2
 
 _KEPT_LINES = 200
 _STARTUP_TIMEOUT = 60.0
@@ -197,6 +198,13 @@ class BenchStack:
     @property
     def coordinator_address(self) -> str:
         return self.endpoints.coordinator_addr
+
+    async def saga_mode(self, saga_id: str) -> str:
+        """How the coordinator ran a saga: "orchestration" or "choreography"."""
+        async with grpc.aio.insecure_channel(self.coordinator_address) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            saga = await stub.GetSaga(coordinator_pb2.GetSagaRequest(saga_id=saga_id), timeout=10)
+        return participant_pb2.SagaMode.Name(saga.mode).removeprefix("SAGA_MODE_").lower()
 
     async def use_coordinator(self, mode: Mode) -> None:
         """Make sure a coordinator runs sagas in ``mode`` (own stack: start one if needed)."""
