@@ -128,7 +128,15 @@ class SagaEngine:
 
     def resume(self, record: SagaRecord) -> bool:
         """Drive an unfinished saga found in the log (recovery). False if nothing to do:
-        it is settled, or the services carry it on and the observer follows it."""
+        it is settled, or the services carry it on and the observer follows it; or if it
+        cannot be driven, its definition not being loaded (logged, and left as it is)."""
+        if record.definition not in self.definitions.sagas:
+            log.error(
+                "saga left unfinished: its definition is not loaded saga_id=%s definition=%s",
+                record.saga_id,
+                record.definition,
+            )
+            return False
         if not self._drivable(record):
             return False
         self._spawn(record, RunCause.RECOVERED)
@@ -247,10 +255,13 @@ class SagaEngine:
         return await attempt_then_retry(run, Exception, REDRIVE_WAIT, before_redrive)
 
     def _drivable(self, record: SagaRecord) -> bool:
-        if record.status not in UNFINISHED:
-            return False
+        """Unfinished, and ours to drive: not carried on by the services (choreography)."""
         definition = self.definitions.get(record.definition)
-        return definition is None or not carried_by_services(definition, record)
+        return (
+            record.status in UNFINISHED
+            and definition is not None
+            and not carried_by_services(definition, record)
+        )
 
     def drain(self) -> None:
         """Stop taking sagas, and end every wait for an outcome (shutdown has begun)."""

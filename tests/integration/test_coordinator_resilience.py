@@ -3,13 +3,18 @@ unexpected error, with real services."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from common.server import start_server
 from coordinator.app import CoordinatorApp
-from coordinator.records import Change, Kind, SagaRecord, Transition
+from coordinator.records import Change, Kind, NewSaga, SagaRecord, Transition
 from coordinator.sqlite_log import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_pb2, order_saga_pb2, shipping_pb2
@@ -175,3 +180,31 @@ async def test_a_run_stopped_by_an_unexpected_error_is_driven_again_from_the_log
     finally:
         await stack.stop_coordinator()
         await cluster.stop()
+
+
+async def test_recovery_leaves_a_saga_of_an_unloaded_definition_unfinished_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saga_id, now = str(uuid.uuid4()), datetime.now(UTC)
+    retired = SqliteSagaLog(tmp_path / "coordinator" / "coordinator.db", synchronous="NORMAL")
+    await retired.open()
+    await retired.create(
+        NewSaga(
+            saga_id=saga_id,
+            definition="retired_saga",  # a definition the coordinator no longer loads
+            mode="orchestration",
+            data=b"",
+            step_names=("only_step",),
+            created_at=now,
+            deadline=now + timedelta(seconds=30),
+        )
+    )
+    await retired.close()
+    caplog.set_level(logging.ERROR, logger="coordinator.engine")
+    async with running_stack(tmp_path) as stack:
+        saga = await stack.saga(saga_id)
+        assert saga.status == pb.SAGA_STATUS_RUNNING
+        # The coordinator serves the sagas it can drive.
+        assert (await stack.place()).status == pb.SAGA_STATUS_COMPLETED
+    assert f"its definition is not loaded saga_id={saga_id} definition=retired_saga" in caplog.text
+    assert "unexpected error" not in caplog.text
