@@ -26,7 +26,7 @@ from coordinator import api
 from coordinator.clients import Participants
 from coordinator.crash import CrashHook
 from coordinator.definitions import DefinitionError, Definitions, SagaMode, load_definitions
-from coordinator.engine import SagaEngine
+from coordinator.engine import Redrive, SagaEngine
 from coordinator.observer import Observer
 from coordinator.recovery import recover
 from coordinator.runner import SagaRunner
@@ -87,6 +87,7 @@ class CoordinatorApp:
             self.runner,
             max_concurrent=settings.max_concurrent_sagas,
             max_pending=settings.max_pending_sagas,
+            redrive=Redrive(settings.redrive_first_wait, settings.redrive_attempts),
         )
         # Choreographed sagas are followed through the services' event streams.
         choreographed = any(

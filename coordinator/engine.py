@@ -6,7 +6,9 @@ the same time (a slow participant holds only its own sagas' slots); the others
 wait their turn, already logged. Shutdown stops taking new sagas, lets running
 ones finish for a grace period, then cancels them: recovery resumes them at the
 next start. A run stopped by an unexpected error (a bug, a failing disk) is driven
-again from the log after a growing pause, so the saga does not wait for a restart.
+again from the log after a growing pause, so the saga does not wait for a restart;
+after a few such runs in a row the saga needs attention, like a compensation that ran
+out of retries, and ``RetrySaga`` resumes it.
 
 A new saga's run continues the trace of the call that started it (the context is
 captured in :meth:`SagaEngine.start` and handed to the runner, which opens the saga
@@ -16,14 +18,17 @@ span under it); a saga is counted as started once it is logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
-from tenacity import wait_exponential_jitter
+from tenacity import wait_exponential, wait_random
+from tenacity.wait import wait_base
 
 from common.errors import InvalidArgument, NotFound, Transient
 from common.retrying import attempt_then_retry
@@ -44,13 +49,25 @@ from coordinator.records import (
 )
 from coordinator.runner import SagaRunner
 from coordinator.saga_telemetry import RunCause
-from coordinator.store import SagaLog
+from coordinator.store import SagaLog, StatusConflict
 
 log = logging.getLogger(__name__)
 
-# After an unexpected error stops a saga's run: 1 s, 2 s, 4 s... up to a minute, jittered
-# so that sagas stopped together (a full disk) do not come back together.
-REDRIVE_WAIT = wait_exponential_jitter(initial=1.0, max=60.0, jitter=1.0)
+
+@dataclass(frozen=True)
+class Redrive:
+    """How a run stopped by an unexpected error is driven again: after ``first_wait``
+    seconds, doubling up to a minute and jittered (so that sagas stopped together by a
+    full disk do not come back together); after ``attempts`` runs in a row end that way,
+    the saga needs attention."""
+
+    first_wait: float = 1.0
+    attempts: int = 8
+
+    @property
+    def wait(self) -> wait_base:
+        backoff = wait_exponential(multiplier=self.first_wait, max=60.0)
+        return backoff + wait_random(0, self.first_wait)
 
 
 class SagaEngine:
@@ -63,12 +80,14 @@ class SagaEngine:
         runner: SagaRunner,
         max_concurrent: int = 500,
         max_pending: int = 20_000,
+        redrive: Redrive = Redrive(),
     ) -> None:
         self.log = saga_log
         self.definitions = definitions
         self.runner = runner
         self._slots = asyncio.Semaphore(max_concurrent)
         self._max_pending = max_pending
+        self._redrive = redrive
         self._tasks: dict[str, asyncio.Task[SagaRecord | None]] = {}
         self._closing = False
         # Done once shutdown begins: ends every wait for an outcome (made at first use,
@@ -252,7 +271,49 @@ class SagaEngine:
 
         # A bug or a failing disk must not leave a saga unfinished until the next start;
         # shutdown cancels the wait, and recovery picks the saga up then.
-        return await attempt_then_retry(run, Exception, REDRIVE_WAIT, before_redrive)
+        redrive = self._redrive
+        try:
+            return await attempt_then_retry(
+                run, Exception, redrive.wait, before_redrive, redrive.attempts
+            )
+        except Exception as error:
+            return await self._give_up(saga_id, redrive.attempts, error)
+
+    async def _give_up(self, saga_id: str, runs: int, error: Exception) -> SagaRecord | None:
+        """Mark a saga whose runs keep failing as needing attention: an operator looks,
+        then ``RetrySaga``. If even that cannot be logged, recovery tries at the next start."""
+        cause = _first_leaf(error)
+        detail = (
+            f"{runs} runs in a row stopped by an unexpected error: {type(cause).__name__}: {cause}"
+        )
+        log.error("saga needs attention saga_id=%s: %s", saga_id, detail, exc_info=error)
+        now = utc_now()
+        try:
+            await self.log.append(
+                saga_id,
+                Change(
+                    kind=Kind.SAGA_NEEDS_ATTENTION,
+                    at=now,
+                    saga_status=SagaStatus.NEEDS_ATTENTION,
+                    interrupt_open_attempts=True,
+                    require_status=UNFINISHED,
+                    detail=detail,
+                ),
+            )
+            marked = True
+        except StatusConflict:
+            marked = False  # it settled meanwhile
+        except Exception:
+            log.exception("saga left to recovery: marking it failed too saga_id=%s", saga_id)
+            return None
+        # The log holds the outcome now; a failed read-back only leaves the caller without it.
+        with contextlib.suppress(Exception):
+            record = await self.log.load(saga_id)
+            if record is not None and marked:
+                duration = (now - record.created_at).total_seconds()
+                saga_metrics().saga_needs_attention(record.definition, record.mode, duration)
+            return record
+        return None
 
     def _drivable(self, record: SagaRecord) -> bool:
         """Unfinished, and ours to drive: not carried on by the services (choreography)."""
@@ -283,3 +344,10 @@ class SagaEngine:
         if pending:
             log.info("left to recovery sagas=%d", len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The error itself, or the first one inside it when parallel steps grouped it."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error

@@ -24,6 +24,11 @@ class CoordinatorSettings(ServerSettings):
     max_pending_sagas: int = Field(default=20_000, ge=1, le=1_000_000)
     breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
     breaker_reset_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # A run stopped by an unexpected error (a bug, a failing disk) is driven again after
+    # this many seconds, doubling up to a minute; after redrive_attempts runs in a row
+    # end that way, the saga is marked as needing attention (RetrySaga resumes it).
+    redrive_first_wait: float = Field(default=1.0, gt=0, le=60)
+    redrive_attempts: int = Field(default=8, ge=1, le=1000)
     # How long shutdown waits for running sagas before leaving them to recovery.
     drain_seconds: float = Field(default=2.0, ge=0, le=300)
     # How often the choreography observer looks for sagas past their deadline.

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from coordinator.sqlite_log import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_pb2, order_saga_pb2, shipping_pb2
 from tests.coordinator_support import (
+    FINAL,
     Stack,
     coordinator_settings,
     endpoints_of,
@@ -121,45 +124,65 @@ async def test_past_the_pivot_the_saga_deadline_no_longer_compensates(tmp_path: 
         assert shipment.status == shipping_pb2.SHIPMENT_STATUS_SCHEDULED
 
 
-class _DiskFullOnce(SqliteSagaLog):
-    """The coordinator's real log, except that the first write of ``step``'s result fails
-    as a full disk would: the run that made it stops with an unexpected error."""
+class _DiskFull(SqliteSagaLog):
+    """The coordinator's real log, except that writing ``step``'s result fails, as a full
+    disk would, the next ``times`` times: each run that tries stops with an unexpected
+    error."""
 
-    def __init__(self, path: Path, step: str) -> None:
+    def __init__(self, path: Path, step: str, times: int) -> None:
         super().__init__(path, synchronous="NORMAL")
         self._step = step
+        self.times = times
         self.failed = 0
 
-    def _fail_once(self, changes: Sequence[Change]) -> None:
-        if self.failed == 0 and any(
+    def _maybe_fail(self, changes: Sequence[Change]) -> None:
+        if self.failed < self.times and any(
             c.step == self._step and c.kind is Kind.STEP_SUCCEEDED for c in changes
         ):
             self.failed += 1
             raise sqlite3.OperationalError("database or disk is full")
 
     async def append(self, saga_id: str, change: Change) -> Transition:
-        self._fail_once([change])
+        self._maybe_fail([change])
         return await super().append(saga_id, change)
 
     async def append_many(
         self, saga_id: str, changes: Sequence[Change], planned: SagaRecord | None = None
     ) -> list[Transition]:
-        self._fail_once(changes)
+        self._maybe_fail(changes)
         return await super().append_many(saga_id, changes, planned)
 
 
-async def test_a_run_stopped_by_an_unexpected_error_is_driven_again_from_the_log(
-    tmp_path: Path,
-) -> None:
+@asynccontextmanager
+async def stack_on(
+    tmp_path: Path, saga_log: SqliteSagaLog, **settings: Any
+) -> AsyncIterator[Stack]:
+    """The services and an in-process coordinator that writes to ``saga_log``."""
     definitions = write_definitions(tmp_path / "sagas.yaml")
     cluster = await start_cluster(tmp_path / "services")
-    config = coordinator_settings(tmp_path / "coordinator", definitions)
-    saga_log = _DiskFullOnce(tmp_path / "coordinator" / "coordinator.db", "charge_payment")
+    config = coordinator_settings(tmp_path / "coordinator", definitions, **settings)
     app = CoordinatorApp(config, endpoints_of(cluster), saga_log=saga_log)
     stack = Stack(cluster, address="")
     try:
         stack.coordinator, stack.app = await start_server(app, config), app
         stack.address = stack.coordinator.address
+        yield stack
+    finally:
+        await stack.stop_coordinator()
+        await cluster.stop()
+
+
+async def charged_once(stack: Stack, saga: pb.Saga, balance_before: int) -> bool:
+    data = order_saga_pb2.OrderSagaData()
+    assert saga.data.Unpack(data)
+    return balance_before - await stack.balance("alice") == data.total.amount_minor > 0
+
+
+async def test_a_run_stopped_by_an_unexpected_error_is_driven_again_from_the_log(
+    tmp_path: Path,
+) -> None:
+    saga_log = _DiskFull(tmp_path / "coordinator" / "coordinator.db", "charge_payment", times=1)
+    async with stack_on(tmp_path, saga_log) as stack:
         balance = await stack.balance("alice")
         reply = await stack.place(wait=False)
         # The charge went through, its result was not logged, and the run stopped; without
@@ -174,12 +197,33 @@ async def test_a_run_stopped_by_an_unexpected_error_is_driven_again_from_the_log
         # The charge was sent twice with one key; the barrier applied it once.
         assert outcomes(saga, "charge_payment") == ["interrupted", "ok"]
         assert (await stack.calls("payment"))["charge"] == 2
-        data = order_saga_pb2.OrderSagaData()
-        assert saga.data.Unpack(data)
-        assert balance - await stack.balance("alice") == data.total.amount_minor > 0
-    finally:
-        await stack.stop_coordinator()
-        await cluster.stop()
+        assert await charged_once(stack, saga, balance)
+
+
+async def test_a_saga_whose_runs_keep_failing_needs_attention_and_can_be_retried(
+    tmp_path: Path,
+) -> None:
+    saga_log = _DiskFull(tmp_path / "coordinator" / "coordinator.db", "charge_payment", times=99)
+    async with stack_on(tmp_path, saga_log, redrive_first_wait=0.05, redrive_attempts=3) as stack:
+        balance = await stack.balance("alice")
+        reply = await stack.place(wait=False)
+        stuck = await stack.settled(reply.saga_id, timeout=20)
+        assert stuck.status == pb.SAGA_STATUS_NEEDS_ATTENTION
+        assert saga_log.failed == 3  # the first run and two re-drives, then no more
+        last = (await saga_log.history(reply.saga_id))[-1]
+        assert last.detail.startswith(
+            "3 runs in a row stopped by an unexpected error: OperationalError: database or"
+        )
+        listed = await stack.api.ListSagas(
+            pb.ListSagasRequest(status=pb.SAGA_STATUS_NEEDS_ATTENTION)
+        )
+        assert [s.saga_id for s in listed.sagas] == [reply.saga_id]
+        # The disk is fixed; an operator retries the saga and it completes, charged once.
+        saga_log.times = 0
+        await stack.api.RetrySaga(pb.RetrySagaRequest(saga_id=reply.saga_id))
+        saga = await stack.settled(reply.saga_id, FINAL, timeout=20)
+        assert saga.status == pb.SAGA_STATUS_COMPLETED
+        assert await charged_once(stack, saga, balance)
 
 
 async def test_recovery_leaves_a_saga_of_an_unloaded_definition_unfinished_and_says_so(
