@@ -105,6 +105,11 @@ def _iso(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")
 
 
+# The SQL filter for a running or compensating saga, and its parameters.
+_IS_UNFINISHED = f"status IN ({', '.join('?' for _ in UNFINISHED)})"
+_UNFINISHED_VALUES = [s.value for s in UNFINISHED]
+
+
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -178,22 +183,20 @@ class SqliteSagaLog(SagaLog):
         return await self.db.read(lambda conn: _history(conn, saga_id, after_seq))
 
     async def unfinished(self) -> list[str]:
-        marks = ", ".join("?" for _ in UNFINISHED)
         rows = await self.db.read(
             lambda conn: conn.execute(
-                f"SELECT saga_id FROM sagas WHERE status IN ({marks}) ORDER BY created_at, saga_id",
-                [s.value for s in UNFINISHED],
+                f"SELECT saga_id FROM sagas WHERE {_IS_UNFINISHED} ORDER BY created_at, saga_id",
+                _UNFINISHED_VALUES,
             ).fetchall()
         )
         return [row["saga_id"] for row in rows]
 
     async def overdue(self, mode: str, now: datetime) -> list[str]:
-        marks = ", ".join("?" for _ in UNFINISHED)
         rows = await self.db.read(
             lambda conn: conn.execute(
-                f"SELECT saga_id FROM sagas WHERE status IN ({marks}) AND mode = ?"
+                f"SELECT saga_id FROM sagas WHERE {_IS_UNFINISHED} AND mode = ?"
                 " AND deadline <= ? ORDER BY created_at, saga_id",
-                [*(s.value for s in UNFINISHED), mode, _iso(now.astimezone(UTC))],
+                [*_UNFINISHED_VALUES, mode, _iso(now.astimezone(UTC))],
             ).fetchall()
         )
         return [row["saga_id"] for row in rows]
@@ -434,22 +437,21 @@ def _load(conn: sqlite3.Connection, saga_id: str) -> SagaRecord | None:
 
 def _load_unfinished(conn: sqlite3.Connection) -> list[SagaRecord]:
     """Every unfinished saga in three queries, not three per saga."""
-    marks = ", ".join("?" for _ in UNFINISHED)
-    unfinished = f"SELECT saga_id FROM sagas WHERE status IN ({marks})"
-    statuses = [s.value for s in UNFINISHED]
+    unfinished = f"SELECT saga_id FROM sagas WHERE {_IS_UNFINISHED}"
     rows = conn.execute(
-        f"SELECT * FROM sagas WHERE status IN ({marks}) ORDER BY created_at, saga_id", statuses
+        f"SELECT * FROM sagas WHERE {_IS_UNFINISHED} ORDER BY created_at, saga_id",
+        _UNFINISHED_VALUES,
     ).fetchall()
     attempts: dict[str, list[sqlite3.Row]] = {}
     for a in conn.execute(
-        f"SELECT * FROM attempts WHERE saga_id IN ({unfinished}) ORDER BY rowid", statuses
+        f"SELECT * FROM attempts WHERE saga_id IN ({unfinished}) ORDER BY rowid", _UNFINISHED_VALUES
     ):
         attempts.setdefault(a["saga_id"], []).append(a)
     steps: dict[str, list[sqlite3.Row]] = {}
     for s in conn.execute(
         "SELECT saga_id, name, status, result FROM steps"
         f" WHERE saga_id IN ({unfinished}) ORDER BY saga_id, position",
-        statuses,
+        _UNFINISHED_VALUES,
     ):
         steps.setdefault(s["saga_id"], []).append(s)
     return [

@@ -147,8 +147,8 @@ class SagaLog(ABC):
         """Ids of the unfinished sagas of ``mode`` whose deadline is not after ``now``,
         oldest first (what the choreography observer flags as stalled). Adapters filter
         in their query instead of loading every unfinished saga."""
-        found = [await self.load(saga_id) for saga_id in await self.unfinished()]
-        return [r.saga_id for r in found if r is not None and r.mode == mode and r.deadline <= now]
+        found = await self.load_unfinished()
+        return [r.saga_id for r in found if r.mode == mode and r.deadline <= now]
 
     async def load_unfinished(self) -> list[SagaRecord]:
         """The sagas still running or compensating, oldest first, each with every step
