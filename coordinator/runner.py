@@ -206,9 +206,9 @@ class SagaRun:
         await self.runner.log.append_many(self.record.saga_id, batch)
 
     async def drive(self) -> SagaRecord:
-        choreographed = self.record.mode == SagaMode.CHOREOGRAPHY.value
-        if choreographed and self.record.direction is Direction.FORWARD:
-            failure = await start_choreography(self)
+        if self.record.direction is Direction.FORWARD:
+            choreographed = self.record.mode == SagaMode.CHOREOGRAPHY.value
+            failure = await (start_choreography(self) if choreographed else self.forward())
             if failure is None:
                 return self.record
             await self.change(
@@ -218,21 +218,8 @@ class SagaRun:
                     saga_status=SagaStatus.COMPENSATING,
                     direction=Direction.BACKWARD,
                     failure=failure,
-                    detail=failure.describe(),
-                )
-            )
-        elif self.record.direction is Direction.FORWARD:
-            failure = await self.forward()
-            if failure is None:
-                return self.record
-            await self.change(
-                Change(
-                    kind=Kind.SAGA_COMPENSATING,
-                    at=self.runner.clock(),
-                    saga_status=SagaStatus.COMPENSATING,
-                    direction=Direction.BACKWARD,
-                    failure=failure,
-                    interrupt_open_attempts=True,
+                    # A refused choreography start left no attempt open to close.
+                    interrupt_open_attempts=not choreographed,
                     detail=failure.describe(),
                 )
             )
