@@ -6,7 +6,10 @@
     ├── InvalidArgument          bad input at the edge; names the offending field
     ├── NotFound                 the thing asked for does not exist
     ├── BusinessRejection        a final "no" from the domain (ErrorInfo reason)
+    ├── RequestMismatch          refused by the barrier: a different request holds the key
     ├── Aborted                  refused by the barrier (execute after compensate)
+    ├── Unauthenticated          no valid credentials (a bearer token, a certificate)
+    ├── PermissionDenied         valid credentials that may not do this
     ├── Transient                may succeed if tried again
     │   └── BreakerOpen          the caller's circuit breaker refused the call
     └── Internal                 a bug; its details never leave the process
@@ -65,10 +68,34 @@ class BusinessRejection(SagawireError):
         self.metadata = dict(metadata)
 
 
+class RequestMismatch(SagawireError):
+    """The barrier refused the call: the same key (saga, step) already holds a request
+    with a different fingerprint (action + payload), so this one is not a repeat of it.
+
+    Not a business "no" about the request: its caller cannot know what took effect
+    under the key, so a coordinator treats the step's outcome as unknown (and
+    compensates it, which undoes what the service recorded for the saga).
+    """
+
+    reason = "REQUEST_MISMATCH"
+
+
 class Aborted(SagawireError):
     """The barrier refused the call: its compensation already ran."""
 
     reason = "COMPENSATED_BEFORE_EXECUTE"
+
+
+class Unauthenticated(SagawireError):
+    """The caller did not prove who it is: no credentials, or invalid ones."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SagawireError):
+    """The caller is known, and may not do this."""
+
+    reason = "PERMISSION_DENIED"
 
 
 class Transient(SagawireError):
@@ -92,7 +119,10 @@ STATUS_CODES: tuple[tuple[type[SagawireError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (BusinessRejection, grpc.StatusCode.FAILED_PRECONDITION),
+    (RequestMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (Aborted, grpc.StatusCode.ABORTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Transient, grpc.StatusCode.UNAVAILABLE),
     (Internal, grpc.StatusCode.INTERNAL),
 )
@@ -215,9 +245,15 @@ def error_from_remote(remote: RemoteError) -> SagawireError:
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(remote.message)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
+        if remote.reason == RequestMismatch.reason:
+            return RequestMismatch(remote.message)
         return BusinessRejection(remote.reason or "REJECTED", remote.message)
     if code == grpc.StatusCode.ABORTED:
         return Aborted(remote.message)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(remote.message)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(remote.message)
     if code in TRANSIENT_CODES:
         return Transient(remote.message, code)
     return Internal(f"{code.name}: {remote.message}")
@@ -240,9 +276,12 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "RemoteError",
+    "RequestMismatch",
     "SagawireError",
     "Transient",
+    "Unauthenticated",
     "abort",
     "error_from_remote",
     "grpc_edge",

@@ -13,8 +13,11 @@ from common.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    RequestMismatch,
     SagawireError,
     Transient,
+    Unauthenticated,
 )
 
 
@@ -33,6 +36,9 @@ def as_failed_call(error: SagawireError) -> grpc.aio.AioRpcError:
         (NotFound("no order 7"), grpc.StatusCode.NOT_FOUND),
         (BusinessRejection("INSUFFICIENT_FUNDS", "no"), grpc.StatusCode.FAILED_PRECONDITION),
         (Aborted("compensated"), grpc.StatusCode.ABORTED),
+        (RequestMismatch("another request"), grpc.StatusCode.FAILED_PRECONDITION),
+        (Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED),
+        (PermissionDenied("not yours"), grpc.StatusCode.PERMISSION_DENIED),
         (Transient("flaky"), grpc.StatusCode.UNAVAILABLE),
         (Transient("slow", grpc.StatusCode.DEADLINE_EXCEEDED), grpc.StatusCode.DEADLINE_EXCEEDED),
         (BreakerOpen("open"), grpc.StatusCode.UNAVAILABLE),
@@ -84,6 +90,10 @@ def test_business_rejection_round_trips_with_its_reason() -> None:
     [
         (NotFound("no order 7"), NotFound, "NOTFOUND"),
         (Aborted("compensated"), Aborted, "COMPENSATED_BEFORE_EXECUTE"),
+        # FAILED_PRECONDITION, but not a business "no": its reason tells them apart.
+        (RequestMismatch("another request"), RequestMismatch, "REQUEST_MISMATCH"),
+        (Unauthenticated("no token"), Unauthenticated, "UNAUTHENTICATED"),
+        (PermissionDenied("not yours"), PermissionDenied, "PERMISSION_DENIED"),
         (Transient("flaky"), Transient, "TRANSIENT"),
     ],
 )
