@@ -275,7 +275,16 @@ def breakers(coordinator: CoordinatorOption = None) -> None:
     with _coordinator(coordinator) as api:
         reply = api.ListBreakers(pb.ListBreakersRequest(), timeout=10)
     table = Table()
-    for column in ("participant", "state", "failures", "threshold", "reset s", "last change"):
+    columns = (
+        "participant",
+        "state",
+        "failed/calls",
+        "opens at",
+        "waiting",
+        "in flight",
+        "last change",
+    )
+    for column in columns:
         table.add_column(column)
     colors = {"closed": "green", "open": "bold red", "half-open": "yellow"}
     for b in reply.breakers:
@@ -284,9 +293,10 @@ def breakers(coordinator: CoordinatorOption = None) -> None:
         table.add_row(
             b.participant,
             f"[{colors.get(b.state, 'white')}]{b.state}[/]",
-            str(b.failure_count),
-            str(b.failure_threshold),
-            f"{b.reset_timeout_seconds:g}",
+            f"{b.failure_count}/{b.window_calls} in {b.window_seconds:g}s",
+            f"{b.failure_rate_threshold:.0%} of ≥{b.minimum_calls}",
+            f"{b.waiting_for_breaker + b.waiting_for_bulkhead}",
+            f"{b.in_flight}/{b.bulkhead_limit}",
             change,
         )
     console.print(table)

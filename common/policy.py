@@ -1,72 +1,54 @@
-"""One call policy: retry (tenacity) around a circuit breaker (pybreaker) around the RPC.
+"""One call policy: retry (tenacity) around a bulkhead and a breaker around the RPC.
 
 ::
 
     CallPolicy.call(participant, retry, rpc, scope)
-      tenacity: exponential backoff with jitter, max attempts, only Transient errors
-        scope(number)                  the caller's attempt: logged before, recorded after
-          BreakerBoard.guard(name)     one pybreaker per participant; open -> BreakerOpen
-            translate_rpc_errors()     AioRpcError -> the error tree (common.errors)
-              rpc(attempt_timeout)     the call itself, with its per-attempt deadline
+      tenacity: exponential backoff with jitter; attempts AND time budget; Transient only
+        Bulkheads.slot(name)           bounded calls in flight per participant (waits)
+          BreakerBoard.admit(name)     waits while the breaker is open (not an attempt)
+            scope(number)              the caller's attempt: logged before, recorded after
+              BreakerBoard.counted     the breaker counts the outcome (rate window)
+                translate_rpc_errors() AioRpcError -> the error tree (common.errors)
+                  rpc(attempt_timeout) the call itself, with its per-attempt deadline
 
-Only :class:`~common.errors.Transient` errors are retried, :class:`BreakerOpen`
-included (it is a Transient): an open breaker fails the attempt at once, and the
-next attempt comes after the usual backoff. Business rejections, barrier refusals
-and cancellations never count as breaker failures. Breaker state changes are
-logged, kept (the latest few per participant) and passed to listeners, so the
-API can show them and telemetry can add them to spans.
+Only :class:`~common.errors.Transient` errors are retried. A retry budget is spent
+only by real calls, and only once both of its halves are: ``max_attempts`` calls
+*and* ``retry_for`` seconds, so a participant that restarts in two seconds costs a
+saga time, never its outcome. Waiting for a bulkhead slot or for an open breaker is
+not an attempt and is not logged; only the caller's deadline (the saga's, through
+cancellation) ends it. See common/breakers.py and common/bulkhead.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-import pybreaker
 from tenacity import wait_exponential_jitter
 from tenacity.wait import WaitBaseT
 
-from common.errors import (
-    Aborted,
-    BreakerOpen,
-    BusinessRejection,
-    InvalidArgument,
-    NotFound,
-    Transient,
-    translate_rpc_errors,
-)
+from common.breakers import BreakerBoard
+from common.bulkhead import Bulkheads
+from common.errors import Transient, translate_rpc_errors
 from common.retrying import attempt_then_retry
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
-
-# Answers from a healthy participant: they say nothing about its availability.
-# (pybreaker counts an excluded error as a success, as it does a normal return.)
-_NOT_FAILURES: tuple[type[BaseException], ...] = (
-    BusinessRejection,
-    Aborted,
-    InvalidArgument,
-    NotFound,
-    asyncio.CancelledError,
-)
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How one step (or compensation) is retried.
 
-    ``max_attempts`` of 0 means "until it succeeds" (forward recovery).
-    Durations are seconds.
+    ``max_attempts`` of 0 means "until it succeeds" (forward recovery). Retries stop
+    only when ``max_attempts`` calls were made *and* ``retry_for`` seconds passed since
+    the first. Durations are seconds.
     """
 
     max_attempts: int = 4
@@ -75,135 +57,12 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.1
     attempt_timeout: float = 2.0
+    retry_for: float = 10.0
 
-
-@dataclass(frozen=True)
-class BreakerSettings:
-    """Every participant's breaker: open after ``failure_threshold`` consecutive
-    failures, try one call again after ``reset_timeout`` seconds."""
-
-    failure_threshold: int = 5
-    reset_timeout: float = 10.0
-
-
-@dataclass(frozen=True)
-class BreakerTransition:
-    participant: str
-    from_state: str
-    to_state: str
-    at: datetime
-
-
-@dataclass(frozen=True)
-class BreakerView:
-    """A breaker as the API shows it."""
-
-    participant: str
-    state: str
-    failure_count: int
-    opened_at: datetime | None
-    failure_threshold: int
-    reset_timeout: float
-    transitions: tuple[BreakerTransition, ...]
-
-
-BreakerListener = Callable[[BreakerTransition], None]
 
 # Told before each retry: the number of the coming attempt, the wait before it in
 # seconds, and the error that ended the previous one (telemetry adds a span event).
 RetryListener = Callable[[int, float, BaseException | None], None]
-
-
-class _Listener(pybreaker.CircuitBreakerListener):
-    def __init__(self, board: BreakerBoard) -> None:
-        self._board = board
-
-    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        old = old_state.name if old_state is not None else CLOSED
-        self._board._changed(str(cb.name), str(old), str(new_state.name))
-
-
-class BreakerBoard:
-    """One circuit breaker per participant, created on first use."""
-
-    def __init__(self, settings: BreakerSettings, history: int = 20) -> None:
-        self.settings = settings
-        self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
-        self._trial_in_flight: set[str] = set()
-        self._history: dict[str, deque[BreakerTransition]] = {}
-        self._history_size = history
-        self._listeners: list[BreakerListener] = []
-        self._listener = _Listener(self)
-
-    def add_listener(self, listener: BreakerListener) -> None:
-        """Call ``listener`` on every state change (telemetry adds a span event)."""
-        self._listeners.append(listener)
-
-    def breaker(self, participant: str) -> pybreaker.CircuitBreaker:
-        found = self._breakers.get(participant)
-        if found is None:
-            found = pybreaker.CircuitBreaker(
-                fail_max=self.settings.failure_threshold,
-                reset_timeout=self.settings.reset_timeout,
-                exclude=list(_NOT_FAILURES),
-                listeners=[self._listener],
-                name=participant,
-                # Keep the real error (e.g. UNAVAILABLE) for the call that trips it.
-                throw_new_error_on_trip=False,
-            )
-            self._breakers[participant] = found
-            self._history[participant] = deque(maxlen=self._history_size)
-        return found
-
-    @contextmanager
-    def guard(self, participant: str) -> Iterator[None]:
-        """Run the block through the participant's breaker.
-
-        Half-open lets one trial call through at a time; the others fail fast.
-
-        Raises:
-            BreakerOpen: the breaker refused the call; the block did not run.
-        """
-        breaker = self.breaker(participant)
-        trial = breaker.current_state != CLOSED
-        if trial and participant in self._trial_in_flight:
-            raise BreakerOpen(f"circuit breaker for {participant} is half-open, trial in flight")
-        if trial:
-            self._trial_in_flight.add(participant)
-        try:
-            # CircuitBreakerError comes only from entering: the breaker is open.
-            with breaker.calling():
-                yield
-        except pybreaker.CircuitBreakerError:
-            raise BreakerOpen(f"circuit breaker for {participant} is open") from None
-        finally:
-            if trial:
-                self._trial_in_flight.discard(participant)
-
-    def views(self) -> list[BreakerView]:
-        """Every breaker created so far, by participant name."""
-        return [self._view(name) for name in sorted(self._breakers)]
-
-    def _view(self, participant: str) -> BreakerView:
-        breaker = self._breakers[participant]
-        storage = breaker._state_storage  # pybreaker exposes opened_at only here
-        opened_at = storage.opened_at if breaker.current_state != CLOSED else None
-        return BreakerView(
-            participant=participant,
-            state=str(breaker.current_state),
-            failure_count=int(breaker.fail_counter),
-            opened_at=opened_at,
-            failure_threshold=self.settings.failure_threshold,
-            reset_timeout=self.settings.reset_timeout,
-            transitions=tuple(self._history[participant]),
-        )
-
-    def _changed(self, participant: str, old: str, new: str) -> None:
-        transition = BreakerTransition(participant, old, new, datetime.now(UTC))
-        self._history.setdefault(participant, deque(maxlen=self._history_size)).append(transition)
-        log.warning("breaker participant=%s from=%s to=%s", participant, old, new)
-        for listener in self._listeners:
-            listener(transition)
 
 
 class AttemptSlot(Generic[_T]):
@@ -225,8 +84,9 @@ async def bare_attempt(number: int) -> AsyncIterator[AttemptSlot[Any]]:
 class CallPolicy:
     """Calls a participant under a retry policy and the participant's breaker."""
 
-    def __init__(self, breakers: BreakerBoard) -> None:
+    def __init__(self, breakers: BreakerBoard, bulkheads: Bulkheads | None = None) -> None:
         self.breakers = breakers
+        self.bulkheads = bulkheads or Bulkheads(default_limit=1_000_000)
 
     async def call(
         self,
@@ -239,7 +99,8 @@ class CallPolicy:
     ) -> _T:
         """Call ``rpc(attempt_timeout)`` until it succeeds or the policy gives up.
 
-        Each attempt runs inside ``scope(number)`` (numbers start at
+        Each attempt runs inside ``scope(number)``, once the participant's bulkhead
+        and breaker let it through (numbers start at
         ``first_number``, so a resumed step keeps counting): the caller logs the
         attempt there before it is made, and on exit records how it ended (the
         reply is in the slot the scope yields, an error is the exception).
@@ -252,8 +113,12 @@ class CallPolicy:
 
         async def one(attempt: int) -> _T:
             number = first_number + attempt - 1
-            async with scope(number) as slot:
-                with self.breakers.guard(participant), translate_rpc_errors():
+            async with (
+                self.bulkheads.slot(participant),
+                self.breakers.admit(participant),
+                scope(number) as slot,
+            ):
+                with self.breakers.counted(participant), translate_rpc_errors():
                     reply = await rpc(retry.attempt_timeout)
                 slot.value = reply
             return reply
@@ -271,7 +136,13 @@ class CallPolicy:
                 on_retry(number, delay, error)
 
         return await attempt_then_retry(
-            one, Transient, _wait(retry), before_retry, max_attempts=retry.max_attempts
+            one,
+            Transient,
+            _wait(retry),
+            before_retry,
+            max_attempts=retry.max_attempts,
+            retry_for=retry.retry_for,
+            started=time.monotonic(),
         )
 
 
@@ -287,15 +158,8 @@ def _wait(retry: RetryPolicy) -> WaitBaseT:
 
 
 __all__ = [
-    "CLOSED",
-    "HALF_OPEN",
-    "OPEN",
     "AttemptScope",
     "AttemptSlot",
-    "BreakerBoard",
-    "BreakerSettings",
-    "BreakerTransition",
-    "BreakerView",
     "CallPolicy",
     "RetryListener",
     "RetryPolicy",

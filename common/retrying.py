@@ -11,6 +11,7 @@ same hook before each sleep, attempt numbers counted from the first attempt.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
@@ -19,8 +20,10 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
     stop_never,
 )
+from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT, wait_base
 
 _T = TypeVar("_T")
@@ -35,13 +38,20 @@ async def attempt_then_retry(
     wait: WaitBaseT,
     before_retry: BeforeRetry,
     max_attempts: int = 0,
+    retry_for: float = 0.0,
+    started: float | None = None,
 ) -> _T:
     """``attempt(n)`` for n = 1, 2... until it returns, raises something not
-    ``retryable``, or ``max_attempts`` (0: no limit) ran out; then the last error."""
+    ``retryable``, or the budget ran out; then the last error.
+
+    The budget is spent once ``max_attempts`` attempts were made (0: no limit) *and*
+    ``retry_for`` seconds passed since ``started`` (``time.monotonic()``; default:
+    now): a short outage costs time, not the budget."""
+    started = time.monotonic() if started is None else started
     try:
         return await attempt(1)
     except retryable as error:
-        if max_attempts == 1:
+        if max_attempts == 1 and time.monotonic() - started >= retry_for:
             raise
         delay = wait(cast(RetryCallState, _AtAttempt(1)))
         before_retry(2, delay, error)
@@ -53,8 +63,13 @@ async def attempt_then_retry(
         assert error is not None  # tenacity sleeps only after a failed attempt
         before_retry(state.attempt_number + 2, delay, error)
 
+    stop: StopBaseT = stop_never
+    if max_attempts:
+        # Both halves must be spent; the time half counts from ``started``, not from now.
+        left = retry_for - (time.monotonic() - started)
+        stop = stop_after_attempt(max(max_attempts - 1, 1)) & stop_after_delay(max(left, 0.0))
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(max_attempts - 1) if max_attempts else stop_never,
+        stop=stop,
         wait=_Shifted(wait),
         retry=retry_if_exception_type(retryable),
         before_sleep=before_sleep,

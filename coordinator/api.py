@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from common.errors import NotFound, SagawireError, abort, grpc_edge
-from common.policy import BreakerBoard
+from common.breakers import BreakerBoard
+from common.bulkhead import Bulkheads
+from common.errors import BreakerOpen, NotFound, SagawireError, abort, grpc_edge
 from common.telemetry import current_trace_id
 from coordinator import requests
 from coordinator.definitions import Definitions, SagaMode
@@ -37,12 +38,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         saga_log: SagaLog,
         definitions: Definitions,
         breakers: BreakerBoard,
+        bulkheads: Bulkheads,
         watch_poll_seconds: float = 1.0,
+        shed_at_door: bool = True,
     ) -> None:
         self._engine = engine
         self._log = saga_log
         self._definitions = definitions
         self._breakers = breakers
+        self._bulkheads = bulkheads
+        self._shed_at_door = shed_at_door
         self._poll = watch_poll_seconds
 
     def _message(self, record: SagaRecord) -> pb.Saga:
@@ -59,6 +64,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> pb.PlaceOrderResponse:
         async def body() -> pb.PlaceOrderResponse:
             data, fingerprint = requests.place_order(request)
+            self._refuse_if_first_participant_down(request.saga or requests.DEFAULT_SAGA)
             record, created = await self._engine.start(
                 request.saga or requests.DEFAULT_SAGA,
                 data,
@@ -80,6 +86,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
 
         return await grpc_edge(context, body)
+
+    def _refuse_if_first_participant_down(self, saga: str) -> None:
+        """Load shedding at the door: while the breaker of a participant the saga calls
+        first is open, a new saga would only wait, so it is refused (UNAVAILABLE) before
+        anything is written; a client retrying with the same idempotency key gets it
+        once, later."""
+        definition = self._definitions.get(saga)
+        if not self._shed_at_door or definition is None:
+            return
+        for step in definition.roots:
+            if self._breakers.is_open(step.participant):
+                raise BreakerOpen(
+                    f"{step.participant} is unavailable (circuit breaker open); retry later"
+                )
 
     async def GetSaga(
         self, request: pb.GetSagaRequest, context: grpc.aio.ServicerContext
@@ -155,7 +175,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.ListBreakersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBreakersResponse:
         return pb.ListBreakersResponse(
-            breakers=[breaker_message(v) for v in self._breakers.views()]
+            breakers=[
+                breaker_message(v, self._bulkheads.view(v.participant))
+                for v in self._breakers.views()
+            ]
         )
 
 

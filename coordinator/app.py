@@ -17,9 +17,11 @@ from pathlib import Path
 
 import grpc
 
+from common.breakers import BreakerBoard, BreakerSettings
+from common.bulkhead import Bulkheads
 from common.config import DEFAULT_PORTS, Endpoints, load
 from common.logs import setup_logging
-from common.policy import BreakerBoard, BreakerSettings, CallPolicy
+from common.policy import CallPolicy
 from common.server import serve_until_signal, server_options, start_server
 from common.telemetry import saga_metrics, setup_telemetry
 from coordinator import api
@@ -60,8 +62,17 @@ class CoordinatorApp:
             endpoints or Endpoints(), participants, client_interceptors
         )
         self.breakers = BreakerBoard(
-            BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_timeout)
+            BreakerSettings(
+                failure_rate=settings.breaker_failure_rate,
+                minimum_calls=settings.breaker_minimum_calls,
+                window=settings.breaker_window,
+                reset_timeout=settings.breaker_reset_timeout,
+            )
         )
+        unknown = sorted(set(settings.bulkheads) - set(participants))
+        if unknown:
+            raise ValueError(f"SAGAWIRE_BULKHEADS names unknown participants: {unknown}")
+        self.bulkheads = Bulkheads(settings.bulkhead, settings.bulkheads)
         for name in participants:
             self.breakers.breaker(name)  # listed (closed) before their first call
             saga_metrics().breaker_changed(name, "closed")
@@ -77,7 +88,7 @@ class CoordinatorApp:
             self.log,
             self.definitions,
             self.participants,
-            CallPolicy(self.breakers),
+            CallPolicy(self.breakers, self.bulkheads),
             self.crash,
             carried=carried,
         )
@@ -107,7 +118,12 @@ class CoordinatorApp:
             else None
         )
         self.servicer = api.CoordinatorServicer(
-            self.engine, self.log, self.definitions, self.breakers
+            self.engine,
+            self.log,
+            self.definitions,
+            self.breakers,
+            self.bulkheads,
+            shed_at_door=settings.shed_at_door,
         )
         self._stopped = False
 

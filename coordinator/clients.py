@@ -18,6 +18,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 4 << 20),
+    # A participant that restarts is back in a second or two: reconnect within that,
+    # not after gRPC's default backoff (1 s growing to 120 s), during which every call
+    # would fail at once with UNAVAILABLE and spend retry budgets for nothing.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
 

@@ -47,9 +47,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, StatusCode, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
+from common.breakers import BreakerTransition
 from common.errors import SagawireError
 from common.metrics import BREAKER_STATES
-from common.policy import BreakerTransition
 from common.telemetry import saga_metrics, tracer, with_span_id
 from coordinator.definitions import Step
 from coordinator.outcomes import error_detail
@@ -327,7 +327,7 @@ def _reason(error: BaseException | None) -> str:
 
 
 def breaker_changed(transition: BreakerTransition) -> None:
-    """A :class:`common.policy.BreakerBoard` listener: the new state as a metric, and as
+    """A :class:`common.breakers.BreakerBoard` listener: the new state as a metric, and as
     an event on the current span (the attempt whose call changed it)."""
     if transition.to_state in BREAKER_STATES:
         saga_metrics().breaker_changed(transition.participant, transition.to_state)

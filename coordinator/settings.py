@@ -22,8 +22,20 @@ class CoordinatorSettings(ServerSettings):
     max_concurrent_sagas: int = Field(default=500, ge=1, le=100_000)
     # Sagas in progress (running or waiting) before PlaceOrder answers RESOURCE_EXHAUSTED.
     max_pending_sagas: int = Field(default=20_000, ge=1, le=1_000_000)
-    breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
-    breaker_reset_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # A participant's breaker opens when at least breaker_failure_rate of the calls in
+    # the last breaker_window seconds failed, once there were breaker_minimum_calls;
+    # breaker_reset_timeout seconds later it lets one trial call through.
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_minimum_calls: int = Field(default=20, ge=1, le=100_000)
+    breaker_window: float = Field(default=10.0, gt=0, le=3600)
+    breaker_reset_timeout: float = Field(default=2.0, gt=0, le=3600)
+    # While the breaker of a saga's first participant is open, PlaceOrder refuses new
+    # sagas with UNAVAILABLE before writing anything (the client retries later).
+    shed_at_door: bool = True
+    # Calls in flight from the coordinator to each participant (the bulkhead), and
+    # per-participant overrides, e.g. SAGAWIRE_BULKHEADS='{"shipping": 8}'.
+    bulkhead: int = Field(default=64, ge=1, le=100_000)
+    bulkheads: dict[str, int] = Field(default_factory=dict)
     # A run stopped by an unexpected error (a bug, a failing disk) is driven again after
     # this many seconds, doubling up to a minute; after redrive_attempts runs in a row
     # end that way, the saga is marked as needing attention (RetrySaga resumes it).

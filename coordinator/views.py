@@ -6,7 +6,8 @@ from datetime import datetime
 
 from google.protobuf import any_pb2, timestamp_pb2
 
-from common.policy import BreakerView
+from common.breakers import BreakerView
+from common.bulkhead import BulkheadView
 from coordinator.definitions import SagaDefinition, SagaMode
 from coordinator.payloads import pack, saga_data
 from coordinator.records import (
@@ -127,16 +128,24 @@ def transition_message(t: Transition) -> pb.SagaTransition:
     )
 
 
-def breaker_message(view: BreakerView) -> pb.Breaker:
+def breaker_message(view: BreakerView, bulkhead: BulkheadView) -> pb.Breaker:
+    """A participant's breaker, with its bulkhead beside it."""
     return pb.Breaker(
         participant=view.participant,
         state=view.state,
-        failure_count=view.failure_count,
+        failure_count=view.window_failures,
         opened_at=timestamp(view.opened_at),
         transitions=[
             pb.BreakerTransition(from_state=t.from_state, to_state=t.to_state, at=timestamp(t.at))
             for t in view.transitions
         ],
-        failure_threshold=view.failure_threshold,
-        reset_timeout_seconds=view.reset_timeout,
+        reset_timeout_seconds=view.settings.reset_timeout,
+        window_calls=view.window_calls,
+        failure_rate_threshold=view.settings.failure_rate,
+        minimum_calls=view.settings.minimum_calls,
+        window_seconds=view.settings.window,
+        waiting_for_breaker=view.waiting,
+        in_flight=bulkhead.in_flight,
+        bulkhead_limit=bulkhead.limit,
+        waiting_for_bulkhead=bulkhead.waiting,
     )

@@ -14,7 +14,14 @@ from common.policy import RetryPolicy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RETRY_KEYS = {"max_attempts", "initial_backoff", "max_backoff", "multiplier", "jitter"}
+_RETRY_KEYS = {
+    "max_attempts",
+    "initial_backoff",
+    "max_backoff",
+    "multiplier",
+    "jitter",
+    "retry_for",
+}
 
 
 def add(problems: list[str], where: str, message: str) -> None:
@@ -80,6 +87,7 @@ def retry(problems: list[str], where: str, raw: object, base: RetryPolicy) -> Re
     if maximum < initial:
         add(problems, f"{where}.max_backoff", "must not be less than initial_backoff")
     jitter = duration(problems, f"{where}.jitter", raw.get("jitter", base.jitter))
+    retry_for = duration(problems, f"{where}.retry_for", raw.get("retry_for", base.retry_for))
     return RetryPolicy(
         max_attempts=attempts,
         initial_backoff=initial,
@@ -87,4 +95,5 @@ def retry(problems: list[str], where: str, raw: object, base: RetryPolicy) -> Re
         multiplier=float(multiplier),
         jitter=jitter,
         attempt_timeout=base.attempt_timeout,
+        retry_for=retry_for,
     )

@@ -39,12 +39,20 @@ SETTLED = frozenset(
 )
 FINAL = frozenset({pb.SAGA_STATUS_COMPLETED, pb.SAGA_STATUS_COMPENSATED})
 
-FAST_RETRY = {"max_attempts": 3, "initial_backoff": "10ms", "max_backoff": "40ms", "jitter": "5ms"}
+# Budgets of attempts only (no time half), so tests can count attempts.
+FAST_RETRY = {
+    "max_attempts": 3,
+    "initial_backoff": "10ms",
+    "max_backoff": "40ms",
+    "jitter": "5ms",
+    "retry_for": "0s",
+}
 FAST_COMPENSATION = {
     "max_attempts": 5,
     "initial_backoff": "10ms",
     "max_backoff": "40ms",
     "jitter": "5ms",
+    "retry_for": "0s",
 }
 
 
@@ -79,7 +87,7 @@ def coordinator_settings(
         "definitions_file": definitions,
         "grace_seconds": 1.0,
         "drain_seconds": 0.5,
-        "breaker_failure_threshold": 50,
+        "breaker_minimum_calls": 50,
         "breaker_reset_timeout": 1.0,
         "sqlite_synchronous": "NORMAL",
     }
@@ -239,7 +247,7 @@ def start_coordinator_process(
         "SAGAWIRE_GRACE_SECONDS": "1",
         "SAGAWIRE_DRAIN_SECONDS": "0.5",
         "SAGAWIRE_SQLITE_SYNCHRONOUS": "NORMAL",
-        "SAGAWIRE_BREAKER_FAILURE_THRESHOLD": "50",
+        "SAGAWIRE_BREAKER_MINIMUM_CALLS": "50",
         "SAGAWIRE_CRASH_AT": crash_at,
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from common.server import start_server
@@ -28,7 +29,7 @@ from tests.coordinator_support import (
     running_stack,
     write_definitions,
 )
-from tests.support import start_cluster
+from tests.support import start_cluster, wait_until
 
 
 def outcomes(saga: pb.Saga, step: str, phase: str = "execute") -> list[str]:
@@ -42,14 +43,18 @@ async def breaker(stub: object, participant: str) -> pb.Breaker:
     return found
 
 
-async def test_breaker_opens_fails_fast_half_opens_and_closes(tmp_path: Path) -> None:
+async def test_an_open_breaker_costs_time_never_attempts(tmp_path: Path) -> None:
     definitions = write_definitions(
         tmp_path / "sagas.yaml",
         retry={"max_attempts": 5},
-        compensation_retry={"max_attempts": 40, "initial_backoff": "50ms", "max_backoff": "100ms"},
+        compensation_retry={"max_attempts": 2},
     )
     async with running_stack(
-        tmp_path, definitions=definitions, breaker_failure_threshold=3, breaker_reset_timeout=0.5
+        tmp_path,
+        definitions=definitions,
+        breaker_minimum_calls=3,
+        breaker_failure_rate=0.5,
+        breaker_reset_timeout=0.3,
     ) as stack:
         stock = await stack.stock("SKU-MUG")
         await stack.faults("inventory", reserve=(-1, 0))
@@ -57,30 +62,80 @@ async def test_breaker_opens_fails_fast_half_opens_and_closes(tmp_path: Path) ->
         assert reply.status == pb.SAGA_STATUS_COMPENSATED
         assert reply.failure.step == "reserve_stock"
         saga = await stack.saga(reply.saga_id)
-        # Three failures open the breaker; the next attempts fail fast...
-        assert outcomes(saga, "reserve_stock") == ["transient"] * 3 + ["breaker_open"] * 2
+        # Three failures open the breaker; the remaining attempts wait for it and are
+        # its trial calls: five real calls, none refused by the breaker.
+        assert outcomes(saga, "reserve_stock") == ["transient"] * 5
         calls = await stack.calls("inventory")
-        assert calls["reserve"] == 3  # ...without touching the participant
-        # The release waits out the open breaker, goes through as the half-open trial.
-        release = outcomes(saga, "reserve_stock", "compensate")
-        assert release[-1] == "ok" and set(release[:-1]) <= {"breaker_open"}
+        assert calls["reserve"] == 5
+        # The release waits out the open breaker and goes through as the trial: one
+        # attempt of a budget of two.
+        assert outcomes(saga, "reserve_stock", "compensate") == ["ok"]
         assert calls["release"] == 1
         inventory = await breaker(stack.api, "inventory")
-        assert (inventory.state, inventory.failure_count) == ("closed", 0)
-        assert [(t.from_state, t.to_state) for t in inventory.transitions] == [
-            ("closed", "open"),
-            ("open", "half-open"),
-            ("half-open", "closed"),
-        ]
-        assert (inventory.failure_threshold, inventory.reset_timeout_seconds) == (3, 0.5)
+        assert (inventory.state, inventory.failure_count, inventory.waiting_for_breaker) == (
+            "closed",
+            0,
+            0,
+        )
+        transitions = [(t.from_state, t.to_state) for t in inventory.transitions]
+        assert transitions[0] == ("closed", "open")
+        assert transitions[-2:] == [("open", "half-open"), ("half-open", "closed")]
+        assert set(transitions[1:-2]) <= {("open", "half-open"), ("half-open", "open")}
+        assert (
+            inventory.minimum_calls,
+            inventory.failure_rate_threshold,
+            inventory.reset_timeout_seconds,
+        ) == (3, 0.5, 0.3)
         assert await stack.stock("SKU-MUG") == stock
         await stack.faults("inventory")
         assert (await stack.place()).status == pb.SAGA_STATUS_COMPLETED
 
 
+async def test_new_sagas_are_refused_at_the_door_while_the_first_breaker_is_open(
+    tmp_path: Path,
+) -> None:
+    async def order_breaker_open() -> bool:
+        return (await breaker(stack.api, "order")).state == "open"
+
+    async def placed_late() -> pb.PlaceOrderResponse | None:
+        try:
+            return await stack.place(key="door-late")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            return None
+
+    async with running_stack(tmp_path, breaker_minimum_calls=3, breaker_reset_timeout=2.0) as stack:
+        await stack.faults("order", create_order=(-1, 0))
+        for i in range(2):
+            await stack.place(wait=False, key=f"door-{i}")
+        await wait_until(order_breaker_open, message="order's breaker open")
+        before = await stack.api.ListSagas(pb.ListSagasRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.place(key="door-late")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "circuit breaker open" in (refused.value.details() or "")
+        after = await stack.api.ListSagas(pb.ListSagasRequest())
+        assert len(after.sagas) == len(before.sagas)  # nothing was written
+        # The client retries with the same key once order is back: the saga, once.
+        await stack.faults("order")
+        late = await wait_until(placed_late, timeout=20, message="the late order accepted")
+        assert late.status == pb.SAGA_STATUS_COMPLETED
+        again = await stack.place(key="door-late")
+        assert (again.saga_id, again.existing) == (late.saga_id, True)
+
+        # The sagas that met the open breaker waited for it and completed too.
+        async def all_completed() -> bool:
+            listed = await stack.api.ListSagas(pb.ListSagasRequest())
+            return len(listed.sagas) == 3 and all(
+                s.status == pb.SAGA_STATUS_COMPLETED for s in listed.sagas
+            )
+
+        await wait_until(all_completed, timeout=20, message="every saga completed")
+
+
 async def test_business_rejections_do_not_trip_the_breaker(tmp_path: Path) -> None:
     async with running_stack(
-        tmp_path, breaker_failure_threshold=2, breaker_reset_timeout=30.0
+        tmp_path, breaker_minimum_calls=2, breaker_reset_timeout=30.0
     ) as stack:
         for _ in range(4):
             reply = await stack.place(customer="carol", items=[("SKU-LAMP", 1)])

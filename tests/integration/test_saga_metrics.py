@@ -82,9 +82,9 @@ async def test_sagas_and_steps_are_counted_and_timed(tmp_path: Path) -> None:
 
 async def test_retries_breakers_and_sagas_needing_attention(tmp_path: Path) -> None:
     definitions = write_definitions(tmp_path / "sagas.yaml", compensation_retry={"max_attempts": 3})
-    # One failure opens a breaker, which then refuses calls for a minute.
+    # One failure opens a breaker; each later attempt waits for it and is its trial call.
     async with traced_stack(
-        tmp_path, definitions=definitions, breaker_failure_threshold=1, breaker_reset_timeout=60
+        tmp_path, definitions=definitions, breaker_minimum_calls=1, breaker_reset_timeout=0.05
     ) as traced:
         # carol's charge is declined; the release of her stock always fails.
         await traced.stack.faults("inventory", release=(-1, 0))
@@ -93,11 +93,12 @@ async def test_retries_breakers_and_sagas_needing_attention(tmp_path: Path) -> N
 
         await _counted(traced, "sagas_needing_attention", 1, **SAGA)
         assert traced.value("sagas_compensated") == 0
-        # Three attempts of the release, the first one transient, then the open breaker.
+        # Three real attempts of the release, all transient: waiting for the open
+        # breaker spent none of the budget.
         release = {"saga.step": "reserve_stock", "saga.action": "release"}
         assert traced.value("step_retries", **release) == 2
-        assert traced.value("step_duration", **release, **{"saga.outcome": "transient"}) == 1
-        assert traced.value("step_duration", **release, **{"saga.outcome": "breaker_open"}) == 2
+        assert traced.value("step_duration", **release, **{"saga.outcome": "transient"}) == 3
+        assert traced.value("step_duration", **release, **{"saga.outcome": "breaker_open"}) == 0
         assert traced.values_by("breaker_state", "participant")["inventory"] == 2  # open
 
 

@@ -175,7 +175,7 @@ async def test_retries_and_breaker_changes_are_span_events(tmp_path: Path) -> No
     # One failure opens inventory's breaker; the retry (after >= 10 ms of backoff)
     # finds the 1 ms reset timeout passed, goes through as the half-open trial, closes it.
     async with traced_stack(
-        tmp_path, breaker_failure_threshold=1, breaker_reset_timeout=0.001
+        tmp_path, breaker_minimum_calls=1, breaker_reset_timeout=0.001
     ) as traced:
         await traced.stack.faults("inventory", reserve=(1, 0))
         placed = await traced.stack.place("alice")

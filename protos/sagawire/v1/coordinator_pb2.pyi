@@ -521,14 +521,36 @@ class Breaker(_message.Message):
     FAILURE_COUNT_FIELD_NUMBER: _builtins.int
     OPENED_AT_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
-    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
     RESET_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    WINDOW_CALLS_FIELD_NUMBER: _builtins.int
+    FAILURE_RATE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MINIMUM_CALLS_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_BREAKER_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    BULKHEAD_LIMIT_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_BULKHEAD_FIELD_NUMBER: _builtins.int
     participant: _builtins.str
     state: _builtins.str
     """"closed", "open" or "half-open"."""
     failure_count: _builtins.int
-    failure_threshold: _builtins.int
+    """Failed calls in the sliding window (business rejections are not failures)."""
     reset_timeout_seconds: _builtins.float
+    window_calls: _builtins.int
+    """Calls in the sliding window, and what opens the breaker: at least
+    failure_rate_threshold of at least minimum_calls in the last window_seconds.
+    """
+    failure_rate_threshold: _builtins.float
+    minimum_calls: _builtins.int
+    window_seconds: _builtins.float
+    waiting_for_breaker: _builtins.int
+    """Steps and compensations waiting for the breaker to let a call through."""
+    in_flight: _builtins.int
+    """The participant's bulkhead: calls in flight from the coordinator, its limit, and
+    the calls queued for a slot.
+    """
+    bulkhead_limit: _builtins.int
+    waiting_for_bulkhead: _builtins.int
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -543,12 +565,19 @@ class Breaker(_message.Message):
         failure_count: _builtins.int = ...,
         opened_at: _timestamp_pb2.Timestamp | None = ...,
         transitions: _abc.Iterable[Global___BreakerTransition] | None = ...,
-        failure_threshold: _builtins.int = ...,
         reset_timeout_seconds: _builtins.float = ...,
+        window_calls: _builtins.int = ...,
+        failure_rate_threshold: _builtins.float = ...,
+        minimum_calls: _builtins.int = ...,
+        window_seconds: _builtins.float = ...,
+        waiting_for_breaker: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        bulkhead_limit: _builtins.int = ...,
+        waiting_for_bulkhead: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_count", b"failure_count", "failure_threshold", b"failure_threshold", "opened_at", b"opened_at", "participant", b"participant", "reset_timeout_seconds", b"reset_timeout_seconds", "state", b"state", "transitions", b"transitions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulkhead_limit", b"bulkhead_limit", "failure_count", b"failure_count", "failure_rate_threshold", b"failure_rate_threshold", "in_flight", b"in_flight", "minimum_calls", b"minimum_calls", "opened_at", b"opened_at", "participant", b"participant", "reset_timeout_seconds", b"reset_timeout_seconds", "state", b"state", "transitions", b"transitions", "waiting_for_breaker", b"waiting_for_breaker", "waiting_for_bulkhead", b"waiting_for_bulkhead", "window_calls", b"window_calls", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
