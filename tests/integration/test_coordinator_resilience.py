@@ -3,6 +3,7 @@ unexpected error, with real services."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import sqlite3
 import uuid
@@ -14,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from common.server import start_server
 from coordinator.app import CoordinatorApp
@@ -26,6 +28,7 @@ from tests.coordinator_support import (
     Stack,
     coordinator_settings,
     endpoints_of,
+    line,
     running_stack,
     write_definitions,
 )
@@ -307,3 +310,41 @@ async def test_recovery_leaves_a_saga_of_an_unloaded_definition_unfinished_and_s
         assert (await stack.place()).status == pb.SAGA_STATUS_COMPLETED
     assert f"its definition is not loaded saga_id={saga_id} definition=retired_saga" in caplog.text
     assert "unexpected error" not in caplog.text
+
+
+async def test_a_slow_participant_holds_only_its_own_bulkhead(tmp_path: Path) -> None:
+    # Two saga types: place_order needs shipping, reserve_and_charge does not.
+    path = write_definitions(tmp_path / "sagas.yaml", step_deadline="5s")
+    raw = yaml.safe_load(path.read_text())
+    no_shipping = copy.deepcopy(raw["sagas"]["place_order"])
+    no_shipping["steps"] = [s for s in no_shipping["steps"] if s["participant"] != "shipping"]
+    no_shipping["steps"][-1]["after"] = ["reserve_stock", "charge_payment"]
+    raw["sagas"]["reserve_and_charge"] = no_shipping
+    path.write_text(yaml.safe_dump(raw))
+    async with running_stack(tmp_path, definitions=path, bulkheads={"shipping": 2}) as stack:
+        await stack.faults("shipping", schedule=(0, 2000))  # every schedule takes 2 s
+        slow = [(await stack.place(wait=False)).saga_id for _ in range(6)]
+
+        async def shipping_full() -> pb.Breaker | None:
+            found = await breaker(stack.api, "shipping")
+            return found if found.in_flight == 2 and found.waiting_for_bulkhead > 0 else None
+
+        full = await wait_until(shipping_full, timeout=15, message="shipping's bulkhead full")
+        assert full.bulkhead_limit == 2
+        request = pb.PlaceOrderRequest(
+            saga="reserve_and_charge",
+            customer_id="alice",
+            items=[line("SKU-MUG", 1)],
+            destination="Berlin",
+            wait=True,
+        )
+        other = await stack.api.PlaceOrder(request, timeout=30)
+        assert other.status == pb.SAGA_STATUS_COMPLETED
+        # It completed while place_order sagas still queued behind shipping's two slots.
+        shipping = await breaker(stack.api, "shipping")
+        assert shipping.in_flight <= 2 and shipping.waiting_for_bulkhead > 0
+        running = [s for s in slow if (await stack.saga(s)).status not in FINAL]
+        assert len(running) >= 3
+        assert stack.app is not None
+        assert stack.app.bulkheads.peak("shipping") == 2
+        await stack.faults("shipping")
