@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import bench, demo, events, health, sagas, stack, trace
+from cli import bench, certs, demo, events, health, sagas, stack, trace
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -46,6 +46,7 @@ app.command()(stack.up)
 app.command()(demo.demo)
 app.add_typer(events.events_app, name="events")
 app.command()(health.health)
+app.command()(certs.certs)
 app.command()(trace.trace)
 app.command()(bench.bench)
 sagas.register(app)

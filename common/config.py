@@ -64,6 +64,46 @@ class Endpoints(BaseSettings):
         return value
 
 
+class TlsSettings(BaseSettings):
+    """Whether TLS is on and where a process finds its CA, certificate and key.
+
+    Used by common/tls.py, which describes every variable; servers read it as part of
+    :class:`ServerSettings`, command-line clients on its own.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")
+
+    # SAGAWIRE_TLS=off is the only way to plaintext.
+    tls: bool = True
+    data_dir: Path = Path(".sagawire")
+    # Default: <data_dir>/certs.
+    certs_dir: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # A server requires a client certificate, or (none) asks for none at all.
+    tls_client_auth: Literal["require", "none"] = "require"
+    # The certificate a command-line client presents.
+    tls_identity: str = "operator"
+
+    @property
+    def certs_directory(self) -> Path:
+        return self.certs_dir if self.certs_dir is not None else self.data_dir / "certs"
+
+    def files(self, identity: str) -> tuple[Path, Path, Path]:
+        """The CA, certificate and key ``identity`` uses: explicit paths, else the defaults."""
+        directory = self.certs_directory
+        return (
+            self.tls_ca_file or directory / "ca.crt",
+            self.tls_cert_file or directory / f"{identity}.crt",
+            self.tls_key_file or directory / f"{identity}.key",
+        )
+
+    @property
+    def default_paths(self) -> bool:
+        return self.tls_ca_file is self.tls_cert_file is self.tls_key_file is None
+
+
 class ServerSettings(BaseSettings):
     """How a Sagawire gRPC process serves: address, limits, storage, logging."""
 
