@@ -18,10 +18,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import grpc
-
 from cli.bench_load import Placed
 from cli.bench_sagas import COMPENSATED, COMPLETED
+from common.tls import Identity
 from protos.sagawire.v1 import (
     inventory_pb2,
     inventory_pb2_grpc,
@@ -61,9 +60,10 @@ class Verdict:
 
 
 async def snapshot(addresses: Mapping[str, str]) -> Snapshot:
+    operator = Identity.from_env()
     async with (
-        grpc.aio.insecure_channel(addresses["payment"]) as payment,
-        grpc.aio.insecure_channel(addresses["inventory"]) as inventory,
+        operator.aio_channel(addresses["payment"], peer="payment") as payment,
+        operator.aio_channel(addresses["inventory"], peer="inventory") as inventory,
     ):
         accounts = await payment_pb2_grpc.PaymentStub(payment).ListAccounts(
             payment_pb2.ListAccountsRequest(), timeout=_TIMEOUT
@@ -81,8 +81,8 @@ async def _orders(address: str, wanted: set[str]) -> dict[str, order_pb2.OrderRe
     """The wanted orders, paging newest first until all are found (or the list ends)."""
     found: dict[str, order_pb2.OrderRecord] = {}
     token = ""
-    async with grpc.aio.insecure_channel(
-        address, options=[("grpc.max_receive_message_length", 16 << 20)]
+    async with Identity.from_env().aio_channel(
+        address, peer="order", options=[("grpc.max_receive_message_length", 16 << 20)]
     ) as channel:
         stub = order_pb2_grpc.OrderStub(channel)
         while len(found) < len(wanted):

@@ -31,6 +31,7 @@ from cli.bench_report import RunRow, row_of
 from cli.bench_sagas import Driver, Mix, Outcome, saga_spec, status_name
 from cli.bench_stack import BenchError, BenchStack
 from common.errors import TRANSIENT_CODES
+from common.tls import Identity
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, order_saga_pb2
 
 FLAT_GROWTH = 0.10
@@ -98,7 +99,7 @@ async def recovery(stack: BenchStack, mode: str, mix: Mix, count: int) -> dict[s
     specs = [saga_spec(mix, n) for n in range(count)]
     prefix = f"recovery-{mode}-{os.getpid()}-{time.time_ns()}"
     until = time.monotonic() + max(120.0, count / 20)
-    async with grpc.aio.insecure_channel(stack.coordinator_address) as channel:
+    async with Identity.from_env().aio_channel(stack.coordinator_address) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         gate = asyncio.Semaphore(_SUBMIT_CONCURRENCY)
 

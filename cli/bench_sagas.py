@@ -27,8 +27,10 @@ from typing import Protocol
 
 import grpc
 
+from common.certs import COORDINATOR, OPERATOR
 from common.errors import parse_rpc_error
 from common.participant import pack
+from common.tls import Identity
 from protos.sagawire.v1 import (
     common_pb2,
     coordinator_pb2,
@@ -137,9 +139,9 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
-def _channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        address, options=[("grpc.max_receive_message_length", 4 << 20)]
+def _channel(address: str, identity: str = OPERATOR, peer: str | None = None) -> grpc.aio.Channel:
+    return Identity.from_env(identity).aio_channel(
+        address, peer=peer, options=[("grpc.max_receive_message_length", 4 << 20)]
     )
 
 
@@ -180,7 +182,8 @@ class RawDriver:
 
     def __init__(self, addresses: Mapping[str, str], rpc_timeout: float = 30.0) -> None:
         names = {s.participant for s in (_CREATE, _RESERVE, _CHARGE, _SCHEDULE)}
-        self._channels = {name: _channel(addresses[name]) for name in names}
+        # The bench stands in for the coordinator: only its certificate may call Execute.
+        self._channels = {name: _channel(addresses[name], COORDINATOR, peer=name) for name in names}
         self._stubs = {
             name: participant_pb2_grpc.ParticipantStub(ch) for name, ch in self._channels.items()
         }
@@ -330,7 +333,8 @@ class DirectChoreographyDriver:
     label = "choreography-direct"
 
     def __init__(self, addresses: Mapping[str, str], rpc_timeout: float = 60.0) -> None:
-        self._order = _channel(addresses["order"])
+        # Stands in for the coordinator (create_order is the coordinator's call).
+        self._order = _channel(addresses["order"], COORDINATOR, peer="order")
         self._participant = participant_pb2_grpc.ParticipantStub(self._order)
         self._events = events_pb2_grpc.EventStreamStub(self._order)
         self._timeout = rpc_timeout

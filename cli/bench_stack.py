@@ -35,7 +35,8 @@ from cli.stack import (
     describe_exit,
     free_ports,
 )
-from common.config import SERVICE_NAMES, Endpoints
+from common.config import SERVICE_NAMES, Endpoints, TlsSettings
+from common.tls import Identity
 from protos.sagawire.v1 import coordinator_pb2, coordinator_pb2_grpc, participant_pb2
 
 _KEPT_LINES = 200
@@ -50,9 +51,10 @@ class BenchError(Exception):
 class Child:
     """One process of the bench's stack: ``python -m <module>``, output kept, not shown."""
 
-    def __init__(self, name: str, env: Mapping[str, str], address: str) -> None:
+    def __init__(self, name: str, env: Mapping[str, str], address: str, identity: Identity) -> None:
         self.name = name
         self.address = address
+        self._identity = identity  # the bench's certificate, for health checks
         module = COORDINATOR if name == COORDINATOR else f"services.{name}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module],
@@ -89,7 +91,7 @@ class Child:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         request = health_pb2.HealthCheckRequest(service="")
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self._identity.aio_channel(self.address, peer=self.name) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if (code := self.proc.poll()) is not None:
@@ -155,10 +157,17 @@ class BenchStack:
 
     def _spawn(self, name: str, mode: Mode | None = None) -> Child:
         assert self._data_dir is not None
+        # Certificates where the bench's own clients find them (SAGAWIRE_CERTS_DIR or
+        # .sagawire/certs), made on first use.
         options = StackOptions(
-            data_dir=self._data_dir, ports=self.ports, names=(name,), mode=mode, env=self._env
+            data_dir=self._data_dir,
+            ports=self.ports,
+            names=(name,),
+            mode=mode,
+            env=self._env,
+            certs_dir=TlsSettings().certs_directory,
         )
-        return Child(name, options.child_env(name), self.endpoints.of(name))
+        return Child(name, options.child_env(name), self.endpoints.of(name), options.operator())
 
     async def __aenter__(self) -> BenchStack:
         if self.own:
@@ -201,7 +210,7 @@ class BenchStack:
 
     async def saga_mode(self, saga_id: str) -> str:
         """How the coordinator ran a saga: "orchestration" or "choreography"."""
-        async with grpc.aio.insecure_channel(self.coordinator_address) as channel:
+        async with Identity.from_env().aio_channel(self.coordinator_address) as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             saga = await stub.GetSaga(coordinator_pb2.GetSagaRequest(saga_id=saga_id), timeout=10)
         return participant_pb2.SagaMode.Name(saga.mode).removeprefix("SAGA_MODE_").lower()

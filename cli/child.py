@@ -12,6 +12,8 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.tls import Identity
+
 _HEALTH_POLL = 0.1
 
 
@@ -41,9 +43,17 @@ class Child:
     """One supervised process: spawn, wait for SERVING, relay output, stop."""
 
     def __init__(
-        self, name: str, module: str, port: int, env: Mapping[str, str], log: StackLog
+        self,
+        name: str,
+        module: str,
+        port: int,
+        env: Mapping[str, str],
+        log: StackLog,
+        identity: Identity,
     ) -> None:
         self.name = name
+        # Who the supervisor is when it asks the child's health service.
+        self._identity = identity
         self.module = module
         self.port = port
         self._env = dict(env)
@@ -97,7 +107,7 @@ class Child:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         request = health_pb2.HealthCheckRequest(service="")
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self._identity.aio_channel(self.address, peer=self.name) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc is None or self.proc.returncode is not None:

@@ -42,6 +42,7 @@ from cli.stack import (
     stack_table,
 )
 from common.errors import parse_rpc_error
+from common.tls import Identity
 from protos.sagawire.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -72,8 +73,9 @@ _INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 class Clients:
     """gRPC stubs for the coordinator's public API and the services' query and Admin APIs."""
 
-    def __init__(self, addresses: Mapping[str, str]) -> None:
-        self._channels = {n: grpc.aio.insecure_channel(a) for n, a in addresses.items()}
+    def __init__(self, addresses: Mapping[str, str], identity: Identity) -> None:
+        # The demo is an operator: mutual TLS with the operator's certificate.
+        self._channels = {n: identity.aio_channel(a, peer=n) for n, a in addresses.items()}
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self._channels[COORDINATOR])
         self.order = order_pb2_grpc.OrderStub(self._channels["order"])
         self.inventory = inventory_pb2_grpc.InventoryStub(self._channels["inventory"])
@@ -278,7 +280,7 @@ async def run_demo(options: StackOptions, console: Console) -> int:
         view.failed_start(console, str(error), log.tails, log.directory)
         return 1
     console.print(stack_table(stack))
-    clients = Clients({n: c.address for n, c in stack.children.items()})
+    clients = Clients({n: c.address for n, c in stack.children.items()}, stack.identity)
     outcomes: list[Outcome] | None = None
     interrupted = False
     try:

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from common.config import SERVICE_NAMES, Endpoints
 from common.errors import parse_rpc_error
+from common.tls import Identity, TlsError
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
 
 events_app = typer.Typer(no_args_is_help=True, help="Watch the services' domain events.")
@@ -48,7 +49,7 @@ def describe(event: events_pb2.Event) -> str:
 async def _follow(
     name: str, address: str, from_sequence: int, types: list[str], printed: asyncio.Queue[str]
 ) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with Identity.from_env().aio_channel(address, peer=name) as channel:
         stream = events_pb2_grpc.EventStreamStub(channel).Subscribe(
             events_pb2.SubscribeRequest(from_sequence=from_sequence, consumer="cli", types=types)
         )
@@ -100,6 +101,9 @@ def tail(
         raise typer.BadParameter(f"unknown service {', '.join(unknown)}", param_hint="--service")
     try:
         asyncio.run(_tail(services, from_sequence, event_type or [], count))
+    except TlsError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
     except grpc.aio.AioRpcError as error:
         remote = parse_rpc_error(error)
         console.print(f"[red]error:[/] {remote.code.name}: {remote.message}")
@@ -115,7 +119,8 @@ def poison(
     """List the events a service's consumers could not process and skipped."""
 
     async def fetch() -> events_pb2.ListPoisonEventsResponse:
-        async with grpc.aio.insecure_channel(Endpoints().of(service)) as channel:
+        address = Endpoints().of(service)
+        async with Identity.from_env().aio_channel(address, peer=service) as channel:
             stub = events_pb2_grpc.EventStreamStub(channel)
             response: events_pb2.ListPoisonEventsResponse = await stub.ListPoisonEvents(
                 events_pb2.ListPoisonEventsRequest(), timeout=10
@@ -124,6 +129,9 @@ def poison(
 
     try:
         listed = asyncio.run(fetch())
+    except TlsError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
     except grpc.aio.AioRpcError as error:
         remote = parse_rpc_error(error)
         console.print(f"[red]error:[/] {remote.code.name}: {remote.message}")

@@ -6,6 +6,9 @@ can run it as is::
 
     healthcheck:
       test: ["CMD", "sagawire", "health", "127.0.0.1:50052"]
+
+It connects with mutual TLS like every client, presenting ``SAGAWIRE_TLS_IDENTITY``'s
+certificate (operator by default; health answers any identity from the stack's CA).
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.tls import Identity, TlsError
 
-def check(address: str, service: str = "", timeout: float = 3.0) -> str:
+
+def check(
+    address: str, service: str = "", timeout: float = 3.0, identity: Identity | None = None
+) -> str:
     """The health status name of ``service`` ("" = the whole server) at ``address``.
 
     Returns e.g. "SERVING" or "NOT_SERVING"; a failed call is reported by its gRPC
     code, e.g. "NOT_FOUND" (unknown service) or "UNAVAILABLE" (nobody listening).
     """
-    with grpc.insecure_channel(address) as channel:
+    with (identity or Identity.from_env()).sync_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -41,7 +48,11 @@ def health(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 3.0,
 ) -> None:
     """Check a process's gRPC health; exit 0 only when it is SERVING (container health checks)."""
-    status = check(address, service, timeout)
+    try:
+        status = check(address, service, timeout)
+    except TlsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"{address} {service or '(server)'}: {status}")
     if status != "SERVING":
         raise typer.Exit(1)

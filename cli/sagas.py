@@ -20,6 +20,7 @@ from rich.table import Table
 
 from common.config import Endpoints
 from common.errors import parse_rpc_error
+from common.tls import Identity, TlsError
 from protos.sagawire.v1 import common_pb2, coordinator_pb2_grpc, order_saga_pb2, participant_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
 
@@ -71,7 +72,12 @@ def register(app: typer.Typer) -> None:
 @contextmanager
 def _coordinator(address: str | None) -> Iterator[coordinator_pb2_grpc.CoordinatorStub]:
     target = address or Endpoints().coordinator_addr
-    with grpc.insecure_channel(target) as channel:
+    try:
+        channel = Identity.from_env().sync_channel(target)
+    except TlsError as error:
+        errors.print(f"error: {error}")
+        raise typer.Exit(1) from None
+    with channel:
         try:
             yield coordinator_pb2_grpc.CoordinatorStub(channel)
         except grpc.RpcError as error:

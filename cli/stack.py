@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -37,7 +37,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.child import Child, StackError, StackLog, describe_exit
-from common.config import DEFAULT_PORTS, SERVICE_NAMES
+from common.certs import OPERATOR, ensure_certs
+from common.config import DEFAULT_PORTS, SERVICE_NAMES, TlsSettings
+from common.tls import Identity
 
 __all__ = [
     "COORDINATOR",
@@ -168,10 +170,31 @@ class StackOptions:
     # Longer than the children's own SAGAWIRE_GRACE_SECONDS (5 s), so they can finish.
     grace: float = 10.0
     env: Mapping[str, str] = field(default_factory=dict)
+    # The stack's CA and certificates (default SAGAWIRE_CERTS_DIR, else <data_dir>/certs),
+    # made on first use.
+    certs_dir: Path | None = None
+
+    def tls_settings(self) -> TlsSettings:
+        """TLS as the children run it: on unless SAGAWIRE_TLS=off, one certificates dir."""
+        env = {**os.environ, **self.env}
+        certs = self.certs_dir or Path(env.get("SAGAWIRE_CERTS_DIR") or self.data_dir / "certs")
+        given: dict[str, Any] = {"data_dir": self.data_dir.resolve(), "certs_dir": certs.resolve()}
+        if (tls := env.get("SAGAWIRE_TLS")) is not None:
+            given["tls"] = tls
+        return TlsSettings(**given)
+
+    def operator(self) -> Identity:
+        """The supervisor's client identity; makes the CA and certificates when missing."""
+        settings = self.tls_settings()
+        if settings.tls:
+            ensure_certs(settings.certs_directory)
+        return Identity(OPERATOR, settings)
 
     def child_env(self, name: str) -> dict[str, str]:
         """The environment of one child: the caller's, plus where everyone listens."""
         env = {**os.environ, **self.env}
+        for own in ("CA_FILE", "CERT_FILE", "KEY_FILE", "IDENTITY", "CLIENT_AUTH"):
+            env.pop(f"SAGAWIRE_TLS_{own}", None)  # each child uses its own certificate
         env.update(
             {f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{self.ports[n]}" for n in DEFAULT_PORTS}
         )
@@ -179,6 +202,7 @@ class StackOptions:
             PYTHONUNBUFFERED="1",
             SAGAWIRE_PORT=str(self.ports[name]),
             SAGAWIRE_DATA_DIR=str(self.data_dir.resolve()),
+            SAGAWIRE_CERTS_DIR=str(self.tls_settings().certs_directory),
             # The local stack is a developer's stack: fault injection is on.
             SAGAWIRE_ADMIN_ENABLED="true",
         )
@@ -193,8 +217,16 @@ class Stack:
     def __init__(self, options: StackOptions, log: StackLog) -> None:
         self.options = options
         self.log = log
+        self.identity = options.operator()
         self.children = {
-            name: Child(name, module_of(name), options.ports[name], options.child_env(name), log)
+            name: Child(
+                name,
+                module_of(name),
+                options.ports[name],
+                options.child_env(name),
+                log,
+                self.identity,
+            )
             for name in options.names
         }
         self.failure: str | None = None
@@ -386,7 +418,9 @@ async def _up(options: StackOptions, console: Console) -> int:
     stack = Stack(options, ConsoleLog(console))
     install_stop_signals(stack)
     mode = options.mode.value if options.mode else os.environ.get("SAGAWIRE_MODE", "per definition")
-    stack.log.note(f"data={options.data_dir.resolve()} mode={mode}")
+    tls = options.tls_settings()
+    security = f"mutual TLS, certificates in {tls.certs_directory}" if tls.tls else "PLAINTEXT"
+    stack.log.note(f"data={options.data_dir.resolve()} mode={mode} transport={security}")
     if COORDINATOR not in options.names:
         stack.log.note("coordinator not installed yet: starting the four services only")
     return await stack.run()

@@ -104,8 +104,8 @@ class TlsSettings(BaseSettings):
         return self.tls_ca_file is self.tls_cert_file is self.tls_key_file is None
 
 
-class ServerSettings(BaseSettings):
-    """How a Sagawire gRPC process serves: address, limits, storage, logging."""
+class ServerSettings(TlsSettings):
+    """How a Sagawire gRPC process serves: address, TLS, limits, storage, logging."""
 
     model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")
 
@@ -121,6 +121,8 @@ class ServerSettings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
     # The local trace file is moved aside at this size (one older file is kept).
     trace_file_max_mb: int = Field(default=100, ge=1, le=1_000_000)
+    # gRPC server reflection (what grpcurl lists); it describes the API, never data.
+    reflection: bool = True
 
 
 class ServiceSettings(ServerSettings):

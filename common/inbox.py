@@ -28,6 +28,7 @@ from common.retrying import attempt_then_retry
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
 from common.telemetry import consumer_span
+from common.tls import Identity
 from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Consumer:
         on_commit: Callable[[], object] | None = None,
         channel_options: Sequence[tuple[str, int]] = (),
         before_apply: Callable[[Sequence[events_pb2.Event]], Awaitable[None]] | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self._db = db
         self._sub = subscription
@@ -110,6 +112,7 @@ class Consumer:
             types=sorted(subscription.reactions),
             next_sequence=self._next_sequence,
             handle=self._apply,
+            identity=identity or Identity.from_env(consumer_name),
             channel_options=channel_options,
             match_headers=subscription.match_headers,
         )

@@ -1,8 +1,10 @@
 """serve(): the one way every Sagawire process runs a gRPC server.
 
-Health (SERVING only once the app's store is open, NOT_SERVING on shutdown),
-reflection, message-size and concurrency limits, keepalive for long-lived
-streams, and an ordered, idempotent shutdown on SIGTERM/SIGINT:
+Mutual TLS with the app's own certificate and the per-method authorisation table
+(common/tls.py, common/authz.py; plaintext only with SAGAWIRE_TLS=off, said loudly),
+health (SERVING only once the app's store is open, NOT_SERVING on shutdown),
+reflection (SAGAWIRE_REFLECTION), message-size and concurrency limits, keepalive for
+long-lived streams, and an ordered, idempotent shutdown on SIGTERM/SIGINT:
 stop accepting -> finish in-flight calls within the grace period -> close the app.
 """
 
@@ -18,14 +20,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.authz import AuthorizationInterceptor
 from common.config import ServerSettings
 from common.telemetry import Telemetry
+from common.tls import TlsError, server_credentials, warn_plaintext
 
 log = logging.getLogger(__name__)
 
 
 class App(Protocol):
     """What a process plugs into :func:`start_server`."""
+
+    @property
+    def identity(self) -> str:
+        """Whose certificate the server presents: "coordinator", "payment", ..."""
 
     @property
     def service_names(self) -> Sequence[str]:
@@ -111,31 +119,59 @@ async def start_server(
     server span, and the telemetry is flushed and shut down after the server stops.
     """
     traced = [telemetry.server_interceptor()] if telemetry is not None else []
+    # After tracing, so a refused call is traced too; before the app's own interceptors.
+    authorised = AuthorizationInterceptor(enforce=settings.tls)
     server = grpc.aio.server(
-        interceptors=[*traced, *interceptors],
+        interceptors=[*traced, authorised, *interceptors],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     app.register(server)
-    names = [*app.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise SystemExit(f"cannot bind {settings.host}:{settings.port}")
+    if settings.reflection:
+        names = [*app.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+    port = _bind(server, app.identity, settings)
     for name in ("", *app.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await app.start()
     await server.start()
     for name in ("", *app.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving address=%s:%d", settings.host, port)
+    log.info(
+        "serving address=%s:%d identity=%s tls=%s",
+        settings.host,
+        port,
+        app.identity,
+        "mutual"
+        if settings.tls and settings.tls_client_auth == "require"
+        else "server-only"
+        if settings.tls
+        else "off",
+    )
     return RunningServer(server, health_servicer, app, port, settings.grace_seconds, telemetry)
 
 
-async def serve_until_signal(running: RunningServer) -> None:
-    """Block until SIGTERM or SIGINT, then shut down in order."""
+def _bind(server: grpc.aio.Server, identity: str, settings: ServerSettings) -> int:
+    """Add the listening port: TLS with ``identity``'s certificate, or plaintext by name."""
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls:
+        try:
+            credentials = server_credentials(settings, identity)
+        except TlsError as error:
+            raise SystemExit(str(error)) from None
+        port: int = server.add_secure_port(address, credentials)
+    else:
+        warn_plaintext()
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise SystemExit(f"cannot bind {address}")
+    return port
+
+
+async def serve_until_signal(*servers: RunningServer) -> None:
+    """Block until SIGTERM or SIGINT, then shut the servers down in order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,4 +179,5 @@ async def serve_until_signal(running: RunningServer) -> None:
     try:
         await stop.wait()
     finally:
-        await running.stop()
+        for running in servers:
+            await running.stop()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from common.tls import Identity
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
 
 BatchHandler = Callable[[Sequence[events_pb2.Event]], Awaitable[None]]
@@ -26,7 +27,10 @@ class _StreamEnded(Exception):
 
 @dataclass
 class Subscriber:
-    """Follows ``producer`` at ``address`` until cancelled."""
+    """Follows ``producer`` at ``address`` until cancelled.
+
+    The stream is accepted only from a server whose certificate names ``producer``.
+    """
 
     producer: str
     address: str
@@ -35,6 +39,8 @@ class Subscriber:
     # Where to resume: the first sequence not yet handled.
     next_sequence: Callable[[], Awaitable[int]]
     handle: BatchHandler
+    # Who follows: the certificate presented to the producer.
+    identity: Identity
     channel_options: Sequence[tuple[str, int]] = ()
     # Only events carrying these headers (filtered by the producer, not shipped).
     match_headers: Mapping[str, str] = field(default_factory=dict)
@@ -52,8 +58,8 @@ class Subscriber:
                 await self._follow()
 
     async def _follow(self) -> None:
-        async with grpc.aio.insecure_channel(
-            self.address, options=list(self.channel_options)
+        async with self.identity.aio_channel(
+            self.address, peer=self.producer, options=self.channel_options
         ) as channel:
             stub = events_pb2_grpc.EventStreamStub(channel)
             request = events_pb2.SubscribeRequest(

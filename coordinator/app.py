@@ -19,11 +19,13 @@ import grpc
 
 from common.breakers import BreakerBoard, BreakerSettings
 from common.bulkhead import Bulkheads
+from common.certs import COORDINATOR
 from common.config import DEFAULT_PORTS, Endpoints, load
 from common.logs import setup_logging
 from common.policy import CallPolicy
 from common.server import serve_until_signal, server_options, start_server
 from common.telemetry import saga_metrics, setup_telemetry
+from common.tls import Identity
 from coordinator import api
 from coordinator.clients import Participants
 from coordinator.crash import CrashHook
@@ -45,6 +47,7 @@ LOG_FILE = "coordinator.db"
 class CoordinatorApp:
     """The coordinator as a :class:`common.server.App`."""
 
+    identity = COORDINATOR
     service_names: Sequence[str] = (api.SERVICE_NAME,)
 
     def __init__(
@@ -58,8 +61,10 @@ class CoordinatorApp:
         self.settings = settings
         self.definitions = definitions or load_definitions(settings.definitions_file, settings.mode)
         participants = participants_of(self.definitions)
+        # Every call out presents the coordinator's certificate (mutual TLS).
+        self.tls = Identity(self.identity, settings)
         self.participants = Participants(
-            endpoints or Endpoints(), participants, client_interceptors
+            endpoints or Endpoints(), participants, client_interceptors, self.tls
         )
         self.breakers = BreakerBoard(
             BreakerSettings(
@@ -113,6 +118,7 @@ class CoordinatorApp:
                 channel_options=server_options(settings),
                 stall_check_seconds=settings.stall_check_seconds,
                 carried=carried,
+                identity=self.tls,
             )
             if choreographed
             else None

@@ -1,6 +1,8 @@
 """gRPC clients of the participants: one channel and stub per participant name.
 
 Addresses come from :class:`common.config.Endpoints` (``SAGAWIRE_<NAME>_ADDR``).
+Every channel presents the coordinator's certificate and accepts only a server whose
+certificate names the participant it calls (common/tls.py).
 gRPC's own retries are off: the call policy (common.policy) is the one retry layer.
 """
 
@@ -10,7 +12,9 @@ from collections.abc import Iterable, Sequence
 
 import grpc
 
+from common.certs import COORDINATOR
 from common.config import Endpoints
+from common.tls import Identity
 from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
 
 _CHANNEL_OPTIONS = [
@@ -38,7 +42,9 @@ class Participants:
         endpoints: Endpoints,
         names: Iterable[str],
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        identity: Identity | None = None,
     ) -> None:
+        self._identity = identity or Identity.from_env(COORDINATOR)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, participant_pb2_grpc.ParticipantStub] = {}
         self._endpoints = endpoints
@@ -57,8 +63,11 @@ class Participants:
     def _stub(self, name: str) -> participant_pb2_grpc.ParticipantStub:
         stub = self._stubs.get(name)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
-                self.address(name), options=_CHANNEL_OPTIONS, interceptors=self._interceptors
+            channel = self._identity.aio_channel(
+                self.address(name),
+                peer=name,
+                options=_CHANNEL_OPTIONS,
+                interceptors=self._interceptors,
             )
             self._channels[name] = channel
             stub = self._stubs[name] = participant_pb2_grpc.ParticipantStub(channel)

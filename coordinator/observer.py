@@ -26,10 +26,12 @@ from functools import partial
 from pathlib import Path
 
 from common import inbox
+from common.certs import COORDINATOR
 from common.config import SERVICE_NAMES, Endpoints
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
 from common.telemetry import consumer_span, saga_metrics
+from common.tls import Identity
 from coordinator.definitions import SagaMode
 from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
 from coordinator.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
@@ -86,6 +88,7 @@ class Observer:
         stall_check_seconds: float = 1.0,
         clock: Callable[[], datetime] = utc_now,
         carried: CarriedSpans | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self._log = saga_log
         self._carried = carried if carried is not None else CarriedSpans()
@@ -102,6 +105,7 @@ class Observer:
                 types=OBSERVED_TYPES,
                 next_sequence=partial(self._next_sequence, name),
                 handle=partial(self._handle, name),
+                identity=identity or Identity.from_env(COORDINATOR),
                 channel_options=channel_options,
                 match_headers=CHOREOGRAPHED_ONLY,
             )

@@ -27,6 +27,7 @@ from common.participant import Action, ActionRunner, ParticipantServicer
 from common.server import server_options
 from common.store import Database
 from common.stream import EventStreamServicer
+from common.tls import Identity
 from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, participant_pb2_grpc
 from services.choreography import CHOREOGRAPHED_ONLY, reacting_actions, reactions_of
 
@@ -80,6 +81,7 @@ class DomainService:
                     before_apply=partial(
                         self._inject_faults, reacting_actions(spec.name, producer)
                     ),
+                    identity=Identity(spec.name, settings),
                 )
                 for producer, reactions in reactions_of(spec.name, self.runner).items()
             ]
@@ -93,6 +95,11 @@ class DomainService:
             spec.query_service_name,
             *(["sagawire.v1.Admin"] if settings.admin_enabled else []),
         ]
+
+    @property
+    def identity(self) -> str:
+        """The service's name: its certificate names it (mutual TLS)."""
+        return self.spec.name
 
     async def _inject_faults(
         self, actions: Mapping[str, str], events: Sequence[events_pb2.Event]

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from common.certs import ensure_certs
 from tests.support import Cluster, start_cluster
+
+
+@pytest.fixture(scope="session", autouse=True)
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One CA and a certificate per identity for the whole session (mutual TLS).
+
+    Every server and client of the tests, in-process or a subprocess, finds them through
+    ``SAGAWIRE_CERTS_DIR``; a test that wants other certificates passes its own paths.
+    """
+    directory = tmp_path_factory.mktemp("certs")
+    ensure_certs(directory)
+    previous = os.environ.get("SAGAWIRE_CERTS_DIR")
+    os.environ["SAGAWIRE_CERTS_DIR"] = str(directory)
+    try:
+        yield directory
+    finally:
+        if previous is None:
+            os.environ.pop("SAGAWIRE_CERTS_DIR", None)
+        else:
+            os.environ["SAGAWIRE_CERTS_DIR"] = previous
 
 
 @pytest.fixture

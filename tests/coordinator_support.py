@@ -32,7 +32,7 @@ from protos.sagawire.v1 import (
     payment_pb2,
 )
 from protos.sagawire.v1 import coordinator_pb2 as pb
-from tests.support import Cluster, Process, start_cluster, wait_until
+from tests.support import Cluster, Process, open_channel, start_cluster, wait_until
 
 SETTLED = frozenset(
     {pb.SAGA_STATUS_COMPLETED, pb.SAGA_STATUS_COMPENSATED, pb.SAGA_STATUS_NEEDS_ATTENTION}
@@ -115,7 +115,7 @@ class Stack:
     @property
     def api(self) -> coordinator_pb2_grpc.CoordinatorStub:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = open_channel(self.address)
         return coordinator_pb2_grpc.CoordinatorStub(self._channel)
 
     async def reconnect(self, address: str) -> None:

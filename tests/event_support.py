@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from common.certs import COORDINATOR
 from common.errors import TRANSIENT_CODES
 from common.participant import pack
 from protos.sagawire.v1 import (
@@ -18,6 +19,7 @@ from protos.sagawire.v1 import (
     participant_pb2,
     participant_pb2_grpc,
 )
+from tests.support import open_channel
 
 
 def create_order_request(
@@ -49,8 +51,8 @@ async def execute_until_acked(
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                await participant_pb2_grpc.ParticipantStub(channel).Execute(request, timeout=5)
+            async with open_channel(address, COORDINATOR) as opened:
+                await participant_pb2_grpc.ParticipantStub(opened).Execute(request, timeout=5)
             return
         except grpc.aio.AioRpcError as error:
             if error.code() not in TRANSIENT_CODES or asyncio.get_running_loop().time() > deadline:
@@ -63,8 +65,8 @@ async def read_events(
 ) -> list[events_pb2.Event]:
     """Subscribe from the beginning and return the first ``expected`` events."""
     events: list[events_pb2.Event] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stream = events_pb2_grpc.EventStreamStub(channel).Subscribe(
+    async with open_channel(address) as opened:
+        stream = events_pb2_grpc.EventStreamStub(opened).Subscribe(
             events_pb2.SubscribeRequest(from_sequence=1, consumer="test", types=list(types)),
             timeout=timeout,
         )

@@ -15,15 +15,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from common.certs import COORDINATOR, OPERATOR
 from common.config import SERVICE_NAMES, Endpoints, FaultConfig, ServiceSettings
 from common.server import RunningServer, start_server
+from common.tls import Identity
 from protos.sagawire.v1 import (
     admin_pb2_grpc,
     inventory_pb2_grpc,
@@ -60,23 +62,39 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+def open_channel(
+    address: str,
+    identity: str = OPERATOR,
+    peer: str | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A channel presenting ``identity``'s certificate (the session's test CA, see conftest)."""
+    return Identity.from_env(identity).aio_channel(address, peer=peer, interceptors=interceptors)
+
+
 @dataclass
 class Cluster:
-    """The four domain services running in this test's event loop on ephemeral ports."""
+    """The four domain services running in this test's event loop on ephemeral ports.
+
+    Tests call them as the stack does: participant calls as the coordinator, the read
+    and Admin APIs as an operator.
+    """
 
     servers: dict[str, RunningServer]
-    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    channels: dict[tuple[str, str], grpc.aio.Channel] = field(default_factory=dict)
 
     def address(self, name: str) -> str:
         return self.servers[name].address
 
-    def channel(self, name: str) -> grpc.aio.Channel:
-        if name not in self.channels:
-            self.channels[name] = grpc.aio.insecure_channel(self.address(name))
-        return self.channels[name]
+    def channel(self, name: str, identity: str = OPERATOR) -> grpc.aio.Channel:
+        """A channel to service ``name`` as ``identity`` (kept for the test's length)."""
+        key = (name, identity)
+        if key not in self.channels:
+            self.channels[key] = open_channel(self.address(name), identity, peer=name)
+        return self.channels[key]
 
     def participant(self, name: str) -> participant_pb2_grpc.ParticipantStub:
-        return participant_pb2_grpc.ParticipantStub(self.channel(name))
+        return participant_pb2_grpc.ParticipantStub(self.channel(name, COORDINATOR))
 
     def admin(self, name: str) -> admin_pb2_grpc.AdminStub:
         return admin_pb2_grpc.AdminStub(self.channel(name))

@@ -11,14 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from common.config import SERVICE_NAMES
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from tests.coordinator_support import write_definitions
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute
-from tests.support import Process, free_port, start_service_process, wait_until
+from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
 # SPAN_KIND_PRODUCER and SPAN_KIND_CONSUMER in OTLP's enum.
 PRODUCER, CONSUMER = 4, 5
@@ -62,7 +61,7 @@ async def test_a_choreographed_order_is_one_trace(receiver: OtlpReceiver, tmp_pa
     processes.append(coordinator)
     try:
         port = await asyncio.to_thread(coordinator.port)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             reply = await coordinator_pb2_grpc.CoordinatorStub(channel).PlaceOrder(
                 coordinator_pb2.PlaceOrderRequest(
                     customer_id="alice",

@@ -28,7 +28,7 @@ from services import saga_events
 from services.choreography import CHOREOGRAPHED_ONLY
 from services.launcher import spec_of
 from services.runtime import DomainService
-from tests.support import free_port, service_settings, wait_until
+from tests.support import free_port, open_channel, service_settings, wait_until
 
 
 class EventSource:
@@ -38,6 +38,8 @@ class EventSource:
     real one never does.
     """
 
+    # It poses as the order service, down to the certificate it serves with.
+    identity = "order"
     service_names: Sequence[str] = ("sagawire.v1.EventStream",)
 
     def __init__(self, path: Path) -> None:
@@ -75,7 +77,7 @@ async def test_poison_event_is_skipped_listed_and_the_stream_continues(tmp_path:
     inventory = await start_server(
         DomainService(spec_of("inventory"), settings, endpoints), settings
     )
-    channel = grpc.aio.insecure_channel(inventory.address)
+    channel = open_channel(inventory.address)
     try:
         # Not an OrderSagaEvent at all: undecodable for the reaction.
         await source.publish(saga_events.ORDER_CREATED, "saga-poison", common_pb2.Money())

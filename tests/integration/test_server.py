@@ -25,7 +25,7 @@ from tests.integration.steps import (
     step_request,
     with_action,
 )
-from tests.support import Cluster, service_settings
+from tests.support import Cluster, open_channel, service_settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -51,7 +51,7 @@ async def inventory_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
 async def test_health_is_serving_for_every_service_once_started(
     inventory_server: RunningServer,
 ) -> None:
-    async with grpc.aio.insecure_channel(inventory_server.address) as channel:
+    async with open_channel(inventory_server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", "sagawire.v1.Participant", "sagawire.v1.Inventory", "sagawire.v1.Admin"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
@@ -62,7 +62,7 @@ async def test_health_is_serving_for_every_service_once_started(
 
 
 async def test_health_goes_not_serving_on_shutdown(inventory_server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(inventory_server.address) as channel:
+    async with open_channel(inventory_server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service="sagawire.v1.Participant"))
         assert (await watch.read()).status == SERVING

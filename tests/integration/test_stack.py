@@ -15,7 +15,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.stack import busy_ports, default_names, ports_from_base
-from tests.support import Process, wait_until
+from tests.support import Process, open_channel, wait_until
 
 SAGAWIRE = Path(sys.executable).parent / "sagawire"
 SERVICE_FILES = ("order.db", "inventory.db", "payment.db", "shipping.db")
@@ -57,7 +57,7 @@ class Up:
 
     async def all_serving(self) -> bool:
         for port in self.ports.values():
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            async with open_channel(f"127.0.0.1:{port}") as channel:
                 try:
                     reply = await health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(), timeout=1.0

@@ -59,7 +59,7 @@ from protos.sagawire.v1 import (
 from services.launcher import spec_of
 from services.runtime import DomainService
 from tests.integration.otlp_receiver import OtlpReceiver, attribute
-from tests.support import service_settings, start_service_process, wait_until
+from tests.support import open_channel, service_settings, start_service_process, wait_until
 
 EXECUTE = "/sagawire.v1.Participant/Execute"
 
@@ -132,7 +132,7 @@ async def inventory(
     settings = service_settings(tmp_path)
     app = DomainService(spec_of("inventory"), settings)
     running = await start_server(app, settings, telemetry=server_telemetry)
-    channel = grpc.aio.insecure_channel(running.address, interceptors=client.client_interceptors())
+    channel = open_channel(running.address, interceptors=client.client_interceptors())
     try:
         yield TracedInventory(app, running, client, channel)
     finally:
@@ -443,9 +443,7 @@ async def test_each_process_exports_its_spans_with_its_own_service_name(
     try:
         ports = {n: await asyncio.to_thread(p.port) for n, p in processes.items()}
         channels = {
-            name: grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", interceptors=otlp_client.client_interceptors()
-            )
+            name: open_channel(f"127.0.0.1:{port}", interceptors=otlp_client.client_interceptors())
             for name, port in ports.items()
         }
         with otlp_client.tracer.start_as_current_span("test") as root:

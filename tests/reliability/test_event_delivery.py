@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
 from protos.sagawire.v1 import inventory_pb2, inventory_pb2_grpc
 from services import saga_events
 from tests.event_support import create_order_request, execute_until_acked, read_events
-from tests.support import Process, free_port, start_service_process, wait_until
+from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
 BURST = 500
 CONCURRENCY = 16
@@ -60,8 +59,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
 
 
 async def _mug_stock(address: str) -> inventory_pb2.Stock:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = inventory_pb2_grpc.InventoryStub(channel)
+    async with open_channel(address) as opened:
+        stub = inventory_pb2_grpc.InventoryStub(opened)
         return await stub.GetStock(inventory_pb2.GetStockRequest(sku="SKU-MUG"), timeout=5)
 
 

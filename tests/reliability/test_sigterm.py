@@ -20,6 +20,7 @@ from typing import ClassVar
 import grpc
 import pytest
 
+from common.certs import COORDINATOR
 from protos.sagawire.v1 import (
     common_pb2,
     inventory_pb2,
@@ -30,7 +31,7 @@ from protos.sagawire.v1 import (
     payment_pb2_grpc,
 )
 from tests.integration.steps import order_data, step_request
-from tests.support import Process, free_port, start_service_process, wait_until
+from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
 BURST = 400
 WORKERS = 16
@@ -139,8 +140,8 @@ def running(service: str, data_dir: Path, env: dict[str, str]) -> Iterator[Proce
 @asynccontextmanager
 async def channel_to(process: Process) -> AsyncIterator[grpc.aio.Channel]:
     port = await asyncio.to_thread(process.port)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield channel
+    async with open_channel(f"127.0.0.1:{port}", COORDINATOR) as opened:
+        yield opened
 
 
 async def burst(
