@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from cli.main import app as cli_app
 from common import telemetry
+from common.certs import COORDINATOR
 from common.logs import log_handler
 from common.participant import StepContext, pack
 from common.server import RunningServer, start_server
@@ -132,7 +133,8 @@ async def inventory(
     settings = service_settings(tmp_path)
     app = DomainService(spec_of("inventory"), settings)
     running = await start_server(app, settings, telemetry=server_telemetry)
-    channel = open_channel(running.address, interceptors=client.client_interceptors())
+    # The test calls Execute: it presents the coordinator's certificate.
+    channel = open_channel(running.address, COORDINATOR, interceptors=client.client_interceptors())
     try:
         yield TracedInventory(app, running, client, channel)
     finally:
