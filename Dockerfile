@@ -14,15 +14,19 @@ COPY . /src
 RUN pip install /src \
     && rm -rf /src \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin sagawire \
-    && mkdir /data \
-    && chown sagawire:sagawire /data
+    && mkdir /data /certs /ca \
+    && mkdir -p /out/coordinator /out/order /out/inventory /out/payment /out/shipping /out/operator \
+    && chown -R sagawire:sagawire /data /certs /ca /out
 
 USER sagawire
 WORKDIR /home/sagawire
 # Listen on every interface of the container; keep SQLite files and traces in /data
-# (a named volume per process in docker-compose.yml).
+# (a named volume per process in docker-compose.yml). /certs holds the process's own
+# certificate and key, /ca and /out are the certs service's (owned by the user, so the
+# named volumes mounted there start writable by it).
 ENV SAGAWIRE_HOST=0.0.0.0 \
-    SAGAWIRE_DATA_DIR=/data
+    SAGAWIRE_DATA_DIR=/data \
+    SAGAWIRE_CERTS_DIR=/certs
 VOLUME ["/data"]
 
 CMD ["sagawire", "--help"]

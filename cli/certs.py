@@ -3,6 +3,8 @@
 The files go to ``--dir`` (default ``SAGAWIRE_CERTS_DIR``, else ``<SAGAWIRE_DATA_DIR>/certs``,
 i.e. ``.sagawire/certs``). Existing files are kept; ``--force`` replaces all of them, the
 CA included, after which every process must be restarted to pick up the new ones.
+``--export OUT`` also copies each identity's certificate, key and the CA certificate to
+``OUT/<identity>/``, so each process can be given its own key only (docker-compose.yml).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.certs import IDENTITIES, ensure_certs, expiry, files_of, spiffe_id
+from common.certs import IDENTITIES, ensure_certs, expiry, export, files_of, spiffe_id
 from common.config import TlsSettings
 
 
@@ -34,10 +36,16 @@ def certs(
             "--host", help="Another DNS name or IP address for every certificate (repeatable)."
         ),
     ] = None,
+    export_to: Annotated[
+        Path | None,
+        typer.Option("--export", help="Also copy each identity's own files to EXPORT/<identity>/."),
+    ] = None,
 ) -> None:
     """Create the local CA and a certificate per process (mutual TLS); keep existing ones."""
     target = directory or TlsSettings().certs_directory
     written = ensure_certs(target, force=force, extra_hosts=host or ())
+    if export_to is not None:
+        export(target, export_to)
     console = Console()
     table = Table(title=f"certificates in {target.resolve()}", title_justify="left")
     for column in ("identity", "certificate", "expires"):

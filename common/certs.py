@@ -269,6 +269,23 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     _write(path, pem, 0o600)
 
 
+def export(directory: Path, out: Path, identities: Iterable[str] = IDENTITIES) -> list[Path]:
+    """Copy each identity's own files (and the CA certificate) to ``out/<identity>/``.
+
+    So that each process can be given its own key only (compose mounts one such
+    directory per container); the CA's key is never copied.
+    """
+    written: list[Path] = []
+    for identity in identities:
+        files = files_of(directory, identity)
+        target = out / identity
+        target.mkdir(parents=True, exist_ok=True)
+        for source, mode in ((files.ca, 0o644), (files.cert, 0o644), (files.key, 0o600)):
+            _write(target / source.name, source.read_bytes(), mode)
+            written.append(target / source.name)
+    return written
+
+
 def expiry(path: Path) -> datetime.datetime:
     """When the certificate at ``path`` stops being valid."""
     return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc

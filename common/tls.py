@@ -76,7 +76,10 @@ def load_material(settings: TlsSettings, identity: str, *, create: bool = False)
     """
     files = CertFiles(*settings.files(identity))
     if files.missing() and create and settings.default_paths:
-        written = ensure_certs(settings.certs_directory, IDENTITIES)
+        try:
+            written = ensure_certs(settings.certs_directory, IDENTITIES)
+        except OSError as error:
+            raise TlsError(f"cannot create the certificates: {error}") from None
         if written:
             log.info("certificates created dir=%s files=%d", settings.certs_directory, len(written))
     if missing := files.missing():

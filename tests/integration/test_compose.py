@@ -109,10 +109,15 @@ def test_the_file_has_the_structure_of_a_compose_file(compose: dict[str, Any]) -
             source = str(mount).split(":", 1)[0]
             assert source.startswith(("/", ".")) or source in declared_volumes, (name, mount)
         for port in service.get("ports") or []:
-            assert re.fullmatch(r"\d+:\d+", str(port)), (name, port)
+            # Published on this host only.
+            assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", str(port)), (name, port)
         for dependency, rule in (service.get("depends_on") or {}).items():
             assert dependency in compose["services"], (name, dependency)
-            assert rule["condition"] in {"service_started", "service_healthy"}, name
+            assert rule["condition"] in {
+                "service_started",
+                "service_healthy",
+                "service_completed_successfully",
+            }, name
             if rule["condition"] == "service_healthy":
                 assert "healthcheck" in compose["services"][dependency], dependency
         if "healthcheck" in service:
@@ -124,12 +129,14 @@ def test_the_file_has_the_structure_of_a_compose_file(compose: dict[str, Any]) -
 # --- the file agrees with the code -----------------------------------------------------
 
 
-def test_the_stack_is_jaeger_and_the_five_processes(compose: dict[str, Any]) -> None:
+def test_the_stack_is_jaeger_the_certificates_and_the_five_processes(
+    compose: dict[str, Any],
+) -> None:
     services = compose["services"]
-    assert set(services) == {"jaeger", *PROCESSES}
+    assert set(services) == {"jaeger", "certs", *PROCESSES}
     jaeger = services["jaeger"]
     assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", jaeger["image"])  # pinned v2
-    assert {"16686:16686", "4317:4317"} <= set(jaeger["ports"])
+    assert {"127.0.0.1:16686:16686", "127.0.0.1:4317:4317"} <= set(jaeger["ports"])
     for name in PROCESSES:
         env = environment(services[name])
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317", name
@@ -207,10 +214,43 @@ def test_ports_and_addresses_agree_with_where_processes_listen(compose: dict[str
             if match := re.fullmatch(r"SAGAWIRE_(\w+)_ADDR", key):
                 target = match.group(1).lower()
                 assert value == f"{target}:{ports[target]}", (name, key, value)
-    assert services["coordinator"]["ports"] == [f"50050:{ports['coordinator']}"]
+    assert services["coordinator"]["ports"] == [f"127.0.0.1:50050:{ports['coordinator']}"]
     dependencies = services["coordinator"]["depends_on"]
     for name in SERVICE_NAMES:
         assert dependencies[name] == {"condition": "service_healthy"}
+
+
+def test_each_process_gets_its_own_key_read_only_and_admin_stays_off(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    certs = services["certs"]
+    assert certs["command"][:2] == ["sagawire", "certs"]
+    out = certs["command"][certs["command"].index("--export") + 1]
+    ca = certs["command"][certs["command"].index("--dir") + 1]
+    exported = {str(m).split(":")[1]: str(m).split(":")[0] for m in certs["volumes"]}
+    for name in PROCESSES:
+        service = services[name]
+        env = environment(service)
+        own = exported[f"{out}/{name}"]
+        assert f"{own}:{env['SAGAWIRE_CERTS_DIR']}:ro" in service["volumes"], name
+        # No other identity's key and never the CA's key.
+        mounted = {str(m).split(":")[0] for m in service["volumes"]}
+        assert mounted & set(exported.values()) == {own}, name
+        assert exported[ca] not in mounted, name
+        assert env.get("SAGAWIRE_TLS", "on") != "off", name
+        assert env["SAGAWIRE_TLS_IDENTITY"] == name  # the health check's certificate
+        assert service["depends_on"]["certs"] == {"condition": "service_completed_successfully"}
+        if name != "coordinator":
+            assert env["SAGAWIRE_ADMIN_ENABLED"] == "false", name
+    for name in (*PROCESSES, "certs"):
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for path in ("/certs", "/ca", "/out"):
+        assert path in dockerfile  # made and owned by the user, so the volumes are writable
 
 
 def test_the_mode_is_one_variable_away(monkeypatch: pytest.MonkeyPatch) -> None:
