@@ -10,16 +10,45 @@ Called inside the same SQLite transaction as the business change, keyed by
 
 Business rejections are recorded too, so a retried execute cannot turn a "no"
 into a "yes" after the coordinator has moved on.
+
+**Every effect is bound to its request.** Each row keeps the fingerprint of the
+request that wrote it (:func:`fingerprint`: the step's action and the payload
+fields the action declares it acts on, serialized deterministically). The key
+alone no longer decides:
+
+- an execute whose fingerprint differs from the first one's is not a repeat of
+  it: refused, :class:`~common.errors.RequestMismatch`, with no effect, so a
+  request sent first under a saga's key (``total=1``) can never be replayed to
+  the real caller as if it were its result;
+- a compensate of an applied execute must carry that execute's fingerprint (its
+  payload names the same order, customer, amount...), or it is refused the same
+  way and undoes nothing; it then undoes what the service recorded for the saga;
+- a null compensation keeps its own fingerprint. A later execute with the same one
+  is the coordinator's own late request: refused as hanging, as above. One with a
+  different fingerprint is not the request that compensation was about: the
+  marker cannot have been the coordinator's (its compensate and execute of a
+  step carry the same bound fields), so it is dropped and the execute runs. A
+  compensate sent first by someone else therefore cannot kill a saga unless it
+  names exactly that saga's order, customer and items. (The defence against
+  someone else calling at all is mutual TLS and the per-method table: only the
+  coordinator may call Execute and Compensate; this is the second line.)
+
+A duplicate compensate is answered from its row whatever it carries: it has no
+effect either way. Rows written before fingerprints existed have none (NULL) and
+match any request, as the key alone did.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 
-from common.errors import Aborted, BusinessRejection
+from google.protobuf.message import Message
+
+from common.errors import Aborted, BusinessRejection, RequestMismatch
 from common.store import utc_now
 
 SCHEMA = """
@@ -32,9 +61,40 @@ CREATE TABLE IF NOT EXISTS barrier (
     reason     TEXT,
     message    TEXT,
     created_at TEXT NOT NULL,
+    -- The request's fingerprint (see fingerprint()); NULL in rows older than it.
+    fingerprint TEXT,
     PRIMARY KEY (saga_id, step, phase)
 );
 """
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a barrier table made before fingerprints up to date; idempotent."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(barrier)")}
+    if "fingerprint" not in columns:
+        conn.execute("ALTER TABLE barrier ADD COLUMN fingerprint TEXT")
+
+
+def fingerprint(action: str, payload: Message, fields: Collection[str] = ()) -> str:
+    """What binds a request to its effect: sha256 of the action's name and the payload.
+
+    Only ``fields`` of the payload count when given (the fields the action acts on);
+    none given means the whole payload. Deterministic serialization, so the same
+    request always has the same fingerprint, in any process.
+    """
+    bound = payload
+    if fields:
+        bound = type(payload)()
+        for field, _ in payload.ListFields():
+            if field.name in fields:
+                if field.is_repeated or field.message_type is not None:
+                    getattr(bound, field.name).MergeFrom(getattr(payload, field.name))
+                else:
+                    setattr(bound, field.name, getattr(payload, field.name))
+    digest = hashlib.sha256(action.encode())
+    digest.update(b"\0")
+    digest.update(bound.SerializeToString(deterministic=True))
+    return digest.hexdigest()
 
 
 class Outcome(Enum):
@@ -54,11 +114,16 @@ class Guarded:
 
 def _rows(conn: sqlite3.Connection, saga_id: str, step: str) -> dict[str, sqlite3.Row]:
     cursor = conn.execute(
-        "SELECT phase, outcome, result, reason, message FROM barrier"
+        "SELECT phase, outcome, result, reason, message, fingerprint FROM barrier"
         " WHERE saga_id = ? AND step = ?",
         (saga_id, step),
     )
     return {row["phase"]: row for row in cursor}
+
+
+def _matches(row: sqlite3.Row, fingerprint: str) -> bool:
+    recorded: str | None = row["fingerprint"]
+    return recorded is None or recorded == fingerprint  # NULL: a row from before fingerprints
 
 
 def _record(
@@ -67,12 +132,13 @@ def _record(
     step: str,
     phase: str,
     outcome: str,
+    fingerprint: str,
     result: bytes = b"",
     rejection: BusinessRejection | None = None,
 ) -> None:
     conn.execute(
-        "INSERT INTO barrier (saga_id, step, phase, outcome, result, reason, message, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO barrier (saga_id, step, phase, outcome, result, reason, message, created_at,"
+        " fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             saga_id,
             step,
@@ -82,23 +148,46 @@ def _record(
             rejection.reason if rejection else None,
             rejection.message if rejection else None,
             utc_now().isoformat(),
+            fingerprint,
         ),
     )
 
 
 def guarded_execute(
-    conn: sqlite3.Connection, saga_id: str, step: str, action: Callable[[], bytes]
+    conn: sqlite3.Connection,
+    saga_id: str,
+    step: str,
+    action: Callable[[], bytes],
+    *,
+    fingerprint: str,
 ) -> Guarded:
     """Run ``action`` once per (saga, step), inside the caller's transaction.
 
     A business rejection raised by ``action`` undoes whatever it wrote, is
     recorded, and is returned (not raised) so the transaction still commits.
+
+    Raises:
+        Aborted: the step was compensated (or a null compensation of this very
+            request was recorded): a hanging request.
+        RequestMismatch: the key holds a different request; nothing ran.
     """
     rows = _rows(conn, saga_id, step)
-    if "compensate" in rows:
-        raise Aborted(f"step {step!r} of saga {saga_id} was compensated; execute refused")
+    marker = rows.get("compensate")
+    if marker is not None:
+        if "execute" in rows or _matches(marker, fingerprint):
+            raise Aborted(f"step {step!r} of saga {saga_id} was compensated; execute refused")
+        # A null compensation of another request: not this one's (see the module doc).
+        conn.execute(
+            "DELETE FROM barrier WHERE saga_id = ? AND step = ? AND phase = 'compensate'",
+            (saga_id, step),
+        )
     first = rows.get("execute")
     if first is not None:
+        if not _matches(first, fingerprint):
+            raise RequestMismatch(
+                f"step {step!r} of saga {saga_id} already ran with a different request;"
+                " refused, nothing done"
+            )
         if first["outcome"] == "rejected":
             replayed = BusinessRejection(first["reason"], first["message"])
             return Guarded(Outcome.REPLAYED, rejection=replayed)
@@ -109,10 +198,10 @@ def guarded_execute(
     except BusinessRejection as rejection:
         conn.execute("ROLLBACK TO guarded_action")
         conn.execute("RELEASE guarded_action")
-        _record(conn, saga_id, step, "execute", "rejected", rejection=rejection)
+        _record(conn, saga_id, step, "execute", "rejected", fingerprint, rejection=rejection)
         return Guarded(Outcome.APPLIED, rejection=rejection)
     conn.execute("RELEASE guarded_action")
-    _record(conn, saga_id, step, "execute", "applied", result=result)
+    _record(conn, saga_id, step, "execute", "applied", fingerprint, result=result)
     return Guarded(Outcome.APPLIED, result=result)
 
 
@@ -121,17 +210,32 @@ def guarded_compensate(
     saga_id: str,
     step: str,
     compensation: Callable[[bytes], bytes],
+    *,
+    fingerprint: str,
 ) -> Guarded:
-    """Undo the step's execute once, given its recorded result; a no-op if it never ran."""
+    """Undo the step's execute once, given its recorded result; a no-op if it never ran.
+
+    ``fingerprint`` is the compensate request's, computed as its execute's would
+    be (the execute's action, the same bound fields).
+
+    Raises:
+        RequestMismatch: the execute that took effect was a different request;
+            nothing is undone.
+    """
     rows = _rows(conn, saga_id, step)
     if "compensate" in rows:
         return Guarded(Outcome.REPLAYED, result=rows["compensate"]["result"] or b"")
     first = rows.get("execute")
     if first is None or first["outcome"] == "rejected":
-        _record(conn, saga_id, step, "compensate", "null")
+        _record(conn, saga_id, step, "compensate", "null", fingerprint)
         return Guarded(Outcome.NULL_COMPENSATION)
+    if not _matches(first, fingerprint):
+        raise RequestMismatch(
+            f"step {step!r} of saga {saga_id} ran with a different request;"
+            " compensation refused, nothing undone"
+        )
     result = compensation(first["result"])
-    _record(conn, saga_id, step, "compensate", "applied", result=result)
+    _record(conn, saga_id, step, "compensate", "applied", fingerprint, result=result)
     return Guarded(Outcome.APPLIED, result=result)
 
 

@@ -133,7 +133,15 @@ class ServiceSettings(ServerSettings):
     # Follow other services' event streams and react (choreography). The reactions
     # act only on sagas started in choreography mode, so this is on by default.
     reactions_enabled: bool = True
+    # SAGAWIRE_MODE, as the coordinator reads it. "orchestration" turns the reactions
+    # off: no saga of the stack is choreographed, so no event may carry one on.
+    mode: Literal["", "orchestration", "choreography"] = ""
     faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @property
+    def reacts(self) -> bool:
+        """Whether the service follows the others' events (choreography)."""
+        return self.reactions_enabled and self.mode != "orchestration"
 
 
 def load(cls: type[_S], **overrides: object) -> _S:

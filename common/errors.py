@@ -6,7 +6,7 @@
     ├── InvalidArgument          bad input at the edge; names the offending field
     ├── NotFound                 the thing asked for does not exist
     ├── BusinessRejection        a final "no" from the domain (ErrorInfo reason)
-    ├── RequestMismatch          refused by the barrier: a different request holds the key
+    │   └── RequestMismatch      the barrier's key holds a different request (REQUEST_MISMATCH)
     ├── Aborted                  refused by the barrier (execute after compensate)
     ├── Unauthenticated          no valid credentials (a bearer token, a certificate)
     ├── PermissionDenied         valid credentials that may not do this
@@ -68,16 +68,18 @@ class BusinessRejection(SagawireError):
         self.metadata = dict(metadata)
 
 
-class RequestMismatch(SagawireError):
-    """The barrier refused the call: the same key (saga, step) already holds a request
-    with a different fingerprint (action + payload), so this one is not a repeat of it.
+class RequestMismatch(BusinessRejection):
+    """The barrier refused the call: the key (saga, step) already holds a request with a
+    different fingerprint, so this one is not a repeat of it. Nothing was done.
 
-    Not a business "no" about the request: its caller cannot know what took effect
-    under the key, so a coordinator treats the step's outcome as unknown (and
-    compensates it, which undoes what the service recorded for the saga).
+    Final like any rejection: the same request will always be refused. For its
+    caller the step did not take effect (the barrier guarantees that much).
     """
 
-    reason = "REQUEST_MISMATCH"
+    REASON = "REQUEST_MISMATCH"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.REASON, message)
 
 
 class Aborted(SagawireError):
@@ -119,7 +121,6 @@ STATUS_CODES: tuple[tuple[type[SagawireError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (BusinessRejection, grpc.StatusCode.FAILED_PRECONDITION),
-    (RequestMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (Aborted, grpc.StatusCode.ABORTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
@@ -245,7 +246,7 @@ def error_from_remote(remote: RemoteError) -> SagawireError:
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(remote.message)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        if remote.reason == RequestMismatch.reason:
+        if remote.reason == RequestMismatch.REASON:
             return RequestMismatch(remote.message)
         return BusinessRejection(remote.reason or "REJECTED", remote.message)
     if code == grpc.StatusCode.ABORTED:

@@ -49,6 +49,14 @@ class Action(Generic[_P]):
     ``execute`` returns the fields it adds to the saga's data; ``compensate``
     gets the payload and what ``execute`` returned. Both run inside the
     barrier's transaction and must raise only domain errors.
+
+    ``binds`` names the payload fields that make a request this action's request
+    for its saga (the order, customer, amount... it acts on): the barrier's
+    fingerprint covers them, so a different request under the same key is refused
+    (:func:`common.barrier.fingerprint`). They must have the same values in every
+    request of the step, its compensation's included, in both modes: the saga's
+    input and what the steps before it filled in, never a later step's result or a
+    note like the cancel reason. Empty: the whole payload.
     """
 
     name: str
@@ -62,6 +70,17 @@ class Action(Generic[_P]):
     on_executed: Callable[[StepContext, _P, _P], Emitted] | None = None
     on_rejected: Callable[[StepContext, _P, BusinessRejection], Emitted] | None = None
     on_compensated: Callable[[StepContext, _P], Emitted] | None = None
+    binds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        known = self.payload_type.DESCRIPTOR.fields_by_name
+        unknown = [name for name in self.binds if name not in known]
+        if unknown:
+            raise ValueError(f"action {self.name!r} binds unknown payload fields {unknown}")
+
+    def fingerprint(self, payload: _P) -> str:
+        """The barrier's fingerprint of a request of this action (or its compensation)."""
+        return barrier.fingerprint(self.name, payload, self.binds)
 
 
 def require_id(value: str, field: str) -> None:
@@ -130,7 +149,9 @@ class ActionRunner:
                 _emit(conn, ctx, action.on_executed(ctx, payload, result))
             return pack(result).SerializeToString()
 
-        guarded = barrier.guarded_execute(conn, ctx.saga_id, ctx.step, run)
+        guarded = barrier.guarded_execute(
+            conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
+        )
         if (
             guarded.rejection is not None
             and guarded.outcome is barrier.Outcome.APPLIED
@@ -138,6 +159,19 @@ class ActionRunner:
         ):
             _emit(conn, ctx, action.on_rejected(ctx, payload, guarded.rejection))
         return guarded
+
+    def refused_in(
+        self,
+        conn: sqlite3.Connection,
+        action: Action[Message],
+        ctx: StepContext,
+        payload: Message,
+        refusal: BusinessRejection,
+    ) -> None:
+        """Publish the action's rejection event for a request the barrier refused, so a
+        choreographed saga hears a "no" and unwinds (nothing is recorded: it did nothing)."""
+        if action.on_rejected is not None:
+            _emit(conn, ctx, action.on_rejected(ctx, payload, refusal))
 
     def compensate_in(
         self, conn: sqlite3.Connection, action: Action[Message], ctx: StepContext, payload: Message
@@ -153,7 +187,10 @@ class ActionRunner:
                 _emit(conn, ctx, action.on_compensated(ctx, payload))
             return b""
 
-        return barrier.guarded_compensate(conn, ctx.saga_id, ctx.step, run)
+        # The execute's fingerprint: a compensation is bound to the request it undoes.
+        return barrier.guarded_compensate(
+            conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
+        )
 
     async def execute(
         self, action: Action[Message], ctx: StepContext, payload: Message
@@ -185,11 +222,24 @@ def _emit(conn: sqlite3.Connection, ctx: StepContext, emitted: Emitted) -> None:
 
 
 class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
-    """``Execute`` / ``Compensate`` for one service, driven by its action table."""
+    """``Execute`` / ``Compensate`` for one service, driven by its action table.
 
-    def __init__(self, runner: ActionRunner, faults: FaultInjector) -> None:
+    ``started_by_events`` are the actions that, in choreography, run only as a
+    reaction to another service's event: the coordinator starts a choreographed
+    saga with its first step(s) only, so an ``Execute`` of one of these in
+    choreography mode is refused (it would start a chain halfway, with the data its
+    caller made up). In orchestration mode they are called like any other.
+    """
+
+    def __init__(
+        self,
+        runner: ActionRunner,
+        faults: FaultInjector,
+        started_by_events: frozenset[str] = frozenset(),
+    ) -> None:
         self._runner = runner
         self._faults = faults
+        self._started_by_events = started_by_events
 
     def _parse(
         self, request: participant_pb2.StepRequest, table: Mapping[str, Action[Message]]
@@ -211,6 +261,14 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
     ) -> participant_pb2.StepReply:
         async def body() -> participant_pb2.StepReply:
             action, ctx, payload = self._parse(request, self._runner.by_action)
+            if ctx.mode == participant_pb2.SAGA_MODE_CHOREOGRAPHY and (
+                action.name in self._started_by_events
+            ):
+                raise InvalidArgument(
+                    "mode",
+                    f"in choreography {action.name!r} runs only as a reaction to an event;"
+                    " a choreographed saga starts at its first step",
+                )
             await self._faults.before_call(action.name)
             guarded = await self._runner.execute(action, ctx, payload)
             if guarded.rejection is not None:

@@ -12,6 +12,16 @@ participant edge, through the same barrier, keyed by the same (saga, step) as in
 the ``place_order`` definition — so there is one set of business rules, and a
 redelivered event has no second effect. Reactions ignore sagas that were not
 started in choreography mode, so one stack can run both kinds side by side.
+
+**Only sagas the coordinator started.** A chain of reactions starts with an event of
+the saga's first step, which only the coordinator's call makes: mutual TLS lets only
+the coordinator call ``Execute`` (and only the named producers' events reach a
+reaction), and a participant refuses an ``Execute`` in choreography mode of an
+action that, here, only an event starts (:func:`started_by_events`), so nobody can
+enter a chain halfway with data of their own. A stack whose mode is orchestration
+(``SAGAWIRE_MODE``) runs no reactions at all. The first step computes what the
+chain acts on (the order's total, from the order service's own prices), and every
+effect is bound to its saga by the barrier's fingerprint.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.errors import Aborted, SagawireError
+from common.errors import Aborted, RequestMismatch, SagawireError
 from common.inbox import PoisonEvent, Reaction
 from common.participant import MODE_HEADER, ActionRunner, StepContext
 from protos.sagawire.v1 import events_pb2, participant_pb2
@@ -102,6 +112,14 @@ def reaction(runner: ActionRunner, rule: Rule) -> Reaction:
             log.info(
                 "late event ignored saga=%s step=%s (already compensated)", event.subject, rule.step
             )
+        except RequestMismatch as refused:
+            # Another request holds the step's key: nothing ran. An execute answers the
+            # chain with its rejection event, so the saga unwinds instead of stalling;
+            # a compensation that undoes nothing is a poison event, kept for a look.
+            if rule.compensate:
+                raise
+            log.warning("event refused saga=%s step=%s: %s", event.subject, rule.step, refused)
+            runner.refused_in(conn, action, ctx, data, refused)
 
     return react
 
@@ -112,6 +130,12 @@ def reactions_of(service: str, runner: ActionRunner) -> dict[str, dict[str, Reac
     for rule in RULES.get(service, ()):
         grouped.setdefault(rule.producer, {})[rule.event] = reaction(runner, rule)
     return grouped
+
+
+def started_by_events(service: str) -> frozenset[str]:
+    """The actions of ``service`` that, in choreography, only another service's event
+    starts (never a call: the coordinator starts a choreographed saga at its first step)."""
+    return frozenset(r.action for r in RULES.get(service, ()) if not r.compensate)
 
 
 def reacting_actions(service: str, producer: str) -> dict[str, str]:

@@ -29,7 +29,12 @@ from common.store import Database
 from common.stream import EventStreamServicer
 from common.tls import Identity
 from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, participant_pb2_grpc
-from services.choreography import CHOREOGRAPHED_ONLY, reacting_actions, reactions_of
+from services.choreography import (
+    CHOREOGRAPHED_ONLY,
+    reacting_actions,
+    reactions_of,
+    started_by_events,
+)
 
 _SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
@@ -85,7 +90,7 @@ class DomainService:
                 )
                 for producer, reactions in reactions_of(spec.name, self.runner).items()
             ]
-            if settings.reactions_enabled
+            if settings.reacts
             else []
         )
         self._consumer_tasks: list[asyncio.Task[None]] = []
@@ -112,7 +117,8 @@ class DomainService:
 
     def register(self, server: grpc.aio.Server) -> None:
         participant_pb2_grpc.add_ParticipantServicer_to_server(
-            ParticipantServicer(self.runner, self.faults), server
+            ParticipantServicer(self.runner, self.faults, started_by_events(self.spec.name)),
+            server,
         )
         self.spec.register_queries(server, self.db)
         events_pb2_grpc.add_EventStreamServicer_to_server(
@@ -123,6 +129,7 @@ class DomainService:
 
     async def start(self) -> None:
         await self.db.open()
+        await self.db.transaction(barrier.migrate)  # a file from before fingerprints
         with self.settings.seed_file.open("rb") as f:
             seed = tomllib.load(f)
         await self.db.transaction(lambda conn: self._seed_once(conn, seed))

@@ -10,6 +10,13 @@ MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_DESTINATION_LENGTH = 200
 
+# What binds a request to its saga's order (Action.binds, the barrier's fingerprint):
+# the order as placed, i.e. the saga's input, and, for every step after create_order,
+# as priced. Never a later step's result or the cancel reason: those differ between
+# the requests of one step (its retries, its compensation, the events of either mode).
+PLACED_ORDER = ("order_id", "customer_id", "items", "destination")
+PRICED_ORDER = (*PLACED_ORDER, "total")
+
 
 def validate_items(data: order_saga_pb2.OrderSagaData) -> None:
     """Items: 1..MAX_ITEMS lines, each with a SKU and a quantity in 1..MAX_QUANTITY."""

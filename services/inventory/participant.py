@@ -8,7 +8,7 @@ from common.participant import Action, StepContext
 from protos.sagawire.v1 import order_saga_pb2
 from services import saga_events
 from services.inventory import domain, store
-from services.validation import validate_items, validate_order
+from services.validation import PRICED_ORDER, validate_items, validate_order
 
 Data = order_saga_pb2.OrderSagaData
 
@@ -52,6 +52,7 @@ RESERVE = Action(
     on_executed=saga_events.succeeded(saga_events.STOCK_RESERVED),
     on_rejected=saga_events.rejected(saga_events.STOCK_REJECTED),
     on_compensated=saga_events.compensated(saga_events.STOCK_RELEASED),
+    binds=PRICED_ORDER,
 )
 
 ACTIONS = (RESERVE,)

@@ -1,15 +1,25 @@
-"""Order's saga actions: create the order (cancel it to compensate), approve it at the end."""
+"""Order's saga actions: create the order (cancel it to compensate), approve it at the end.
+
+Cancel and approve act on the order this saga created, as recorded, never on the
+order id a request names: a request naming another saga's order is refused.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 
-from common.errors import BusinessRejection, NotFound
+from common.errors import BusinessRejection, NotFound, RequestMismatch
 from common.participant import Action, StepContext, require_id
 from protos.sagawire.v1 import common_pb2, order_saga_pb2
 from services import saga_events
 from services.order import domain, store
-from services.validation import validate_destination, validate_items, validate_order
+from services.validation import (
+    PLACED_ORDER,
+    PRICED_ORDER,
+    validate_destination,
+    validate_items,
+    validate_order,
+)
 
 Data = order_saga_pb2.OrderSagaData
 
@@ -33,25 +43,32 @@ def _create(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
     return Data(total=common_pb2.Money(amount_minor=total, currency=currency))
 
 
-def _status(conn: sqlite3.Connection, order_id: str) -> domain.Status:
-    row = store.order(conn, order_id)
+def _saga_order(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> sqlite3.Row:
+    """The order this saga created; the request must name that one."""
+    row = store.order_of_saga(conn, ctx.saga_id)
     if row is None:
-        raise NotFound(f"no order {order_id}")
-    return domain.Status(row["status"])
+        raise NotFound(f"saga {ctx.saga_id} created no order")
+    if row["order_id"] != data.order_id:
+        raise RequestMismatch(
+            f"order {data.order_id} is not the order saga {ctx.saga_id} created; refused"
+        )
+    return row
 
 
 def _cancel(conn: sqlite3.Connection, ctx: StepContext, data: Data, created: Data) -> None:
-    current = _status(conn, data.order_id)
+    row = _saga_order(conn, ctx, data)
+    current = domain.Status(row["status"])
     cancelled = domain.cancel(current)
     if cancelled is not current:
-        store.set_status(conn, data.order_id, cancelled.value, data.cancel_reason or "cancelled")
+        store.set_status(conn, row["order_id"], cancelled.value, data.cancel_reason or "cancelled")
 
 
 def _approve(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
-    current = _status(conn, data.order_id)
+    row = _saga_order(conn, ctx, data)
+    current = domain.Status(row["status"])
     approved = domain.approve(current)
     if approved is not current:
-        store.set_status(conn, data.order_id, approved.value)
+        store.set_status(conn, row["order_id"], approved.value)
     return Data()
 
 
@@ -65,6 +82,7 @@ CREATE = Action(
     on_executed=saga_events.succeeded(saga_events.ORDER_CREATED),
     on_rejected=saga_events.rejected(saga_events.ORDER_REJECTED),
     on_compensated=saga_events.compensated(saga_events.ORDER_CANCELLED),
+    binds=PLACED_ORDER,
 )
 
 APPROVE = Action(
@@ -73,6 +91,7 @@ APPROVE = Action(
     validate=validate_order,
     execute=_approve,
     on_executed=saga_events.succeeded(saga_events.ORDER_APPROVED),
+    binds=PRICED_ORDER,
 )
 
 ACTIONS = (CREATE, APPROVE)

@@ -79,6 +79,14 @@ def order(conn: sqlite3.Connection, order_id: str) -> sqlite3.Row | None:
     return row
 
 
+def order_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
+    """The order a saga created (one at most: orders.saga_id is unique)."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM orders WHERE saga_id = ?", (saga_id,)
+    ).fetchone()
+    return row
+
+
 def set_status(conn: sqlite3.Connection, order_id: str, status: str, reason: str = "") -> None:
     conn.execute(
         "UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE order_id = ?",

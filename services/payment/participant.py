@@ -9,7 +9,7 @@ from common.participant import Action, StepContext, require_id
 from protos.sagawire.v1 import order_saga_pb2
 from services import saga_events
 from services.payment import domain, store
-from services.validation import validate_order, validate_total
+from services.validation import PRICED_ORDER, validate_order, validate_total
 
 Data = order_saga_pb2.OrderSagaData
 
@@ -57,6 +57,7 @@ CHARGE = Action(
     on_executed=saga_events.succeeded(saga_events.PAYMENT_CHARGED),
     on_rejected=saga_events.rejected(saga_events.PAYMENT_DECLINED),
     on_compensated=saga_events.compensated(saga_events.PAYMENT_REFUNDED),
+    binds=PRICED_ORDER,
 )
 
 ACTIONS = (CHARGE,)

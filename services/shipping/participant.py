@@ -9,7 +9,7 @@ from common.participant import Action, StepContext
 from protos.sagawire.v1 import order_saga_pb2
 from services import saga_events
 from services.shipping import domain, store
-from services.validation import validate_destination, validate_order
+from services.validation import PRICED_ORDER, validate_destination, validate_order
 
 Data = order_saga_pb2.OrderSagaData
 
@@ -41,6 +41,7 @@ SCHEDULE = Action(
     on_executed=saga_events.succeeded(saga_events.SHIPMENT_SCHEDULED),
     on_rejected=saga_events.rejected(saga_events.SHIPMENT_FAILED),
     on_compensated=saga_events.compensated(saga_events.SHIPMENT_CANCELLED),
+    binds=PRICED_ORDER,
 )
 
 ACTIONS = (SCHEDULE,)

@@ -206,11 +206,20 @@ class TestInventory:
         self, cluster: Cluster
     ) -> None:
         before = await stock(cluster, "SKU-MUG")
-        request = step_request("reserve", order_data())  # 3 mugs
+        data = order_data()  # 3 mugs
+        request = step_request("reserve", data)
         await execute(cluster, "inventory", request)
+        reserved = await stock(cluster, "SKU-MUG")
         lying = with_action(request, "release")
-        lying.payload.Pack(order_data(items=[common_pb2.LineItem(sku="SKU-MUG", quantity=9)]))
-        await compensate(cluster, "inventory", lying)
+        data.items[0].quantity = 9
+        lying.payload.Pack(data)
+        refused = await failure(compensate(cluster, "inventory", lying))
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "REQUEST_MISMATCH",
+        )
+        assert await stock(cluster, "SKU-MUG") == reserved
+        await compensate(cluster, "inventory", with_action(request, "release"))
         assert await stock(cluster, "SKU-MUG") == before
 
     async def test_the_last_unit_can_be_reserved(self, cluster: Cluster) -> None:
@@ -267,11 +276,19 @@ class TestPayment:
         self, cluster: Cluster
     ) -> None:
         before = await balance(cluster, "alice")
-        request = step_request("charge", order_data())  # 24.00
+        data = order_data()  # 24.00
+        request = step_request("charge", data)
         await execute(cluster, "payment", request)
         lying = with_action(request, "refund")
-        lying.payload.Pack(order_data(total=common_pb2.Money(amount_minor=99_999, currency="EUR")))
-        await compensate(cluster, "payment", lying)
+        data.total.amount_minor = 99_999
+        lying.payload.Pack(data)
+        refused = await failure(compensate(cluster, "payment", lying))
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "REQUEST_MISMATCH",
+        )
+        assert await balance(cluster, "alice") == before - 2_400
+        await compensate(cluster, "payment", with_action(request, "refund"))
         assert await balance(cluster, "alice") == before
 
     async def test_the_whole_balance_can_be_charged(self, cluster: Cluster) -> None:

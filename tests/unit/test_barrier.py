@@ -14,7 +14,8 @@ from typing import TypeVar
 import pytest
 
 from common import barrier
-from common.errors import Aborted, BusinessRejection
+from common.errors import Aborted, BusinessRejection, RequestMismatch
+from protos.sagawire.v1 import common_pb2, order_saga_pb2
 
 _T = TypeVar("_T")
 
@@ -67,15 +68,24 @@ class Step:
         self.conn.execute("INSERT INTO effect (what) VALUES ('undone')")
         return b""
 
-    def execute(self, saga_id: str = "saga-1", step: str = "reserve") -> barrier.Guarded:
-        return in_transaction(
-            self.conn, lambda: barrier.guarded_execute(self.conn, saga_id, step, self.action)
-        )
-
-    def compensate(self, saga_id: str = "saga-1", step: str = "reserve") -> barrier.Guarded:
+    def execute(
+        self, saga_id: str = "saga-1", step: str = "reserve", fingerprint: str = "request-a"
+    ) -> barrier.Guarded:
         return in_transaction(
             self.conn,
-            lambda: barrier.guarded_compensate(self.conn, saga_id, step, self.compensation),
+            lambda: barrier.guarded_execute(
+                self.conn, saga_id, step, self.action, fingerprint=fingerprint
+            ),
+        )
+
+    def compensate(
+        self, saga_id: str = "saga-1", step: str = "reserve", fingerprint: str = "request-a"
+    ) -> barrier.Guarded:
+        return in_transaction(
+            self.conn,
+            lambda: barrier.guarded_compensate(
+                self.conn, saga_id, step, self.compensation, fingerprint=fingerprint
+            ),
         )
 
 
@@ -110,7 +120,10 @@ def test_the_key_is_saga_and_step(conn: sqlite3.Connection) -> None:
 def test_a_rejection_undoes_the_actions_writes_and_is_replayed(conn: sqlite3.Connection) -> None:
     step = Step(conn)
     first = in_transaction(
-        conn, lambda: barrier.guarded_execute(conn, "saga-1", "reserve", step.rejecting_action)
+        conn,
+        lambda: barrier.guarded_execute(
+            conn, "saga-1", "reserve", step.rejecting_action, fingerprint="request-a"
+        ),
     )
     assert first.outcome is barrier.Outcome.APPLIED
     assert first.rejection is not None and first.rejection.reason == "INSUFFICIENT_STOCK"
@@ -184,7 +197,10 @@ def test_duplicate_null_compensation_has_no_effect(conn: sqlite3.Connection) -> 
 def test_compensating_a_rejected_execute_is_a_null_compensation(conn: sqlite3.Connection) -> None:
     step = Step(conn)
     in_transaction(
-        conn, lambda: barrier.guarded_execute(conn, "saga-1", "reserve", step.rejecting_action)
+        conn,
+        lambda: barrier.guarded_execute(
+            conn, "saga-1", "reserve", step.rejecting_action, fingerprint="request-a"
+        ),
     )
     assert step.compensate().outcome is barrier.Outcome.NULL_COMPENSATION
     assert step.compensated_with == []
@@ -200,8 +216,136 @@ def test_a_bug_in_the_action_records_nothing(conn: sqlite3.Connection) -> None:
         raise RuntimeError("bug")
 
     with pytest.raises(RuntimeError):
-        in_transaction(conn, lambda: barrier.guarded_execute(conn, "saga-1", "reserve", broken))
+        in_transaction(
+            conn,
+            lambda: barrier.guarded_execute(
+                conn, "saga-1", "reserve", broken, fingerprint="request-a"
+            ),
+        )
     assert effects(conn) == []
     assert conn.execute("SELECT COUNT(*) FROM barrier").fetchone()[0] == 0
     assert step.execute().outcome is barrier.Outcome.APPLIED
     assert effects(conn) == ["done"]
+
+
+# -- fingerprints: every effect is bound to its request ----------------------------------
+
+
+def test_an_execute_with_a_different_request_is_refused_with_no_effect(
+    conn: sqlite3.Connection,
+) -> None:
+    """A request sent first under the key is never replayed to a different one."""
+    step = Step(conn)
+    step.execute(fingerprint="charge total=1")
+    with pytest.raises(RequestMismatch) as refused:
+        step.execute(fingerprint="charge total=49000")
+    assert refused.value.reason == "REQUEST_MISMATCH"
+    assert step.executed == 1
+    assert effects(conn) == ["done"]
+    # The first request is still answered as before.
+    assert step.execute(fingerprint="charge total=1").outcome is barrier.Outcome.REPLAYED
+
+
+def test_a_recorded_rejection_is_not_replayed_to_a_different_request(
+    conn: sqlite3.Connection,
+) -> None:
+    step = Step(conn)
+    in_transaction(
+        conn,
+        lambda: barrier.guarded_execute(
+            conn, "saga-1", "reserve", step.rejecting_action, fingerprint="request-a"
+        ),
+    )
+    with pytest.raises(RequestMismatch):
+        step.execute(fingerprint="request-b")
+
+
+def test_a_compensate_of_a_different_request_undoes_nothing(conn: sqlite3.Connection) -> None:
+    step = Step(conn)
+    step.execute(fingerprint="request-a")
+    with pytest.raises(RequestMismatch):
+        step.compensate(fingerprint="request-b")
+    assert step.compensated_with == []
+    assert effects(conn) == ["done"]
+    # The compensation of the request that ran still works.
+    assert step.compensate(fingerprint="request-a").outcome is barrier.Outcome.APPLIED
+    assert effects(conn) == ["done", "undone"]
+
+
+def test_a_null_compensation_refuses_only_the_request_it_was_about(
+    conn: sqlite3.Connection,
+) -> None:
+    """The coordinator's own late execute is refused; a compensate sent first by someone
+    else with another request does not kill the saga: its marker is dropped."""
+    mine = Step(conn)
+    mine.compensate("saga-1", fingerprint="request-a")
+    with pytest.raises(Aborted):
+        mine.execute("saga-1", fingerprint="request-a")
+
+    forged = Step(conn)
+    forged.compensate("saga-2", fingerprint="forged")
+    assert forged.execute("saga-2", fingerprint="real").outcome is barrier.Outcome.APPLIED
+    assert effects(conn) == ["done"]
+    # Its own compensation later undoes it (the dropped marker does not answer for it).
+    assert forged.compensate("saga-2", fingerprint="real").outcome is barrier.Outcome.APPLIED
+    assert effects(conn) == ["done", "undone"]
+
+
+def test_a_duplicate_compensate_is_answered_whatever_it_carries(
+    conn: sqlite3.Connection,
+) -> None:
+    step = Step(conn)
+    step.execute()
+    step.compensate()
+    assert step.compensate(fingerprint="other").outcome is barrier.Outcome.REPLAYED
+    assert effects(conn) == ["done", "undone"]
+
+
+def test_rows_from_before_fingerprints_match_any_request(conn: sqlite3.Connection) -> None:
+    step = Step(conn)
+    step.execute()
+    conn.execute("UPDATE barrier SET fingerprint = NULL")
+    assert step.execute(fingerprint="anything").outcome is barrier.Outcome.REPLAYED
+    assert step.compensate(fingerprint="anything").outcome is barrier.Outcome.APPLIED
+
+
+def test_migrate_adds_the_fingerprint_column_once() -> None:
+    old = sqlite3.connect(":memory:", isolation_level=None)
+    old.executescript(barrier.SCHEMA.replace("fingerprint TEXT,", ""))
+    assert "fingerprint" not in {row[1] for row in old.execute("PRAGMA table_info(barrier)")}
+    barrier.migrate(old)
+    barrier.migrate(old)  # idempotent
+    assert "fingerprint" in {row[1] for row in old.execute("PRAGMA table_info(barrier)")}
+    old.close()
+
+
+def _order(**fields: object) -> order_saga_pb2.OrderSagaData:
+    defaults: dict[str, object] = {
+        "order_id": "order-1",
+        "customer_id": "alice",
+        "items": [common_pb2.LineItem(sku="SKU-MUG", quantity=3)],
+        "destination": "Berlin",
+        "total": common_pb2.Money(amount_minor=2_400, currency="EUR"),
+    }
+    return order_saga_pb2.OrderSagaData(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+BOUND = ("order_id", "customer_id", "items", "destination", "total")
+
+
+def test_the_fingerprint_covers_the_bound_fields_only() -> None:
+    first = barrier.fingerprint("charge", _order(), BOUND)
+    assert first == barrier.fingerprint("charge", _order(), BOUND)  # deterministic
+    # A later step's result or the cancel reason do not change it...
+    assert first == barrier.fingerprint(
+        "charge", _order(shipment_id="s-1", cancel_reason="no stock"), BOUND
+    )
+    # ...any bound field does, and so does the action.
+    cheaper = _order(total=common_pb2.Money(amount_minor=1, currency="EUR"))
+    assert first != barrier.fingerprint("charge", cheaper, BOUND)
+    assert first != barrier.fingerprint("charge", _order(customer_id="bob"), BOUND)
+    assert first != barrier.fingerprint("reserve", _order(), BOUND)
+    # No fields named: the whole payload.
+    assert barrier.fingerprint("charge", _order()) != barrier.fingerprint(
+        "charge", _order(cancel_reason="x")
+    )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from google.protobuf import any_pb2
 
 from coordinator.definitions import SagaDefinition, load_definitions
-from coordinator.payloads import saga_data
+from coordinator.payloads import saga_data, step_request
 from coordinator.records import (
     AttemptChange,
     Change,
+    Failure,
     Kind,
     NewSaga,
     Outcome,
@@ -21,6 +23,8 @@ from coordinator.records import (
     new_record,
 )
 from protos.sagawire.v1 import common_pb2, order_saga_pb2
+from services.inventory.participant import RESERVE
+from services.payment.participant import CHARGE
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STEPS = ("create_order", "reserve_stock", "charge_payment", "schedule_shipment", "approve_order")
@@ -90,3 +94,30 @@ def test_a_result_with_only_its_own_fields_is_laid_over_the_input() -> None:
     assert isinstance(data, order_saga_pb2.OrderSagaData)
     assert list(data.items) == list(INPUT.items)
     assert (data.order_id, data.total) == ("o-1", TOTAL)
+
+
+def test_every_request_of_a_step_carries_the_participants_same_fingerprint() -> None:
+    """The coordinator's execute of a step, re-sent after a parallel step's result came
+    in (retry, recovery), and its compensation with the cancel reason, are one request
+    to the participant's barrier: the fields the action binds never differ."""
+    definition = _place_order()
+    created = order_saga_pb2.OrderSagaData(total=TOTAL)
+    first = _with_results({"create_order": created})
+    later = _with_results(
+        {"create_order": created, "charge_payment": order_saga_pb2.OrderSagaData(charge_id="c")}
+    )
+    failing = replace(later, failure=Failure("schedule_shipment", "FAILED_PRECONDITION", "X", "no"))
+    for step_name, action in (("reserve_stock", RESERVE), ("charge_payment", CHARGE)):
+        step = next(s for s in definition.steps if s.name == step_name)
+        requests = [
+            step_request(definition, first, step, Phase.EXECUTE),
+            step_request(definition, later, step, Phase.EXECUTE),
+            step_request(definition, failing, step, Phase.COMPENSATE),
+        ]
+        payloads = []
+        for request in requests:
+            payload = order_saga_pb2.OrderSagaData()
+            assert request.payload.Unpack(payload)
+            payloads.append(payload)
+        assert payloads[2].cancel_reason  # the compensation says why...
+        assert len({action.fingerprint(p) for p in payloads}) == 1  # ...and is the same request
