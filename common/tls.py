@@ -127,8 +127,9 @@ def warn_plaintext() -> None:
     global _warned
     if not _warned:
         _warned = True
-        log.warning(PLAINTEXT_WARNING)
-        if not logging.getLogger().handlers:  # a command-line client: no logging set up
+        if logging.getLogger().handlers:
+            log.warning(PLAINTEXT_WARNING)
+        else:  # a command-line client: no logging set up
             print(f"WARNING: {PLAINTEXT_WARNING}", file=sys.stderr)
 
 
