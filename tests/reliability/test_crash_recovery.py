@@ -36,7 +36,7 @@ from tests.coordinator_support import (
     wait_exit,
     write_definitions,
 )
-from tests.support import Process
+from tests.support import Process, wait_until
 
 SEED = tomllib.loads(SEED_FILE.read_text())
 Items = Sequence[tuple[str, int]]
@@ -64,6 +64,16 @@ async def start(stack: Stack, tmp_path: Path, crash_at: str = "") -> Process:
     port = await asyncio.to_thread(process.port)
     await stack.reconnect(f"127.0.0.1:{port}")
     return process
+
+
+async def running_sagas(stack: Stack) -> int:
+    try:
+        listed = await stack.api.ListSagas(
+            pb.ListSagasRequest(status=pb.SAGA_STATUS_RUNNING, page_size=10), timeout=2
+        )
+    except grpc.aio.AioRpcError:
+        return 0  # not serving yet
+    return len(listed.sagas)
 
 
 async def place(stack: Stack, order: Order) -> str | None:
@@ -235,12 +245,15 @@ async def test_random_kills_during_concurrent_sagas_lose_and_double_nothing(
         for name in ("inventory", "payment"):
             await stack.cluster.admin(name).SetFaults(flaky)
         acked: dict[str, str] = {}
-        for delay in (rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.5)):
+        for delay in (rng.uniform(0.0, 0.2), rng.uniform(0.0, 0.2)):
             process = await start(stack, tmp_path)
             pending = [o for o in orders if o.key not in acked]
             placing = asyncio.gather(*(place(stack, o) for o in pending))
+            # A random moment once sagas are under way (not before the first is placed,
+            # which a slow start would make likely, nor after the last is done).
+            await wait_until(lambda: running_sagas(stack), timeout=30, message="a running saga")
             await asyncio.sleep(delay)
-            await kill_process(process)  # SIGKILL, at a random moment
+            await kill_process(process)  # SIGKILL
             for order, saga_id in zip(pending, await placing, strict=True):
                 if saga_id is not None:
                     acked[order.key] = saga_id
