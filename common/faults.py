@@ -3,8 +3,9 @@
 Off by default. With a non-zero seed the random choices repeat run after run.
 Injected failures happen before the barrier, so they have no effect on the store:
 exactly like a request that never arrived. They apply to participant calls and,
-in choreography, to reactions (before the consumer's transaction, which is then
-retried with backoff).
+in choreography, to reactions: drawn for each event, before the consumer's
+transaction; a failed draw holds back that event alone, which is retried with backoff
+(common/inbox.py).
 """
 
 from __future__ import annotations

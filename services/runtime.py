@@ -106,14 +106,12 @@ class DomainService:
         """The service's name: its certificate names it (mutual TLS)."""
         return self.spec.name
 
-    async def _inject_faults(
-        self, actions: Mapping[str, str], events: Sequence[events_pb2.Event]
-    ) -> None:
-        """A reaction is a call of its action, as a participant call is: faults apply."""
-        for event in events:
-            action = actions.get(event.type)
-            if action is not None:
-                await self.faults.before_call(action)
+    async def _inject_faults(self, actions: Mapping[str, str], event: events_pb2.Event) -> None:
+        """A reaction is a call of its action, as a participant call is: faults apply,
+        drawn for each event."""
+        action = actions.get(event.type)
+        if action is not None:
+            await self.faults.before_call(action)
 
     def register(self, server: grpc.aio.Server) -> None:
         participant_pb2_grpc.add_ParticipantServicer_to_server(
