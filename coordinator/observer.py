@@ -7,6 +7,12 @@ The observer follows all four event streams and records what each event says
 in both modes. A choreographed saga with no outcome by its deadline is marked
 STALLED rather than left hanging silently.
 
+Two writers record a choreographed saga: the runner (its first step) and the
+observer (the rest). Whichever writes the last fact must see the other's, or the
+saga never settles: the runner reads the saga back after its write
+(coordinator/choreography_start.py), and the observer, when the runner wrote between
+its read and its write, reads it back too.
+
 Offsets per producer live in the observer's own SQLite file and move only after
 a batch's changes are durable in the saga log; a batch seen again after a crash
 plans no change (see :func:`coordinator.observation.plan`), so nothing is
@@ -33,7 +39,7 @@ from common.subscriber import Subscriber
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
 from coordinator.definitions import SagaMode
-from coordinator.observation import OBSERVED_TYPES, Observation, observe, plan
+from coordinator.observation import OBSERVED_TYPES, OPEN, Observation, observe, plan, settlement
 from coordinator.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
 from coordinator.saga_telemetry import CarriedSpans
 from coordinator.store import SagaLog, StatusConflict
@@ -183,16 +189,36 @@ class Observer:
                     return
                 try:
                     # One load and one commit per saga per batch of events.
-                    await self._log.append_many(saga_id, batch, planned)
+                    written = await self._log.append_many(saga_id, batch, planned)
                 except StatusConflict:
                     # The runner settled the saga between our load and our write (the
                     # batch wrote nothing): plan again against what the log now holds.
                     continue
-                for change in batch:
-                    _count_outcome(record.definition, change, record.created_at)
-                    if change.saga_status is not None:
-                        self._carried.settled(saga_id, change.saga_status)
+                self._recorded(record, batch)
+                if planned.status in OPEN and written[0].seq != record.last_seq + 1:
+                    # The runner wrote between our load and our write (a first step's
+                    # outcome, after a restart): neither write saw the other, and they
+                    # may add up only together.
+                    await self._settle(saga_id)
                 return
+
+    async def _settle(self, saga_id: str) -> None:
+        """Settle the saga if what the log holds now adds up to an outcome."""
+        record = await self._log.load(saga_id)
+        if record is None:
+            return
+        settled = settlement(record, self._clock())
+        if settled is None:
+            return
+        with contextlib.suppress(StatusConflict):  # the runner settled it meanwhile
+            await self._log.append(saga_id, settled)
+            self._recorded(record, [settled])
+
+    def _recorded(self, record: SagaRecord, changes: Sequence[Change]) -> None:
+        for change in changes:
+            _count_outcome(record.definition, change, record.created_at)
+            if change.saga_status is not None:
+                self._carried.settled(record.saga_id, change.saga_status)
 
     async def _flag_stalled(self) -> None:
         while True:
