@@ -55,15 +55,19 @@ def all_succeeded(record: SagaRecord, steps: Sequence[Step]) -> bool:
 
 def carried_by_services(definition: SagaDefinition, record: SagaRecord) -> bool:
     """Whether a saga is a choreographed one the services carry on by themselves: its
-    first steps succeeded and it has not turned back. The coordinator has nothing left
-    to call; the observer records the rest as the services' events arrive."""
+    first steps succeeded and it has not turned back, or it turned back on a failure
+    the services reported (a later step's rejection: they undo what ran, in reverse
+    order). The coordinator has nothing left to call; the observer records the rest as
+    the services' events arrive. A saga turned back by the coordinator's own start (a
+    first step refused, or not confirmed by the deadline) is the coordinator's to undo."""
     # The saga's own mode, as logged: a coordinator restarted in the other mode
     # still finishes the sagas it started.
-    return (
-        record.mode == SagaMode.CHOREOGRAPHY.value
-        and record.direction is Direction.FORWARD
-        and all_succeeded(record, definition.roots)
-    )
+    if record.mode != SagaMode.CHOREOGRAPHY.value:
+        return False
+    if record.direction is Direction.FORWARD:
+        return all_succeeded(record, definition.roots)
+    failed = record.failure
+    return failed is not None and failed.step not in {s.name for s in definition.roots}
 
 
 def unblocked_by(

@@ -5,7 +5,8 @@ that were in flight are sent again with the same idempotency key (saga id +
 step): the participants' barrier turns a duplicate into a replay, and a late
 execute after its compensation into a refusal. Sagas that need attention stay
 as they are until ``RetrySaga``. A choreographed saga past its first step is not
-resumed: the services carry it on, and the observer records the events it missed.
+resumed, nor one the services turned back (a later step's rejection): the services
+carry it on, forwards or backwards, and the observer records the events it missed.
 """
 
 from __future__ import annotations

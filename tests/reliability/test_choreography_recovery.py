@@ -27,6 +27,7 @@ from tests.coordinator_support import (
     FINAL,
     coordinator_settings,
     endpoints_of,
+    kill_process,
     running_stack,
     start_coordinator_process,
     stop_process,
@@ -176,3 +177,43 @@ async def test_restart_race_between_the_start_and_the_observer_still_completes_t
             t.kind async for t in stack.api.WatchSaga(pb.WatchSagaRequest(saga_id=reply.saga_id))
         ]
         assert history.count("saga_completed") == 1
+
+
+async def test_after_a_restart_the_coordinator_only_observes_a_saga_the_services_undo(
+    tmp_path: Path,
+) -> None:
+    """The services turned the saga back (payment declined) and are undoing it when the
+    coordinator is killed; the restarted coordinator must not compensate alongside them."""
+    definitions = write_definitions(tmp_path / "sagas.yaml")
+    choreography = {"SAGAWIRE_MODE": "choreography"}
+    async with running_stack(tmp_path, in_process=False) as stack:
+        # The services' way back is slow: the release waits long enough for a restart.
+        await stack.faults("inventory", release=(0, 6000))
+        first = start_coordinator_process(
+            stack.cluster, tmp_path / "coordinator", definitions, env=choreography
+        )
+        await stack.reconnect(f"127.0.0.1:{await asyncio.to_thread(first.port)}")
+        reply = await stack.place("carol", [("SKU-LAMP", 1)], "Berlin", wait=False)
+        await stack.settled(reply.saga_id, frozenset({pb.SAGA_STATUS_COMPENSATING}))
+        await kill_process(first)
+
+        second = start_coordinator_process(
+            stack.cluster, tmp_path / "coordinator", definitions, env=choreography
+        )
+        await stack.reconnect(f"127.0.0.1:{await asyncio.to_thread(second.port)}")
+        try:
+            saga = await stack.settled(reply.saga_id, FINAL, timeout=30)
+            transitions = [
+                t async for t in stack.api.WatchSaga(pb.WatchSagaRequest(saga_id=reply.saga_id))
+            ]
+        finally:
+            await stop_process(second)
+        released = (await stack.calls("inventory")).get("release", 0)
+        cancelled = (await stack.calls("order")).get("cancel_order", 0)
+    assert saga.status == pb.SAGA_STATUS_COMPENSATED, second.output
+    assert saga.failure.step == "charge_payment"
+    # One release and one cancel: the services' reactions; the coordinator sent neither.
+    assert (released, cancelled) == (1, 1)
+    assert "sagas_resumed=0" in second.output  # nothing for it to drive
+    undone = [t for t in transitions if t.kind.startswith("compensation_")]
+    assert undone and all(t.detail.startswith("observed ") for t in undone)

@@ -18,6 +18,7 @@ from coordinator.records import (
     AttemptChange,
     Change,
     Direction,
+    Failure,
     Kind,
     NewSaga,
     Outcome,
@@ -132,3 +133,29 @@ def test_only_a_choreographed_saga_past_its_first_step_is_left_to_the_services()
     )
     backward, _ = apply(succeed(choreographed, "create_order"), turned)
     assert not carried_by_services(CHOREOGRAPHED, backward)
+
+
+def turned_back(record: SagaRecord, step: str) -> SagaRecord:
+    turned = Change(
+        Kind.SAGA_COMPENSATING,
+        T0,
+        saga_status=SagaStatus.COMPENSATING,
+        direction=Direction.BACKWARD,
+        failure=Failure(step, "FAILED_PRECONDITION", "REFUSED", ""),
+    )
+    return apply(record, turned)[0]
+
+
+def test_a_choreographed_saga_the_services_turned_back_is_theirs_to_undo() -> None:
+    started = succeed(fresh(SagaMode.CHOREOGRAPHY), "create_order")
+    # A later step's rejection, reported by the services: they undo what ran.
+    assert carried_by_services(CHOREOGRAPHED, turned_back(started, "charge_payment"))
+    # The coordinator's own start failed (refused, or unconfirmed by the deadline):
+    # the coordinator undoes it.
+    assert not carried_by_services(CHOREOGRAPHED, turned_back(started, "create_order"))
+    never = fresh(SagaMode.CHOREOGRAPHY)
+    assert not carried_by_services(CHOREOGRAPHED, turned_back(never, "create_order"))
+    # An orchestrated saga is always the coordinator's.
+    assert not carried_by_services(
+        ORCHESTRATED, turned_back(succeed(fresh(), "create_order"), "charge_payment")
+    )
