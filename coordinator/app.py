@@ -119,6 +119,7 @@ class CoordinatorApp:
                 stall_check_seconds=settings.stall_check_seconds,
                 carried=carried,
                 identity=self.tls,
+                definitions=self.definitions,
             )
             if choreographed
             else None

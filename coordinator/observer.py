@@ -4,8 +4,9 @@ In choreography the services carry a saga on by reacting to each other's events.
 The observer follows all four event streams and records what each event says
 (:mod:`coordinator.observation`) in the same saga log the runner writes, so
 ``GetSaga``, ``ListSagas``, ``WatchSaga`` and ``PlaceOrder(wait)`` work the same
-in both modes. A choreographed saga with no outcome by its deadline is marked
-STALLED rather than left hanging silently.
+in both modes. A choreographed saga the services carry with no outcome by its
+deadline is marked STALLED rather than left hanging silently; its events, when
+they come, still settle it.
 
 Two writers record a choreographed saga: the runner (its first step) and the
 observer (the rest). Whichever writes the last fact must see the other's, or the
@@ -38,8 +39,9 @@ from common.store import Database, utc_now
 from common.subscriber import Subscriber
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
-from coordinator.definitions import SagaMode
+from coordinator.definitions import Definitions, SagaMode
 from coordinator.observation import OBSERVED_TYPES, OPEN, Observation, observe, plan, settlement
+from coordinator.plan import carried_by_services
 from coordinator.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
 from coordinator.saga_telemetry import CarriedSpans
 from coordinator.store import SagaLog, StatusConflict
@@ -95,12 +97,15 @@ class Observer:
         clock: Callable[[], datetime] = utc_now,
         carried: CarriedSpans | None = None,
         identity: Identity | None = None,
+        definitions: Definitions | None = None,
     ) -> None:
         self._log = saga_log
         self._carried = carried if carried is not None else CarriedSpans()
         self._offsets = Database(data_dir / OFFSETS_FILE, inbox.SCHEMA, synchronous=synchronous)
         self._stall_check = stall_check_seconds
         self._clock = clock
+        # To tell which overdue sagas the services carry (None: every one).
+        self._definitions = definitions
         # One lock per saga being recorded, dropped when its last user leaves.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.subscribers = [
@@ -220,12 +225,24 @@ class Observer:
             if change.saga_status is not None:
                 self._carried.settled(record.saga_id, change.saga_status)
 
+    def _stalls(self, record: SagaRecord | None) -> bool:
+        """Whether an overdue saga is the services' to finish (the coordinator finishes
+        the start it drives, and compensates it if it failed)."""
+        if record is None or record.status not in UNFINISHED:
+            return False
+        if self._definitions is None:
+            return True
+        definition = self._definitions.get(record.definition)
+        return definition is not None and carried_by_services(definition, record)
+
     async def _flag_stalled(self) -> None:
         while True:
             await asyncio.sleep(self._stall_check)
             now = self._clock()
             for saga_id in await self._log.overdue(CHOREOGRAPHY, now):
                 async with self._saga_lock(saga_id):
+                    if not self._stalls(await self._log.load(saga_id)):
+                        continue
                     with contextlib.suppress(StatusConflict):  # it ended meanwhile
                         await self._log.append(
                             saga_id,

@@ -70,6 +70,14 @@ def carried_by_services(definition: SagaDefinition, record: SagaRecord) -> bool:
     return failed is not None and failed.step not in {s.name for s in definition.roots}
 
 
+def ran_past(definition: SagaDefinition, record: SagaRecord, step: str) -> bool:
+    """Whether a step that runs after ``step`` has an outcome, which in choreography
+    means ``step`` took effect: the services react only to its events."""
+    return any(
+        record.step(name).status is not StepStatus.PENDING for name in descendants(definition, step)
+    )
+
+
 def unblocked_by(
     definition: SagaDefinition, record: SagaRecord, finished: Step
 ) -> tuple[Step, ...]:

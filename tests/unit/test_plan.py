@@ -12,6 +12,7 @@ from coordinator.plan import (
     first_intents,
     intent,
     logged_open,
+    ran_past,
     unblocked_by,
 )
 from coordinator.records import (
@@ -159,3 +160,12 @@ def test_a_choreographed_saga_the_services_turned_back_is_theirs_to_undo() -> No
     assert not carried_by_services(
         ORCHESTRATED, turned_back(succeed(fresh(), "create_order"), "charge_payment")
     )
+
+
+def test_a_step_ran_past_once_a_step_after_it_has_an_outcome() -> None:
+    record = fresh(SagaMode.CHOREOGRAPHY)
+    assert not ran_past(CHOREOGRAPHED, record, "create_order")
+    record = succeed(record, "charge_payment")
+    assert ran_past(CHOREOGRAPHED, record, "create_order")
+    assert not ran_past(CHOREOGRAPHED, record, "reserve_stock")  # its sibling, not after it
+    assert not ran_past(CHOREOGRAPHED, record, "approve_order")
