@@ -270,7 +270,7 @@ def retry(
     saga_id: Annotated[str, typer.Argument(help="The saga id.")],
     coordinator: CoordinatorOption = None,
 ) -> None:
-    """Resume a saga that needs attention (its compensations run again)."""
+    """Resume a saga that needs attention (its compensations run again), or a stalled one."""
     with _coordinator(coordinator) as api:
         saga = api.RetrySaga(pb.RetrySagaRequest(saga_id=saga_id), timeout=10)
     console.print(f"saga {saga.saga_id} resumed: {_styled(_name(pb.SagaStatus.Name(saga.status)))}")

@@ -35,9 +35,11 @@ from common.retrying import attempt_then_retry
 from common.store import utc_now
 from common.telemetry import saga_metrics
 from coordinator.definitions import Definitions
+from coordinator.observation import settlement
 from coordinator.payloads import pack
 from coordinator.plan import carried_by_services, first_intents
 from coordinator.records import (
+    RETRYABLE,
     SETTLED,
     UNFINISHED,
     Change,
@@ -162,11 +164,17 @@ class SagaEngine:
         return True
 
     async def retry(self, saga_id: str) -> SagaRecord:
-        """Resume a saga that needs attention, with a fresh retry budget.
+        """Resume a saga that needs attention, with a fresh retry budget, or a stalled one.
+
+        A saga the coordinator drives runs again: its compensations, or a choreographed
+        saga's start (past the deadline: one retry budget, then it compensates). A
+        choreographed saga the services carry has nothing for the coordinator to call:
+        it is settled if what was observed adds up, and otherwise waits for the
+        services' events again (and is flagged stalled again if none come).
 
         Raises:
             NotFound: no such saga.
-            StatusConflict: the saga does not need attention.
+            StatusConflict: the saga neither needs attention nor is stalled.
         """
         record = await self.log.load(saga_id)
         if record is None:
@@ -179,14 +187,24 @@ class SagaEngine:
                 at=utc_now(),
                 saga_status=SagaStatus.COMPENSATING if backward else SagaStatus.RUNNING,
                 next_round=True,
-                require_status=frozenset({SagaStatus.NEEDS_ATTENTION}),
+                require_status=RETRYABLE,
                 detail="retry requested",
             ),
         )
         retried = await self.log.load(saga_id)
         assert retried is not None
-        self._spawn(retried, RunCause.RETRIED, otel_context.get_current())
-        return retried
+        definition = self.definitions.get(retried.definition)
+        if definition is None or not carried_by_services(definition, retried):
+            self._spawn(retried, RunCause.RETRIED, otel_context.get_current())
+            return retried
+        settled = settlement(retried, utc_now())
+        if settled is None:
+            return retried
+        with contextlib.suppress(StatusConflict):  # the observer settled it meanwhile
+            await self.log.append(saga_id, settled)
+        found = await self.log.load(saga_id)
+        assert found is not None
+        return found
 
     async def wait_settled(self, saga_id: str) -> SagaRecord:
         """Wait until the saga is completed, compensated or needs attention.

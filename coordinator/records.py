@@ -29,6 +29,8 @@ TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
 # Nothing more happens to these without a command.
 SETTLED = TERMINAL | {SagaStatus.NEEDS_ATTENTION, SagaStatus.STALLED}
 UNFINISHED = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+# What RetrySaga takes up again.
+RETRYABLE = frozenset({SagaStatus.NEEDS_ATTENTION, SagaStatus.STALLED})
 
 
 class Direction(StrEnum):
