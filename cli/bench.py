@@ -98,6 +98,7 @@ def _driver(stack: BenchStack, mode: str, config: BenchConfig) -> Driver:
     return CoordinatorDriver(
         mode,
         stack.coordinator_address,
+        token=stack.token,
         saga=config.definitions.get(mode, ""),
         rpc_timeout=config.saga_timeout,
     )

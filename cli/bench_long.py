@@ -32,6 +32,7 @@ from cli.bench_sagas import Driver, Mix, Outcome, saga_spec, status_name
 from cli.bench_stack import BenchError, BenchStack
 from common.errors import TRANSIENT_CODES
 from common.tls import Identity
+from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, order_saga_pb2
 
 FLAT_GROWTH = 0.10
@@ -100,7 +101,7 @@ async def recovery(stack: BenchStack, mode: str, mix: Mix, count: int) -> dict[s
     prefix = f"recovery-{mode}-{os.getpid()}-{time.time_ns()}"
     until = time.monotonic() + max(120.0, count / 20)
     async with Identity.from_env().aio_channel(stack.coordinator_address) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        stub = with_token(coordinator_pb2_grpc.CoordinatorStub(channel), stack.token)
         gate = asyncio.Semaphore(_SUBMIT_CONCURRENCY)
 
         async def submit(number: int) -> str:

@@ -31,6 +31,7 @@ from common.certs import COORDINATOR, OPERATOR
 from common.errors import parse_rpc_error
 from common.participant import pack
 from common.tls import Identity
+from common.tokens import with_token
 from protos.sagawire.v1 import (
     common_pb2,
     coordinator_pb2,
@@ -273,10 +274,18 @@ class RawDriver:
 class CoordinatorDriver:
     """``PlaceOrder`` with ``wait``: the coordinator runs the saga and answers its outcome."""
 
-    def __init__(self, label: str, address: str, saga: str = "", rpc_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        label: str,
+        address: str,
+        *,
+        token: str | None,
+        saga: str = "",
+        rpc_timeout: float = 60.0,
+    ) -> None:
         self.label = label
         self._channel = _channel(address)
-        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._stub = with_token(coordinator_pb2_grpc.CoordinatorStub(self._channel), token)
         self._saga = saga
         self._timeout = rpc_timeout
 

@@ -35,8 +35,10 @@ from cli.stack import (
     describe_exit,
     free_ports,
 )
+from cli.tokens import cli_token, stack_token
 from common.config import SERVICE_NAMES, Endpoints, TlsSettings
 from common.tls import Identity
+from common.tokens import with_token
 from protos.sagawire.v1 import coordinator_pb2, coordinator_pb2_grpc, participant_pb2
 
 _KEPT_LINES = 200
@@ -208,10 +210,18 @@ class BenchStack:
     def coordinator_address(self) -> str:
         return self.endpoints.coordinator_addr
 
+    @property
+    def token(self) -> str | None:
+        """The operator token the bench's calls to the coordinator carry: made with its own
+        stack's key, or for a target, found as every CLI command finds one."""
+        if self.own and self._data_dir is not None:
+            return stack_token(self._data_dir)
+        return cli_token()
+
     async def saga_mode(self, saga_id: str) -> str:
         """How the coordinator ran a saga: "orchestration" or "choreography"."""
         async with Identity.from_env().aio_channel(self.coordinator_address) as channel:
-            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            stub = with_token(coordinator_pb2_grpc.CoordinatorStub(channel), self.token)
             saga = await stub.GetSaga(coordinator_pb2.GetSagaRequest(saga_id=saga_id), timeout=10)
         return participant_pb2.SagaMode.Name(saga.mode).removeprefix("SAGA_MODE_").lower()
 

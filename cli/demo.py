@@ -41,8 +41,10 @@ from cli.stack import (
     ports_from_base,
     stack_table,
 )
+from cli.tokens import stack_token
 from common.errors import parse_rpc_error
 from common.tls import Identity
+from common.tokens import with_token
 from protos.sagawire.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -73,10 +75,13 @@ _INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 class Clients:
     """gRPC stubs for the coordinator's public API and the services' query and Admin APIs."""
 
-    def __init__(self, addresses: Mapping[str, str], identity: Identity) -> None:
+    def __init__(self, addresses: Mapping[str, str], identity: Identity, token: str | None) -> None:
         # The demo is an operator: mutual TLS with the operator's certificate.
         self._channels = {n: identity.aio_channel(a, peer=n) for n, a in addresses.items()}
-        self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self._channels[COORDINATOR])
+        # ...and calls the coordinator with an operator token.
+        self.coordinator = with_token(
+            coordinator_pb2_grpc.CoordinatorStub(self._channels[COORDINATOR]), token
+        )
         self.order = order_pb2_grpc.OrderStub(self._channels["order"])
         self.inventory = inventory_pb2_grpc.InventoryStub(self._channels["inventory"])
         self.payment = payment_pb2_grpc.PaymentStub(self._channels["payment"])
@@ -280,7 +285,9 @@ async def run_demo(options: StackOptions, console: Console) -> int:
         view.failed_start(console, str(error), log.tails, log.directory)
         return 1
     console.print(stack_table(stack))
-    clients = Clients({n: c.address for n, c in stack.children.items()}, stack.identity)
+    # The stack's coordinator made its signing key in the data directory at its start.
+    token = stack_token(options.data_dir)
+    clients = Clients({n: c.address for n, c in stack.children.items()}, stack.identity, token)
     outcomes: list[Outcome] | None = None
     interrupted = False
     try:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cli import bench, certs, demo, events, health, sagas, stack, trace
+from cli.tokens import token_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -45,6 +46,7 @@ def serve(
 app.command()(stack.up)
 app.command()(demo.demo)
 app.add_typer(events.events_app, name="events")
+app.add_typer(token_app, name="token")
 app.command()(health.health)
 app.command()(certs.certs)
 app.command()(trace.trace)

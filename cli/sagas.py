@@ -1,7 +1,8 @@
 """``sagawire order`` / ``saga`` / ``breakers``: orders and sagas, via the Coordinator API.
 
 A thin client of ``sagawire.v1.Coordinator`` (address: ``--coordinator`` or
-``SAGAWIRE_COORDINATOR_ADDR``). Server errors print as one line and exit 1.
+``SAGAWIRE_COORDINATOR_ADDR``; bearer token: ``--token``, ``SAGAWIRE_TOKEN`` or the
+local stack's key, see cli/tokens.py). Server errors print as one line and exit 1.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
+from cli.tokens import TokenOption, cli_token
 from common.config import Endpoints
 from common.errors import parse_rpc_error
 from common.tls import Identity, TlsError
+from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2_grpc, order_saga_pb2, participant_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
 
@@ -70,7 +73,9 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _coordinator(address: str | None) -> Iterator[coordinator_pb2_grpc.CoordinatorStub]:
+def _coordinator(
+    address: str | None, token: str | None
+) -> Iterator[coordinator_pb2_grpc.CoordinatorStub]:
     target = address or Endpoints().coordinator_addr
     try:
         channel = Identity.from_env().sync_channel(target)
@@ -79,11 +84,16 @@ def _coordinator(address: str | None) -> Iterator[coordinator_pb2_grpc.Coordinat
         raise typer.Exit(1) from None
     with channel:
         try:
-            yield coordinator_pb2_grpc.CoordinatorStub(channel)
+            yield with_token(coordinator_pb2_grpc.CoordinatorStub(channel), cli_token(token))
         except grpc.RpcError as error:
             remote = parse_rpc_error(error)
             if remote.code == grpc.StatusCode.UNAVAILABLE:
                 errors.print(f"error: cannot reach the coordinator at {target} (is it running?)")
+            elif remote.code == grpc.StatusCode.UNAUTHENTICATED:
+                errors.print(
+                    f"error: UNAUTHENTICATED: {remote.message}; give a token with --token or"
+                    " SAGAWIRE_TOKEN (`sagawire token issue` where the stack's key is)"
+                )
             else:
                 field = f" ({remote.field})" if remote.field else ""
                 reason = f" [{remote.reason}]" if remote.reason else ""
@@ -141,6 +151,7 @@ def place(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once logged.")] = False,
     key: Annotated[str, typer.Option(help="Idempotency key: same key, same saga.")] = "",
     coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Place an order: start a place_order saga (and by default wait for its outcome)."""
     request = pb.PlaceOrderRequest(
@@ -150,7 +161,7 @@ def place(
         idempotency_key=key,
         wait=not no_wait,
     )
-    with _coordinator(coordinator) as api:
+    with _coordinator(coordinator, token) as api:
         reply = api.PlaceOrder(request, timeout=120)
         status = _name(pb.SagaStatus.Name(reply.status))
         again = " (existing saga for this key)" if reply.existing else ""
@@ -165,9 +176,10 @@ def place(
 def show(
     saga_id: Annotated[str, typer.Argument(help="The saga id.")],
     coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
 ) -> None:
     """A saga's steps, attempts, errors and timings."""
-    with _coordinator(coordinator) as api:
+    with _coordinator(coordinator, token) as api:
         _show(api.GetSaga(pb.GetSagaRequest(saga_id=saga_id), timeout=10))
 
 
@@ -225,12 +237,13 @@ def list_sagas(
     status: Annotated[Status | None, typer.Option(help="Only sagas in this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 20,
     coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Sagas, newest first."""
     request = pb.ListSagasRequest(page_size=limit)
     if status is not None:
         request.status = pb.SagaStatus.Value(f"SAGA_STATUS_{status.value.upper()}")
-    with _coordinator(coordinator) as api:
+    with _coordinator(coordinator, token) as api:
         reply = api.ListSagas(request, timeout=10)
     table = Table()
     table.add_column("saga id", no_wrap=True, min_width=36)
@@ -253,9 +266,10 @@ def list_sagas(
 def watch(
     saga_id: Annotated[str, typer.Argument(help="The saga id.")],
     coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Follow a saga's transitions until it is settled."""
-    with _coordinator(coordinator) as api:
+    with _coordinator(coordinator, token) as api:
         for t in api.WatchSaga(pb.WatchSagaRequest(saga_id=saga_id)):
             attempt = f"#{t.attempt}" if t.attempt else ""
             status = _styled(_name(pb.SagaStatus.Name(t.status)))
@@ -269,16 +283,17 @@ def watch(
 def retry(
     saga_id: Annotated[str, typer.Argument(help="The saga id.")],
     coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Resume a saga that needs attention (its compensations run again), or a stalled one."""
-    with _coordinator(coordinator) as api:
+    with _coordinator(coordinator, token) as api:
         saga = api.RetrySaga(pb.RetrySagaRequest(saga_id=saga_id), timeout=10)
     console.print(f"saga {saga.saga_id} resumed: {_styled(_name(pb.SagaStatus.Name(saga.status)))}")
 
 
-def breakers(coordinator: CoordinatorOption = None) -> None:
+def breakers(coordinator: CoordinatorOption = None, token: TokenOption = None) -> None:
     """The coordinator's circuit breakers, one per participant."""
-    with _coordinator(coordinator) as api:
+    with _coordinator(coordinator, token) as api:
         reply = api.ListBreakers(pb.ListBreakersRequest(), timeout=10)
     table = Table()
     columns = (

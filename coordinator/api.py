@@ -1,7 +1,9 @@
 """The public gRPC API, ``sagawire.v1.Coordinator``: a thin edge over the engine and the log.
 
-Requests are validated first (INVALID_ARGUMENT names the field) and nothing is
-written for a bad one. Errors leave through the one table of common.errors.
+Every call first names its caller from its bearer token (coordinator/auth.py: who may
+call what, and whose sagas a customer sees). Requests are validated next
+(INVALID_ARGUMENT names the field) and nothing is written for a bad one. Errors leave
+through the one table of common.errors.
 """
 
 from __future__ import annotations
@@ -14,21 +16,35 @@ import grpc
 
 from common.breakers import BreakerBoard
 from common.bulkhead import Bulkheads
-from common.errors import BreakerOpen, NotFound, SagawireError, abort, grpc_edge
+from common.errors import (
+    BreakerOpen,
+    NotFound,
+    PermissionDenied,
+    SagawireError,
+    abort,
+    grpc_edge,
+)
 from common.telemetry import current_trace_id
+from common.tokens import Caller
 from coordinator import requests
+from coordinator.auth import ApiAuth, may_see
 from coordinator.definitions import Definitions, SagaMode
 from coordinator.engine import SagaEngine
 from coordinator.observation import OBSERVED
 from coordinator.payloads import saga_data
-from coordinator.records import SETTLED, Kind, SagaRecord
-from coordinator.store import SagaLog
+from coordinator.records import SETTLED, Kind, SagaRecord, SagaStatus
+from coordinator.store import Cursor, SagaLog
 from coordinator.views import SAGA_STATUS, breaker_message, failure_message, saga_message
 from coordinator.views import transition_message as transition
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import coordinator_pb2_grpc
 
 SERVICE_NAME = "sagawire.v1.Coordinator"
+
+# A customer's ListSagas reads the log in batches of this many sagas, and at most
+# _MAX_SCANNED per call: its page may come back short, with a token to read on.
+_SCAN_BATCH = 200
+_MAX_SCANNED = 5_000
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -39,6 +55,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         definitions: Definitions,
         breakers: BreakerBoard,
         bulkheads: Bulkheads,
+        auth: ApiAuth,
         watch_poll_seconds: float = 1.0,
         shed_at_door: bool = True,
     ) -> None:
@@ -47,15 +64,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._definitions = definitions
         self._breakers = breakers
         self._bulkheads = bulkheads
+        self._auth = auth
         self._shed_at_door = shed_at_door
         self._poll = watch_poll_seconds
 
     def _message(self, record: SagaRecord) -> pb.Saga:
         return saga_message(self._definitions.get(record.definition), record)
 
-    async def _load(self, saga_id: str) -> SagaRecord:
+    async def _load(self, saga_id: str, caller: Caller) -> SagaRecord:
+        """The saga, if it exists and ``caller`` may see it; the same NOT_FOUND otherwise."""
         record = await self._log.load(saga_id)
-        if record is None:
+        if record is None or not may_see(caller, self._definitions, record):
             raise NotFound(f"no saga {saga_id}")
         return record
 
@@ -63,7 +82,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.PlaceOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.PlaceOrderResponse:
         async def body() -> pb.PlaceOrderResponse:
+            caller = await self._auth.caller(context, "PlaceOrder")
             data, fingerprint = requests.place_order(request)
+            if not caller.acts_for(request.customer_id):
+                raise PermissionDenied(
+                    f"a customer token for {caller.subject!r} places orders only as"
+                    f" {caller.subject!r}, not {request.customer_id!r}"
+                )
             self._refuse_if_first_participant_down(request.saga or requests.DEFAULT_SAGA)
             record, created = await self._engine.start(
                 request.saga or requests.DEFAULT_SAGA,
@@ -105,7 +130,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.GetSagaRequest, context: grpc.aio.ServicerContext
     ) -> pb.Saga:
         async def body() -> pb.Saga:
-            record = await self._load(requests.saga_id(request.saga_id))
+            caller = await self._auth.caller(context, "GetSaga")
+            record = await self._load(requests.saga_id(request.saga_id), caller)
             message = self._message(record)
             if record.mode == SagaMode.CHOREOGRAPHY.value:
                 observed = await self._log.history(record.saga_id)
@@ -126,26 +152,49 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.ListSagasRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSagasResponse:
         async def body() -> pb.ListSagasResponse:
+            caller = await self._auth.caller(context, "ListSagas")
             status = requests.status_filter(request.status)
             size = requests.page_size(request.page_size)
             before = requests.decode_cursor(request.page_token)
-            found = await self._log.list_sagas(status, before, size + 1)
-            page, more = found[:size], len(found) > size
-            token = ""
-            if more:
-                token = requests.encode_cursor((page[-1].created_at, page[-1].saga_id))
+            if caller.operator:
+                found = await self._log.list_sagas(status, before, size + 1)
+                page = found[:size]
+                after = (page[-1].created_at, page[-1].saga_id) if len(found) > size else None
+            else:
+                page, after = await self._own_page(caller, status, before, size)
             return pb.ListSagasResponse(
-                sagas=[self._message(r) for r in page], next_page_token=token
+                sagas=[self._message(r) for r in page],
+                next_page_token=requests.encode_cursor(after) if after else "",
             )
 
         return await grpc_edge(context, body)
+
+    async def _own_page(
+        self, caller: Caller, status: SagaStatus | None, before: Cursor | None, size: int
+    ) -> tuple[list[SagaRecord], Cursor | None]:
+        """Up to ``size`` of the caller's sagas after ``before``, newest first, and where
+        the next page starts (None: nothing more). Reads at most _MAX_SCANNED sagas."""
+        page: list[SagaRecord] = []
+        cursor, scanned = before, 0
+        while scanned < _MAX_SCANNED:
+            batch = await self._log.list_sagas(status, cursor, _SCAN_BATCH)
+            for record in batch:
+                if len(page) == size:
+                    return page, (page[-1].created_at, page[-1].saga_id)
+                cursor, scanned = (record.created_at, record.saga_id), scanned + 1
+                if may_see(caller, self._definitions, record):
+                    page.append(record)
+            if len(batch) < _SCAN_BATCH:
+                return page, None
+        return page, cursor
 
     async def WatchSaga(
         self, request: pb.WatchSagaRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SagaTransition]:
         try:
+            caller = await self._auth.caller(context, "WatchSaga")
             saga_id = requests.saga_id(request.saga_id)
-            await self._load(saga_id)
+            await self._load(saga_id, caller)
         except SagawireError as error:
             await abort(context, error)
         seen = 0
@@ -167,6 +216,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.RetrySagaRequest, context: grpc.aio.ServicerContext
     ) -> pb.Saga:
         async def body() -> pb.Saga:
+            await self._auth.caller(context, "RetrySaga")
             return self._message(await self._engine.retry(requests.saga_id(request.saga_id)))
 
         return await grpc_edge(context, body)
@@ -174,12 +224,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ListBreakers(
         self, request: pb.ListBreakersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBreakersResponse:
-        return pb.ListBreakersResponse(
-            breakers=[
-                breaker_message(v, self._bulkheads.view(v.participant))
-                for v in self._breakers.views()
-            ]
-        )
+        async def body() -> pb.ListBreakersResponse:
+            await self._auth.caller(context, "ListBreakers")
+            return pb.ListBreakersResponse(
+                breakers=[
+                    breaker_message(v, self._bulkheads.view(v.participant))
+                    for v in self._breakers.views()
+                ]
+            )
+
+        return await grpc_edge(context, body)
 
 
 def register(server: grpc.aio.Server, servicer: CoordinatorServicer) -> None:

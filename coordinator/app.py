@@ -26,7 +26,9 @@ from common.policy import CallPolicy
 from common.server import serve_until_signal, server_options, start_server
 from common.telemetry import saga_metrics, setup_telemetry
 from common.tls import Identity
+from common.tokens import TokenKeyError
 from coordinator import api
+from coordinator.auth import ApiAuth
 from coordinator.clients import Participants
 from coordinator.crash import CrashHook
 from coordinator.definitions import DefinitionError, Definitions, SagaMode, load_definitions
@@ -130,6 +132,7 @@ class CoordinatorApp:
             self.definitions,
             self.breakers,
             self.bulkheads,
+            ApiAuth.from_settings(settings),
             shed_at_door=settings.shed_at_door,
         )
         self._stopped = False
@@ -177,9 +180,12 @@ async def run(settings: CoordinatorSettings) -> None:
     telemetry = setup_telemetry(
         "coordinator", settings.data_dir, trace_file_max_bytes=settings.trace_file_max_mb << 20
     )
-    app = CoordinatorApp(
-        settings, client_interceptors=telemetry.client_interceptors(), definitions=definitions
-    )
+    try:
+        app = CoordinatorApp(
+            settings, client_interceptors=telemetry.client_interceptors(), definitions=definitions
+        )
+    except TokenKeyError as error:
+        raise SystemExit(str(error)) from None
     running = await start_server(app, settings, telemetry=telemetry)
     await serve_until_signal(running)
 

@@ -8,10 +8,11 @@ from typing import Literal
 from pydantic import Field
 
 from common.config import ServerSettings
+from common.tokens import TokenSettings
 from coordinator.definitions import DEFAULT_FILE
 
 
-class CoordinatorSettings(ServerSettings):
+class CoordinatorSettings(ServerSettings, TokenSettings):
     """How the coordinator runs; participants' addresses come from :class:`Endpoints`."""
 
     # The saga definitions (YAML) to load at start.

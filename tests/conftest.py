@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.certs import ensure_certs
+from common.tokens import KEY_FILE, ensure_signing_key
 from tests.support import Cluster, start_cluster
 
 
@@ -30,6 +31,24 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop("SAGAWIRE_CERTS_DIR", None)
         else:
             os.environ["SAGAWIRE_CERTS_DIR"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One token signing key for the whole session: every coordinator of the tests verifies
+    bearer tokens with it (``SAGAWIRE_TOKEN_KEY_FILE``), and test clients sign theirs
+    with it (tests/coordinator_support.py: ``api_token``)."""
+    path = tmp_path_factory.mktemp("tokens") / KEY_FILE
+    ensure_signing_key(path)
+    previous = os.environ.get("SAGAWIRE_TOKEN_KEY_FILE")
+    os.environ["SAGAWIRE_TOKEN_KEY_FILE"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("SAGAWIRE_TOKEN_KEY_FILE", None)
+        else:
+            os.environ["SAGAWIRE_TOKEN_KEY_FILE"] = previous
 
 
 @pytest.fixture

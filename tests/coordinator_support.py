@@ -20,6 +20,7 @@ import yaml
 
 from common.config import Endpoints
 from common.server import RunningServer, start_server
+from common.tokens import Role, TokenSettings, local_token, with_token
 from coordinator.app import CoordinatorApp
 from coordinator.definitions import DEFAULT_FILE
 from coordinator.settings import CoordinatorSettings
@@ -98,6 +99,11 @@ def endpoints_of(cluster: Cluster) -> Endpoints:
     return Endpoints(**{f"{n}_addr": cluster.address(n) for n in cluster.servers})
 
 
+def api_token(role: Role = Role.OPERATOR, subject: str = "test-operator") -> str:
+    """A bearer token for the coordinator's API, signed with the session's key (conftest)."""
+    return local_token(TokenSettings(), role, subject, ttl_seconds=3600)
+
+
 def line(sku: str, quantity: int) -> common_pb2.LineItem:
     return common_pb2.LineItem(sku=sku, quantity=quantity)
 
@@ -111,12 +117,18 @@ class Stack:
     coordinator: RunningServer | None = None
     app: CoordinatorApp | None = None
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
+    _operator_token: str = field(default_factory=lambda: api_token(), repr=False)
 
     @property
     def api(self) -> coordinator_pb2_grpc.CoordinatorStub:
+        """The coordinator's API, called as an operator."""
+        return self.api_as(self._operator_token)
+
+    def api_as(self, token: str | None) -> coordinator_pb2_grpc.CoordinatorStub:
+        """The coordinator's API, called with ``token`` (None: with no token)."""
         if self._channel is None:
             self._channel = open_channel(self.address)
-        return coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        return with_token(coordinator_pb2_grpc.CoordinatorStub(self._channel), token)
 
     async def reconnect(self, address: str) -> None:
         """Talk to a restarted coordinator."""

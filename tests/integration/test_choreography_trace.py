@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from common.config import SERVICE_NAMES
+from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from tests.coordinator_support import write_definitions
+from tests.coordinator_support import api_token, write_definitions
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute
 from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
@@ -62,7 +63,8 @@ async def test_a_choreographed_order_is_one_trace(receiver: OtlpReceiver, tmp_pa
     try:
         port = await asyncio.to_thread(coordinator.port)
         async with open_channel(f"127.0.0.1:{port}") as channel:
-            reply = await coordinator_pb2_grpc.CoordinatorStub(channel).PlaceOrder(
+            api = with_token(coordinator_pb2_grpc.CoordinatorStub(channel), api_token())
+            reply = await api.PlaceOrder(
                 coordinator_pb2.PlaceOrderRequest(
                     customer_id="alice",
                     items=[common_pb2.LineItem(sku="SKU-BOOK", quantity=1)],

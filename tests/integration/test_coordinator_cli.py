@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from cli import sagas
+from cli.tokens import token_app
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from tests.coordinator_support import Stack, running_stack
 
@@ -16,10 +17,13 @@ app = typer.Typer()
 sagas.register(app)
 
 
-async def run(stack: Stack | None, *args: str) -> Result:
-    """Invoke the CLI on a thread (it is a blocking gRPC client; the servers run here)."""
+async def run(stack: Stack | None, *args: str, **env: str | None) -> Result:
+    """Invoke the CLI on a thread (it is a blocking gRPC client; the servers run here).
+
+    With no token given, it mints an operator token with the session's signing key
+    (SAGAWIRE_TOKEN_KEY_FILE, see conftest), as it would with a local stack's."""
     address = stack.address if stack else "127.0.0.1:1"
-    env = {"SAGAWIRE_COORDINATOR_ADDR": address, "COLUMNS": "200"}
+    env = {"SAGAWIRE_COORDINATOR_ADDR": address, "COLUMNS": "200", **env}
     return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
 
 
@@ -74,9 +78,47 @@ async def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     )
 
 
+async def test_a_customer_token_from_the_cli_places_and_reads_only_its_own(
+    tmp_path: Path,
+) -> None:
+    issued = CliRunner().invoke(token_app, ["issue", "--customer", "alice", "--ttl", "10m"])
+    assert issued.exit_code == 0, issued.output
+    alice = issued.output.strip()
+    async with running_stack(tmp_path) as stack:
+        other = await stack.place(customer="bob")
+        mine = await run(
+            stack, "order", "place", "--customer", "alice", "--item", "SKU-MUG:1",
+            "--to", "Oslo", "--token", alice,
+        )  # fmt: skip
+        assert mine.exit_code == 0, mine.output
+        as_bob = await run(
+            stack, "order", "place", "--customer", "bob", "--item", "SKU-MUG:1",
+            "--to", "Oslo", SAGAWIRE_TOKEN=alice,
+        )  # fmt: skip
+        assert as_bob.exit_code == 1
+        assert as_bob.output.startswith("error: PERMISSION_DENIED")
+        listed = await run(stack, "saga", "list", SAGAWIRE_TOKEN=alice)
+        assert mine.output.split()[1] in listed.output
+        assert other.saga_id not in listed.output
+        retry = await run(stack, "saga", "retry", other.saga_id, SAGAWIRE_TOKEN=alice)
+        assert retry.output.startswith("error: PERMISSION_DENIED")
+
+        nobody = await run(stack, "breakers", SAGAWIRE_TOKEN_KEY_FILE=str(tmp_path / "no-key"))
+        assert nobody.exit_code == 1
+        assert nobody.output.startswith("error: UNAUTHENTICATED: no bearer token")
+        assert "SAGAWIRE_TOKEN" in nobody.output
+
+
+def test_token_issue_wants_one_role() -> None:
+    for args in (["issue"], ["issue", "--customer", "alice", "--operator"]):
+        refused = CliRunner().invoke(token_app, args)
+        assert refused.exit_code == 2 and "exactly one of" in refused.output
+    assert CliRunner().invoke(token_app, ["issue", "--operator", "--ttl", "soon"]).exit_code == 2
+
+
 def test_the_verbs_are_part_of_sagawire() -> None:
     from cli.main import app as sagawire
 
     names = {c.name for c in sagawire.registered_commands}
     groups = {g.name for g in sagawire.registered_groups}
-    assert "breakers" in names and {"order", "saga"} <= groups
+    assert "breakers" in names and {"order", "saga", "token"} <= groups
