@@ -1,6 +1,8 @@
-"""The Admin servicer: change fault injection at run time and read call counts."""
+"""The Admin servicer: change fault injection at run time, read call counts, cut streams."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import grpc
 from pydantic import ValidationError
@@ -43,9 +45,32 @@ def config_to_plan(config: FaultConfig) -> admin_pb2.FaultPlan:
     )
 
 
+class StreamCuts:
+    """A service's open event streams, so an operator can cut them all at once.
+
+    Each ``Subscribe`` notes the :attr:`generation` it started in and ends with
+    ``UNAVAILABLE`` once the generation moves on; :meth:`cut` moves it and wakes the
+    idle streams (``wake``, the outbox's commit signal), so they notice at once.
+    """
+
+    def __init__(self, wake: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.generation = 0
+        self.open = 0
+        self._wake = wake
+
+    async def cut(self) -> int:
+        """End every open stream; returns how many were open."""
+        self.generation += 1
+        count = self.open
+        if self._wake is not None:
+            await self._wake()
+        return count
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, faults: FaultInjector) -> None:
+    def __init__(self, faults: FaultInjector, streams: StreamCuts | None = None) -> None:
         self._faults = faults
+        self._streams = streams
 
     async def SetFaults(
         self, request: admin_pb2.FaultPlan, context: grpc.aio.ServicerContext
@@ -65,3 +90,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.GetCallCountsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CallCounts:
         return admin_pb2.CallCounts(calls=dict(self._faults.calls))
+
+    async def CutStreams(
+        self, request: admin_pb2.CutStreamsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CutStreamsResponse:
+        count = await self._streams.cut() if self._streams is not None else 0
+        return admin_pb2.CutStreamsResponse(streams=count)

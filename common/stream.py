@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from common.errors import InvalidArgument, abort
+from common.admin import StreamCuts
+from common.errors import InvalidArgument, Transient, abort
 from common.outbox import MODE_HEADER, Outbox
 from common.store import Database, to_timestamp
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
@@ -30,9 +31,11 @@ MAX_TYPES = 64
 class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
     """Serves one service's events and lists the events its consumers gave up on."""
 
-    def __init__(self, outbox: Outbox, db: Database) -> None:
+    def __init__(self, outbox: Outbox, db: Database, cuts: StreamCuts | None = None) -> None:
         self._outbox = outbox
         self._db = db
+        # An operator may cut every open stream (Admin.CutStreams, a chaos drill).
+        self._cuts = cuts or StreamCuts()
 
     async def Subscribe(
         self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -46,19 +49,27 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         next_sequence = max(request.from_sequence, 1)
         mode = headers.get(MODE_HEADER)
         log.info("subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence)
-        while not self._outbox.closed:
-            seen = self._outbox.stamp(mode)
-            events, scanned, complete = await self._outbox.read_notified(
-                next_sequence, BATCH_SIZE, types, headers
-            )
-            if events:
-                yield events_pb2.EventBatch(events=events)
-            next_sequence = max(next_sequence, scanned + 1)
-            if not complete:
-                continue
-            # Caught up: read again only after a commit since ``seen`` (at once if one came
-            # while this read ran), so a burst of commits costs one read, not one each.
-            await self._outbox.wait_for_commit(seen, IDLE_RECHECK_SECONDS, mode)
+        generation = self._cuts.generation
+        self._cuts.open += 1
+        try:
+            while not self._outbox.closed:
+                if self._cuts.generation != generation:
+                    log.info("stream cut consumer=%s", request.consumer)
+                    await abort(context, Transient("the event stream was cut by an operator"))
+                seen = self._outbox.stamp(mode)
+                events, scanned, complete = await self._outbox.read_notified(
+                    next_sequence, BATCH_SIZE, types, headers
+                )
+                if events:
+                    yield events_pb2.EventBatch(events=events)
+                next_sequence = max(next_sequence, scanned + 1)
+                if not complete:
+                    continue
+                # Caught up: read again only after a commit since ``seen`` (at once if one
+                # came while this read ran), so a burst of commits costs one read, not one each.
+                await self._outbox.wait_for_commit(seen, IDLE_RECHECK_SECONDS, mode)
+        finally:
+            self._cuts.open -= 1
         log.info("stream ended (shutdown) consumer=%s", request.consumer)
 
     async def ListPoisonEvents(

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import Message
 
 from common import barrier, inbox, outbox
-from common.admin import AdminServicer
+from common.admin import AdminServicer, StreamCuts
 from common.config import Endpoints, ServiceSettings
 from common.faults import FaultInjector
 from common.participant import Action, ActionRunner, ParticipantServicer
@@ -71,6 +71,7 @@ class DomainService:
         )
         self.outbox = outbox.Outbox(self.db, source=spec.name)
         self.faults = FaultInjector(settings.faults)
+        self.stream_cuts = StreamCuts(wake=self.outbox.notify)
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
         self.runner = ActionRunner(self.db, self.outbox, actions)
         self.consumers = (
@@ -120,10 +121,12 @@ class DomainService:
         )
         self.spec.register_queries(server, self.db)
         events_pb2_grpc.add_EventStreamServicer_to_server(
-            EventStreamServicer(self.outbox, self.db), server
+            EventStreamServicer(self.outbox, self.db, self.stream_cuts), server
         )
         if self.settings.admin_enabled:
-            admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.faults), server)
+            admin_pb2_grpc.add_AdminServicer_to_server(
+                AdminServicer(self.faults, self.stream_cuts), server
+            )
 
     async def start(self) -> None:
         await self.db.open()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sagawire/v1/admin.proto\x12\x0bsagawire.v1\"r\n\tFaultPlan\x12\x18\n\x10unavailable_rate\x18\x01 \x01(\x01\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12)\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x18.sagawire.v1.ActionFault\"D\n\x0b\x41\x63tionFault\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x11\n\tfail_next\x18\x02 \x01(\x05\x12\x12\n\nlatency_ms\x18\x03 \x01(\x05\"\x12\n\x10GetFaultsRequest\"\x16\n\x14GetCallCountsRequest\"m\n\nCallCounts\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".sagawire.v1.CallCounts.CallsEntry\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xd5\x01\n\x05\x41\x64min\x12;\n\tSetFaults\x12\x16.sagawire.v1.FaultPlan\x1a\x16.sagawire.v1.FaultPlan\x12\x42\n\tGetFaults\x12\x1d.sagawire.v1.GetFaultsRequest\x1a\x16.sagawire.v1.FaultPlan\x12K\n\rGetCallCounts\x12!.sagawire.v1.GetCallCountsRequest\x1a\x17.sagawire.v1.CallCountsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sagawire/v1/admin.proto\x12\x0bsagawire.v1\"r\n\tFaultPlan\x12\x18\n\x10unavailable_rate\x18\x01 \x01(\x01\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12)\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x18.sagawire.v1.ActionFault\"D\n\x0b\x41\x63tionFault\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x11\n\tfail_next\x18\x02 \x01(\x05\x12\x12\n\nlatency_ms\x18\x03 \x01(\x05\"\x12\n\x10GetFaultsRequest\"\x16\n\x14GetCallCountsRequest\"m\n\nCallCounts\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".sagawire.v1.CallCounts.CallsEntry\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x13\n\x11\x43utStreamsRequest\"%\n\x12\x43utStreamsResponse\x12\x0f\n\x07streams\x18\x01 \x01(\x05\x32\xa4\x02\n\x05\x41\x64min\x12;\n\tSetFaults\x12\x16.sagawire.v1.FaultPlan\x1a\x16.sagawire.v1.FaultPlan\x12\x42\n\tGetFaults\x12\x1d.sagawire.v1.GetFaultsRequest\x1a\x16.sagawire.v1.FaultPlan\x12K\n\rGetCallCounts\x12!.sagawire.v1.GetCallCountsRequest\x1a\x17.sagawire.v1.CallCounts\x12M\n\nCutStreams\x12\x1e.sagawire.v1.CutStreamsRequest\x1a\x1f.sagawire.v1.CutStreamsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLCOUNTS']._serialized_end=386
   _globals['_CALLCOUNTS_CALLSENTRY']._serialized_start=342
   _globals['_CALLCOUNTS_CALLSENTRY']._serialized_end=386
-  _globals['_ADMIN']._serialized_start=389
-  _globals['_ADMIN']._serialized_end=602
+  _globals['_CUTSTREAMSREQUEST']._serialized_start=388
+  _globals['_CUTSTREAMSREQUEST']._serialized_end=407
+  _globals['_CUTSTREAMSRESPONSE']._serialized_start=409
+  _globals['_CUTSTREAMSRESPONSE']._serialized_end=446
+  _globals['_ADMIN']._serialized_start=449
+  _globals['_ADMIN']._serialized_end=741
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,11 @@ class AdminStub:
                 request_serializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.GetCallCountsRequest.SerializeToString,
                 response_deserializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.CallCounts.FromString,
                 _registered_method=True)
+        self.CutStreams = channel.unary_unary(
+                '/sagawire.v1.Admin/CutStreams',
+                request_serializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.CutStreamsRequest.SerializeToString,
+                response_deserializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.CutStreamsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -76,6 +81,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CutStreams(self, request, context):
+        """End every open event stream (Subscribe) with UNAVAILABLE, as a cut connection would;
+        subscribers reconnect and resume from their offsets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetCallCounts,
                     request_deserializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.GetCallCountsRequest.FromString,
                     response_serializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.CallCounts.SerializeToString,
+            ),
+            'CutStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.CutStreams,
+                    request_deserializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.CutStreamsRequest.FromString,
+                    response_serializer=protos_dot_sagawire_dot_v1_dot_admin__pb2.CutStreamsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class Admin:
             '/sagawire.v1.Admin/GetCallCounts',
             protos_dot_sagawire_dot_v1_dot_admin__pb2.GetCallCountsRequest.SerializeToString,
             protos_dot_sagawire_dot_v1_dot_admin__pb2.CallCounts.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CutStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagawire.v1.Admin/CutStreams',
+            protos_dot_sagawire_dot_v1_dot_admin__pb2.CutStreamsRequest.SerializeToString,
+            protos_dot_sagawire_dot_v1_dot_admin__pb2.CutStreamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

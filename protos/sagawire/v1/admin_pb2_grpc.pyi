@@ -38,6 +38,10 @@ class AdminStub:
     SetFaults: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FaultPlan, _admin_pb2.FaultPlan]
     GetFaults: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetFaultsRequest, _admin_pb2.FaultPlan]
     GetCallCounts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetCallCountsRequest, _admin_pb2.CallCounts]
+    CutStreams: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CutStreamsRequest, _admin_pb2.CutStreamsResponse]
+    """End every open event stream (Subscribe) with UNAVAILABLE, as a cut connection would;
+    subscribers reconnect and resume from their offsets.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -49,6 +53,10 @@ class AdminAsyncStub(AdminStub):
     SetFaults: _aio.UnaryUnaryMultiCallable[_admin_pb2.FaultPlan, _admin_pb2.FaultPlan]  # type: ignore[assignment]
     GetFaults: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetFaultsRequest, _admin_pb2.FaultPlan]  # type: ignore[assignment]
     GetCallCounts: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetCallCountsRequest, _admin_pb2.CallCounts]  # type: ignore[assignment]
+    CutStreams: _aio.UnaryUnaryMultiCallable[_admin_pb2.CutStreamsRequest, _admin_pb2.CutStreamsResponse]  # type: ignore[assignment]
+    """End every open event stream (Subscribe) with UNAVAILABLE, as a cut connection would;
+    subscribers reconnect and resume from their offsets.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Fault injection and call counting, for tests, demos and chaos drills.
@@ -75,5 +83,15 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetCallCountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.CallCounts, _abc.Awaitable[_admin_pb2.CallCounts]]: ...
+
+    @_abc_1.abstractmethod
+    def CutStreams(
+        self,
+        request: _admin_pb2.CutStreamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CutStreamsResponse, _abc.Awaitable[_admin_pb2.CutStreamsResponse]]:
+        """End every open event stream (Subscribe) with UNAVAILABLE, as a cut connection would;
+        subscribers reconnect and resume from their offsets.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
