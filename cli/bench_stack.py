@@ -10,6 +10,9 @@ streams. Children's output is kept (the last lines per process) to explain a fai
 The children are started with :class:`subprocess.Popen` rather than the supervisor's
 asyncio subprocesses: the bench client runs on uvloop, whose ``subprocess_exec`` does
 not take ``process_group``.
+
+``sagawire chaos`` runs on the same stacks: it kills and restarts the coordinator and
+the services (:meth:`BenchStack.kill_service`, :meth:`BenchStack.restart_service`).
 """
 
 from __future__ import annotations
@@ -255,6 +258,23 @@ class BenchStack:
             raise BenchError("no coordinator to restart")
         await self.stop_coordinator()  # reaps the killed process
         await self.use_coordinator(mode)
+
+    def kill_service(self, name: str) -> None:
+        """SIGKILL one domain service of the own stack: no shutdown code runs, like a crash."""
+        child = self._services.get(name)
+        if child is None:
+            raise BenchError(f"no {name} service to kill")
+        child.kill()
+
+    async def restart_service(self, name: str) -> None:
+        """After :meth:`kill_service`: start it again on the same port and store, and wait
+        until it is SERVING."""
+        child = self._services.get(name)
+        if child is None:
+            raise BenchError(f"no {name} service to restart")
+        await child.stop()  # reaps the killed process
+        self._services[name] = self._spawn(name)
+        await self._services[name].wait_serving()
 
     def pids(self) -> dict[str, int]:
         """The processes to measure, by name (empty for a target: they are not ours)."""
