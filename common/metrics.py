@@ -119,3 +119,23 @@ class SagaMetrics:
         with self._breakers_lock:
             current = dict(self._breakers)
         return [Observation(value, {"participant": p}) for p, value in sorted(current.items())]
+
+
+class RpcMetrics:
+    """The OpenTelemetry RPC metrics of one process (recorded by :mod:`common.grpc_spans`):
+    ``rpc.server.call.duration`` and ``rpc.client.call.duration``, in seconds, by
+    ``rpc.system``, ``rpc.service``, ``rpc.method`` and ``rpc.grpc.status_code``."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.server_duration = meter.create_histogram(
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of an incoming RPC, as its server span",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.client_duration = meter.create_histogram(
+            "rpc.client.call.duration",
+            unit="s",
+            description="Duration of an outgoing RPC, as its client span",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )

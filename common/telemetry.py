@@ -16,11 +16,12 @@ Metrics go over OTLP when an endpoint is configured (``OTEL_METRICS_EXPORTER=non
 them off, e.g. in front of Jaeger, which takes traces only). :meth:`Telemetry.shutdown`
 flushes both; the server calls it last on graceful shutdown.
 
-gRPC calls are traced by opentelemetry-instrumentation-grpc's aio interceptors
-(:meth:`Telemetry.server_interceptor`, :func:`client_interceptors`). Health checks,
-reflection and the endless ``EventStream/Subscribe`` are not traced: events get
-one span each instead, :func:`producer_span` when written to the outbox and
-:func:`consumer_span` when a consumer reacts, so one choreographed saga is one trace.
+gRPC calls are traced by the interceptors of :mod:`common.grpc_spans`
+(:meth:`Telemetry.server_interceptor`, :func:`client_interceptors`), which end every
+call's span whatever ends the call. Health checks, reflection and the endless
+``EventStream/Subscribe`` are not traced: events get one span each instead,
+:func:`producer_span` when written to the outbox and :func:`consumer_span` when a
+consumer reacts, so one choreographed saga is one trace.
 
 The helpers use the *active* telemetry: the one :func:`setup_telemetry` installed
 for the process, or one a test activates with :func:`activated` (tests never set
@@ -42,7 +43,6 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -51,7 +51,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -61,36 +61,26 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
-from common.metrics import SagaMetrics
+from common.grpc_spans import ClientSpans, ServerSpans, method_of
+from common.metrics import RpcMetrics, SagaMetrics
 from common.trace_file import DEFAULT_MAX_BYTES, TRACE_FILE_NAME, JsonLinesSpanExporter
 from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
 INSTRUMENTATION_NAME = "sagawire"
+RPC_INSTRUMENTATION_NAME = "sagawire.grpc"
 SERVICE_NAMESPACE = "sagawire"
 
-# Calls that get no span: probes, tooling, and the long-lived event stream
-# (its events get one span each from producer_span / consumer_span). The same rule as
-# any_of(health_check(), service_prefix("grpc.reflection."), full_method_name(...)) from
-# opentelemetry.instrumentation.grpc.filters, as one string test: those composed filters
-# run isinstance checks against typing Protocols on every call, a measurable cost per RPC.
+# Calls that get no span: probes, tooling, and the long-lived event stream (its events
+# get one span each from producer_span / consumer_span). One string test per call.
 _UNTRACED_PREFIXES = ("/grpc.health.v1.Health", "/grpc.reflection.")
 _UNTRACED_METHODS = frozenset({"/sagawire.v1.EventStream/Subscribe"})
 
 
-def _method_name(details: Any) -> str:
-    # Server: HandlerCallDetails.method; aio client: ClientCallDetails.method (bytes in some
-    # grpc versions); sync client info objects: full_method.
-    name = getattr(details, "method", None)
-    if name is None:
-        name = getattr(details, "full_method", "")
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-
 def traced_call(details: Any) -> bool:
-    """Whether a gRPC call gets a span (the interceptors' ``filter_``)."""
-    method = _method_name(details)
+    """Whether a gRPC call gets a span (the interceptors' filter)."""
+    method = method_of(details)
     return not (method.startswith(_UNTRACED_PREFIXES) or method in _UNTRACED_METHODS)
 
 
@@ -124,21 +114,21 @@ class Telemetry:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.tracer: Tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
-        self.metrics = SagaMetrics(meter_provider.get_meter(INSTRUMENTATION_NAME))
+        meter = meter_provider.get_meter(INSTRUMENTATION_NAME)
+        self.metrics = SagaMetrics(meter)
+        self.rpc_metrics = RpcMetrics(meter)
+        self._rpc_tracer = tracer_provider.get_tracer(RPC_INSTRUMENTATION_NAME)
         self._shutdown_lock = threading.Lock()
         self._is_shut_down = False
 
     def server_interceptor(self) -> grpc.aio.ServerInterceptor:
         """A SERVER span per call (health checks, reflection and Subscribe excluded)."""
-        interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=self.tracer_provider, filter_=TRACED_CALLS
-        )
-        return interceptor
+        return ServerSpans(self._rpc_tracer, self.rpc_metrics.server_duration, TRACED_CALLS)
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
-        """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``: a CLIENT
-        span per call, with the trace context sent in the call's metadata."""
-        return _client_interceptors(self.tracer_provider)
+        """Interceptors for a channel (``interceptors=...``): a CLIENT span per call, with
+        the trace context sent in the call's metadata."""
+        return [ClientSpans(self._rpc_tracer, self.rpc_metrics.client_duration, TRACED_CALLS)]
 
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
         """Export what is buffered now; True when everything made it."""
@@ -156,15 +146,6 @@ class Telemetry:
         self.meter_provider.shutdown()
 
 
-def _client_interceptors(
-    tracer_provider: TracerProvider | None,
-) -> list[grpc.aio.ClientInterceptor]:
-    interceptors: list[grpc.aio.ClientInterceptor] = aio_client_interceptors(  # type: ignore[no-untyped-call]
-        tracer_provider=tracer_provider, filter_=TRACED_CALLS
-    )
-    return list(interceptors)
-
-
 def service_resource(service_name: str) -> Resource:
     """``service.name`` = the process's name unless ``OTEL_SERVICE_NAME`` or
     ``OTEL_RESOURCE_ATTRIBUTES`` say otherwise; the SDK's defaults otherwise."""
@@ -180,15 +161,19 @@ def create_telemetry(
     *,
     batch: bool = True,
     shutdown_on_exit: bool = False,
+    span_processors: Sequence[SpanProcessor] = (),
 ) -> Telemetry:
     """Telemetry with the given exporters, not installed anywhere (tests use this directly,
-    e.g. with an ``InMemorySpanExporter`` and ``batch=False``)."""
+    e.g. with an ``InMemorySpanExporter`` and ``batch=False``, or processors of their own)."""
     resource = service_resource(service_name)
     tracer_provider = TracerProvider(
         resource=resource, shutdown_on_exit=shutdown_on_exit, id_generator=_ChosenSpanIds()
     )
-    for exporter in span_exporters:
-        processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+    processors: list[SpanProcessor] = [
+        BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+        for exporter in span_exporters
+    ]
+    for processor in [*processors, *span_processors]:
         tracer_provider.add_span_processor(processor)
     meter_provider = MeterProvider(
         resource=resource, metric_readers=list(metric_readers), shutdown_on_exit=shutdown_on_exit
@@ -346,7 +331,9 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors for a process's outgoing channels (the coordinator's clients)."""
     if _active is not None:
         return _active.client_interceptors()
-    return _client_interceptors(None)
+    rpc_metrics = RpcMetrics(otel_metrics.get_meter(INSTRUMENTATION_NAME))
+    tracer = trace.get_tracer(RPC_INSTRUMENTATION_NAME)
+    return [ClientSpans(tracer, rpc_metrics.client_duration, TRACED_CALLS)]
 
 
 @contextmanager

@@ -9,18 +9,23 @@ runs, as :func:`common.telemetry.setup_telemetry` makes it in the real process.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     InMemoryMetricReader,
+    MetricReader,
     NumberDataPoint,
+    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -31,6 +36,7 @@ from coordinator.app import CoordinatorApp
 from services.launcher import spec_of
 from services.runtime import DomainService
 from tests.coordinator_support import Stack, coordinator_settings, write_definitions
+from tests.integration.otlp_receiver import OtlpReceiver
 from tests.support import Cluster, free_port, service_settings, wait_until
 
 PLACE_ORDER = "/sagawire.v1.Coordinator/PlaceOrder"
@@ -39,21 +45,50 @@ RETRY_SAGA = "/sagawire.v1.Coordinator/RetrySaga"
 DataPoint = NumberDataPoint | HistogramDataPoint
 
 
+def otlp_telemetry(
+    name: str,
+    receiver: OtlpReceiver,
+    span_exporters: Sequence[SpanExporter] = (),
+    metric_readers: Sequence[MetricReader] = (),
+) -> Telemetry:
+    """A process's telemetry exporting over OTLP/gRPC to ``receiver`` (as to a collector),
+    batched as in production but with short delays, besides ``span_exporters`` (unbatched)
+    and ``metric_readers``."""
+    endpoint = f"127.0.0.1:{receiver.port}"
+    spans = BatchSpanProcessor(
+        OTLPSpanExporter(endpoint=endpoint, insecure=True), schedule_delay_millis=50
+    )
+    metrics = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=200
+    )
+    return create_telemetry(
+        name,
+        span_exporters,
+        [*metric_readers, metrics],
+        batch=False,
+        span_processors=[spans],
+    )
+
+
 @dataclass
 class TracedStack:
-    """A :class:`~tests.coordinator_support.Stack` whose processes export to memory."""
+    """A :class:`~tests.coordinator_support.Stack` whose processes export to memory (and,
+    when the stack was given one, to an OTLP receiver)."""
 
     stack: Stack
     exporter: InMemorySpanExporter
     metrics: InMemoryMetricReader
     telemetry: dict[str, Telemetry]
+    readers: dict[str, InMemoryMetricReader]
 
     def spans(self) -> tuple[ReadableSpan, ...]:
         return self.exporter.get_finished_spans()
 
-    def points(self, name: str) -> list[tuple[dict[str, Any], DataPoint]]:
-        """The coordinator's data points of the metric ``name``, with their attributes."""
-        data = self.metrics.get_metrics_data()
+    def points(
+        self, name: str, process: str = "coordinator"
+    ) -> list[tuple[dict[str, Any], DataPoint]]:
+        """A process's data points of the metric ``name``, with their attributes."""
+        data = self.readers[process].get_metrics_data()
         found: list[tuple[dict[str, Any], DataPoint]] = []
         for resource in data.resource_metrics if data is not None else ():
             for scope in resource.scope_metrics:
@@ -66,10 +101,10 @@ class TracedStack:
                         )
         return found
 
-    def value(self, name: str, **attributes: Any) -> float:
+    def value(self, name: str, process: str = "coordinator", **attributes: Any) -> float:
         """A counter's or gauge's value (a histogram's count) where ``attributes`` match."""
         total: float = 0
-        for found, point in self.points(name):
+        for found, point in self.points(name, process):
             if attributes.items() <= found.items():
                 total += point.count if isinstance(point, HistogramDataPoint) else point.value
         return total
@@ -84,15 +119,26 @@ class TracedStack:
 
 @asynccontextmanager
 async def traced_stack(
-    tmp_path: Path, definitions: Path | None = None, reactions: bool = False, **settings: Any
+    tmp_path: Path,
+    definitions: Path | None = None,
+    reactions: bool = False,
+    receiver: OtlpReceiver | None = None,
+    **settings: Any,
 ) -> AsyncIterator[TracedStack]:
     """The four services and a coordinator (``settings`` override its test settings).
 
-    ``reactions`` lets the services follow each other's streams (choreography).
+    ``reactions`` lets the services follow each other's streams (choreography);
+    with ``receiver`` every process also exports its spans and metrics to it over OTLP.
     """
-    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
-    telemetry = {name: create_telemetry(name, [exporter], batch=False) for name in SERVICE_NAMES}
-    telemetry["coordinator"] = create_telemetry("coordinator", [exporter], [reader], batch=False)
+    exporter = InMemorySpanExporter()
+    readers = {name: InMemoryMetricReader() for name in (*SERVICE_NAMES, "coordinator")}
+
+    def telemetry_of(name: str) -> Telemetry:
+        if receiver is not None:
+            return otlp_telemetry(name, receiver, [exporter], [readers[name]])
+        return create_telemetry(name, [exporter], [readers[name]], batch=False)
+
+    telemetry = {name: telemetry_of(name) for name in (*SERVICE_NAMES, "coordinator")}
     definitions = definitions or write_definitions(tmp_path / "sagas.yaml")
     servers: dict[str, RunningServer] = {}
     stack = Stack(Cluster(servers), address="")
@@ -114,7 +160,7 @@ async def traced_stack(
             )
             running = await start_server(coordinator, config, telemetry=telemetry["coordinator"])
             stack.coordinator, stack.app, stack.address = running, coordinator, running.address
-            yield TracedStack(stack, exporter, reader, telemetry)
+            yield TracedStack(stack, exporter, readers["coordinator"], telemetry, readers)
         finally:
             await stack.stop_coordinator()
             await stack.cluster.stop()

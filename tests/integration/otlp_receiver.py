@@ -47,6 +47,38 @@ class ReceivedSpan:
     def parent_id(self) -> str:
         return self.span.parent_span_id.hex()
 
+    @property
+    def name(self) -> str:
+        return self.span.name
+
+    @property
+    def kind(self) -> int:
+        """OTLP's SpanKind: 1 internal, 2 server, 3 client, 4 producer, 5 consumer."""
+        return int(self.span.kind)
+
+    @property
+    def is_error(self) -> bool:
+        return self.span.status.code == self.span.status.STATUS_CODE_ERROR
+
+    def attribute(self, key: str) -> object:
+        return attribute(self.span.attributes, key)
+
+    @property
+    def event_names(self) -> list[str]:
+        return [event.name for event in self.span.events]
+
+    @property
+    def links(self) -> list[tuple[str, str]]:
+        """(trace id, span id) of every link."""
+        return [(link.trace_id.hex(), link.span_id.hex()) for link in self.span.links]
+
+
+def orphans(spans: Iterable[ReceivedSpan]) -> list[ReceivedSpan]:
+    """Spans whose parent is not among ``spans`` (a parent that never arrived)."""
+    found = list(spans)
+    ids = {(s.trace_id, s.span_id) for s in found}
+    return [s for s in found if s.parent_id and (s.trace_id, s.parent_id) not in ids]
+
 
 class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, sink: list[trace_service_pb2.ExportTraceServiceRequest]) -> None:
