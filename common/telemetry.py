@@ -184,26 +184,41 @@ def create_telemetry(
 _chosen_span_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "sagawire_chosen_span_id", default=None
 )
+_chosen_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "sagawire_chosen_trace_id", default=None
+)
 
 
 class _ChosenSpanIds(RandomIdGenerator):
-    """Random ids, except a span started inside :func:`with_span_id` gets that id."""
+    """Random ids, except a span started inside :func:`with_span_id` gets the ids chosen."""
 
     def generate_span_id(self) -> int:
         chosen = _chosen_span_id.get()
         return chosen if chosen is not None else super().generate_span_id()
 
+    def generate_trace_id(self) -> int:
+        chosen = _chosen_trace_id.get()
+        return chosen if chosen is not None else super().generate_trace_id()
+
 
 @contextmanager
-def with_span_id(span_id: int | None) -> Iterator[None]:
+def with_span_id(span_id: int | None, trace_id: int | None = None) -> Iterator[None]:
     """Spans started in this block get ``span_id`` (None: random ids): a span a later
     process can name as a parent without having logged its id (the saga span, see
-    coordinator/saga_telemetry)."""
-    token = _chosen_span_id.set(span_id)
+    coordinator/saga_telemetry). A root span started in it gets ``trace_id`` too (a trace
+    whose id was logged before its first span started)."""
+    span_token = _chosen_span_id.set(span_id)
+    trace_token = _chosen_trace_id.set(trace_id)
     try:
         yield
     finally:
-        _chosen_span_id.reset(token)
+        _chosen_trace_id.reset(trace_token)
+        _chosen_span_id.reset(span_token)
+
+
+def new_trace_id() -> str:
+    """A fresh random trace id, as 32 hex digits (for a trace that starts later)."""
+    return format(RandomIdGenerator().generate_trace_id(), "032x")
 
 
 def _env(name: str) -> str:
@@ -419,6 +434,7 @@ __all__ = [
     "current_trace_id",
     "extract_context",
     "inject_headers",
+    "new_trace_id",
     "producer_span",
     "saga_metrics",
     "setup_telemetry",

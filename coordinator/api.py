@@ -24,7 +24,6 @@ from common.errors import (
     abort,
     grpc_edge,
 )
-from common.telemetry import current_trace_id
 from common.tokens import Caller
 from coordinator import requests
 from coordinator.auth import ApiAuth, may_see
@@ -33,6 +32,7 @@ from coordinator.engine import SagaEngine
 from coordinator.observation import OBSERVED
 from coordinator.payloads import saga_data
 from coordinator.records import SETTLED, Kind, SagaRecord, SagaStatus
+from coordinator.saga_telemetry import link_to_saga, saga_trace_id
 from coordinator.store import Cursor, SagaLog
 from coordinator.views import SAGA_STATUS, breaker_message, failure_message, saga_message
 from coordinator.views import transition_message as transition
@@ -95,9 +95,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 data,
                 idempotency_key=request.idempotency_key,
                 request_hash=fingerprint,
-                # This call's trace: the saga's spans join it, GetSaga returns its id.
-                trace_id=current_trace_id(),
+                # The saga's trace, which GetSaga returns: this call's when it waits for
+                # the outcome, else one of the saga's own, linked with this call.
+                trace_id=saga_trace_id(waits=request.wait),
             )
+            link_to_saga(record)
             if request.wait and record.status not in SETTLED:
                 record = await self._engine.wait_settled(record.saga_id)
             definition = self._definitions.get(record.definition)

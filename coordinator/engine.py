@@ -111,8 +111,9 @@ class SagaEngine:
     ) -> tuple[SagaRecord, bool]:
         """Log a new saga and start driving it; or find the one with the same key.
 
-        The saga's span is a child of the current span (the ``PlaceOrder`` call);
-        ``trace_id`` is that span's trace id, kept in the log for ``GetSaga``.
+        ``trace_id`` is the saga's trace, kept in the log for ``GetSaga``: the current
+        span's (the ``PlaceOrder`` call's), whose child the saga's span then is, or one of
+        the saga's own (coordinator/saga_telemetry.py).
 
         Returns:
             The saga as logged, and whether it was created now.

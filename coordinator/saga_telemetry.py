@@ -13,7 +13,11 @@ Retries are ``retry`` events on the saga span (the attempt that failed has ended
 then); a breaker's state change is a ``breaker.state_change`` event on the span that
 was current when it changed, i.e. the attempt that tripped or probed it.
 
-A saga's first run hangs under the call that started it. A later run (recovery after
+A saga's first run hangs under the call that started it when that call waits for the
+saga's outcome (``PlaceOrder`` with ``wait``). A call that does not wait answers at
+once, and a saga span under it would outlive its parent: such a saga is the root of a
+trace of its own, whose id the caller chose and logged (:func:`saga_trace_id`), and
+the two spans link to each other. A later run (recovery after
 a restart, or ``RetrySaga``) continues the trace whose id the saga log kept, the one
 ``GetSaga`` returns, so a saga is one trace from start to end: the first run's saga
 span gets a span id derived from the saga id (:func:`saga_span_context`), so a later
@@ -50,7 +54,13 @@ from opentelemetry.util.types import AttributeValue
 from common.breakers import BreakerTransition
 from common.errors import SagawireError
 from common.metrics import BREAKER_STATES
-from common.telemetry import saga_metrics, tracer, with_span_id
+from common.telemetry import (
+    current_trace_id,
+    new_trace_id,
+    saga_metrics,
+    tracer,
+    with_span_id,
+)
 from coordinator.definitions import Step
 from coordinator.outcomes import error_detail
 from coordinator.records import AttemptChange, Outcome, Phase, SagaRecord, SagaStatus
@@ -85,16 +95,38 @@ def saga_span_id(saga_id: str) -> int:
     return int.from_bytes(digest) or 1
 
 
-def saga_span_context(record: SagaRecord) -> SpanContext | None:
-    """The first run's saga span, in the saga's logged trace: a later run's parent."""
+def _logged_trace_id(record: SagaRecord) -> int | None:
     try:
         trace_id = int(record.trace_id, 16)
     except ValueError:
+        return None
+    return trace_id or None
+
+
+def saga_span_context(record: SagaRecord) -> SpanContext | None:
+    """The first run's saga span, in the saga's logged trace: a later run's parent."""
+    trace_id = _logged_trace_id(record)
+    if trace_id is None:
         return None
     found = SpanContext(
         trace_id, saga_span_id(record.saga_id), is_remote=True, trace_flags=TraceFlags(1)
     )
     return found if found.is_valid else None
+
+
+def saga_trace_id(waits: bool) -> str:
+    """The trace a new saga is logged with: the current one (the starting call's) when
+    the call waits for the saga's outcome, else a fresh one of the saga's own."""
+    return current_trace_id() if waits else new_trace_id()
+
+
+def link_to_saga(record: SagaRecord) -> None:
+    """Link the current span (the starting call's) to the saga's span when the saga runs
+    in a trace of its own."""
+    current = trace.get_current_span()
+    saga = saga_span_context(record)
+    if saga is not None and saga.trace_id != current.get_span_context().trace_id:
+        current.add_link(saga, {"saga.id": record.saga_id})
 
 
 def _mark_status(span: Span, status: SagaStatus) -> None:
@@ -174,16 +206,22 @@ class SagaTelemetry:
         self.mode = record.mode
         self._carried: CarriedSpans | None = None
         parent, links = context, []
+        caller = trace.get_current_span(context).get_span_context()
+        own_trace = _logged_trace_id(record)
         if cause is not RunCause.STARTED:
-            caller = trace.get_current_span(context).get_span_context()
             if caller.is_valid:
                 links.append(Link(caller))
             logged = saga_span_context(record)
             if logged is not None:
                 parent = trace.set_span_in_context(NonRecordingSpan(logged))
+        elif own_trace is not None and own_trace != caller.trace_id:
+            # The caller does not wait for the saga: a root of the trace logged for it.
+            parent = otel_context.Context()
+            if caller.is_valid:
+                links.append(Link(caller))
         # The first run's span id is the one later runs name as their parent.
         chosen = saga_span_id(record.saga_id) if cause is RunCause.STARTED else None
-        with with_span_id(chosen):
+        with with_span_id(chosen, own_trace):
             self.span: Span = self._tracer.start_span(
                 f"saga {record.definition}",
                 context=parent,
