@@ -10,6 +10,10 @@ One line per span, parents before children, siblings by start time then span id:
     SERVICE      SPAN                      START     DURATION  TIMELINE      STATUS
     coordinator  saga place_order          +0.0 ms   30.0 ms   |██████████|  ok
     coordinator    step reserve_stock #1   +1.0 ms   9.0 ms    |███       |  ok
+
+Every attempt of a step or compensation has its line with its number and outcome, in
+both modes: the coordinator's attempts in orchestration, the services' reaction
+attempts in choreography (``payment  step charge_payment #2 ... error transient``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ _JAEGER_FIELD_TAGS = frozenset(
     {"span.kind", "otel.status_code", "otel.status_description", "error", "internal.span.format"}
 )
 _BAR, _GAP = "█", " "
-_MAX_NAME = 56
+_MAX_NAME = 72
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,15 @@ class SpanRecord:
     end_ns: int
     status: str  # "OK", "ERROR" or "UNSET"
     attributes: Mapping[str, Any]
+
+    @property
+    def label(self) -> str:
+        """The span's name; a step attempt's with its number (``step charge_payment #2``),
+        whether the coordinator ran it or a service reacting to an event."""
+        attempt = self.attributes.get("saga.attempt")
+        if isinstance(attempt, int) and self.attributes.get("saga.step") is not None:
+            return f"{self.name} #{attempt}"
+        return self.name
 
     @property
     def status_label(self) -> str:
@@ -239,6 +252,15 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _indented(depth: int, name: str) -> str:
+    """A span's name indented by its depth; a deep one (a long choreographed chain) gives
+    up indentation before it gives up letters of its name."""
+    indent = "  " * depth
+    if len(indent) + len(name) > _MAX_NAME:
+        indent = indent[: max(_MAX_NAME - len(name), 0)]
+    return _clip(indent + name, _MAX_NAME)
+
+
 def render_trace(spans: Sequence[SpanRecord], width: int = 40) -> list[str]:
     """The waterfall of one trace's spans, as lines of text."""
     rows = list(in_tree_order(spans))
@@ -249,7 +271,7 @@ def render_trace(spans: Sequence[SpanRecord], width: int = 40) -> list[str]:
         f"trace {spans[0].trace_id}  {len(spans)} spans  {_ms(total)}  "
         f"services: {', '.join(services)}"
     )
-    names = [_clip("  " * depth + span.name, _MAX_NAME) for depth, span in rows]
+    names = [_indented(depth, span.label) for depth, span in rows]
     starts = [f"+{_ms(span.start_ns - t0)}" for _, span in rows]
     durations = [_ms(span.end_ns - span.start_ns) for _, span in rows]
     widths = [
