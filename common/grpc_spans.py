@@ -41,6 +41,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import grpc
@@ -270,12 +271,20 @@ def _given_up(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 class ServerSpans(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """A SERVER span for each traced call (module docstring)."""
+    """A SERVER span for each traced call (module docstring). ``around`` wraps each traced
+    call's handler (the server's telemetry made the active one)."""
 
-    def __init__(self, tracer: Tracer, durations: Histogram, traced: CallFilter) -> None:
+    def __init__(
+        self,
+        tracer: Tracer,
+        durations: Histogram,
+        traced: CallFilter,
+        around: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ) -> None:
         self._tracer = tracer
         self._durations = durations
         self._traced = traced
+        self.around = around
 
     async def intercept_service(
         self,
@@ -313,36 +322,49 @@ class ServerSpans(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is 
             ending.end(traced.code, traced.details)
 
     async def run_unary(self, method: str, behavior: Any, request: Any, context: Any) -> Any:
-        traced = self._start(method, context)
-        error: BaseException | None = None
-        try:
-            with _current(traced):
-                result = behavior(request, traced)
-                return await result if inspect.isawaitable(result) else result
-        except BaseException as raised:
-            error = raised
-            raise
-        finally:
-            self._ended(traced, error)
+        with self.around():
+            traced = self._start(method, context)
+            error: BaseException | None = None
+            try:
+                with _current(traced):
+                    return await _awaited(behavior(request, traced))
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                self._ended(traced, error)
 
     async def run_streaming(
         self, method: str, behavior: Any, request: Any, context: Any
     ) -> AsyncIterator[Any]:
-        traced = self._start(method, context)
-        error: BaseException | None = None
-        try:
-            with _current(traced):
-                result = behavior(request, traced)
-                if inspect.isawaitable(result) and not hasattr(result, "__aiter__"):
-                    await result  # it wrote its replies through context.write
-                    return
-                async for reply in result:
-                    yield reply
-        except BaseException as raised:
-            error = raised
-            raise
-        finally:
-            self._ended(traced, error)
+        with self.around():
+            traced = self._start(method, context)
+            error: BaseException | None = None
+            try:
+                with _current(traced):
+                    async for reply in _replies(behavior(request, traced)):
+                        yield reply
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                self._ended(traced, error)
+
+
+async def _awaited(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _replies(result: Any) -> AsyncIterator[Any]:
+    """A streaming behaviour's replies, whether it yields them or writes them itself."""
+    if hasattr(result, "__aiter__"):
+        async for reply in result:
+            yield reply
+    elif inspect.isawaitable(result):
+        await result  # it wrote its replies through context.write
+    else:
+        for reply in result:
+            yield reply
 
 
 def _current(traced: _TracedContext) -> Any:
@@ -357,7 +379,7 @@ def _current(traced: _TracedContext) -> Any:
 def _traced_handler(
     handler: grpc.RpcMethodHandler, spans: ServerSpans, method: str
 ) -> grpc.RpcMethodHandler:
-    """The same handler, its behaviour run inside a server span."""
+    """The same handler, its behaviour run inside a server span (and ``spans.around``)."""
     serializers = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,

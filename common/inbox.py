@@ -16,26 +16,35 @@ order). A poison event (undecodable, or failing permanently) is recorded, logged
 and skipped, so it never blocks the stream.
 
 Every attempt at an event shows in its trace: a consumer span per attempt, the
-failed ones with their error.
+failed ones with their error; a reaction that runs a saga step (``Subscription.steps``)
+adds that step's attempt under it, with its outcome, as the coordinator's attempts
+have theirs (:mod:`common.participant_telemetry`). A retried attempt is counted in
+``step_retries``; its log line is written inside its span, so it carries the trace,
+and names the saga. After a commit, each reaction's lag behind its event is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from opentelemetry.trace import Span
-
 from common.errors import Transient
+from common.participant_telemetry import (
+    ERROR,
+    TRANSIENT,
+    ReactionStep,
+    StepAttempt,
+    reaction_attempt,
+    reaction_retried,
+)
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
-from common.telemetry import consumer_span
+from common.telemetry import service_metrics
 from common.tls import Identity
 from protos.sagawire.v1 import events_pb2
 
@@ -94,6 +103,16 @@ class Subscription:
     reactions: Mapping[str, Reaction]
     # Only events with these headers are sent at all (e.g. choreographed sagas only).
     match_headers: Mapping[str, str] = field(default_factory=dict)
+    # The saga step each event type's reaction runs, if it runs one.
+    steps: Mapping[str, ReactionStep] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """An event's attempt that failed transiently, and how long to wait before the next."""
+
+    error: BaseException
+    delay: float
 
 
 def _offset(conn: sqlite3.Connection, producer: str) -> int:
@@ -157,87 +176,129 @@ class Consumer:
         done = 0
         failures = 0  # in a row, of the event at ``done``
         while done < len(events):
-            applied, error = await self._apply_from(events, done, failures + 1)
+            applied, reacted, failed = await self._apply_from(events, done, failures + 1)
             if applied:
                 done += applied
                 failures = 0
-                await self._committed()
-            if error is None:
+                await self._committed(reacted)
+            if failed is None:
                 continue
             failures += 1
-            delay = _backoff(failures)
-            event = events[done]
-            log.warning(
-                "reaction failed transiently, retrying producer=%s sequence=%d type=%s"
-                " attempt=%d in_seconds=%.3f error=%s",
-                self._sub.producer,
-                event.sequence,
-                event.type,
-                failures + 1,
-                delay,
-                error,
-            )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(failed.delay)
 
     async def _apply_from(
         self, events: Sequence[events_pb2.Event], start: int, attempt: int
-    ) -> tuple[int, BaseException | None]:
+    ) -> tuple[int, list[events_pb2.Event], _Failed | None]:
         """Apply ``events[start:]`` up to the first that fails transiently, in one
-        transaction; how many were applied (and committed), and that failure."""
-        ready, error = len(events), None
-        if self._before_apply is not None:
-            for index in range(start, len(events)):
-                try:
-                    await self._before_apply(events[index])
-                except Transient as refused:
-                    ready, error = index, refused
-                    self._failed_attempt(events[index], attempt if index == start else 1, refused)
-                    break
+        transaction; how many were applied (and committed), the events reacted to, and
+        that failure."""
+        ready, failed = len(events), None
+        # When each event's attempt began (its spans start there, before the fault hook).
+        started: dict[str, int] = {}
+        for index in range(start, len(events)):
+            event = events[index]
+            started[event.id] = time.time_ns()
+            if self._before_apply is None:
+                continue
+            try:
+                await self._before_apply(event)
+            except Transient as refused:
+                number = attempt if index == start else 1
+                ready, failed = index, self._refused(event, number, started[event.id], refused)
+                break
         if ready == start:
-            return 0, error
+            return 0, [], failed
         batch = events[start:ready]
         try:
-            applied, failed = await self._db.transaction(
-                lambda conn: self._apply_in(conn, batch, attempt)
+            applied, reacted, failure = await self._db.transaction(
+                lambda conn: self._apply_in(conn, batch, attempt, started)
             )
         except _TRANSIENT as whole:  # the commit itself failed: nothing was applied
-            return 0, whole
-        return applied, failed or error
+            log.warning(
+                "reactions not committed, retrying producer=%s events=%d error=%s",
+                self._sub.producer,
+                len(batch),
+                whole,
+            )
+            return 0, [], _Failed(whole, _backoff(attempt))
+        return applied, reacted, failure or failed
 
-    def _failed_attempt(self, event: events_pb2.Event, attempt: int, error: Exception) -> None:
-        """An attempt refused before its transaction still shows in the event's trace."""
-        with contextlib.suppress(Transient), self._span(event, attempt):
-            raise error
+    def _refused(
+        self, event: events_pb2.Event, number: int, started_ns: int, error: Transient
+    ) -> _Failed:
+        """An attempt the fault hook refused before its transaction: it still shows in the
+        event's trace, as the step's failed attempt."""
+        step = self._sub.steps.get(event.type)
+        try:
+            with reaction_attempt(event, self._name, step, number, started_ns) as attempt:
+                failed = self._retrying(event, step, attempt, number, error)
+                raise error
+        except Transient:
+            pass
+        return failed
 
-    def _span(self, event: events_pb2.Event, attempt: int) -> AbstractContextManager[Span]:
-        # One span per attempt at an event, continuing the producer's trace.
-        span = consumer_span(event, f"{self._name} {event.type}")
-        if attempt > 1:
-            return _with_attempt(span, attempt)
-        return span
+    def _retrying(
+        self,
+        event: events_pb2.Event,
+        step: ReactionStep | None,
+        attempt: StepAttempt | None,
+        number: int,
+        error: BaseException,
+    ) -> _Failed:
+        """Record a transient failure of attempt ``number`` (inside its span): the event is
+        tried again after the returned wait."""
+        if attempt is not None:
+            attempt.failed(TRANSIENT, error)
+        reaction_retried(step)
+        delay = _backoff(number)
+        log.warning(
+            "reaction failed transiently, retrying saga=%s step=%s producer=%s sequence=%d"
+            " type=%s attempt=%d in_seconds=%.3f error=%s",
+            event.subject,
+            step.step if step is not None else "",
+            self._sub.producer,
+            event.sequence,
+            event.type,
+            number,
+            delay,
+            error,
+        )
+        return _Failed(error, delay)
 
-    async def _committed(self) -> None:
+    async def _committed(self, reacted: Sequence[events_pb2.Event]) -> None:
+        now = time.time()
+        metrics = service_metrics()
+        for event in reacted:
+            committed_at = event.time.seconds + event.time.nanos / 1e9
+            metrics.reacted(self._sub.producer, self._name, event.type, now - committed_at)
         if self._on_commit is not None:
             result = self._on_commit()
             if asyncio.iscoroutine(result):
                 await result
 
     def _apply_in(
-        self, conn: sqlite3.Connection, events: Sequence[events_pb2.Event], attempt: int
-    ) -> tuple[int, BaseException | None]:
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[events_pb2.Event],
+        attempt: int,
+        started: Mapping[str, int],
+    ) -> tuple[int, list[events_pb2.Event], _Failed | None]:
         """Apply events in order up to the first that fails transiently (rolled back);
-        move the offset past those applied. How many were applied, and that failure."""
+        move the offset past those applied. How many were applied, those reacted to, and
+        that failure."""
         producer = self._sub.producer
         offset = _offset(conn, producer)
-        applied, failure = 0, None
+        applied, reacted, failure = 0, [], None
         for event in events:
             if event.sequence > offset:  # else redelivered below our offset: already applied
+                number = attempt if applied == 0 else 1
                 try:
-                    self._apply_one(conn, event, attempt if applied == 0 else 1)
-                except _TRANSIENT as error:
+                    if self._apply_one(conn, event, number, started[event.id]):
+                        reacted.append(event)
+                except _Retry as retry:
                     if not conn.in_transaction:
-                        raise  # SQLite ended the whole transaction: nothing of it stays
-                    failure = error
+                        raise retry.failed.error from None  # SQLite ended the transaction
+                    failure = retry.failed
                     break
                 offset = event.sequence
             applied += 1
@@ -247,43 +308,59 @@ class Consumer:
                 " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
                 (producer, offset),
             )
-        return applied, failure
+        return applied, reacted, failure
 
-    def _apply_one(self, conn: sqlite3.Connection, event: events_pb2.Event, attempt: int) -> None:
+    def _apply_one(
+        self, conn: sqlite3.Connection, event: events_pb2.Event, number: int, started_ns: int
+    ) -> bool:
         """React to one event and record it in the inbox, in a savepoint of its own: a
         transient failure rolls it back and is raised (the event is retried); any other
-        failure makes it poison (rolled back, recorded, skipped)."""
+        failure makes it poison (rolled back, recorded, skipped). Whether it reacted."""
         if conn.execute("SELECT 1 FROM inbox WHERE event_id = ?", (event.id,)).fetchone():
-            return
+            return False
         reaction = self._sub.reactions.get(event.type)
         conn.execute("SAVEPOINT event")
-        try:
-            if reaction is not None:
-                with self._span(event, attempt):
-                    reaction(conn, event)
-        except _TRANSIENT:
-            conn.execute("ROLLBACK TO event")
-            conn.execute("RELEASE event")
-            raise
-        except Exception as error:  # poison: record it, skip it, keep the stream moving
-            conn.execute("ROLLBACK TO event")
-            self._poisoned(conn, event, error)
+        if reaction is not None:
+            step = self._sub.steps.get(event.type)
+            failed: _Failed | None = None
+            try:
+                with reaction_attempt(event, self._name, step, number, started_ns) as attempt:
+                    try:
+                        reaction(conn, event)
+                    except _TRANSIENT as error:
+                        failed = self._retrying(event, step, attempt, number, error)
+                        raise
+                    except Exception as error:  # poison: recorded and skipped, below
+                        if attempt is not None:
+                            attempt.failed(ERROR, error)
+                        self._log_poison(event, error)
+                        raise
+            except Exception as error:
+                conn.execute("ROLLBACK TO event")
+                if failed is not None:
+                    conn.execute("RELEASE event")
+                    raise _Retry(failed) from error
+                self._poisoned(conn, event, error)  # keep the stream moving
         conn.execute(
             "INSERT INTO inbox (event_id, producer, sequence, processed_at) VALUES (?, ?, ?, ?)",
             (event.id, self._sub.producer, event.sequence, utc_now().isoformat()),
         )
         conn.execute("RELEASE event")
+        return reaction is not None
 
-    def _poisoned(
-        self, conn: sqlite3.Connection, event: events_pb2.Event, error: Exception
-    ) -> None:
+    def _log_poison(self, event: events_pb2.Event, error: Exception) -> None:
         log.error(
-            "poison event skipped producer=%s sequence=%d type=%s error=%s",
+            "poison event skipped saga=%s producer=%s sequence=%d type=%s error=%s",
+            event.subject,
             self._sub.producer,
             event.sequence,
             event.type,
             error,
         )
+
+    def _poisoned(
+        self, conn: sqlite3.Connection, event: events_pb2.Event, error: Exception
+    ) -> None:
         conn.execute(
             "INSERT OR REPLACE INTO poison_event"
             " (producer, sequence, event_id, type, error, recorded_at)"
@@ -299,8 +376,9 @@ class Consumer:
         )
 
 
-@contextlib.contextmanager
-def _with_attempt(span: AbstractContextManager[Span], attempt: int) -> Iterator[Span]:
-    with span as current:
-        current.set_attribute("sagawire.event.attempt", attempt)
-        yield current
+class _Retry(Exception):
+    """A reaction failed transiently: its savepoint is rolled back and it is retried."""
+
+    def __init__(self, failed: _Failed) -> None:
+        super().__init__(str(failed.error))
+        self.failed = failed

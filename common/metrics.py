@@ -1,4 +1,8 @@
-"""Saga metrics: the few numbers an operator watches, recorded with the OpenTelemetry SDK.
+"""Every metric of Sagawire, recorded with the OpenTelemetry SDK.
+
+Saga metrics (:class:`SagaMetrics`): the coordinator records them for the sagas it
+drives, and in choreography the services record the steps their reactions run, so
+``step_duration`` and ``step_retries`` cover every step in both modes.
 
 =========================  =========  ===============================================
 instrument                 kind       attributes
@@ -8,18 +12,52 @@ sagas_completed            counter    saga.type, saga.mode
 sagas_compensated          counter    saga.type, saga.mode
 sagas_needing_attention    counter    saga.type, saga.mode
 saga_duration (s)          histogram  saga.type, saga.mode, saga.outcome
-step_duration (s)          histogram  saga.type, saga.step, saga.action, saga.outcome
-step_retries               counter    saga.type, saga.step, saga.action
+step_duration (s)          histogram  saga.type, saga.mode, saga.step, saga.action,
+                                      saga.outcome (one attempt or compensation)
+step_retries               counter    saga.type, saga.mode, saga.step, saga.action
 breaker_state              gauge      participant (0 closed, 1 half-open, 2 open)
 =========================  =========  ===============================================
 
-They are exported over OTLP when an endpoint is configured (see :mod:`common.telemetry`).
+A domain service's own work (:class:`ServiceMetrics`), named by the OpenTelemetry
+conventions where they have a name for it (``messaging.*``), ``sagawire.*`` otherwise:
+
+================================  =========  ==========================================
+instrument                        kind       attributes
+================================  =========  ==========================================
+sagawire.action.duration (s)      histogram  saga.action, saga.phase, saga.mode,
+                                             saga.outcome, sagawire.trigger (call: an
+                                             Execute/Compensate call; event: a reaction);
+                                             its count is the calls by action and outcome
+sagawire.barrier.decisions        counter    saga.action, saga.phase, barrier.decision
+                                             (applied, replayed, null: a null
+                                             compensation, refused_late: an execute
+                                             after its compensation, refused_mismatch)
+messaging.process.duration (s)    histogram  messaging.system, messaging.operation.name,
+                                             messaging.destination.name (the producer),
+                                             messaging.consumer.group.name, error.type
+                                             (one attempt at reacting to an event)
+sagawire.reaction.lag (s)         histogram  messaging.destination.name,
+                                             messaging.consumer.group.name,
+                                             sagawire.event.type: from an event's commit
+                                             at its producer to its reaction's commit
+sagawire.consumer.lag             gauge      messaging.destination.name (this service),
+                                             messaging.consumer.group.name: events
+                                             committed here and not yet delivered to
+                                             that consumer (measured by the producer)
+sagawire.outbox.backlog           gauge      messaging.destination.name: events committed
+                                             here that the furthest-behind consumer has
+                                             not been delivered
+================================  =========  ==========================================
+
+Every process also records the RPC conventions' ``rpc.server.call.duration`` and
+``rpc.client.call.duration`` (:class:`RpcMetrics`, see :mod:`common.grpc_spans`).
+Where they go is decided in :mod:`common.telemetry`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -94,19 +132,20 @@ class SagaMetrics:
         self._saga_duration.record(duration_s, attributes)
 
     def step_finished(
-        self, saga_type: str, step: str, action: str, outcome: str, duration_s: float
+        self, saga_type: str, mode: str, step: str, action: str, outcome: str, duration_s: float
     ) -> None:
         """One attempt (or compensation) of a step ended with ``outcome`` ("ok", "rejected"...)."""
         attributes = {
-            "saga.type": saga_type,
+            **self._saga(saga_type, mode),
             "saga.step": step,
             "saga.action": action,
             "saga.outcome": outcome,
         }
         self._step_duration.record(duration_s, attributes)
 
-    def step_retried(self, saga_type: str, step: str, action: str) -> None:
-        self._retries.add(1, {"saga.type": saga_type, "saga.step": step, "saga.action": action})
+    def step_retried(self, saga_type: str, mode: str, step: str, action: str) -> None:
+        attributes = {**self._saga(saga_type, mode), "saga.step": step, "saga.action": action}
+        self._retries.add(1, attributes)
 
     def breaker_changed(self, participant: str, state: str) -> None:
         """Record a breaker's new state: "closed", "half-open" or "open"."""
@@ -139,3 +178,177 @@ class RpcMetrics:
             description="Duration of an outgoing RPC, as its client span",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+
+
+# The consumers a producer keeps counting while they are away: the stack's own followers
+# (a service's reactions, the coordinator's observer). Any other follower (an operator's
+# `sagawire events`) counts only while its stream is open.
+STACK_CONSUMERS = frozenset(
+    {"order", "inventory", "payment", "shipping", "coordinator", "coordinator-observer"}
+)
+_MAX_CONSUMERS = 64  # distinct consumers a producer reports; the rest are "other"
+
+
+class StreamPositions:
+    """How far a producer has delivered its events to each consumer, and its head.
+
+    The event stream reports each consumer's position (the last sequence it has been
+    sent or skipped past); the gauges read ``head()`` (the last committed sequence) when
+    they are collected, on the metric reader's thread.
+    """
+
+    def __init__(self, head: Callable[[], int]) -> None:
+        self._head = head
+        self._lock = threading.Lock()
+        self._positions: dict[str, int] = {}
+        self._open: dict[str, int] = {}
+
+    def key(self, consumer: str) -> str:
+        """The name a consumer is reported under (bounded in number)."""
+        with self._lock:
+            if consumer in self._positions or len(self._positions) < _MAX_CONSUMERS:
+                return consumer
+        return "other"
+
+    def opened(self, consumer: str, position: int) -> None:
+        with self._lock:
+            self._open[consumer] = self._open.get(consumer, 0) + 1
+            self._positions[consumer] = max(position, self._positions.get(consumer, 0))
+
+    def delivered(self, consumer: str, position: int) -> None:
+        with self._lock:
+            if position > self._positions.get(consumer, 0):
+                self._positions[consumer] = position
+
+    def closed(self, consumer: str) -> None:
+        with self._lock:
+            left = self._open.get(consumer, 1) - 1
+            if left > 0:
+                self._open[consumer] = left
+                return
+            self._open.pop(consumer, None)
+            if consumer not in STACK_CONSUMERS:
+                self._positions.pop(consumer, None)
+
+    def lags(self) -> dict[str, int]:
+        """Events committed and not yet delivered, by consumer (empty: nobody follows)."""
+        with self._lock:
+            positions = dict(self._positions)
+        if not positions:
+            return {}
+        head = self._head()
+        return {consumer: max(head - at, 0) for consumer, at in positions.items()}
+
+
+class ServiceMetrics:
+    """A domain service's instruments (see the module docstring)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._actions = meter.create_histogram(
+            "sagawire.action.duration",
+            unit="s",
+            description="One run of a saga action or compensation by its participant",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._barrier = meter.create_counter(
+            "sagawire.barrier.decisions",
+            unit="{decision}",
+            description="What the barrier did with a request: applied, replayed, null, refused",
+        )
+        self._process = meter.create_histogram(
+            "messaging.process.duration",
+            unit="s",
+            description="One attempt at reacting to an event",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._reaction_lag = meter.create_histogram(
+            "sagawire.reaction.lag",
+            unit="s",
+            description="From an event's commit at its producer to its reaction's commit",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._streams: list[tuple[str, StreamPositions]] = []
+        self._streams_lock = threading.Lock()
+        meter.create_observable_gauge(
+            "sagawire.consumer.lag",
+            callbacks=[self._observe_consumer_lag],
+            unit="{event}",
+            description="Events committed here and not yet delivered to a consumer",
+        )
+        meter.create_observable_gauge(
+            "sagawire.outbox.backlog",
+            callbacks=[self._observe_backlog],
+            unit="{event}",
+            description="Events committed here the furthest-behind consumer was not delivered",
+        )
+
+    def action_finished(
+        self,
+        action: str,
+        phase: str,
+        mode: str,
+        outcome: str,
+        trigger: str,
+        duration_s: float,
+    ) -> None:
+        """A participant ran ``action`` (called, or reacting to an event) to ``outcome``."""
+        attributes = {
+            "saga.action": action,
+            "saga.phase": phase,
+            "saga.mode": mode,
+            "saga.outcome": outcome,
+            "sagawire.trigger": trigger,
+        }
+        self._actions.record(duration_s, attributes)
+
+    def barrier_decided(self, action: str, phase: str, decision: str) -> None:
+        attributes = {"saga.action": action, "saga.phase": phase, "barrier.decision": decision}
+        self._barrier.add(1, attributes)
+
+    def event_processed(
+        self, producer: str, consumer: str, duration_s: float, error_type: str = ""
+    ) -> None:
+        attributes = {
+            "messaging.system": "sagawire",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": producer,
+            "messaging.consumer.group.name": consumer,
+        }
+        if error_type:
+            attributes["error.type"] = error_type
+        self._process.record(duration_s, attributes)
+
+    def reacted(self, producer: str, consumer: str, event_type: str, lag_s: float) -> None:
+        attributes = {
+            "messaging.destination.name": producer,
+            "messaging.consumer.group.name": consumer,
+            "sagawire.event.type": event_type,
+        }
+        self._reaction_lag.record(max(lag_s, 0.0), attributes)
+
+    def watch_streams(self, producer: str, positions: StreamPositions) -> None:
+        """Report ``producer``'s consumer lag and backlog from ``positions``."""
+        with self._streams_lock:
+            self._streams.append((producer, positions))
+
+    def _lags(self) -> list[tuple[str, dict[str, int]]]:
+        with self._streams_lock:
+            streams = list(self._streams)
+        return [(producer, positions.lags()) for producer, positions in streams]
+
+    def _observe_consumer_lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                lag,
+                {"messaging.destination.name": producer, "messaging.consumer.group.name": name},
+            )
+            for producer, lags in self._lags()
+            for name, lag in sorted(lags.items())
+        ]
+
+    def _observe_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(max(lags.values()), {"messaging.destination.name": producer})
+            for producer, lags in self._lags()
+            if lags
+        ]

@@ -17,8 +17,9 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from common import barrier, outbox
-from common.errors import BusinessRejection, InvalidArgument, grpc_edge
+from common.errors import Aborted, BusinessRejection, InvalidArgument, RequestMismatch, grpc_edge
 from common.faults import FaultInjector
+from common.participant_telemetry import barrier_decided, barrier_refused, counted_call
 from common.store import Database
 from common.telemetry import producer_span
 from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
@@ -116,6 +117,7 @@ MODE_NAMES: dict[int, str] = {
 }
 
 _SAGA_MODES = frozenset(participant_pb2.SagaMode.values())
+EXECUTE, COMPENSATE = "execute", "compensate"
 
 _OUTCOMES = {
     barrier.Outcome.APPLIED: participant_pb2.BARRIER_OUTCOME_APPLIED,
@@ -149,9 +151,14 @@ class ActionRunner:
                 _emit(conn, ctx, action.on_executed(ctx, payload, result))
             return pack(result).SerializeToString()
 
-        guarded = barrier.guarded_execute(
-            conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
-        )
+        try:
+            guarded = barrier.guarded_execute(
+                conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
+            )
+        except (Aborted, RequestMismatch) as refused:
+            barrier_refused(action.name, EXECUTE, refused)
+            raise
+        barrier_decided(action.name, EXECUTE, guarded.outcome.value, guarded.rejection)
         if (
             guarded.rejection is not None
             and guarded.outcome is barrier.Outcome.APPLIED
@@ -188,9 +195,16 @@ class ActionRunner:
             return b""
 
         # The execute's fingerprint: a compensation is bound to the request it undoes.
-        return barrier.guarded_compensate(
-            conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
-        )
+        compensation = action.compensation or action.name
+        try:
+            guarded = barrier.guarded_compensate(
+                conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
+            )
+        except RequestMismatch as refused:
+            barrier_refused(compensation, COMPENSATE, refused)
+            raise
+        barrier_decided(compensation, COMPENSATE, guarded.outcome.value)
+        return guarded
 
     async def execute(
         self, action: Action[Message], ctx: StepContext, payload: Message
@@ -269,10 +283,11 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
                     f"in choreography {action.name!r} runs only as a reaction to an event;"
                     " a choreographed saga starts at its first step",
                 )
-            await self._faults.before_call(action.name)
-            guarded = await self._runner.execute(action, ctx, payload)
-            if guarded.rejection is not None:
-                raise guarded.rejection
+            with counted_call(action.name, EXECUTE, MODE_NAMES.get(ctx.mode, "")):
+                await self._faults.before_call(action.name)
+                guarded = await self._runner.execute(action, ctx, payload)
+                if guarded.rejection is not None:
+                    raise guarded.rejection
             return participant_pb2.StepReply(
                 result=any_pb2.Any.FromString(guarded.result), outcome=_OUTCOMES[guarded.outcome]
             )
@@ -284,8 +299,9 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
     ) -> participant_pb2.StepReply:
         async def body() -> participant_pb2.StepReply:
             action, ctx, payload = self._parse(request, self._runner.by_compensation)
-            await self._faults.before_call(request.action)
-            guarded = await self._runner.compensate(action, ctx, payload)
+            with counted_call(request.action, COMPENSATE, MODE_NAMES.get(ctx.mode, "")):
+                await self._faults.before_call(request.action)
+                guarded = await self._runner.compensate(action, ctx, payload)
             return participant_pb2.StepReply(outcome=_OUTCOMES[guarded.outcome])
 
         return await grpc_edge(context, body)

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.authz import AuthorizationInterceptor
 from common.config import ServerSettings
-from common.telemetry import Telemetry
+from common.telemetry import Telemetry, scoped
 from common.tls import TlsError, server_credentials, warn_plaintext
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ async def start_server(
     port = _bind(server, app.identity, settings)
     for name in ("", *app.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await app.start()
+    with scoped(telemetry):  # the app's background work records to its own telemetry
+        await app.start()
     await server.start()
     for name in ("", *app.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

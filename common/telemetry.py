@@ -62,7 +62,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from common.grpc_spans import ClientSpans, ServerSpans, method_of
-from common.metrics import RpcMetrics, SagaMetrics
+from common.metrics import RpcMetrics, SagaMetrics, ServiceMetrics
 from common.trace_file import DEFAULT_MAX_BYTES, TRACE_FILE_NAME, JsonLinesSpanExporter
 from protos.sagawire.v1 import events_pb2
 
@@ -116,14 +116,21 @@ class Telemetry:
         self.tracer: Tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME)
         self.metrics = SagaMetrics(meter)
+        self.service_metrics = ServiceMetrics(meter)
         self.rpc_metrics = RpcMetrics(meter)
         self._rpc_tracer = tracer_provider.get_tracer(RPC_INSTRUMENTATION_NAME)
         self._shutdown_lock = threading.Lock()
         self._is_shut_down = False
 
     def server_interceptor(self) -> grpc.aio.ServerInterceptor:
-        """A SERVER span per call (health checks, reflection and Subscribe excluded)."""
-        return ServerSpans(self._rpc_tracer, self.rpc_metrics.server_duration, TRACED_CALLS)
+        """A SERVER span per call (health checks, reflection and Subscribe excluded); every
+        call's handler runs with this telemetry active (:func:`scoped`)."""
+        return ServerSpans(
+            self._rpc_tracer,
+            self.rpc_metrics.server_duration,
+            TRACED_CALLS,
+            around=lambda: scoped(self),
+        )
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """Interceptors for a channel (``interceptors=...``): a CLIENT span per call, with
@@ -308,12 +315,18 @@ def setup_telemetry(
 # --- the active telemetry and the helpers that use it ---------------------------------
 
 _active: Telemetry | None = None
+# The telemetry of the server whose work runs in this context, when several share one
+# process (tests run a whole stack in one event loop): it wins over ``_active``.
+_scoped: contextvars.ContextVar[Telemetry | None] = contextvars.ContextVar(
+    "sagawire_telemetry", default=None
+)
 _fallback_metrics: SagaMetrics | None = None
+_fallback_service_metrics: ServiceMetrics | None = None
 
 
 def active() -> Telemetry | None:
     """The telemetry the helpers below use, if any."""
-    return _active
+    return _scoped.get() or _active
 
 
 @contextmanager
@@ -327,25 +340,53 @@ def activated(telemetry: Telemetry) -> Iterator[Telemetry]:
         _active = previous
 
 
+@contextmanager
+def scoped(telemetry: Telemetry | None) -> Iterator[None]:
+    """Make ``telemetry`` the active one for work started in this context (the calls a
+    server handles, the tasks its app starts); None changes nothing."""
+    if telemetry is None:
+        yield
+        return
+    token = _scoped.set(telemetry)
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
 def tracer() -> Tracer:
     """The active telemetry's tracer (the global, no-op until configured, otherwise)."""
-    return _active.tracer if _active is not None else trace.get_tracer(INSTRUMENTATION_NAME)
+    current = active()
+    return current.tracer if current is not None else trace.get_tracer(INSTRUMENTATION_NAME)
 
 
 def saga_metrics() -> SagaMetrics:
     """The active telemetry's :class:`SagaMetrics` (recording into the void otherwise)."""
     global _fallback_metrics
-    if _active is not None:
-        return _active.metrics
+    current = active()
+    if current is not None:
+        return current.metrics
     if _fallback_metrics is None:
         _fallback_metrics = SagaMetrics(otel_metrics.get_meter(INSTRUMENTATION_NAME))
     return _fallback_metrics
 
 
+def service_metrics() -> ServiceMetrics:
+    """The active telemetry's :class:`ServiceMetrics` (recording into the void otherwise)."""
+    global _fallback_service_metrics
+    current = active()
+    if current is not None:
+        return current.service_metrics
+    if _fallback_service_metrics is None:
+        _fallback_service_metrics = ServiceMetrics(otel_metrics.get_meter(INSTRUMENTATION_NAME))
+    return _fallback_service_metrics
+
+
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors for a process's outgoing channels (the coordinator's clients)."""
-    if _active is not None:
-        return _active.client_interceptors()
+    current = active()
+    if current is not None:
+        return current.client_interceptors()
     rpc_metrics = RpcMetrics(otel_metrics.get_meter(INSTRUMENTATION_NAME))
     tracer = trace.get_tracer(RPC_INSTRUMENTATION_NAME)
     return [ClientSpans(tracer, rpc_metrics.client_duration, TRACED_CALLS)]
@@ -387,12 +428,15 @@ def producer_span(
 
 
 @contextmanager
-def consumer_span(event: events_pb2.Event, name: str | None = None) -> Iterator[Span]:
+def consumer_span(
+    event: events_pb2.Event, name: str | None = None, start_time: int | None = None
+) -> Iterator[Span]:
     """A CONSUMER span for reacting to one event, continuing the producer's trace.
 
     Its parent is the context in the event's headers and it also links to it, so
     the reaction is part of the saga's one trace. ``name`` defaults to
-    ``"process <event type>"``. Events published inside it carry it onwards.
+    ``"process <event type>"``; ``start_time`` (ns since the epoch) to now. Events
+    published inside it carry it onwards.
     """
     parent = extract_context(event.headers)
     produced = trace.get_current_span(parent).get_span_context()
@@ -413,6 +457,7 @@ def consumer_span(event: events_pb2.Event, name: str | None = None) -> Iterator[
         kind=SpanKind.CONSUMER,
         attributes=attributes,
         links=links,
+        start_time=start_time,
     ) as span:
         yield span
 
@@ -437,6 +482,8 @@ __all__ = [
     "new_trace_id",
     "producer_span",
     "saga_metrics",
+    "scoped",
+    "service_metrics",
     "setup_telemetry",
     "tracer",
 ]

@@ -298,6 +298,7 @@ class SagaTelemetry:
                 traced.ended(AttemptChange(phase, number, Outcome.INTERRUPTED))
             self._metrics.step_finished(
                 self.saga_type,
+                self.mode,
                 step.name,
                 action,
                 traced.outcome or _INTERRUPTED,
@@ -310,7 +311,7 @@ class SagaTelemetry:
     ) -> None:
         """A :data:`common.policy.RetryListener`: attempt ``number`` comes in ``wait_s``."""
         action = step.action if phase is Phase.EXECUTE else (step.compensation or "")
-        self._metrics.step_retried(self.saga_type, step.name, action)
+        self._metrics.step_retried(self.saga_type, self.mode, step.name, action)
         self.span.add_event(
             "retry",
             {

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from common.errors import Aborted, RequestMismatch, SagawireError
 from common.inbox import PoisonEvent, Reaction
 from common.participant import MODE_HEADER, ActionRunner, StepContext
+from common.participant_telemetry import ReactionStep
 from protos.sagawire.v1 import events_pb2, participant_pb2
 from services import saga_events as ev
 
@@ -54,6 +55,9 @@ class Rule:
     step: str
     compensate: bool = False
 
+
+# The saga these rules carry on.
+SAGA_TYPE = "place_order"
 
 # Who reacts to what, by consuming service. Step names match coordinator/sagas.yaml.
 RULES: Mapping[str, tuple[Rule, ...]] = {
@@ -136,6 +140,16 @@ def started_by_events(service: str) -> frozenset[str]:
     """The actions of ``service`` that, in choreography, only another service's event
     starts (never a call: the coordinator starts a choreographed saga at its first step)."""
     return frozenset(r.action for r in RULES.get(service, ()) if not r.compensate)
+
+
+def reaction_steps(service: str, producer: str) -> dict[str, ReactionStep]:
+    """The saga step ``service`` runs on each event type of ``producer``: each attempt at
+    the reaction is an attempt of that step in traces and metrics."""
+    return {
+        r.event: ReactionStep(SAGA_TYPE, r.step, r.action, r.compensate)
+        for r in RULES.get(service, ())
+        if r.producer == producer
+    }
 
 
 def reacting_actions(service: str, producer: str) -> dict[str, str]:

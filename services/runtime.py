@@ -32,6 +32,7 @@ from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, part
 from services.choreography import (
     CHOREOGRAPHED_ONLY,
     reacting_actions,
+    reaction_steps,
     reactions_of,
     started_by_events,
 )
@@ -79,7 +80,11 @@ class DomainService:
                 inbox.Consumer(
                     self.db,
                     inbox.Subscription(
-                        producer, self.endpoints.of(producer), reactions, CHOREOGRAPHED_ONLY
+                        producer,
+                        self.endpoints.of(producer),
+                        reactions,
+                        CHOREOGRAPHED_ONLY,
+                        steps=reaction_steps(spec.name, producer),
                     ),
                     consumer_name=spec.name,
                     on_commit=self.outbox.notify,

@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanKind
 from common.config import SERVICE_NAMES, Endpoints
 from common.server import RunningServer, start_server
 from common.telemetry import Telemetry, activated, create_telemetry
+from common.trace_file import TRACE_FILE_NAME, JsonLinesSpanExporter
 from coordinator.app import CoordinatorApp
 from services.launcher import spec_of
 from services.runtime import DomainService
@@ -123,20 +124,26 @@ async def traced_stack(
     definitions: Path | None = None,
     reactions: bool = False,
     receiver: OtlpReceiver | None = None,
+    trace_files: bool = False,
     **settings: Any,
 ) -> AsyncIterator[TracedStack]:
     """The four services and a coordinator (``settings`` override its test settings).
 
     ``reactions`` lets the services follow each other's streams (choreography);
-    with ``receiver`` every process also exports its spans and metrics to it over OTLP.
+    with ``receiver`` every process also exports its spans and metrics to it over OTLP;
+    with ``trace_files`` each also writes its local trace file in its data directory
+    (``tmp_path/<name>``), which ``sagawire trace --data tmp_path`` reads.
     """
     exporter = InMemorySpanExporter()
     readers = {name: InMemoryMetricReader() for name in (*SERVICE_NAMES, "coordinator")}
 
     def telemetry_of(name: str) -> Telemetry:
+        exporters: list[SpanExporter] = [exporter]
+        if trace_files:
+            exporters.append(JsonLinesSpanExporter(tmp_path / name / TRACE_FILE_NAME))
         if receiver is not None:
-            return otlp_telemetry(name, receiver, [exporter], [readers[name]])
-        return create_telemetry(name, [exporter], [readers[name]], batch=False)
+            return otlp_telemetry(name, receiver, exporters, [readers[name]])
+        return create_telemetry(name, exporters, [readers[name]], batch=False)
 
     telemetry = {name: telemetry_of(name) for name in (*SERVICE_NAMES, "coordinator")}
     definitions = definitions or write_definitions(tmp_path / "sagas.yaml")

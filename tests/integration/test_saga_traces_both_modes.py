@@ -9,17 +9,23 @@ so "no orphan" here means every parent a span names was received.
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app as cli_app
+from common.logs import log_handler
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, orphans
 from tests.support import wait_until
 from tests.telemetry_support import PLACE_ORDER, TracedStack, traced_stack
 
-SERVER, CLIENT = 2, 3  # OTLP span kinds
+INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP span kinds
 MODES = ["orchestration", "choreography"]
 
 
@@ -97,3 +103,173 @@ async def test_a_saga_placed_without_waiting_is_a_trace_of_its_own_linked_both_w
     assert {s.trace_id for s in saga_spans(spans, placed.saga_id)} == {saga.trace_id}
     assert [s.name for s in spans if s.trace_id == call.trace_id] == [PLACE_ORDER]
     assert not orphans(spans)
+
+
+@dataclass(frozen=True)
+class Order:
+    customer: str
+    items: tuple[tuple[str, int], ...]
+    to: str
+    # Faults of the payment service while the saga runs: action -> (fail_next, latency_ms).
+    payment_faults: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+OK, REJECTED, TRANSIENT = "ok", "error rejected", "error transient"
+FORWARD = ("create_order", "reserve_stock", "charge_payment", "schedule_shipment")
+
+# Four sagas, and the attempts each must show, with their outcomes, in both modes (as
+# `sagawire trace` labels them). carol's charge is slowed so her reservation (parallel
+# in orchestration) lands first, as in choreography, where it comes first.
+SAGAS: dict[str, tuple[Order, list[tuple[str, str]]]] = {
+    "completed": (
+        Order("alice", (("SKU-MUG", 1),), "Berlin"),
+        [*((f"step {s} #1", OK) for s in FORWARD), ("step approve_order #1", OK)],
+    ),
+    "rejected": (
+        Order("carol", (("SKU-LAMP", 1),), "Lyon", {"charge": (0, 300)}),
+        [
+            ("step create_order #1", OK),
+            ("step reserve_stock #1", OK),
+            ("step charge_payment #1", REJECTED),
+            ("compensate reserve_stock #1", OK),
+            ("compensate create_order #1", OK),
+        ],
+    ),
+    "compensated after the pivot": (
+        Order("dave", (("SKU-LAMP", 1),), "Atlantis"),
+        [
+            *((f"step {s} #1", OK) for s in FORWARD[:3]),
+            ("step schedule_shipment #1", REJECTED),
+            ("compensate charge_payment #1", OK),
+            ("compensate reserve_stock #1", OK),
+            ("compensate create_order #1", OK),
+        ],
+    ),
+    "retried": (
+        Order("alice", (("SKU-BOOK", 1),), "Madrid", {"charge": (2, 0)}),
+        [
+            ("step create_order #1", OK),
+            ("step reserve_stock #1", OK),
+            ("step charge_payment #1", TRANSIENT),
+            ("step charge_payment #2", TRANSIENT),
+            ("step charge_payment #3", OK),
+            ("step schedule_shipment #1", OK),
+            ("step approve_order #1", OK),
+        ],
+    ),
+}
+# Who runs each step's attempts: the coordinator in orchestration (and the first step
+# in choreography); in choreography the service reacting to an event.
+RUNS = {
+    "create_order": "order",
+    "reserve_stock": "inventory",
+    "charge_payment": "payment",
+    "schedule_shipment": "shipping",
+    "approve_order": "order",
+}
+
+
+def _attempt_lines(output: str) -> list[tuple[str, str, str]]:
+    """(service, attempt, status) of every step and compensation line of a waterfall."""
+    found = []
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        words = cells[0].split()
+        if len(words) >= 4 and words[1] in ("step", "compensate"):
+            found.append((words[0], f"{words[1]} {words[2]} {words[3]}", cells[-1]))
+    return found
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_four_sagas_each_one_trace_with_every_attempt_and_its_outcome(
+    tmp_path: Path, receiver: OtlpReceiver, mode: str
+) -> None:
+    choreography = mode == "choreography"
+    lines = io.StringIO()
+    handler = log_handler("test", lines)
+    logging.getLogger("common.inbox").addHandler(handler)
+    placed: dict[str, pb.PlaceOrderResponse] = {}
+    try:
+        async with traced_stack(
+            tmp_path, reactions=choreography, receiver=receiver, mode=mode, trace_files=True
+        ) as traced:
+            for name, (order, _) in SAGAS.items():
+                await traced.stack.faults("payment", **order.payment_faults)
+                placed[name] = await traced.stack.place(order.customer, order.items, order.to)
+            await traced.stack.faults("payment")
+
+            def settled(spans: list[ReceivedSpan]) -> bool:
+                return all(the_saga_span(spans, p.saga_id) for p in placed.values()) and all(
+                    len(_attempts(spans, placed[name].saga_id)) >= len(expected)
+                    for name, (_, expected) in SAGAS.items()
+                )
+
+            spans = await received(traced, receiver, settled, "every attempt of the four sagas")
+            retries = {
+                process: traced.value("step_retries", process, **{"saga.step": "charge_payment"})
+                for process in traced.readers
+            }
+            steps = {
+                str(attributes["saga.step"])
+                for process in traced.readers
+                for attributes, _ in traced.points("step_duration", process)
+                if attributes.get("saga.mode") == mode
+            }
+    finally:
+        logging.getLogger("common.inbox").removeHandler(handler)
+
+    assert [p.status for p in placed.values()] == [
+        pb.SAGA_STATUS_COMPLETED,
+        pb.SAGA_STATUS_COMPENSATED,
+        pb.SAGA_STATUS_COMPENSATED,
+        pb.SAGA_STATUS_COMPLETED,
+    ]
+    assert not orphans(spans)
+    for name, (_, expected) in SAGAS.items():
+        saga_id = placed[name].saga_id
+        # One trace: the call's, the saga's, every attempt's and every event's.
+        assert len({s.trace_id for s in saga_spans(spans, saga_id)}) == 1, name
+
+        # `sagawire trace` draws the same attempts with the same outcomes in both modes,
+        # each by the process that ran it.
+        shown = CliRunner().invoke(cli_app, ["trace", saga_id, "--data", str(tmp_path)])
+        assert shown.exit_code == 0, shown.output
+        drawn = _attempt_lines(shown.output)
+        assert sorted((a, s) for _, a, s in drawn) == sorted(expected), (name, shown.output)
+        for service, attempt, _ in drawn:
+            step = attempt.split()[1]
+            first = attempt.startswith("step create_order")
+            assert service == ("coordinator" if not choreography or first else RUNS[step]), (
+                name,
+                attempt,
+                service,
+            )
+
+        # A rejection is an error with its reason, where it happened.
+        for span in _attempts(spans, saga_id):
+            assert span.attribute("saga.outcome") is not None
+            if span.attribute("saga.outcome") == "rejected":
+                assert span.is_error
+                assert span.attribute("saga.error_reason") in (
+                    "INSUFFICIENT_FUNDS",
+                    "UNSERVICEABLE_DESTINATION",
+                )
+
+    # Retries are counted where they were made; every step's duration is recorded.
+    runner = "payment" if choreography else "coordinator"
+    assert retries[runner] == 2 and sum(retries.values()) == 2
+    assert steps == {*FORWARD, "approve_order"}
+    if choreography:
+        retried = [line for line in lines.getvalue().splitlines() if "retrying" in line]
+        assert len(retried) == 2, lines.getvalue()
+        trace_id = placed["retried"].saga_id
+        for line in retried:
+            assert f"saga={trace_id}" in line and " trace_id=" in line, line
+
+
+def _attempts(spans: list[ReceivedSpan], saga_id: str) -> list[ReceivedSpan]:
+    return [
+        s
+        for s in saga_spans(spans, saga_id)
+        if s.kind == INTERNAL and s.attribute("saga.step") is not None
+    ]

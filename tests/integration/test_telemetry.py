@@ -332,8 +332,10 @@ def test_saga_metrics_record_what_happened() -> None:
     metrics.saga_completed("place_order", "orchestration", 0.25)
     metrics.saga_compensated("place_order", "choreography", 0.5)
     metrics.saga_needs_attention("place_order", "orchestration", 9.0)
-    metrics.step_finished("place_order", "charge_payment", "charge", "rejected", 0.01)
-    metrics.step_retried("place_order", "charge_payment", "charge")
+    metrics.step_finished(
+        "place_order", "orchestration", "charge_payment", "charge", "rejected", 0.01
+    )
+    metrics.step_retried("place_order", "orchestration", "charge_payment", "charge")
     metrics.breaker_changed("payment", "open")
     with pytest.raises(ValueError):
         metrics.breaker_changed("payment", "ajar")
@@ -391,7 +393,9 @@ async def test_setup_exports_spans_and_metrics_over_otlp_when_configured(
     coordinator = setup_telemetry("coordinator", tmp_path, install=False)
     assert telemetry.active() is None  # install=False touches no global
     coordinator.metrics.saga_started("place_order", "orchestration")
-    coordinator.metrics.step_finished("place_order", "reserve_stock", "reserve", "ok", 0.02)
+    coordinator.metrics.step_finished(
+        "place_order", "orchestration", "reserve_stock", "reserve", "ok", 0.02
+    )
     with coordinator.tracer.start_as_current_span("saga place_order"):
         pass
     await asyncio.to_thread(coordinator.shutdown)

@@ -1,0 +1,244 @@
+"""What a participant tells of the saga steps it runs, in traces and metrics, in both modes.
+
+In orchestration the coordinator's attempt spans tell each step's story, and the
+participant's server span hangs under the attempt that called it. In choreography
+no coordinator calls: a service reacting to an event runs the step, so each attempt
+at a reaction is a step attempt of its own, drawn as the coordinator draws one::
+
+    payment sagawire.inventory.reserved      CONSUMER span, one per attempt (common/inbox.py)
+      step charge_payment                    saga.id, saga.type, saga.mode, saga.step,
+        publish sagawire.payment.declined    saga.action, saga.phase, saga.attempt,
+                                             saga.outcome, saga.error_reason, saga.barrier
+
+An attempt's outcome uses the coordinator's words: ``ok``; ``rejected`` (a business
+"no", or a request the barrier refused as another's, REQUEST_MISMATCH); ``aborted``
+(an execute after its compensation); ``transient`` (retried: the fault hook or a busy
+store); ``error`` (a poison event); ``ignored`` (not a choreographed saga's event).
+Anything but ok and ignored sets the attempt's status to ERROR. A compensation is
+named ``compensate <step>``, as the coordinator names one.
+
+Each attempt records ``step_duration`` (and, when it is retried, ``step_retries``),
+as the coordinator does for the steps it drives, and ``sagawire.action.duration``.
+
+:class:`common.participant.ActionRunner` reports what the barrier decided through
+:func:`barrier_decided`, in both modes: counted, set as ``saga.barrier`` on the
+current span (the server span of a call, or the attempt of a reaction, which learns
+its outcome from it; a context variable carries the attempt into the runner, which
+the reaction calls inside the consumer's transaction). :func:`counted_call` counts a
+participant call by action and outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from common.errors import Aborted, BusinessRejection, RequestMismatch, Transient
+from common.telemetry import consumer_span, saga_metrics, service_metrics, tracer
+from protos.sagawire.v1 import events_pb2
+
+OK = "ok"
+REJECTED = "rejected"
+ABORTED = "aborted"
+TRANSIENT = "transient"
+ERROR = "error"
+IGNORED = "ignored"
+INTERRUPTED = "interrupted"
+
+CHOREOGRAPHY = "choreography"
+# What the barrier did with a request (sagawire.barrier.decisions, saga.barrier).
+REFUSED_LATE = "refused_late"
+REFUSED_MISMATCH = "refused_mismatch"
+
+
+@dataclass(frozen=True)
+class ReactionStep:
+    """The saga step a reaction runs: its attempts are that step's attempts."""
+
+    saga_type: str
+    step: str
+    action: str
+    compensate: bool = False
+
+    @property
+    def phase(self) -> str:
+        return "compensate" if self.compensate else "execute"
+
+    @property
+    def span_name(self) -> str:
+        return f"{'compensate' if self.compensate else 'step'} {self.step}"
+
+
+def error_reason(error: BaseException) -> str:
+    """An error as an attempt's ``saga.error_reason``: its reason, its code, or its type."""
+    reason = getattr(error, "reason", "")
+    if reason:
+        return str(reason)
+    code = getattr(getattr(error, "code", None), "name", "")
+    return str(code) if code else type(error).__name__
+
+
+class StepAttempt:
+    """One attempt at a reaction's step: its span, and how it ended."""
+
+    def __init__(self, step: ReactionStep, span: Span) -> None:
+        self.step = step
+        self.span = span
+        self.outcome: str | None = None
+        self._reason = ""
+        self._message = ""
+
+    def decided(self, decision: str, rejection: BusinessRejection | None = None) -> None:
+        """What the barrier did with the reaction's request (see barrier_decided)."""
+        self.span.set_attribute("saga.barrier", decision)
+        if rejection is not None:
+            self.ended(REJECTED, rejection.reason, rejection.message)
+        elif decision == REFUSED_LATE:
+            self.ended(ABORTED, "ABORTED", "the step was compensated before this execute")
+        elif decision == REFUSED_MISMATCH:
+            self.ended(REJECTED, RequestMismatch.REASON, "another request holds the step's key")
+        else:
+            self.ended(OK)
+
+    def ended(self, outcome: str, reason: str = "", message: str = "") -> None:
+        self.outcome, self._reason, self._message = outcome, reason, message
+
+    def failed(self, outcome: str, error: BaseException) -> None:
+        """The attempt stopped on ``error``: ``transient`` (retried) or ``error`` (poison)."""
+        self.ended(outcome, error_reason(error), str(error))
+
+    def finish(self) -> str:
+        """Set the outcome on the span; the outcome."""
+        outcome = self.outcome or IGNORED
+        self.span.set_attribute("saga.outcome", outcome)
+        if outcome not in (OK, IGNORED):
+            self.span.set_attribute("saga.error_reason", self._reason or outcome)
+            self.span.set_status(StatusCode.ERROR, self._message or outcome)
+        return outcome
+
+
+_attempt: contextvars.ContextVar[StepAttempt | None] = contextvars.ContextVar(
+    "sagawire_step_attempt", default=None
+)
+
+
+@contextmanager
+def reaction_attempt(
+    event: events_pb2.Event,
+    consumer: str,
+    step: ReactionStep | None,
+    number: int,
+    started_ns: int,
+) -> Iterator[StepAttempt | None]:
+    """One attempt at reacting to ``event``: a consumer span (from ``started_ns``, before
+    any fault hook) and, when the reaction runs a step, that step's attempt span under it,
+    current for the block. The caller marks a failure (:meth:`StepAttempt.failed`) and
+    lets the exception out; the consumer span records it."""
+    failure = ""
+    try:
+        with consumer_span(event, f"{consumer} {event.type}", start_time=started_ns) as consumed:
+            if number > 1:
+                consumed.set_attribute("sagawire.event.attempt", number)
+            if step is None:
+                yield None
+                return
+            with _step_span(event, step, number, started_ns) as attempt:
+                yield attempt
+    except Exception as error:
+        failure = type(error).__name__
+        raise
+    finally:
+        seconds = (time.time_ns() - started_ns) / 1e9
+        service_metrics().event_processed(event.source, consumer, seconds, failure)
+
+
+@contextmanager
+def _step_span(
+    event: events_pb2.Event, step: ReactionStep, number: int, started_ns: int
+) -> Iterator[StepAttempt]:
+    attributes: dict[str, AttributeValue] = {
+        "saga.id": event.subject,
+        "saga.type": step.saga_type,
+        "saga.mode": CHOREOGRAPHY,
+        "saga.step": step.step,
+        "saga.action": step.action,
+        "saga.phase": step.phase,
+        "saga.attempt": number,
+    }
+    span = tracer().start_span(step.span_name, attributes=attributes, start_time=started_ns)
+    attempt = StepAttempt(step, span)
+    token = _attempt.set(attempt)
+    try:
+        with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+            yield attempt
+    finally:
+        _attempt.reset(token)
+        outcome = attempt.finish()
+        span.end()
+        seconds = (time.time_ns() - started_ns) / 1e9
+        saga_metrics().step_finished(
+            step.saga_type, CHOREOGRAPHY, step.step, step.action, outcome, seconds
+        )
+        service_metrics().action_finished(
+            step.action, step.phase, CHOREOGRAPHY, outcome, "event", seconds
+        )
+
+
+def reaction_retried(step: ReactionStep | None) -> None:
+    """A reaction's step failed transiently and will be tried again."""
+    if step is not None:
+        saga_metrics().step_retried(step.saga_type, CHOREOGRAPHY, step.step, step.action)
+
+
+def barrier_decided(
+    action: str, phase: str, decision: str, rejection: BusinessRejection | None = None
+) -> None:
+    """The barrier applied, replayed, nulled or refused a request of ``action``: counted,
+    and told to the current span (and to the reaction attempt running it, if any)."""
+    service_metrics().barrier_decided(action, phase, decision)
+    attempt = _attempt.get()
+    if attempt is not None:
+        attempt.decided(decision, rejection)
+    else:
+        trace.get_current_span().set_attribute("saga.barrier", decision)
+
+
+def barrier_refused(action: str, phase: str, refusal: Aborted | RequestMismatch) -> None:
+    """The barrier refused a request of ``action`` (see :func:`barrier_decided`)."""
+    decision = REFUSED_MISMATCH if isinstance(refusal, RequestMismatch) else REFUSED_LATE
+    barrier_decided(action, phase, decision)
+
+
+@contextmanager
+def counted_call(action: str, phase: str, mode: str) -> Iterator[None]:
+    """A participant call of ``action``: its duration and outcome, by how the block ends."""
+    started = time.perf_counter()
+    outcome = OK
+    try:
+        yield
+    except BusinessRejection:
+        outcome = REJECTED
+        raise
+    except Aborted:
+        outcome = ABORTED
+        raise
+    except Transient:
+        outcome = TRANSIENT
+        raise
+    except asyncio.CancelledError:
+        outcome = INTERRUPTED  # the caller gave up, or the server is stopping
+        raise
+    except BaseException:
+        outcome = ERROR
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        service_metrics().action_finished(action, phase, mode, outcome, "call", seconds)
