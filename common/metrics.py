@@ -56,10 +56,14 @@ Where they go is decided in :mod:`common.telemetry`.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+log = logging.getLogger(__name__)
 
 # Seconds: from a fast local step to a saga that waited out its retries.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -187,6 +191,8 @@ STACK_CONSUMERS = frozenset(
     {"order", "inventory", "payment", "shipping", "coordinator", "coordinator-observer"}
 )
 _MAX_CONSUMERS = 64  # distinct consumers a producer reports; the rest are "other"
+_MAX_NAME = 64
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class StreamPositions:
@@ -204,10 +210,12 @@ class StreamPositions:
         self._open: dict[str, int] = {}
 
     def key(self, consumer: str) -> str:
-        """The name a consumer is reported under (bounded in number)."""
+        """The name a consumer is reported under: its own, made safe (bounded in length and
+        in number)."""
+        name = _UNSAFE.sub("_", consumer)[:_MAX_NAME] or "unnamed"
         with self._lock:
-            if consumer in self._positions or len(self._positions) < _MAX_CONSUMERS:
-                return consumer
+            if name in self._positions or len(self._positions) < _MAX_CONSUMERS:
+                return name
         return "other"
 
     def opened(self, consumer: str, position: int) -> None:
@@ -231,12 +239,17 @@ class StreamPositions:
                 self._positions.pop(consumer, None)
 
     def lags(self) -> dict[str, int]:
-        """Events committed and not yet delivered, by consumer (empty: nobody follows)."""
+        """Events committed and not yet delivered, by consumer (empty: nobody follows, or
+        the head cannot be read now)."""
         with self._lock:
             positions = dict(self._positions)
         if not positions:
             return {}
-        head = self._head()
+        try:
+            head = self._head()
+        except Exception:  # a busy or closed store: no value this time
+            log.debug("cannot read the outbox head", exc_info=True)
+            return {}
         return {consumer: max(head - at, 0) for consumer, at in positions.items()}
 
 
@@ -267,7 +280,7 @@ class ServiceMetrics:
             description="From an event's commit at its producer to its reaction's commit",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._streams: list[tuple[str, StreamPositions]] = []
+        self._streams: dict[str, StreamPositions] = {}
         self._streams_lock = threading.Lock()
         meter.create_observable_gauge(
             "sagawire.consumer.lag",
@@ -327,13 +340,14 @@ class ServiceMetrics:
         self._reaction_lag.record(max(lag_s, 0.0), attributes)
 
     def watch_streams(self, producer: str, positions: StreamPositions) -> None:
-        """Report ``producer``'s consumer lag and backlog from ``positions``."""
+        """Report ``producer``'s consumer lag and backlog from ``positions`` (from now on,
+        in place of any positions it had before)."""
         with self._streams_lock:
-            self._streams.append((producer, positions))
+            self._streams[producer] = positions
 
     def _lags(self) -> list[tuple[str, dict[str, int]]]:
         with self._streams_lock:
-            streams = list(self._streams)
+            streams = list(self._streams.items())
         return [(producer, positions.lags()) for producer, positions in streams]
 
     def _observe_consumer_lag(self, options: CallbackOptions) -> Iterable[Observation]:

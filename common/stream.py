@@ -16,6 +16,7 @@ import grpc
 
 from common.admin import StreamCuts
 from common.errors import InvalidArgument, Transient, abort
+from common.metrics import StreamPositions
 from common.outbox import MODE_HEADER, Outbox
 from common.store import Database, to_timestamp
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
@@ -31,11 +32,19 @@ MAX_TYPES = 64
 class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
     """Serves one service's events and lists the events its consumers gave up on."""
 
-    def __init__(self, outbox: Outbox, db: Database, cuts: StreamCuts | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        db: Database,
+        cuts: StreamCuts | None = None,
+        positions: StreamPositions | None = None,
+    ) -> None:
         self._outbox = outbox
         self._db = db
         # An operator may cut every open stream (Admin.CutStreams, a chaos drill).
         self._cuts = cuts or StreamCuts()
+        # How far each consumer has been served (its lag behind the head, as a metric).
+        self._positions = positions or StreamPositions(lambda: 0)
 
     async def Subscribe(
         self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -51,6 +60,8 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         log.info("subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence)
         generation = self._cuts.generation
         self._cuts.open += 1
+        follower = self._positions.key(request.consumer)
+        self._positions.opened(follower, next_sequence - 1)
         try:
             while not self._outbox.closed:
                 if self._cuts.generation != generation:
@@ -63,6 +74,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
                 if events:
                     yield events_pb2.EventBatch(events=events)
                 next_sequence = max(next_sequence, scanned + 1)
+                self._positions.delivered(follower, next_sequence - 1)
                 if not complete:
                     continue
                 # Caught up: read again only after a commit since ``seen`` (at once if one
@@ -70,6 +82,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
                 await self._outbox.wait_for_commit(seen, IDLE_RECHECK_SECONDS, mode)
         finally:
             self._cuts.open -= 1
+            self._positions.closed(follower)
         log.info("stream ended (shutdown) consumer=%s", request.consumer)
 
     async def ListPoisonEvents(

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,10 +24,12 @@ from common import barrier, inbox, outbox
 from common.admin import AdminServicer, StreamCuts
 from common.config import Endpoints, ServiceSettings
 from common.faults import FaultInjector
+from common.metrics import StreamPositions
 from common.participant import Action, ActionRunner, ParticipantServicer
 from common.server import server_options
 from common.store import Database
 from common.stream import EventStreamServicer
+from common.telemetry import service_metrics
 from common.tls import Identity
 from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, participant_pb2_grpc
 from services.choreography import (
@@ -40,6 +43,14 @@ from services.choreography import (
 _SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
+
+
+def _outbox_head(path: Path) -> int:
+    """The last committed event's sequence (read on the metric reader's thread, from a
+    connection of its own: WAL readers never wait for the writer)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM outbox").fetchone()
+    return int(row[0])
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class DomainService:
             synchronous=settings.sqlite_synchronous,
         )
         self.outbox = outbox.Outbox(self.db, source=spec.name)
+        self.stream_positions = StreamPositions(head=partial(_outbox_head, self.db.path))
         self.faults = FaultInjector(settings.faults)
         self.stream_cuts = StreamCuts(wake=self.outbox.notify)
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
@@ -126,7 +138,8 @@ class DomainService:
         )
         self.spec.register_queries(server, self.db)
         events_pb2_grpc.add_EventStreamServicer_to_server(
-            EventStreamServicer(self.outbox, self.db, self.stream_cuts), server
+            EventStreamServicer(self.outbox, self.db, self.stream_cuts, self.stream_positions),
+            server,
         )
         if self.settings.admin_enabled:
             admin_pb2_grpc.add_AdminServicer_to_server(
@@ -134,6 +147,8 @@ class DomainService:
             )
 
     async def start(self) -> None:
+        # Consumer lag and outbox backlog, from the positions the event stream reports.
+        service_metrics().watch_streams(self.spec.name, self.stream_positions)
         await self.db.open()
         await self.db.transaction(barrier.migrate)  # a file from before fingerprints
         with self.settings.seed_file.open("rb") as f:

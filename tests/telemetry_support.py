@@ -110,11 +110,13 @@ class TracedStack:
                 total += point.count if isinstance(point, HistogramDataPoint) else point.value
         return total
 
-    def values_by(self, name: str, attribute: str) -> dict[str, float]:
+    def values_by(
+        self, name: str, attribute: str, process: str = "coordinator"
+    ) -> dict[str, float]:
         """A counter's or gauge's values, by the value of one attribute."""
         return {
-            str(found[attribute]): self.value(name, **{attribute: found[attribute]})
-            for found, _ in self.points(name)
+            str(found[attribute]): self.value(name, process, **{attribute: found[attribute]})
+            for found, _ in self.points(name, process)
         }
 
 

@@ -273,3 +273,123 @@ def _attempts(spans: list[ReceivedSpan], saga_id: str) -> list[ReceivedSpan]:
         for s in saga_spans(spans, saga_id)
         if s.kind == INTERNAL and s.attribute("saga.step") is not None
     ]
+
+
+async def test_a_step_cancelled_by_its_siblings_failure_leaves_no_orphan(
+    tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    # carol's reservation is slowed: her declined charge (beside it) interrupts it in flight.
+    async with traced_stack(tmp_path, receiver=receiver) as traced:
+        await traced.stack.faults("inventory", reserve=(0, 2_000))
+        placed = await traced.stack.place("carol", (("SKU-LAMP", 1),), "Lyon")
+        assert placed.status == pb.SAGA_STATUS_COMPENSATED
+
+        def interrupted(spans: list[ReceivedSpan]) -> bool:
+            servers = [
+                s
+                for s in spans
+                if s.kind == SERVER and s.name.endswith("Execute") and s.service == "inventory"
+            ]
+            return the_saga_span(spans, placed.saga_id) is not None and bool(servers)
+
+        spans = await received(traced, receiver, interrupted, "the interrupted reservation")
+        nulled = traced.value(
+            "sagawire.barrier.decisions", "inventory", **{"barrier.decision": "null"}
+        )
+
+    by_id = {s.span_id: s for s in spans}
+    (reserve,) = [s for s in _attempts(spans, placed.saga_id) if s.name == "step reserve_stock"]
+    assert reserve.attribute("saga.outcome") == "interrupted"
+    # The attempt's call has its client span, ended CANCELLED, and the inventory's server
+    # span hangs from it, CANCELLED too: the server stopped when the coordinator gave up.
+    (client,) = [s for s in spans if s.parent_id == reserve.span_id and s.kind == CLIENT]
+    assert (client.attribute("rpc.grpc.status_code"), client.is_error) == (1, True)
+    (server,) = [s for s in spans if s.parent_id == client.span_id]
+    assert (server.service, server.attribute("rpc.grpc.status_code")) == ("inventory", 1)
+    assert not orphans(spans)
+    assert {s.trace_id for s in saga_spans(spans, placed.saga_id)} == {reserve.trace_id}
+    # No server span outlives the client span that waits for it, but for the call the
+    # client gave up on.
+    for span in spans:
+        parent = by_id.get(span.parent_id)
+        if span.kind == SERVER and parent is not None and span is not server:
+            assert span.span.end_time_unix_nano <= parent.span.end_time_unix_nano, span.name
+    # The reservation never reached the barrier: its compensation was a null one.
+    assert nulled == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_process_exports_its_metrics_over_otlp(
+    tmp_path: Path, receiver: OtlpReceiver, mode: str
+) -> None:
+    async with traced_stack(tmp_path, reactions=True, receiver=receiver, mode=mode) as traced:
+        await traced.stack.faults("payment", charge=(1, 0))
+        for customer, to in (("alice", "Berlin"), ("dave", "Atlantis")):
+            await traced.stack.place(customer, (("SKU-MUG", 1),), to)
+        await traced.stack.faults("payment")
+
+        def names() -> dict[str, set[str]]:
+            found: dict[str, set[str]] = {}
+            for service, metric in receiver.metrics():
+                found.setdefault(service, set()).add(metric.name)
+            return found
+
+        services = {
+            "sagawire.action.duration",
+            "sagawire.barrier.decisions",
+            "sagawire.consumer.lag",
+            "sagawire.outbox.backlog",
+            "rpc.server.call.duration",
+        }
+        reacting = {
+            "step_duration",
+            "step_retries",
+            "sagawire.reaction.lag",
+            "messaging.process.duration",
+        }
+        coordinator = {
+            "sagas_started",
+            "sagas_completed",
+            "sagas_compensated",
+            "saga_duration",
+            "step_duration",
+            "breaker_state",
+            "rpc.server.call.duration",
+            "rpc.client.call.duration",
+        }
+        if mode == "orchestration":
+            coordinator.add("step_retries")
+
+        # In choreography only the first step is a call (order's): the other services
+        # react, and record the steps they run.
+        choreography = mode == "choreography"
+        wanted = {
+            "order": services | (reacting - {"step_retries"} if choreography else set()),
+            "inventory": services,
+            "payment": services | (reacting if choreography else set()),
+            "shipping": services,
+            "coordinator": coordinator,
+        }
+        if choreography:
+            for reactor in ("inventory", "shipping"):
+                wanted[reactor] = wanted[reactor] - {"rpc.server.call.duration"} | (
+                    reacting - {"step_retries"}
+                )
+
+        def complete() -> bool:
+            found = names()
+            return all(wanted[p] <= found.get(p, set()) for p in wanted)
+
+        await wait_until(complete, timeout=20, message=f"every metric at the receiver ({mode})")
+        # The stack's own followers are caught up once the sagas are done.
+        await wait_until(
+            lambda: traced.value("sagawire.outbox.backlog", "payment") == 0,
+            message="payment's followers caught up",
+        )
+        followers = traced.values_by(
+            "sagawire.consumer.lag", "messaging.consumer.group.name", "payment"
+        )
+        # Who follows payment: inventory and shipping (and the observer, in choreography);
+        # all caught up.
+        assert {"inventory", "shipping"} <= set(followers)
+        assert set(followers.values()) == {0}
