@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import bench, certs, chaos, demo, events, health, sagas, stack, trace
+from cli import bench, certs, chaos, demo, events, health, metrics, sagas, stack, trace
 from cli.tokens import token_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -50,6 +50,7 @@ app.add_typer(token_app, name="token")
 app.command()(health.health)
 app.command()(certs.certs)
 app.command()(trace.trace)
+app.command()(metrics.metrics)
 app.command()(bench.bench)
 app.command()(chaos.chaos)
 sagas.register(app)

@@ -12,9 +12,13 @@ Where spans go, decided by the standard variables:
   which ``sagawire trace`` draws as a waterfall;
 * ``OTEL_TRACES_EXPORTER`` names them explicitly (``otlp``, ``console``, ``file``, ``none``).
 
-Metrics go over OTLP when an endpoint is configured (``OTEL_METRICS_EXPORTER=none`` turns
-them off, e.g. in front of Jaeger, which takes traces only). :meth:`Telemetry.shutdown`
-flushes both; the server calls it last on graceful shutdown.
+Metrics (:mod:`common.metrics`) go the same way: over OTLP when an endpoint is
+configured (in compose, to an OpenTelemetry Collector that hands them to Prometheus),
+otherwise to the local metrics file ``<data_dir>/metrics-<process>.json``
+(:mod:`common.metrics_file`), which ``sagawire metrics`` prints;
+``OTEL_METRICS_EXPORTER`` names them explicitly (``otlp``, ``file``, ``console``,
+``none``). :meth:`Telemetry.shutdown` flushes both; the server calls it last on
+graceful shutdown.
 
 gRPC calls are traced by the interceptors of :mod:`common.grpc_spans`
 (:meth:`Telemetry.server_interceptor`, :func:`client_interceptors`), which end every
@@ -63,6 +67,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from common.grpc_spans import ClientSpans, ServerSpans, method_of
 from common.metrics import RpcMetrics, SagaMetrics, ServiceMetrics
+from common.metrics_file import DEFAULT_INTERVAL_MILLIS, MetricsFileExporter, metrics_file
 from common.trace_file import DEFAULT_MAX_BYTES, TRACE_FILE_NAME, JsonLinesSpanExporter
 from protos.sagawire.v1 import events_pb2
 
@@ -266,18 +271,24 @@ def span_exporters_from_env(
     return [] if "none" in names else exporters
 
 
-def metric_readers_from_env() -> list[MetricReader]:
-    """OTLP metrics when an endpoint is configured, unless ``OTEL_METRICS_EXPORTER`` says
-    otherwise; the interval is ``OTEL_METRIC_EXPORT_INTERVAL`` (SDK default 60 s)."""
+def metric_readers_from_env(data_dir: Path, process: str) -> list[MetricReader]:
+    """OTLP metrics when an endpoint is configured, else the local metrics file
+    (:mod:`common.metrics_file`), unless ``OTEL_METRICS_EXPORTER`` names them (``otlp``,
+    ``file``, ``console``, ``none``). The interval is ``OTEL_METRIC_EXPORT_INTERVAL``
+    (the SDK's 60 s; 5 s for the file, read by people at a terminal)."""
     names = _exporter_names("OTEL_METRICS_EXPORTER")
     if not names:
-        names = ["otlp"] if _otlp_configured("METRICS") else []
+        names = ["otlp" if _otlp_configured("METRICS") else "file"]
     readers: list[MetricReader] = []
     for name in names:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        elif name == "file":
+            interval = None if _env("OTEL_METRIC_EXPORT_INTERVAL") else DEFAULT_INTERVAL_MILLIS
+            exporter = MetricsFileExporter(metrics_file(data_dir, process))
+            readers.append(PeriodicExportingMetricReader(exporter, interval))
         elif name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
         elif name != "none":
@@ -301,7 +312,7 @@ def setup_telemetry(
     telemetry = create_telemetry(
         service_name,
         span_exporters_from_env(data_dir, trace_file_max_bytes),
-        metric_readers_from_env(),
+        metric_readers_from_env(data_dir, service_name),
         shutdown_on_exit=install,
     )
     if install:
