@@ -36,6 +36,8 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "sagawire.dev"
+# Longest message (and ErrorInfo metadata value) a status carries out of the process.
+MAX_MESSAGE_CHARS = 300
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -153,31 +155,42 @@ def status_code_for(error: SagawireError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _status_details(error: SagawireError, code: grpc.StatusCode) -> bytes:
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+
+
+def _status_details(error: SagawireError, code: grpc.StatusCode, message: str) -> bytes:
     detail = any_pb2.Any()
     if isinstance(error, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.message
+            field=_bounded(error.field), description=message
         )
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     else:
         reason = getattr(error, "reason", type(error).__name__.upper())
-        metadata = getattr(error, "metadata", {})
+        metadata = {key: _bounded(value) for key, value in getattr(error, "metadata", {}).items()}
         detail.Pack(
             error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
         )
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
     serialized: bytes = status.SerializeToString()
     return serialized
 
 
 def rich_status(error: SagawireError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
-    """The (code, details, trailing metadata) with which a servicer aborts for ``error``."""
+    """The (code, details, trailing metadata) with which a servicer aborts for ``error``.
+
+    The message and the ErrorInfo metadata are cut to :data:`MAX_MESSAGE_CHARS` each: a
+    message quoting the request could otherwise exceed the caller's metadata limit, and
+    the caller would get an error about the error.
+    """
     code = status_code_for(error)
-    message = "internal error" if isinstance(error, Internal) else error.message
     if isinstance(error, Internal):
-        error = Internal(message)
-    return code, message, ((_STATUS_DETAILS_KEY, _status_details(error, code)),)
+        error = Internal("internal error")
+    message = _bounded(error.message)
+    return code, message, ((_STATUS_DETAILS_KEY, _status_details(error, code, message)),)
 
 
 async def abort(context: grpc.aio.ServicerContext, error: SagawireError) -> NoReturn:

@@ -1,9 +1,17 @@
-"""Structured logging: one ``key=value`` line per record, on stderr."""
+"""Structured logging: one ``key=value`` line per record, on stderr.
+
+What a caller sent reaches a log line only through :func:`printable` (bounded, escaped,
+so no request can forge a line or fill the disk), and what any caller can repeat at
+will is logged through a :class:`Throttle`.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 from opentelemetry import trace
@@ -54,3 +62,51 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [log_handler(service)]
     root.setLevel(level)
+
+
+# How much of a caller-supplied string a log line shows.
+PRINTABLE_LIMIT = 200
+
+
+def printable(value: str, limit: int = PRINTABLE_LIMIT) -> str:
+    """``value`` as a log line may show it: quoted and escaped like ``repr`` (a newline or
+    a control character cannot start a forged line), at most ``limit`` characters of it,
+    followed by how many more there were."""
+    shown = repr(value[:limit])
+    if len(value) > limit:
+        shown += f"+{len(value) - limit}chars"
+    return shown
+
+
+@dataclass
+class _Held:
+    logged_at: float
+    suppressed: int = 0
+
+
+class Throttle:
+    """At most one line per key every ``interval`` seconds; the next line that goes out
+    says how many were held back (``suppressed=N``). Keys must be few (method names)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._held: dict[str, _Held] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = self._clock()
+        held = self._held.get(key)
+        if held is not None and now - held.logged_at < self._interval:
+            held.suppressed += 1
+            return
+        suppressed = held.suppressed if held is not None else 0
+        self._held[key] = _Held(now)
+        if suppressed:
+            message, args = f"{message} suppressed=%d", (*args, suppressed)
+        self._log.warning(message, *args)

@@ -122,6 +122,25 @@ def test_internal_error_details_never_leave_the_process() -> None:
     assert (remote.message, remote.reason) == ("internal error", "INTERNAL")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotFound("no order " + "é" * 100_000),
+        InvalidArgument("items", "x" * 100_000),
+        BusinessRejection("UNKNOWN_SKU", "unknown SKU", sku="s" * 100_000),
+    ],
+    ids=["message", "field violation", "metadata"],
+)
+def test_a_message_quoting_a_huge_request_leaves_cut_short(error: SagawireError) -> None:
+    """Within a caller's default metadata limit (8 KiB), even in multi-byte characters."""
+    code, message, trailers = errors.rich_status(error)
+    assert len(message) <= errors.MAX_MESSAGE_CHARS + 40
+    percent_encoded = sum(3 * len(c.encode()) if ord(c) > 126 else 1 for c in message)
+    assert percent_encoded + sum(len(value) * 4 // 3 for _, value in trailers) < 8 * 1024
+    remote = errors.parse_rpc_error(as_failed_call(error))
+    assert (remote.code, remote.message) == (code, message)
+
+
 def test_a_call_without_rich_details_still_parses() -> None:
     bare = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
