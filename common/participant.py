@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -90,6 +90,17 @@ def require_id(value: str, field: str) -> None:
         raise InvalidArgument(field, "must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(field, f"must be at most {MAX_ID_LENGTH} characters")
+
+
+def refuse_second_step(ctx: StepContext, effect: str) -> NoReturn:
+    """Refuse an execute that would give the saga a second ``effect`` ("an order", "a
+    charge") under another step name: the barrier keys on (saga, step), so only the
+    action can tell. A :class:`RequestMismatch`: recorded and replayed under this step's
+    key like any rejection, its compensation null, the first step's effect untouched."""
+    raise RequestMismatch(
+        f"saga {ctx.saga_id} already has {effect} from another step;"
+        f" step {ctx.step!r} refused, nothing done"
+    )
 
 
 def unpack_payload(packed: any_pb2.Any, payload_type: type[_P], field: str = "payload") -> _P:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from common.participant import Action, StepContext
+from common.participant import Action, StepContext, refuse_second_step
 from protos.sagawire.v1 import order_saga_pb2
 from services import saga_events
 from services.inventory import domain, store
@@ -23,6 +23,8 @@ def _lines(data: Data) -> list[domain.Line]:
 
 
 def _reserve(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    if store.reservation_lines(conn, ctx.saga_id):
+        refuse_second_step(ctx, "a reservation")
     lines = _lines(data)
     current = store.levels(conn, (line.sku for line in lines))
     store.save_levels(conn, domain.reserve(current, lines))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from common.errors import BusinessRejection, NotFound, RequestMismatch
-from common.participant import Action, StepContext, require_id
+from common.participant import Action, StepContext, refuse_second_step, require_id
 from protos.sagawire.v1 import common_pb2, order_saga_pb2
 from services import saga_events
 from services.order import domain, store
@@ -32,7 +32,10 @@ def _validate_create(data: Data) -> None:
 
 
 def _create(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
-    # The barrier answers a repeat of this saga's step; a row here belongs to another saga.
+    # The barrier answers a repeat of this saga's step; a row here is another step's or
+    # belongs to another saga.
+    if store.order_of_saga(conn, ctx.saga_id) is not None:
+        refuse_second_step(ctx, "an order")
     if store.order(conn, data.order_id) is not None:
         raise BusinessRejection(
             "ORDER_EXISTS", f"order {data.order_id} belongs to another saga", order_id=data.order_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
-from common.participant import Action, StepContext, require_id
+from common.participant import Action, StepContext, refuse_second_step, require_id
 from protos.sagawire.v1 import order_saga_pb2
 from services import saga_events
 from services.payment import domain, store
@@ -21,6 +21,8 @@ def _validate(data: Data) -> None:
 
 
 def _charge(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    if store.charge_of_saga(conn, ctx.saga_id) is not None:
+        refuse_second_step(ctx, "a charge")
     current = store.account(conn, data.customer_id)
     charged = domain.charge(current, data.customer_id, data.total.amount_minor, data.total.currency)
     store.save_account(conn, charged)

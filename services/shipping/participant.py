@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
-from common.participant import Action, StepContext
+from common.participant import Action, StepContext, refuse_second_step
 from protos.sagawire.v1 import order_saga_pb2
 from services import saga_events
 from services.shipping import domain, store
@@ -20,6 +20,8 @@ def _validate(data: Data) -> None:
 
 
 def _schedule(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    if store.shipment(conn, "saga_id", ctx.saga_id) is not None:
+        refuse_second_step(ctx, "a shipment")
     domain.check_destination(data.destination, store.unserviceable(conn))
     shipment_id = str(uuid.uuid4())
     tracking = domain.new_tracking_number()

@@ -4,20 +4,27 @@
   business change, and not even a barrier record (the same key still executes);
 - a business rejection is FAILED_PRECONDITION with a google.rpc ErrorInfo
   reason, changes nothing, is replayed on retry, and its compensation is null;
+- the same action under a second step name of one saga is refused (FAILED_PRECONDITION,
+  REQUEST_MISMATCH) and changes nothing;
 - a bug is INTERNAL "internal error", with nothing internal in the status.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from common.errors import parse_rpc_error
+from common.participant import StepContext
 from protos.sagawire.v1 import common_pb2, participant_pb2
+from services.runtime import DomainService
 from tests.integration.steps import (
     PROBES,
     Data,
@@ -188,16 +195,52 @@ async def test_business_rejection_is_final_carries_its_reason_and_changes_nothin
 
 
 @pytest.mark.parametrize("service", sorted(PROBES))
-async def test_a_bug_is_internal_error_and_leaks_nothing(cluster: Cluster, service: str) -> None:
-    """Two steps of one saga taking the same action break a store constraint: a bug path."""
+async def test_a_second_step_of_the_same_saga_is_refused_and_changes_nothing(
+    cluster: Cluster, service: str
+) -> None:
+    """The barrier keys on (saga, step): the same action under another step name would give
+    the saga a second order, reservation, charge or shipment. Refused, recorded, replayed."""
     probe = PROBES[service]
     first = step_request(probe.action, probe.payload())
     await execute(cluster, service, first)
     before = await full_state(cluster, service)
     second = step_request(probe.action, probe.payload(), saga_id=first.saga_id, step="again")
 
+    refused = await failure(execute(cluster, service, second))
+    retried = await failure(execute(cluster, service, second))
+
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "REQUEST_MISMATCH",
+    )
+    assert "from another step" in refused.message
+    assert retried == refused
+    assert await full_state(cluster, service) == before
+    # Undoing the refused step undoes nothing; the first step's effect is still there.
+    undo = await compensate(cluster, service, with_action(second, probe.compensation))
+    assert undo.outcome == NULL_COMPENSATION
+    assert await full_state(cluster, service) == before
+    assert await probe.rows(cluster, first.saga_id) == [probe.applied_status]
+
+
+@pytest.mark.parametrize("service", sorted(PROBES))
+async def test_a_bug_is_internal_error_and_leaks_nothing(cluster: Cluster, service: str) -> None:
+    """An action that breaks (here: a store error it did not expect) answers INTERNAL with
+    nothing internal in the status, and what it wrote is rolled back."""
+    probe = PROBES[service]
+    app = cluster.servers[service].app
+    assert isinstance(app, DomainService)
+    actions = app.runner.by_action
+
+    def broken(conn: sqlite3.Connection, ctx: StepContext, payload: Message) -> Message:
+        conn.execute("CREATE TABLE IF NOT EXISTS scratch (x)")
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: secret.column (broken.py)")
+
+    actions[probe.action] = dataclasses.replace(actions[probe.action], execute=broken)
+    before = await full_state(cluster, service)
+
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await execute(cluster, service, second)
+        await execute(cluster, service, step_request(probe.action, probe.payload()))
 
     error = caught.value
     assert (error.code(), error.details()) == (grpc.StatusCode.INTERNAL, "internal error")
@@ -206,7 +249,7 @@ async def test_a_bug_is_internal_error_and_leaks_nothing(cluster: Cluster, servi
         value if isinstance(value, bytes) else value.encode()
         for _, value in error.trailing_metadata() or ()
     )
-    for secret in (b"sqlite", b"UNIQUE", b"constraint", b"Traceback", b".py"):
+    for secret in (b"sqlite", b"UNIQUE", b"constraint", b"Traceback", b".py", b"secret"):
         assert secret not in trailers
     assert await full_state(cluster, service) == before
 
