@@ -9,6 +9,8 @@ from protos.sagawire.v1 import order_saga_pb2
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_DESTINATION_LENGTH = 200
+# 10^15 minor units: no sum of a few thousand amounts leaves SQLite's 64-bit integers.
+MAX_AMOUNT_MINOR = 10**15
 
 # What binds a request to its saga's order (Action.binds, the barrier's fingerprint):
 # the order as placed, i.e. the saga's input, and, for every step after create_order,
@@ -38,8 +40,10 @@ def validate_order(data: order_saga_pb2.OrderSagaData) -> None:
 
 
 def validate_total(data: order_saga_pb2.OrderSagaData) -> None:
-    if data.total.amount_minor <= 0:
-        raise InvalidArgument("payload.total.amount_minor", "must be positive")
+    if not 0 < data.total.amount_minor <= MAX_AMOUNT_MINOR:
+        raise InvalidArgument(
+            "payload.total.amount_minor", f"must be between 1 and {MAX_AMOUNT_MINOR}"
+        )
     if len(data.total.currency) != 3 or not data.total.currency.isalpha():
         raise InvalidArgument("payload.total.currency", "must be a 3-letter ISO 4217 code")
 

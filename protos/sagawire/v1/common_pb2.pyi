@@ -50,6 +50,10 @@ class LineItem(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     quantity: _builtins.int
+    """int64 on the wire since v1 shipped with int32 (the same varint encoding, so old
+    and new peers read each other): an int32 field keeps only the low 32 bits of what
+    arrives, and 2^32 + 1 read as 1. Servers accept 1 to 10,000.
+    """
     def __init__(
         self,
         *,
