@@ -32,15 +32,16 @@ loudly at start.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from common.certs import COORDINATOR, OPERATOR, identity_of_uri
 from common.config import SERVICE_NAMES
+from common.handlers import guarded
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         callers = callers_of(method, self._table)
         if isinstance(callers, Anyone):
             return handler
-        return _guarded(handler, _Check(method, callers))
+        return guarded(handler, _Check(method, callers).guard)
 
 
 class _Check:
@@ -144,56 +145,8 @@ class _Check:
                 grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {self.method}"
             )
 
-
-def _guarded(handler: grpc.RpcMethodHandler, check: _Check) -> grpc.RpcMethodHandler:
-    """The same handler, with ``check`` run before its behaviour."""
-    kind = (handler.request_streaming, handler.response_streaming)
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if kind == (False, False):
-        inner = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
-            return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
-    if kind == (False, True):
-        inner = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
-            async for reply in _replies(inner(request, context)):
-                yield reply
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
-    if kind == (True, False):
-        inner = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
-            return await inner(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
-    inner = handler.stream_stream
-
-    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        await check(context)
-        async for reply in _replies(inner(requests, context)):
-            yield reply
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
-
-
-async def _replies(result: Any) -> AsyncIterator[Any]:
-    """A streaming behaviour's replies, whether it yields them or writes them itself."""
-    if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
-        async for reply in result:
-            yield reply
-    elif inspect.isawaitable(result):
-        await result  # it wrote its replies through context.write
-    else:
-        for reply in result:
-            yield reply
+    @asynccontextmanager
+    async def guard(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Run the check before the behaviour (common/handlers.py)."""
+        await self(context)
+        yield request

@@ -14,11 +14,12 @@ from typing import Generic, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from common import barrier, outbox
 from common.errors import Aborted, BusinessRejection, InvalidArgument, RequestMismatch, grpc_edge
 from common.faults import FaultInjector
+from common.logs import printable
 from common.participant_telemetry import barrier_decided, barrier_refused, counted_call
 from common.store import Database
 from common.telemetry import producer_span
@@ -108,9 +109,14 @@ def unpack_payload(packed: any_pb2.Any, payload_type: type[_P], field: str = "pa
     if packed.ByteSize() > MAX_PAYLOAD_BYTES:
         raise InvalidArgument(field, f"must be at most {MAX_PAYLOAD_BYTES} bytes")
     message = payload_type()
-    if not packed.type_url or not packed.Unpack(message):
-        expected = payload_type.DESCRIPTOR.full_name
-        raise InvalidArgument(field, f"must be a {expected}, got {packed.type_url or 'nothing'}")
+    expected = payload_type.DESCRIPTOR.full_name
+    try:
+        unpacked = bool(packed.type_url) and packed.Unpack(message)
+    except DecodeError:
+        raise InvalidArgument(field, f"is not a valid {expected}") from None
+    if not unpacked:
+        got = printable(packed.type_url, MAX_ID_LENGTH) if packed.type_url else "nothing"
+        raise InvalidArgument(field, f"must be a {expected}, got {got}")
     return message
 
 
@@ -274,7 +280,10 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
         action = table.get(request.action)
         if action is None:
             known = ", ".join(sorted(table)) or "none"
-            raise InvalidArgument("action", f"unknown action {request.action!r} (known: {known})")
+            raise InvalidArgument(
+                "action",
+                f"unknown action {printable(request.action, MAX_ID_LENGTH)} (known: {known})",
+            )
         if request.mode not in _SAGA_MODES:
             raise InvalidArgument("mode", f"unknown saga mode {request.mode}")
         payload = unpack_payload(request.payload, action.payload_type)

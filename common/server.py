@@ -4,7 +4,8 @@ Mutual TLS with the app's own certificate and the per-method authorisation table
 (common/tls.py, common/authz.py; plaintext only with SAGAWIRE_TLS=off, said loudly),
 health (SERVING only once the app's store is open, NOT_SERVING on shutdown),
 reflection (SAGAWIRE_REFLECTION), message-size and concurrency limits, keepalive for
-long-lived streams, and an ordered, idempotent shutdown on SIGTERM/SIGINT:
+long-lived streams, INVALID_ARGUMENT for a request that does not decode
+(common/decoding.py), and an ordered, idempotent shutdown on SIGTERM/SIGINT:
 stop accepting -> finish in-flight calls within the grace period -> close the app.
 """
 
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.authz import AuthorizationInterceptor
 from common.config import ServerSettings
+from common.decoding import DecodeGuard
 from common.telemetry import Telemetry, scoped
 from common.tls import TlsError, server_credentials, warn_plaintext
 
@@ -119,10 +121,11 @@ async def start_server(
     server span, and the telemetry is flushed and shut down after the server stops.
     """
     traced = [telemetry.server_interceptor()] if telemetry is not None else []
-    # After tracing, so a refused call is traced too; before the app's own interceptors.
+    # After tracing, so a refused call is traced too; then the decode check, so a caller
+    # that may not call learns that whatever it sent; before the app's own interceptors.
     authorised = AuthorizationInterceptor(enforce=settings.tls)
     server = grpc.aio.server(
-        interceptors=[*traced, authorised, *interceptors],
+        interceptors=[*traced, authorised, DecodeGuard(), *interceptors],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

@@ -16,6 +16,7 @@ import grpc
 
 from common.admin import StreamCuts
 from common.errors import InvalidArgument, Transient, abort
+from common.logs import printable
 from common.metrics import StreamPositions
 from common.outbox import MODE_HEADER, Outbox
 from common.store import Database, to_timestamp
@@ -27,6 +28,9 @@ BATCH_SIZE = 256
 # An idle stream re-checks the outbox this often, as a safety net for a missed wake-up.
 IDLE_RECHECK_SECONDS = 5.0
 MAX_TYPES = 64
+MAX_HEADERS = 16
+# Longest consumer name, event type, header key or value a subscriber may send.
+MAX_NAME_LENGTH = 128
 
 
 class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
@@ -57,7 +61,8 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         headers = dict(request.headers)
         next_sequence = max(request.from_sequence, 1)
         mode = headers.get(MODE_HEADER)
-        log.info("subscriber joined consumer=%s from_sequence=%d", request.consumer, next_sequence)
+        consumer = printable(request.consumer)
+        log.info("subscriber joined consumer=%s from_sequence=%d", consumer, next_sequence)
         generation = self._cuts.generation
         self._cuts.open += 1
         follower = self._positions.key(request.consumer)
@@ -65,7 +70,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         try:
             while not self._outbox.closed:
                 if self._cuts.generation != generation:
-                    log.info("stream cut consumer=%s", request.consumer)
+                    log.info("stream cut consumer=%s", consumer)
                     await abort(context, Transient("the event stream was cut by an operator"))
                 seen = self._outbox.stamp(mode)
                 events, scanned, complete = await self._outbox.read_notified(
@@ -83,7 +88,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         finally:
             self._cuts.open -= 1
             self._positions.closed(follower)
-        log.info("stream ended (shutdown) consumer=%s", request.consumer)
+        log.info("stream ended (shutdown) consumer=%s", consumer)
 
     async def ListPoisonEvents(
         self, request: events_pb2.ListPoisonEventsRequest, context: grpc.aio.ServicerContext
@@ -110,5 +115,20 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
 def _validate(request: events_pb2.SubscribeRequest) -> None:
     if request.from_sequence < 0:
         raise InvalidArgument("from_sequence", "must not be negative")
+    # The consumer's name goes into log lines: short, and nothing that could end one.
+    if len(request.consumer) > MAX_NAME_LENGTH:
+        raise InvalidArgument("consumer", f"must be at most {MAX_NAME_LENGTH} characters")
+    if not request.consumer.isprintable():
+        raise InvalidArgument("consumer", "must not contain control characters")
     if len(request.types) > MAX_TYPES:
         raise InvalidArgument("types", f"must list at most {MAX_TYPES} event types")
+    for i, event_type in enumerate(request.types):
+        if len(event_type) > MAX_NAME_LENGTH:
+            raise InvalidArgument(f"types[{i}]", f"must be at most {MAX_NAME_LENGTH} characters")
+    if len(request.headers) > MAX_HEADERS:
+        raise InvalidArgument("headers", f"must have at most {MAX_HEADERS} entries")
+    for key, value in request.headers.items():
+        if len(key) > MAX_NAME_LENGTH or len(value) > MAX_NAME_LENGTH:
+            raise InvalidArgument(
+                "headers", f"keys and values must be at most {MAX_NAME_LENGTH} characters"
+            )
