@@ -115,7 +115,23 @@ class ServerSettings(TlsSettings):
     data_dir: Path = Path(".sagawire")
     grace_seconds: float = Field(default=5.0, ge=0, le=300)
     max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    # Unary calls (Execute, PlaceOrder, health checks...) handled at once. Streams have
+    # their own cap below and never take these slots (common/limits.py).
     max_concurrent_rpcs: int = Field(default=2000, ge=1, le=100_000)
+    # Streams (Subscribe, WatchSaga, health Watch, reflection) open at once: in all, and
+    # per caller (its certificate's identity; its IP address when it has none). An idle
+    # event stream still wakes on every commit of its producer, so each one open costs
+    # the saga path a little: a stack needs a handful per caller.
+    max_streams: int = Field(default=256, ge=1, le=100_000)
+    max_streams_per_peer: int = Field(default=32, ge=1, le=100_000)
+    # TCP connections held at once; more are closed as they arrive.
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # A connection with no call for this long is closed (clients reconnect on their next
+    # call); any connection is asked to go after ``connection_age_seconds`` and closed
+    # ``connection_age_grace_seconds`` later, its streams with it (subscribers resume).
+    connection_idle_seconds: float = Field(default=300.0, ge=1, le=2_000_000)
+    connection_age_seconds: float = Field(default=3600.0, ge=1, le=2_000_000)
+    connection_age_grace_seconds: float = Field(default=300.0, ge=0, le=2_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # FULL survives power loss; NORMAL (WAL) survives process crashes only.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"

@@ -4,9 +4,10 @@ Mutual TLS with the app's own certificate and the per-method authorisation table
 (common/tls.py, common/authz.py; plaintext only with SAGAWIRE_TLS=off, said loudly),
 health (SERVING only once the app's store is open, NOT_SERVING on shutdown),
 reflection (SAGAWIRE_REFLECTION), message-size and concurrency limits, keepalive for
-long-lived streams, INVALID_ARGUMENT for a request that does not decode
-(common/decoding.py), and an ordered, idempotent shutdown on SIGTERM/SIGINT:
-stop accepting -> finish in-flight calls within the grace period -> close the app.
+long-lived streams, caps on streams and connections (common/limits.py), INVALID_ARGUMENT
+for a request that does not decode (common/decoding.py), and an ordered, idempotent
+shutdown on SIGTERM/SIGINT: stop accepting -> finish in-flight calls within the grace
+period -> close the app.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from common.authz import AuthorizationInterceptor
 from common.config import ServerSettings
 from common.decoding import DecodeGuard
+from common.limits import StreamLimiter, concurrent_rpcs, connection_options
 from common.telemetry import Telemetry, scoped
 from common.tls import TlsError, server_credentials, warn_plaintext
 
@@ -55,7 +57,8 @@ class App(Protocol):
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
-    """Channel options for servers: size limits and keepalive suited to long streams."""
+    """Channel options for servers and for the clients of their event streams: size limits
+    and keepalive suited to long streams (servers add :func:`connection_options`)."""
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -77,8 +80,11 @@ class RunningServer:
         port: int,
         grace: float,
         telemetry: Telemetry | None = None,
+        streams: StreamLimiter | None = None,
     ) -> None:
         self.server = server
+        # The open streams, by caller (tests and figures read it).
+        self.streams = streams
         self.health = health_servicer
         self.app = app
         self.port = port
@@ -121,13 +127,15 @@ async def start_server(
     server span, and the telemetry is flushed and shut down after the server stops.
     """
     traced = [telemetry.server_interceptor()] if telemetry is not None else []
-    # After tracing, so a refused call is traced too; then the decode check, so a caller
-    # that may not call learns that whatever it sent; before the app's own interceptors.
+    # After tracing, so a refused call is traced too; then the stream caps, so a caller
+    # that may not call holds no stream slot; then the decode check, so it learns that it
+    # may not call whatever it sent; before the app's own interceptors.
     authorised = AuthorizationInterceptor(enforce=settings.tls)
+    streams = StreamLimiter(settings.max_streams, settings.max_streams_per_peer)
     server = grpc.aio.server(
-        interceptors=[*traced, authorised, DecodeGuard(), *interceptors],
-        options=server_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        interceptors=[*traced, authorised, streams, DecodeGuard(), *interceptors],
+        options=[*server_options(settings), *connection_options(settings)],
+        maximum_concurrent_rpcs=concurrent_rpcs(settings),
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -154,7 +162,9 @@ async def start_server(
         if settings.tls
         else "off",
     )
-    return RunningServer(server, health_servicer, app, port, settings.grace_seconds, telemetry)
+    return RunningServer(
+        server, health_servicer, app, port, settings.grace_seconds, telemetry, streams
+    )
 
 
 def _bind(server: grpc.aio.Server, identity: str, settings: ServerSettings) -> int:
