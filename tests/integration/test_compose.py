@@ -129,19 +129,74 @@ def test_the_file_has_the_structure_of_a_compose_file(compose: dict[str, Any]) -
 # --- the file agrees with the code -----------------------------------------------------
 
 
-def test_the_stack_is_jaeger_the_certificates_and_the_five_processes(
+def test_the_stack_is_the_certificates_the_five_processes_and_their_telemetry(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    assert set(services) == {"jaeger", "certs", *PROCESSES}
+    assert set(services) == {"jaeger", "otel-collector", "prometheus", "certs", *PROCESSES}
     jaeger = services["jaeger"]
     assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", jaeger["image"])  # pinned v2
-    assert {"127.0.0.1:16686:16686", "127.0.0.1:4317:4317"} <= set(jaeger["ports"])
+    assert jaeger["ports"] == ["127.0.0.1:16686:16686"]  # OTLP goes to the collector
+    collector = services["otel-collector"]
+    assert re.fullmatch(
+        r"otel/opentelemetry-collector(-contrib)?:\d+\.\d+\.\d+", collector["image"]
+    )
+    assert collector["ports"] == ["127.0.0.1:4317:4317"]
+    prometheus = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", prometheus["image"])
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
     for name in PROCESSES:
         env = environment(services[name])
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317", name
+        # Spans and metrics both go to the collector; nothing turns metrics off.
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317", name
+        assert env.get("OTEL_METRICS_EXPORTER", "otlp") == "otlp", name
+        assert services[name]["depends_on"]["otel-collector"] == {"condition": "service_started"}
         assert env["SAGAWIRE_HOST"] == "0.0.0.0", name
         assert f"{name}-data:{env['SAGAWIRE_DATA_DIR']}" in services[name]["volumes"], name
+    for name in ("otel-collector", "prometheus"):
+        assert services[name]["read_only"] is True, name
+        assert services[name]["cap_drop"] == ["ALL"], name
+
+
+def _mounted(service: dict[str, Any], target: str) -> dict[str, Any]:
+    """The YAML file of the repository that ``service`` mounts (read-only) at ``target``."""
+    (source,) = [
+        str(m).split(":")[0] for m in service["volumes"] if str(m).split(":")[1:] == [target, "ro"]
+    ]
+    assert source.startswith("./"), source
+    loaded = yaml.safe_load((COMPOSE_FILE.parent / source).read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_the_collector_sends_traces_to_jaeger_and_metrics_to_prometheus(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    config = _mounted(services["otel-collector"], "/etc/otelcol-contrib/config.yaml")
+    assert config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == "0.0.0.0:4317"
+    pipelines = config["service"]["pipelines"]
+    assert pipelines["traces"]["receivers"] == pipelines["metrics"]["receivers"] == ["otlp"]
+    (traces,) = pipelines["traces"]["exporters"]
+    assert config["exporters"][traces]["endpoint"] == "jaeger:4317"
+    assert traces.split("/")[0] in {"otlp", "otlp_grpc"}
+    (metrics,) = pipelines["metrics"]["exporters"]
+    assert metrics.split("/")[0] == "prometheus"
+    exposed = config["exporters"][metrics]["endpoint"].rsplit(":", 1)[1]
+    for pipeline in pipelines.values():
+        for component in pipeline.get("processors", []):
+            assert component in config["processors"], component
+
+    scraping = _mounted(services["prometheus"], "/etc/prometheus/prometheus.yml")
+    targets = [
+        target
+        for job in scraping["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    ]
+    assert targets == [f"otel-collector:{exposed}"]
+    # The collector names each process (job "sagawire/payment"): Prometheus keeps it.
+    assert all(job.get("honor_labels") for job in scraping["scrape_configs"])
 
 
 def _coordinator_installed() -> bool:
