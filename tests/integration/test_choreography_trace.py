@@ -17,7 +17,7 @@ from common.config import SERVICE_NAMES
 from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from tests.coordinator_support import api_token, write_definitions
-from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute
+from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute, orphans
 from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
 # SPAN_KIND_PRODUCER and SPAN_KIND_CONSUMER in OTLP's enum.
@@ -39,7 +39,8 @@ async def test_a_choreographed_order_is_one_trace(receiver: OtlpReceiver, tmp_pa
         **{f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()},
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": "",
         "OTEL_RESOURCE_ATTRIBUTES": "",
@@ -108,3 +109,28 @@ async def test_a_choreographed_order_is_one_trace(receiver: OtlpReceiver, tmp_pa
     observed = [s.span for s in consumers if s.service == "coordinator"]
     assert saga.end_time_unix_nano >= max(o.start_time_unix_nano for o in observed)
     assert attribute(saga.attributes, "saga.status") == "completed"
+    # Each reaction is its step's attempt, by the service that ran it, and nothing hangs
+    # from a parent that never arrived.
+    steps = {
+        (s.service, s.span.name, attribute(s.span.attributes, "saga.outcome"))
+        for s in spans
+        if attribute(s.span.attributes, "saga.step") is not None and s.span.kind == 1
+    }
+    assert steps == {
+        ("coordinator", "step create_order", "ok"),
+        ("inventory", "step reserve_stock", "ok"),
+        ("payment", "step charge_payment", "ok"),
+        ("shipping", "step schedule_shipment", "ok"),
+        ("order", "step approve_order", "ok"),
+    }
+    assert not orphans(receiver.spans())
+    # Every process exported its metrics (flushed when it stopped): the services the
+    # steps they ran, as the coordinator does in orchestration.
+    sent: dict[str, set[str]] = {}
+    for service, metric in receiver.metrics():
+        sent.setdefault(service, set()).add(metric.name)
+    for name in ("inventory", "payment", "shipping", "order"):
+        assert {"step_duration", "sagawire.action.duration", "sagawire.reaction.lag"} <= sent[
+            name
+        ], name
+    assert {"sagas_started", "sagas_completed", "step_duration"} <= sent["coordinator"]
