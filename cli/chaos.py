@@ -163,7 +163,10 @@ async def _pass(
         def tell(blow: Blow) -> None:
             console.print(f"[dim]  {mode.value}: {blow.describe()}[/]")
 
-        saboteur = Saboteur(stack, config.seed, config.fault_rate, on_blow=tell)
+        # Live, above the progress bar; the report lists the blows again at the end.
+        saboteur = Saboteur(
+            stack, config.seed, config.fault_rate, on_blow=tell if config.progress else None
+        )
         schedule: tuple[ChaosEvent, ...] = ()
         if faulty:
             await saboteur.inject()

@@ -4,7 +4,9 @@ Each order has its own idempotency key. A call that fails with a transient code
 (the coordinator killed or restarting, or refusing new sagas at the door while a
 breaker is open) is retried with the same key, with jittered exponential backoff
 (tenacity), so a retry after a kill finds the saga the first call started instead
-of placing a second one. The client waits for each saga's outcome (``wait``).
+of placing a second one. The client waits for each saga's outcome (``wait``). A
+STALLED answer is no outcome (late events settle a stalled saga), so the client asks
+again, with the same backoff; an order's latency runs until its outcome.
 
 A closed loop keeps ``concurrency`` orders in flight; an open loop places every
 order at once and waits on all of them. :class:`Progress` counts settled sagas, the
@@ -34,8 +36,9 @@ from common.tls import Identity
 from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
-# Statuses after which the coordinator will not move a saga without help (or at all).
-SETTLED = frozenset({"COMPLETED", "COMPENSATED", "NEEDS_ATTENTION", "STALLED"})
+# The answers the client stops at: an outcome, or a saga only an operator can move on.
+# STALLED is not one: late events settle a stalled saga, so the client asks again.
+FINAL = frozenset({"COMPLETED", "COMPENSATED", "NEEDS_ATTENTION"})
 # One PlaceOrder call waits this long for the outcome; then it is asked again.
 _CALL_TIMEOUT = 30.0
 # Reconnect fast after a coordinator restart (gRPC's default starts at 1 s, up to 120 s).
@@ -54,7 +57,8 @@ def open_channel(address: str, peer: str) -> grpc.aio.Channel:
 
 
 class _NotSettled(Exception):
-    """The coordinator answered before the saga settled (it was shutting down)."""
+    """The coordinator answered before the saga had an outcome: it was shutting down, or
+    it had flagged the saga STALLED."""
 
 
 @dataclass
@@ -65,8 +69,10 @@ class Placement:
     key: str
     # Every saga id the coordinator answered for this key (exactly one, if all is well).
     saga_ids: set[str] = field(default_factory=set)
-    # The settled status the client was told last ("" when it never was).
+    # The final status the client was told ("" when it never was).
     told: str = ""
+    # How many answers said STALLED before the outcome came.
+    stalled_answers: int = 0
     calls: int = 0
     # Seconds from the first call to the settled answer (None when there was none).
     latency: float | None = None
@@ -148,11 +154,13 @@ async def place(
                 reply = await stub.PlaceOrder(request, timeout=max(0.1, min(_CALL_TIMEOUT, left)))
                 placement.saga_ids.add(reply.saga_id)
                 status = status_name(reply.status)
-                if status not in SETTLED:
+                if status == "STALLED":
+                    placement.stalled_answers += 1
+                if status not in FINAL:
                     raise _NotSettled(status)
                 placement.told = status
     except _NotSettled as late:
-        placement.error = f"not settled within {give_up_after:g}s (last answer {late})"
+        placement.error = f"no outcome within {give_up_after:g}s (last answer {late})"
         return
     except grpc.aio.AioRpcError as error:
         remote = parse_rpc_error(error)

@@ -42,7 +42,7 @@ class Blow:
     streams: int = 0
 
     def describe(self) -> str:
-        what = f"{self.event.action.value} {self.event.target} at {self.settled} settled"
+        what = f"{self.event.what} at {self.settled} settled"
         if self.event.action is Action.cut_streams:
             return f"{what}: {self.streams} streams ended"
         return f"{what}: SERVING again after {self.seconds:.2f}s"

@@ -61,6 +61,8 @@ class PassResult:
             # What the client was told at the end of its PlaceOrder calls ("none": nothing).
             "answers": dict(Counter(p.told or "none" for p in self.placements)),
             "place_order_calls": sum(p.calls for p in self.placements),
+            # Orders the client was told STALLED (and asked again until the outcome came).
+            "told_stalled": sum(1 for p in self.placements if p.stalled_answers),
             "drive_s": round(self.drive_seconds, 3),
             "settle_s": round(self.settle_seconds, 3),
             "all_settled": self.settled,
@@ -162,6 +164,12 @@ def print_report(console: Console, results: list[ModeResult]) -> None:
     for result in results:
         for blow in result.chaos.blows:
             console.print(f"  {result.mode}: {blow.describe()}")
+        for run in filter(None, (result.reference, result.chaos)):
+            if stalled := sum(1 for p in run.placements if p.stalled_answers):
+                console.print(
+                    f"  [yellow]{result.mode} {run.label}: {stalled} orders were answered "
+                    "STALLED before their outcome[/]"
+                )
         if not result.chaos.settled:
             console.print(f"  [red]{result.mode}: not every saga was terminal by the deadline[/]")
         if result.chaos.verdict.other_reason:

@@ -39,9 +39,14 @@ class ChaosEvent:
     # Seconds between the SIGKILL and the restart (0 for a stream cut).
     downtime: float = 0.0
 
-    def describe(self) -> str:
-        down = f", down {self.downtime:.1f}s" if self.downtime else ""
-        return f"{self.action.value} {self.target} after {self.after} sagas{down}"
+    @property
+    def what(self) -> str:
+        """e.g. "kill coordinator", "kill participant payment", "cut streams of order"."""
+        if self.action is Action.kill_coordinator:
+            return self.action.value
+        if self.action is Action.cut_streams:
+            return f"{self.action.value} of {self.target}"
+        return f"{self.action.value} {self.target}"
 
 
 def draw_schedule(

@@ -36,3 +36,9 @@ def test_each_service_gets_its_own_seeded_fault_plan_and_rate_zero_clears() -> N
     assert all(p.seed != 0 for p in plans)
     assert fault_plan(4, "order", 0.0).unavailable_rate == 0
     assert fault_plan(0, "order", 0.2).seed != 0  # seed 0 would mean "not seeded"
+
+
+def test_an_event_says_what_it_does() -> None:
+    assert ChaosEvent(5, Action.kill_coordinator, COORDINATOR, 0.5).what == "kill coordinator"
+    assert ChaosEvent(5, Action.kill_participant, "payment", 0.5).what == "kill participant payment"
+    assert ChaosEvent(5, Action.cut_streams, "order").what == "cut streams of order"
