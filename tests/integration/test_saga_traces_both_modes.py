@@ -229,6 +229,12 @@ async def test_four_sagas_each_one_trace_with_every_attempt_and_its_outcome(
         saga_id = placed[name].saga_id
         # One trace: the call's, the saga's, every attempt's and every event's.
         assert len({s.trace_id for s in saga_spans(spans, saga_id)}) == 1, name
+        # PlaceOrder waited for the saga: the saga's span ends within the call's.
+        saga = the_saga_span(spans, saga_id)
+        (call,) = [s for s in spans if s.span_id == (saga.parent_id if saga else "")]
+        assert call.name == PLACE_ORDER
+        assert saga is not None
+        assert saga.span.end_time_unix_nano <= call.span.end_time_unix_nano, name
 
         # `sagawire trace` draws the same attempts with the same outcomes in both modes,
         # each by the process that ran it.
