@@ -71,13 +71,13 @@ class Placement:
     saga_ids: set[str] = field(default_factory=set)
     # The final status the client was told ("" when it never was).
     told: str = ""
-    # How many answers said STALLED before the outcome came.
-    stalled_answers: int = 0
     calls: int = 0
     # Seconds from the first call to the settled answer (None when there was none).
     latency: float | None = None
     # Why the order has no settled answer: a non-transient error, or the deadline.
     error: str = ""
+    # How many answers said STALLED before the outcome came.
+    stalled_answers: int = 0
 
     @property
     def accepted(self) -> bool:

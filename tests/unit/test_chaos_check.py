@@ -47,7 +47,9 @@ def _world(plan: Plan) -> tuple[list[Placement], Holdings, EndState]:
     for order in plan.orders:
         key = order_key(RUN, order.number)
         saga_id = f"saga-{order.number}"
-        placements.append(Placement(order.number, key, {saga_id}, order.expect, 1, 0.1))
+        placements.append(
+            Placement(order.number, key, {saga_id}, told=order.expect, calls=1, latency=0.1)
+        )
         step, reason = REFUSAL.get(order.kind, ("", ""))
         sagas.append(SagaView(saga_id, key, order.expect, 1, f"order-{order.number}", step, reason))
         total = order.total(CATALOG.prices)
