@@ -314,7 +314,8 @@ class ServerSpans(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is 
             return
         if isinstance(error, asyncio.CancelledError):
             code = _given_up(traced._context)
-            ending.end(code, "the client gave up" if code is grpc.StatusCode.CANCELLED else "")
+            cancelled = "cancelled: the client gave up, or the server is stopping"
+            ending.end(code, cancelled if code is grpc.StatusCode.CANCELLED else "")
         elif error is not None:
             ending.span.record_exception(error)
             ending.end(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
