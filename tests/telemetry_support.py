@@ -2,9 +2,13 @@
 
 Every process runs in the test's event loop with its own telemetry (its own
 ``service.name``); all of them export spans to one ``InMemorySpanExporter``, and
-the coordinator's metrics go to an ``InMemoryMetricReader``. The coordinator's
-telemetry is the active one (:func:`common.telemetry.activated`) while the stack
-runs, as :func:`common.telemetry.setup_telemetry` makes it in the real process.
+each process's metrics go to an ``InMemoryMetricReader`` of its own. Each server
+makes its telemetry the active one for the calls it handles and the background work
+its app starts (:func:`common.telemetry.scoped`), so a service's reactions record as
+that service; the coordinator's is the active one otherwise
+(:func:`common.telemetry.activated`), as :func:`common.telemetry.setup_telemetry`
+makes it in the real process. Given an :class:`~tests.integration.otlp_receiver.OtlpReceiver`,
+every process also exports over OTLP/gRPC, batched, as to a collector.
 """
 
 from __future__ import annotations
