@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from cli.bench_load import Placed
 from cli.bench_sagas import COMPENSATED, COMPLETED
+from common.paging import every_page
 from common.tls import Identity
 from protos.sagawire.v1 import (
     inventory_pb2,
@@ -65,15 +66,25 @@ async def snapshot(addresses: Mapping[str, str]) -> Snapshot:
         operator.aio_channel(addresses["payment"], peer="payment") as payment,
         operator.aio_channel(addresses["inventory"], peer="inventory") as inventory,
     ):
-        accounts = await payment_pb2_grpc.PaymentStub(payment).ListAccounts(
-            payment_pb2.ListAccountsRequest(), timeout=_TIMEOUT
+        payment_stub = payment_pb2_grpc.PaymentStub(payment)
+        inventory_stub = inventory_pb2_grpc.InventoryStub(inventory)
+        accounts = await every_page(
+            lambda token: payment_stub.ListAccounts(
+                payment_pb2.ListAccountsRequest(page_size=_PAGE, page_token=token),
+                timeout=_TIMEOUT,
+            ),
+            lambda reply: reply.accounts,
         )
-        stock = await inventory_pb2_grpc.InventoryStub(inventory).ListStock(
-            inventory_pb2.ListStockRequest(), timeout=_TIMEOUT
+        stock = await every_page(
+            lambda token: inventory_stub.ListStock(
+                inventory_pb2.ListStockRequest(page_size=_PAGE, page_token=token),
+                timeout=_TIMEOUT,
+            ),
+            lambda reply: reply.stock,
         )
     return Snapshot(
-        balances={a.customer_id: a.balance.amount_minor for a in accounts.accounts},
-        stock={s.sku: (s.available, s.reserved) for s in stock.stock},
+        balances={a.customer_id: a.balance.amount_minor for a in accounts},
+        stock={s.sku: (s.available, s.reserved) for s in stock},
     )
 
 

@@ -3,7 +3,8 @@
 The coordinator's ``ListSagas`` (paged) gives every saga and its idempotency key;
 the services' read APIs give the orders (``ListOrders``, paged), the charges
 (``ListCharges``), the shipments (``ListShipments``), each saga's reservation
-(``GetReservation``), the stock (``ListStock``) and the balances (``ListAccounts``).
+(``GetReservation``), the stock (``ListStock``) and the balances (``ListAccounts``),
+every listing read page after page.
 Everything is turned into plain frozen values, so the checks of
 :mod:`cli.chaos_check` are pure functions of them.
 """
@@ -22,6 +23,7 @@ import grpc
 from cli.bench_sagas import status_name
 from cli.chaos_drive import open_channel as _channel
 from common.errors import TRANSIENT_CODES
+from common.paging import every_page
 from common.tokens import with_token
 from protos.sagawire.v1 import (
     coordinator_pb2,
@@ -141,21 +143,29 @@ async def read_holdings(addresses: Mapping[str, str], within: float = 30.0) -> H
         _channel(addresses["payment"], "payment") as payment,
         _channel(addresses["inventory"], "inventory") as inv,
     ):
-        accounts = await _retrying(
-            lambda: payment_pb2_grpc.PaymentStub(payment).ListAccounts(
-                payment_pb2.ListAccountsRequest(), timeout=_TIMEOUT
+        accounts = await every_page(
+            lambda token: _retrying(
+                lambda: payment_pb2_grpc.PaymentStub(payment).ListAccounts(
+                    payment_pb2.ListAccountsRequest(page_size=_PAGE, page_token=token),
+                    timeout=_TIMEOUT,
+                ),
+                until,
             ),
-            until,
+            lambda reply: reply.accounts,
         )
-        stock = await _retrying(
-            lambda: inventory_pb2_grpc.InventoryStub(inv).ListStock(
-                inventory_pb2.ListStockRequest(), timeout=_TIMEOUT
+        stock = await every_page(
+            lambda token: _retrying(
+                lambda: inventory_pb2_grpc.InventoryStub(inv).ListStock(
+                    inventory_pb2.ListStockRequest(page_size=_PAGE, page_token=token),
+                    timeout=_TIMEOUT,
+                ),
+                until,
             ),
-            until,
+            lambda reply: reply.stock,
         )
     return Holdings(
-        balances={a.customer_id: a.balance.amount_minor for a in accounts.accounts},
-        stock={s.sku: (s.available, s.reserved) for s in stock.stock},
+        balances={a.customer_id: a.balance.amount_minor for a in accounts},
+        stock={s.sku: (s.available, s.reserved) for s in stock},
     )
 
 
@@ -248,8 +258,15 @@ async def _orders(address: str, until: float) -> list[OrderView]:
 async def _charges(address: str, until: float) -> list[ChargeView]:
     async with _channel(address, "payment") as channel:
         stub = payment_pb2_grpc.PaymentStub(channel)
-        reply = await _retrying(
-            lambda: stub.ListCharges(payment_pb2.ListChargesRequest(), timeout=_TIMEOUT), until
+        charges = await every_page(
+            lambda token: _retrying(
+                lambda: stub.ListCharges(
+                    payment_pb2.ListChargesRequest(page_size=_PAGE, page_token=token),
+                    timeout=_TIMEOUT,
+                ),
+                until,
+            ),
+            lambda reply: reply.charges,
         )
     return [
         ChargeView(
@@ -259,16 +276,22 @@ async def _charges(address: str, until: float) -> list[ChargeView]:
             amount=c.amount.amount_minor,
             status=_name(payment_pb2.ChargeStatus.Name(c.status), "CHARGE_STATUS_"),
         )
-        for c in reply.charges
+        for c in charges
     ]
 
 
 async def _shipments(address: str, until: float) -> list[ShipmentView]:
     async with _channel(address, "shipping") as channel:
         stub = shipping_pb2_grpc.ShippingStub(channel)
-        reply = await _retrying(
-            lambda: stub.ListShipments(shipping_pb2.ListShipmentsRequest(), timeout=_TIMEOUT),
-            until,
+        shipments = await every_page(
+            lambda token: _retrying(
+                lambda: stub.ListShipments(
+                    shipping_pb2.ListShipmentsRequest(page_size=_PAGE, page_token=token),
+                    timeout=_TIMEOUT,
+                ),
+                until,
+            ),
+            lambda reply: reply.shipments,
         )
     return [
         ShipmentView(
@@ -277,7 +300,7 @@ async def _shipments(address: str, until: float) -> list[ShipmentView]:
             order_id=s.order_id,
             status=_name(shipping_pb2.ShipmentStatus.Name(s.status), "SHIPMENT_STATUS_"),
         )
-        for s in reply.shipments
+        for s in shipments
     ]
 
 

@@ -43,6 +43,7 @@ from cli.stack import (
 )
 from cli.tokens import stack_token
 from common.errors import parse_rpc_error
+from common.paging import every_page
 from common.tls import Identity
 from common.tokens import with_token
 from protos.sagawire.v1 import (
@@ -190,10 +191,12 @@ async def play_scenario(
                 inventory_pb2.GetReservationRequest(saga_id=saga.saga_id)
             )
         )
-        charges = await clients.payment.ListCharges(
-            payment_pb2.ListChargesRequest(saga_id=saga.saga_id)
+        outcome.charges = await every_page(
+            lambda token: clients.payment.ListCharges(
+                payment_pb2.ListChargesRequest(saga_id=saga.saga_id, page_token=token)
+            ),
+            lambda reply: reply.charges,
         )
-        outcome.charges = list(charges.charges)
         outcome.shipment = await _maybe(
             lambda: clients.shipping.GetShipmentBySaga(
                 shipping_pb2.GetShipmentBySagaRequest(saga_id=saga.saga_id)

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from common.config import SERVICE_NAMES, Endpoints
 from common.errors import parse_rpc_error
+from common.paging import MAX_PAGE_SIZE, every_page
 from common.tls import Identity, TlsError
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
 
@@ -118,14 +119,17 @@ def poison(
 ) -> None:
     """List the events a service's consumers could not process and skipped."""
 
-    async def fetch() -> events_pb2.ListPoisonEventsResponse:
+    async def fetch() -> list[events_pb2.PoisonEvent]:
         address = Endpoints().of(service)
         async with Identity.from_env().aio_channel(address, peer=service) as channel:
             stub = events_pb2_grpc.EventStreamStub(channel)
-            response: events_pb2.ListPoisonEventsResponse = await stub.ListPoisonEvents(
-                events_pb2.ListPoisonEventsRequest(), timeout=10
+            return await every_page(
+                lambda token: stub.ListPoisonEvents(
+                    events_pb2.ListPoisonEventsRequest(page_size=MAX_PAGE_SIZE, page_token=token),
+                    timeout=10,
+                ),
+                lambda reply: reply.events,
             )
-            return response
 
     try:
         listed = asyncio.run(fetch())
@@ -136,7 +140,7 @@ def poison(
         remote = parse_rpc_error(error)
         console.print(f"[red]error:[/] {remote.code.name}: {remote.message}")
         raise typer.Exit(1) from None
-    if not listed.events:
+    if not listed:
         console.print(f"no poison events at {service}")
-    for item in listed.events:
+    for item in listed:
         console.print(f"{item.producer} #{item.sequence} {item.type} {item.event_id}: {item.error}")

@@ -22,6 +22,7 @@ from rich.table import Table
 from cli.tokens import TokenOption, cli_token
 from common.config import Endpoints
 from common.errors import parse_rpc_error
+from common.paging import MAX_PAGE_SIZE
 from common.tls import Identity, TlsError
 from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2_grpc, order_saga_pb2, participant_pb2
@@ -235,31 +236,50 @@ def _show(saga: pb.Saga) -> None:
 @saga_app.command("list")
 def list_sagas(
     status: Annotated[Status | None, typer.Option(help="Only sagas in this status.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=10_000, help="How many, newest first (read page by page).")
+    ] = 20,
     coordinator: CoordinatorOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Sagas, newest first."""
-    request = pb.ListSagasRequest(page_size=limit)
+    """Sagas, newest first, with their customer, total and failure (one call per page)."""
+    request = pb.ListSagasRequest()
     if status is not None:
         request.status = pb.SagaStatus.Value(f"SAGA_STATUS_{status.value.upper()}")
+    sagas: list[pb.Saga] = []
     with _coordinator(coordinator, token) as api:
-        reply = api.ListSagas(request, timeout=10)
+        while len(sagas) < limit:
+            request.page_size = min(limit - len(sagas), MAX_PAGE_SIZE)
+            reply = api.ListSagas(request, timeout=10)
+            sagas.extend(reply.sagas)
+            request.page_token = reply.next_page_token
+            if not request.page_token:
+                break
     table = Table()
     table.add_column("saga id", no_wrap=True, min_width=36)
-    for column in ("saga", "status", "created", "ms", "failure"):
-        table.add_column(column)
-    for saga in reply.sagas:
+    for column in ("saga", "status", "customer", "total", "created", "ms", "failure"):
+        table.add_column(column, justify="right" if column == "total" else "left")
+    for saga in sagas:
         created = _time(saga.created_at)
+        total = saga.summary.total
         table.add_row(
             saga.saga_id,
             saga.saga,
             _styled(_name(pb.SagaStatus.Name(saga.status))),
+            saga.summary.customer_id,
+            f"{_money(total.amount_minor)} {total.currency}" if total.currency else "",
             created.strftime("%Y-%m-%d %H:%M:%S") if created else "",
             _ms(saga.created_at, saga.finished_at),
             _failure(saga.failure),
         )
     console.print(table)
+
+
+def _money(minor: int) -> str:
+    """Minor units as a decimal amount, e.g. 4900 -> "49.00" (no floats)."""
+    sign = "-" if minor < 0 else ""
+    units, cents = divmod(abs(minor), 100)
+    return f"{sign}{units}.{cents:02d}"
 
 
 @saga_app.command("watch")

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from common import paging
 from common.admin import StreamCuts
-from common.errors import InvalidArgument, Transient, abort
+from common.errors import InvalidArgument, Transient, abort, grpc_edge
 from common.logs import printable
 from common.metrics import StreamPositions
 from common.outbox import MODE_HEADER, Outbox
@@ -93,23 +94,38 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
     async def ListPoisonEvents(
         self, request: events_pb2.ListPoisonEventsRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.ListPoisonEventsResponse:
-        def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            return conn.execute("SELECT * FROM poison_event ORDER BY recorded_at").fetchall()
+        async def body() -> events_pb2.ListPoisonEventsResponse:
+            size = paging.page_size(request.page_size)
+            after = paging.decode_token(request.page_token, "poison", (str, str, int))
 
-        rows = await self._db.read(query)
-        return events_pb2.ListPoisonEventsResponse(
-            events=[
-                events_pb2.PoisonEvent(
-                    producer=r["producer"],
-                    sequence=r["sequence"],
-                    event_id=r["event_id"],
-                    type=r["type"],
-                    error=r["error"],
-                    recorded_at=to_timestamp(r["recorded_at"]),
-                )
-                for r in rows
-            ]
-        )
+            def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+                where = "WHERE (recorded_at, producer, sequence) > (?, ?, ?)" if after else ""
+                return conn.execute(
+                    f"SELECT * FROM poison_event {where}"
+                    " ORDER BY recorded_at, producer, sequence LIMIT ?",
+                    [*(after or ()), size + 1],
+                ).fetchall()
+
+            rows = await self._db.read(query)
+            page, token = paging.cut(
+                rows, size, "poison", lambda r: (r["recorded_at"], r["producer"], r["sequence"])
+            )
+            return events_pb2.ListPoisonEventsResponse(
+                events=[
+                    events_pb2.PoisonEvent(
+                        producer=r["producer"],
+                        sequence=r["sequence"],
+                        event_id=r["event_id"],
+                        type=r["type"],
+                        error=r["error"],
+                        recorded_at=to_timestamp(r["recorded_at"]),
+                    )
+                    for r in page
+                ],
+                next_page_token=token,
+            )
+
+        return await grpc_edge(context, body)
 
 
 def _validate(request: events_pb2.SubscribeRequest) -> None:

@@ -476,7 +476,49 @@ def _list(
         f"SELECT * FROM sagas {where} ORDER BY created_at DESC, saga_id DESC LIMIT ?",
         [*args, limit],
     ).fetchall()
-    return [_saga(row, ()) for row in rows]
+    # Their steps too (without attempts): the results they filled in (a total, a
+    # charge id) make the saga's summary.
+    steps: dict[str, list[sqlite3.Row]] = {}
+    if rows:
+        marks = ",".join("?" * len(rows))
+        for s in conn.execute(
+            "SELECT saga_id, name, status, result FROM steps"
+            f" WHERE saga_id IN ({marks}) ORDER BY saga_id, position",
+            [row["saga_id"] for row in rows],
+        ):
+            steps.setdefault(s["saga_id"], []).append(s)
+    return [_saga(row, _steps(steps.get(row["saga_id"], []), ())) for row in rows]
+
+
+_PRUNABLE = "told_at IS NOT NULL AND finished_at < ?"
+
+
+def _prunable(conn: sqlite3.Connection, cutoff: str, limit: int) -> list[str]:
+    """Up to ``limit`` told sagas finished before ``cutoff``, oldest first."""
+    return [
+        row[0]
+        for row in conn.execute(
+            f"SELECT saga_id FROM sagas WHERE {_PRUNABLE} ORDER BY finished_at LIMIT ?",
+            (cutoff, limit),
+        )
+    ]
+
+
+def _prune(conn: sqlite3.Connection, sagas: Sequence[str], cutoff: str) -> int:
+    """Delete these sagas with all their rows (those still prunable: checked again)."""
+    marks = ",".join("?" * len(sagas))
+    kept = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT saga_id FROM sagas WHERE saga_id IN ({marks}) AND {_PRUNABLE}",
+            [*sagas, cutoff],
+        )
+    ]
+    if kept:
+        marks = ",".join("?" * len(kept))
+        for table in ("transitions", "attempts", "steps", "sagas"):
+            conn.execute(f"DELETE FROM {table} WHERE saga_id IN ({marks})", kept)
+    return len(kept)
 
 
 def _history(conn: sqlite3.Connection, saga_id: str, after_seq: int) -> list[Transition]:

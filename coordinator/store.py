@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 
 from common.errors import BusinessRejection, NotFound
@@ -255,7 +256,10 @@ class InMemorySagaLog(SagaLog):
         )
         if before is not None:
             found = [s for s in found if (s.created_at, s.saga_id) < before]
-        return found[:limit]
+        return [
+            replace(s, steps=tuple(replace(step, attempts=()) for step in s.steps))
+            for s in found[:limit]
+        ]
 
     async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
         return [t for t in self._history.get(saga_id, []) if t.seq > after_seq]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from common.breakers import BreakerView
 from common.bulkhead import BulkheadView
@@ -18,8 +19,8 @@ from coordinator.records import (
     StepStatus,
     Transition,
 )
+from protos.sagawire.v1 import common_pb2, participant_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
-from protos.sagawire.v1 import participant_pb2
 
 SAGA_STATUS = {
     SagaStatus.RUNNING: pb.SAGA_STATUS_RUNNING,
@@ -76,13 +77,32 @@ def _attempt(a: AttemptRecord) -> pb.Attempt:
     )
 
 
-def saga_message(definition: SagaDefinition | None, record: SagaRecord) -> pb.Saga:
-    """A saga as GetSaga shows it (ListSagas records come without their steps)."""
-    data = (
-        pack(saga_data(definition, record))
-        if definition is not None
-        else any_pb2.Any.FromString(record.data)
+# Steps whose execute took effect (and may since have been undone).
+_DONE = frozenset({StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED})
+
+
+def summary(data: Message | None, record: SagaRecord) -> pb.SagaSummary:
+    """The saga at a glance: its data's ``customer_id`` and ``total`` (when it has such
+    fields), the failure in one line, and how many steps took effect."""
+    found = pb.SagaSummary(
+        failure=record.failure.describe() if record.failure else "",
+        steps_done=sum(s.status in _DONE for s in record.steps),
+        steps_total=len(record.steps),
     )
+    values = {field.name: value for field, value in data.ListFields()} if data else {}
+    customer = values.get("customer_id")
+    if isinstance(customer, str):
+        found.customer_id = customer
+    total = values.get("total")
+    if isinstance(total, common_pb2.Money):
+        found.total.CopyFrom(total)
+    return found
+
+
+def saga_message(definition: SagaDefinition | None, record: SagaRecord) -> pb.Saga:
+    """A saga as GetSaga shows it (ListSagas records come without attempts)."""
+    data = saga_data(definition, record) if definition is not None else None
+    packed = pack(data) if data is not None else any_pb2.Any.FromString(record.data)
     steps = []
     for step in record.steps:
         declared = definition.step(step.name) if definition is not None else None
@@ -103,7 +123,7 @@ def saga_message(definition: SagaDefinition | None, record: SagaRecord) -> pb.Sa
         saga=record.definition,
         mode=MODE.get(record.mode, participant_pb2.SAGA_MODE_UNSPECIFIED),
         status=SAGA_STATUS[record.status],
-        data=data,
+        data=packed,
         steps=steps,
         failure=failure_message(record.failure),
         created_at=timestamp(record.created_at),
@@ -112,6 +132,7 @@ def saga_message(definition: SagaDefinition | None, record: SagaRecord) -> pb.Sa
         deadline=timestamp(record.deadline),
         trace_id=record.trace_id,
         idempotency_key=record.idempotency_key,
+        summary=summary(data, record),
     )
 
 

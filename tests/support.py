@@ -24,6 +24,7 @@ import grpc
 
 from common.certs import COORDINATOR, OPERATOR
 from common.config import SERVICE_NAMES, Endpoints, FaultConfig, ServiceSettings
+from common.paging import MAX_PAGE_SIZE, every_page
 from common.server import RunningServer, start_server
 from common.tls import Identity
 from protos.sagawire.v1 import (
@@ -249,3 +250,16 @@ def start_service_process(
         "SAGAWIRE_PORT": str(port),
     }
     return Process(["-m", f"services.{name}"], env={**base, **(env or {})})
+
+
+async def listing(method: Callable[..., Any], request: Any, field: str) -> list[Any]:
+    """Every item of a paged ``List*`` call: ``request`` (its filters) page after page."""
+
+    async def page(token: str) -> Any:
+        asked = type(request)()
+        asked.CopyFrom(request)
+        asked.page_size = MAX_PAGE_SIZE
+        asked.page_token = token
+        return await method(asked)
+
+    return await every_page(page, lambda reply: getattr(reply, field))

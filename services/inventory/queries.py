@@ -6,6 +6,7 @@ import sqlite3
 
 import grpc
 
+from common import paging
 from common.errors import NotFound, grpc_edge
 from common.participant import require_id
 from common.store import Database
@@ -35,13 +36,22 @@ class InventoryQueries(inventory_pb2_grpc.InventoryServicer):
     async def ListStock(
         self, request: inventory_pb2.ListStockRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.ListStockResponse:
-        levels = await self._db.read(store.all_levels)
-        return inventory_pb2.ListStockResponse(
-            stock=[
-                inventory_pb2.Stock(sku=lv.sku, available=lv.available, reserved=lv.reserved)
-                for lv in levels
-            ]
-        )
+        async def body() -> inventory_pb2.ListStockResponse:
+            size = paging.page_size(request.page_size)
+            after = paging.decode_token(request.page_token, "stock", (str,))
+            found = await self._db.read(
+                lambda conn: store.list_levels(conn, str(after[0]) if after else None, size + 1)
+            )
+            page, token = paging.cut(found, size, "stock", lambda lv: (lv.sku,))
+            return inventory_pb2.ListStockResponse(
+                stock=[
+                    inventory_pb2.Stock(sku=lv.sku, available=lv.available, reserved=lv.reserved)
+                    for lv in page
+                ],
+                next_page_token=token,
+            )
+
+        return await grpc_edge(context, body)
 
     async def GetReservation(
         self, request: inventory_pb2.GetReservationRequest, context: grpc.aio.ServicerContext

@@ -42,8 +42,12 @@ def levels(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, StockLeve
     return {row["sku"]: _level(row) for row in rows}
 
 
-def all_levels(conn: sqlite3.Connection) -> list[StockLevel]:
-    return [_level(row) for row in conn.execute("SELECT * FROM stock ORDER BY sku")]
+def list_levels(conn: sqlite3.Connection, after: str | None, limit: int) -> list[StockLevel]:
+    """By SKU; ``after`` is the previous page's last SKU."""
+    rows = conn.execute(
+        "SELECT * FROM stock WHERE sku > ? ORDER BY sku LIMIT ?", (after or "", limit)
+    )
+    return [_level(row) for row in rows]
 
 
 def save_levels(conn: sqlite3.Connection, updated: Mapping[str, StockLevel]) -> None:

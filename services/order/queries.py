@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 
 import grpc
 
+from common import paging
 from common.errors import InvalidArgument, NotFound, grpc_edge
 from common.participant import require_id
 from common.store import Database, to_timestamp
@@ -19,7 +19,6 @@ _STATUS = {
     "cancelled": order_pb2.ORDER_STATUS_CANCELLED,
 }
 _STATUS_NAME = {v: k for k, v in _STATUS.items()}
-MAX_PAGE_SIZE = 500
 
 
 def _order_msg(row: sqlite3.Row) -> order_pb2.OrderRecord:
@@ -35,16 +34,6 @@ def _order_msg(row: sqlite3.Row) -> order_pb2.OrderRecord:
         created_at=to_timestamp(row["created_at"]),
         updated_at=to_timestamp(row["updated_at"]),
     )
-
-
-def _decode_token(token: str) -> tuple[str, str] | None:
-    if not token:
-        return None
-    try:
-        created_at, order_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token", "is not a token this server issued") from None
-    return created_at, order_id
 
 
 class OrderQueries(order_pb2_grpc.OrderServicer):
@@ -69,20 +58,14 @@ class OrderQueries(order_pb2_grpc.OrderServicer):
         async def body() -> order_pb2.ListOrdersResponse:
             if request.status and request.status not in _STATUS_NAME:
                 raise InvalidArgument("status", f"unknown order status {request.status}")
-            if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-                raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
-            size = request.page_size or 50
-            before = _decode_token(request.page_token)
+            size = paging.page_size(request.page_size)
+            before = paging.decode_token(request.page_token, "orders", (str, str))
+            key = (str(before[0]), str(before[1])) if before else None
             status = _STATUS_NAME.get(request.status)
-            rows = await self._db.read(
-                lambda conn: store.list_orders(conn, status, before, size + 1)
+            rows = await self._db.read(lambda conn: store.list_orders(conn, status, key, size + 1))
+            page, token = paging.cut(
+                rows, size, "orders", lambda r: (r["created_at"], r["order_id"])
             )
-            page, more = rows[:size], len(rows) > size
-            token = ""
-            if more:
-                last = page[-1]
-                raw = f"{last['created_at']}|{last['order_id']}".encode()
-                token = base64.urlsafe_b64encode(raw).decode()
             return order_pb2.ListOrdersResponse(
                 orders=[_order_msg(r) for r in page], next_page_token=token
             )

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS charge (
     created_at   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS charge_by_customer ON charge (customer_id, created_at);
+CREATE INDEX IF NOT EXISTS charge_by_time ON charge (created_at, charge_id);
 """
 
 
@@ -45,8 +46,13 @@ def account(conn: sqlite3.Connection, customer_id: str) -> Account | None:
     return _account(row) if row else None
 
 
-def all_accounts(conn: sqlite3.Connection) -> list[Account]:
-    return [_account(r) for r in conn.execute("SELECT * FROM account ORDER BY customer_id")]
+def list_accounts(conn: sqlite3.Connection, after: str | None, limit: int) -> list[Account]:
+    """By customer id; ``after`` is the previous page's last customer."""
+    rows = conn.execute(
+        "SELECT * FROM account WHERE customer_id > ? ORDER BY customer_id LIMIT ?",
+        (after or "", limit),
+    )
+    return [_account(r) for r in rows]
 
 
 def save_account(conn: sqlite3.Connection, acct: Account) -> None:
@@ -82,15 +88,27 @@ def mark_refunded(conn: sqlite3.Connection, charge_id: str) -> None:
     conn.execute("UPDATE charge SET status = 'refunded' WHERE charge_id = ?", (charge_id,))
 
 
-def charges(conn: sqlite3.Connection, customer_id: str, saga_id: str) -> list[sqlite3.Row]:
-    clauses, args = [], []
+def charges(
+    conn: sqlite3.Connection,
+    customer_id: str,
+    saga_id: str,
+    before: tuple[str, str] | None,
+    limit: int,
+) -> list[sqlite3.Row]:
+    """Newest first; ``before`` is the (created_at, charge_id) of the previous page's last."""
+    clauses: list[str] = []
+    args: list[object] = []
     if customer_id:
         clauses.append("customer_id = ?")
         args.append(customer_id)
     if saga_id:
         clauses.append("saga_id = ?")
         args.append(saga_id)
+    if before:
+        clauses.append("(created_at, charge_id) < (?, ?)")
+        args.extend(before)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     return conn.execute(
-        f"SELECT * FROM charge {where} ORDER BY created_at DESC, charge_id", args
+        f"SELECT * FROM charge {where} ORDER BY created_at DESC, charge_id DESC LIMIT ?",
+        [*args, limit],
     ).fetchall()

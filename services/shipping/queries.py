@@ -1,4 +1,4 @@
-"""Shipping's read-only API: shipments by id and by saga."""
+"""Shipping's read-only API: shipments by id, by saga, and a page at a time."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sqlite3
 
 import grpc
 
+from common import paging
 from common.errors import NotFound, grpc_edge
 from common.participant import require_id
 from common.store import Database, to_timestamp
@@ -54,8 +55,19 @@ class ShippingQueries(shipping_pb2_grpc.ShippingServicer):
     async def ListShipments(
         self, request: shipping_pb2.ListShipmentsRequest, context: grpc.aio.ServicerContext
     ) -> shipping_pb2.ListShipmentsResponse:
-        rows = await self._db.read(store.all_shipments)
-        return shipping_pb2.ListShipmentsResponse(shipments=[_shipment_msg(r) for r in rows])
+        async def body() -> shipping_pb2.ListShipmentsResponse:
+            size = paging.page_size(request.page_size)
+            before = paging.decode_token(request.page_token, "shipments", (str, str))
+            key = (str(before[0]), str(before[1])) if before else None
+            rows = await self._db.read(lambda conn: store.list_shipments(conn, key, size + 1))
+            page, token = paging.cut(
+                rows, size, "shipments", lambda r: (r["created_at"], r["shipment_id"])
+            )
+            return shipping_pb2.ListShipmentsResponse(
+                shipments=[_shipment_msg(r) for r in page], next_page_token=token
+            )
+
+        return await grpc_edge(context, body)
 
 
 def register(server: grpc.aio.Server, db: Database) -> None:

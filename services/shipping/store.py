@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS shipment (
     status          TEXT NOT NULL CHECK (status IN ('scheduled', 'cancelled')),
     created_at      TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS shipment_by_time ON shipment (created_at, shipment_id);
 """
 
 
@@ -56,8 +57,15 @@ def shipment(conn: sqlite3.Connection, column: str, value: str) -> sqlite3.Row |
     return row
 
 
-def all_shipments(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM shipment ORDER BY created_at DESC").fetchall()
+def list_shipments(
+    conn: sqlite3.Connection, before: tuple[str, str] | None, limit: int
+) -> list[sqlite3.Row]:
+    """Newest first; ``before`` is the (created_at, shipment_id) of the previous page's last."""
+    where, args = ("WHERE (created_at, shipment_id) < (?, ?)", list(before)) if before else ("", [])
+    return conn.execute(
+        f"SELECT * FROM shipment {where} ORDER BY created_at DESC, shipment_id DESC LIMIT ?",
+        [*args, limit],
+    ).fetchall()
 
 
 def cancel(conn: sqlite3.Connection, saga_id: str) -> None:

@@ -25,7 +25,7 @@ from protos.sagawire.v1 import (
     payment_pb2,
     shipping_pb2,
 )
-from tests.support import Cluster
+from tests.support import Cluster, listing
 
 Data = order_saga_pb2.OrderSagaData
 ORCHESTRATION = participant_pb2.SAGA_MODE_ORCHESTRATION
@@ -174,10 +174,12 @@ class PaymentProbe(Probe):
         account = await cluster.payment.GetAccount(
             payment_pb2.GetAccountRequest(customer_id="alice")
         )
-        charges = await cluster.payment.ListCharges(
-            payment_pb2.ListChargesRequest(customer_id="alice")
+        charges = await listing(
+            cluster.payment.ListCharges,
+            payment_pb2.ListChargesRequest(customer_id="alice"),
+            "charges",
         )
-        return (account.balance.amount_minor, len(charges.charges))
+        return (account.balance.amount_minor, len(charges))
 
     def after_execute(self, before: tuple[int, ...]) -> tuple[int, ...]:
         return (before[0] - 1_234, before[1] + 1)
@@ -186,10 +188,12 @@ class PaymentProbe(Probe):
         return (before[0], before[1] + 1)  # the charge stays on record, as refunded
 
     async def rows(self, cluster: Cluster, saga_id: str) -> list[str]:
-        found = await cluster.payment.ListCharges(payment_pb2.ListChargesRequest(saga_id=saga_id))
+        found = await listing(
+            cluster.payment.ListCharges, payment_pb2.ListChargesRequest(saga_id=saga_id), "charges"
+        )
         return [
             f"{c.amount.amount_minor} {payment_pb2.ChargeStatus.Name(c.status).rsplit('_', 1)[1]}"
-            for c in found.charges
+            for c in found
         ]
 
 
@@ -204,8 +208,10 @@ class ShippingProbe(Probe):
         return order_data(destination="Lisbon")
 
     async def resource(self, cluster: Cluster) -> tuple[int, ...]:
-        found = await cluster.shipping.ListShipments(shipping_pb2.ListShipmentsRequest())
-        return (len(found.shipments),)
+        found = await listing(
+            cluster.shipping.ListShipments, shipping_pb2.ListShipmentsRequest(), "shipments"
+        )
+        return (len(found),)
 
     def after_execute(self, before: tuple[int, ...]) -> tuple[int, ...]:
         return (before[0] + 1,)
@@ -214,10 +220,12 @@ class ShippingProbe(Probe):
         return (before[0] + 1,)
 
     async def rows(self, cluster: Cluster, saga_id: str) -> list[str]:
-        found = await cluster.shipping.ListShipments(shipping_pb2.ListShipmentsRequest())
+        found = await listing(
+            cluster.shipping.ListShipments, shipping_pb2.ListShipmentsRequest(), "shipments"
+        )
         return [
             shipping_pb2.ShipmentStatus.Name(s.status).rsplit("_", 1)[1]
-            for s in found.shipments
+            for s in found
             if s.saga_id == saga_id
         ]
 
@@ -233,8 +241,8 @@ class OrderProbe(Probe):
         return order_data()
 
     async def resource(self, cluster: Cluster) -> tuple[int, ...]:
-        found = await cluster.order.ListOrders(order_pb2.ListOrdersRequest(page_size=500))
-        return (len(found.orders),)
+        found = await listing(cluster.order.ListOrders, order_pb2.ListOrdersRequest(), "orders")
+        return (len(found),)
 
     def after_execute(self, before: tuple[int, ...]) -> tuple[int, ...]:
         return (before[0] + 1,)
@@ -243,10 +251,10 @@ class OrderProbe(Probe):
         return (before[0] + 1,)
 
     async def rows(self, cluster: Cluster, saga_id: str) -> list[str]:
-        found = await cluster.order.ListOrders(order_pb2.ListOrdersRequest(page_size=500))
+        found = await listing(cluster.order.ListOrders, order_pb2.ListOrdersRequest(), "orders")
         return [
             order_pb2.OrderStatus.Name(o.status).rsplit("_", 1)[1]
-            for o in found.orders
+            for o in found
             if o.saga_id == saga_id
         ]
 
@@ -258,18 +266,36 @@ PROBES: dict[str, Probe] = {
 
 async def full_state(cluster: Cluster, service: str) -> bytes:
     """Everything a service's query API can show, serialized: to prove nothing was written."""
+    message: Any
     if service == "inventory":
-        message: Any = await cluster.inventory.ListStock(inventory_pb2.ListStockRequest())
-        return bytes(message.SerializeToString(deterministic=True))
-    if service == "payment":
-        accounts = await cluster.payment.ListAccounts(payment_pb2.ListAccountsRequest())
-        charges = await cluster.payment.ListCharges(payment_pb2.ListChargesRequest())
+        message = inventory_pb2.ListStockResponse(
+            stock=await listing(
+                cluster.inventory.ListStock, inventory_pb2.ListStockRequest(), "stock"
+            )
+        )
+    elif service == "payment":
+        message = payment_pb2.ListAccountsResponse(
+            accounts=await listing(
+                cluster.payment.ListAccounts, payment_pb2.ListAccountsRequest(), "accounts"
+            )
+        )
+        charges = payment_pb2.ListChargesResponse(
+            charges=await listing(
+                cluster.payment.ListCharges, payment_pb2.ListChargesRequest(), "charges"
+            )
+        )
         return bytes(
-            accounts.SerializeToString(deterministic=True)
+            message.SerializeToString(deterministic=True)
             + charges.SerializeToString(deterministic=True)
         )
-    if service == "shipping":
-        message = await cluster.shipping.ListShipments(shipping_pb2.ListShipmentsRequest())
-        return bytes(message.SerializeToString(deterministic=True))
-    message = await cluster.order.ListOrders(order_pb2.ListOrdersRequest(page_size=500))
+    elif service == "shipping":
+        message = shipping_pb2.ListShipmentsResponse(
+            shipments=await listing(
+                cluster.shipping.ListShipments, shipping_pb2.ListShipmentsRequest(), "shipments"
+            )
+        )
+    else:
+        message = order_pb2.ListOrdersResponse(
+            orders=await listing(cluster.order.ListOrders, order_pb2.ListOrdersRequest(), "orders")
+        )
     return bytes(message.SerializeToString(deterministic=True))

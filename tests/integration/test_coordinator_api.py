@@ -155,6 +155,31 @@ async def test_invalid_requests_name_the_field_and_write_nothing(
         assert not (await stack.calls("order"))
 
 
+async def test_list_sagas_gives_each_sagas_summary_without_a_get(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        declined = await stack.place(customer="carol", items=[("SKU-LAMP", 1)])
+        completed = await stack.place(customer="alice", items=[("SKU-MUG", 2), ("SKU-LAMP", 1)])
+        listed = {s.saga_id: s for s in (await stack.api.ListSagas(pb.ListSagasRequest())).sagas}
+        done = listed[completed.saga_id]
+        assert (done.summary.customer_id, done.summary.failure) == ("alice", "")
+        assert (done.summary.total.amount_minor, done.summary.total.currency) == (
+            2 * 800 + 4_900,
+            "EUR",
+        )
+        assert (done.summary.steps_done, done.summary.steps_total) == (5, 5)
+        assert done.saga == "place_order" and done.mode == participant_pb2.SAGA_MODE_ORCHESTRATION
+        assert done.created_at.seconds and done.updated_at.seconds and done.finished_at.seconds
+        refused = listed[declined.saga_id]
+        assert refused.summary.customer_id == "carol"
+        assert refused.summary.total.amount_minor == 4_900  # create_order priced it
+        assert refused.summary.failure.startswith("charge_payment: INSUFFICIENT_FUNDS")
+        assert refused.failure.reason == "INSUFFICIENT_FUNDS"
+        # The same as GetSaga says, less the attempts.
+        got = await stack.saga(declined.saga_id)
+        assert got.summary == refused.summary and got.data == refused.data
+        assert [s.status for s in got.steps] == [s.status for s in refused.steps]
+
+
 async def test_queries_validate_and_page(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack:
         ids = [(await stack.place(customer="carol", items=[("SKU-LAMP", 1)])).saga_id]
@@ -162,7 +187,7 @@ async def test_queries_validate_and_page(tmp_path: Path) -> None:
             ids.append((await stack.place()).saga_id)
         first = await stack.api.ListSagas(pb.ListSagasRequest(page_size=3))
         assert [s.saga_id for s in first.sagas] == ids[::-1][:3]
-        assert not first.sagas[0].steps  # listed without steps
+        assert first.sagas[0].steps and not any(s.attempts for s in first.sagas[0].steps)
         rest = await stack.api.ListSagas(
             pb.ListSagasRequest(page_size=3, page_token=first.next_page_token)
         )

@@ -49,6 +49,7 @@ async def test_place_show_list_watch_and_breakers(tmp_path: Path) -> None:
         listed = await run(stack, "saga", "list", "--status", "compensated")
         assert other in listed.output and saga_id not in listed.output
         assert "INSUFFICIENT_FUNDS" in listed.output
+        assert "carol" in listed.output and "49.00 EUR" in listed.output  # its summary
         watched = await run(stack, "saga", "watch", saga_id)
         assert watched.exit_code == 0 and "saga_completed" in watched.output
         breakers = await run(stack, "breakers")

@@ -44,7 +44,7 @@ from tests.integration.steps import (
     step_request,
     with_action,
 )
-from tests.support import Cluster
+from tests.support import Cluster, listing
 
 ORCHESTRATION = participant_pb2.SAGA_MODE_ORCHESTRATION
 CHOREOGRAPHY = participant_pb2.SAGA_MODE_CHOREOGRAPHY
@@ -77,8 +77,10 @@ async def charges(stack: Stack, saga_id: str) -> list[tuple[int, int]]:
 
 
 async def shipments(stack: Stack, saga_id: str) -> int:
-    listed = await stack.cluster.shipping.ListShipments(shipping_pb2.ListShipmentsRequest())
-    return sum(1 for s in listed.shipments if s.saga_id == saga_id)
+    listed = await listing(
+        stack.cluster.shipping.ListShipments, shipping_pb2.ListShipmentsRequest(), "shipments"
+    )
+    return sum(1 for s in listed if s.saga_id == saga_id)
 
 
 @pytest.mark.parametrize("mode", ["orchestration", "choreography"])

@@ -25,7 +25,7 @@ from protos.sagawire.v1 import (
 )
 from services import saga_events
 from tests.event_support import create_order_request, read_events
-from tests.support import Cluster, wait_until
+from tests.support import Cluster, listing, wait_until
 
 
 async def collect(
@@ -233,8 +233,8 @@ async def test_a_reaction_that_fails_transiently_is_retried_until_it_succeeds(
     after = (await payment.GetCallCounts(admin_pb2.GetCallCountsRequest())).calls["charge"]
     assert after - before == 3  # two injected failures, then the charge
     stub = events_pb2_grpc.EventStreamStub(cluster.channel("payment"))
-    poison = await stub.ListPoisonEvents(events_pb2.ListPoisonEventsRequest())
-    assert list(poison.events) == []
+    poison = await listing(stub.ListPoisonEvents, events_pb2.ListPoisonEventsRequest(), "events")
+    assert poison == []
     charges = await cluster.payment.ListCharges(
         payment_pb2.ListChargesRequest(saga_id=request.saga_id)
     )

@@ -24,7 +24,7 @@ from tests.integration.steps import (
     step_request,
     with_action,
 )
-from tests.support import Cluster
+from tests.support import Cluster, listing
 
 APPLIED = participant_pb2.BARRIER_OUTCOME_APPLIED
 
@@ -228,8 +228,10 @@ class TestInventory:
         assert await stock(cluster, "SKU-RARE") == (0, 1)
 
     async def test_list_stock_shows_every_seeded_sku(self, cluster: Cluster) -> None:
-        listed = await cluster.inventory.ListStock(inventory_pb2.ListStockRequest())
-        assert [s.sku for s in listed.stock] == ["SKU-BOOK", "SKU-LAMP", "SKU-MUG", "SKU-RARE"]
+        listed = await listing(
+            cluster.inventory.ListStock, inventory_pb2.ListStockRequest(), "stock"
+        )
+        assert [s.sku for s in listed] == ["SKU-BOOK", "SKU-LAMP", "SKU-MUG", "SKU-RARE"]
 
 
 class TestPayment:
@@ -247,11 +249,13 @@ class TestPayment:
         charge_id = result_of(reply).charge_id
         assert charge_id
         assert await balance(cluster, "bob") == before - 4_321
-        charges = await cluster.payment.ListCharges(
-            payment_pb2.ListChargesRequest(customer_id="bob")
+        charges = await listing(
+            cluster.payment.ListCharges,
+            payment_pb2.ListChargesRequest(customer_id="bob"),
+            "charges",
         )
-        assert len(charges.charges) == 1
-        charge = charges.charges[0]
+        assert len(charges) == 1
+        charge = charges[0]
         assert (charge.charge_id, charge.saga_id, charge.status) == (
             charge_id,
             request.saga_id,

@@ -28,7 +28,7 @@ from services import saga_events
 from services.choreography import CHOREOGRAPHED_ONLY
 from services.launcher import spec_of
 from services.runtime import DomainService
-from tests.support import free_port, open_channel, service_settings, wait_until
+from tests.support import free_port, listing, open_channel, service_settings, wait_until
 
 
 class EventSource:
@@ -100,13 +100,15 @@ async def test_poison_event_is_skipped_listed_and_the_stream_continues(tmp_path:
             return (await stub.GetStock(stock)).reserved == 2
 
         await wait_until(reserved, message="the good event after the poison one to apply")
-        listed = await events_pb2_grpc.EventStreamStub(channel).ListPoisonEvents(
-            events_pb2.ListPoisonEventsRequest()
+        listed = await listing(
+            events_pb2_grpc.EventStreamStub(channel).ListPoisonEvents,
+            events_pb2.ListPoisonEventsRequest(),
+            "events",
         )
-        assert [(p.producer, p.sequence, p.type) for p in listed.events] == [
+        assert [(p.producer, p.sequence, p.type) for p in listed] == [
             ("order", 1, saga_events.ORDER_CREATED)
         ]
-        assert "OrderSagaEvent" in listed.events[0].error
+        assert "OrderSagaEvent" in listed[0].error
     finally:
         await channel.close()
         await inventory.stop()

@@ -36,7 +36,7 @@ from tests.coordinator_support import (
     wait_exit,
     write_definitions,
 )
-from tests.support import Process, wait_until
+from tests.support import Process, listing, wait_until
 
 SEED = tomllib.loads(SEED_FILE.read_text())
 Items = Sequence[tuple[str, int]]
@@ -119,10 +119,12 @@ async def check_invariants(stack: Stack, sagas: dict[str, pb.Saga]) -> None:
                 order_pb2.ORDER_STATUS_CANCELLED,
                 order_pb2.ORDER_STATUS_UNSPECIFIED,
             ), saga_id
-    shipments = await stack.cluster.shipping.ListShipments(shipping_pb2.ListShipmentsRequest())
-    per_saga = Counter(s.saga_id for s in shipments.shipments)
+    shipments = await listing(
+        stack.cluster.shipping.ListShipments, shipping_pb2.ListShipmentsRequest(), "shipments"
+    )
+    per_saga = Counter(s.saga_id for s in shipments)
     assert max(per_saga.values(), default=0) <= 1  # at most one shipment per saga
-    for shipment in shipments.shipments:
+    for shipment in shipments:
         scheduled = shipment.status == shipping_pb2.SHIPMENT_STATUS_SCHEDULED
         assert scheduled == (sagas[shipment.saga_id].status == pb.SAGA_STATUS_COMPLETED)
     for sku, total in SEED["inventory"]["stock"].items():
@@ -268,8 +270,8 @@ async def test_random_kills_during_concurrent_sagas_lose_and_double_nothing(
                 saga_id: await stack.settled(saga_id, FINAL, timeout=90)
                 for saga_id in acked.values()
             }
-            listed = await stack.api.ListSagas(pb.ListSagasRequest(page_size=500))
-            assert len(listed.sagas) == len(orders)
+            listed = await listing(stack.api.ListSagas, pb.ListSagasRequest(), "sagas")
+            assert len(listed) == len(orders)
             await check_invariants(stack, sagas)
             outcomes = Counter(s.status for s in sagas.values())
             assert outcomes[pb.SAGA_STATUS_COMPLETED] >= 20, outcomes

@@ -31,7 +31,14 @@ from protos.sagawire.v1 import (
     payment_pb2_grpc,
 )
 from tests.integration.steps import order_data, step_request
-from tests.support import Process, free_port, open_channel, start_service_process, wait_until
+from tests.support import (
+    Process,
+    free_port,
+    listing,
+    open_channel,
+    start_service_process,
+    wait_until,
+)
 
 BURST = 400
 WORKERS = 16
@@ -110,8 +117,9 @@ class PaymentLedger(Ledger):
 
     async def _charges(self, channel: grpc.aio.Channel) -> list[payment_pb2.Charge]:
         stub = payment_pb2_grpc.PaymentStub(channel)
-        found = await stub.ListCharges(payment_pb2.ListChargesRequest(customer_id="alice"))
-        charges: list[payment_pb2.Charge] = list(found.charges)
+        charges: list[payment_pb2.Charge] = await listing(
+            stub.ListCharges, payment_pb2.ListChargesRequest(customer_id="alice"), "charges"
+        )
         return charges
 
     async def totals(self, channel: grpc.aio.Channel) -> int:

@@ -298,6 +298,7 @@ class Saga(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
     saga_id: _builtins.str
     saga: _builtins.str
     """The definition's name, e.g. "place_order"."""
@@ -321,6 +322,10 @@ class Saga(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def summary(self) -> Global___SagaSummary:
+        """What a list of sagas shows, read from the data without unpacking it."""
+
     def __init__(
         self,
         *,
@@ -337,14 +342,53 @@ class Saga(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         trace_id: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        summary: Global___SagaSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data", b"data", "deadline", b"deadline", "failure", b"failure", "finished_at", b"finished_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data", b"data", "deadline", b"deadline", "failure", b"failure", "finished_at", b"finished_at", "summary", b"summary", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data", b"data", "deadline", b"deadline", "failure", b"failure", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "mode", b"mode", "saga", b"saga", "saga_id", b"saga_id", "status", b"status", "steps", b"steps", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data", b"data", "deadline", b"deadline", "failure", b"failure", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "mode", b"mode", "saga", b"saga", "saga_id", b"saga_id", "status", b"status", "steps", b"steps", "summary", b"summary", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Saga: _TypeAlias = Saga  # noqa: Y015
+
+@_typing.final
+class SagaSummary(_message.Message):
+    """The saga at a glance. Taken from its data's fields of these names when it has them
+    (customer_id, total); the failure in one line when it failed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    STEPS_DONE_FIELD_NUMBER: _builtins.int
+    STEPS_TOTAL_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    failure: _builtins.str
+    """e.g. "charge_payment: INSUFFICIENT_FUNDS (balance 10.00 EUR is less than 49.00 EUR)"."""
+    steps_done: _builtins.int
+    """Steps that succeeded (or succeeded and were compensated), of all the saga's steps."""
+    steps_total: _builtins.int
+    @_builtins.property
+    def total(self) -> _common_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        total: _common_pb2.Money | None = ...,
+        failure: _builtins.str = ...,
+        steps_done: _builtins.int = ...,
+        steps_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "failure", b"failure", "steps_done", b"steps_done", "steps_total", b"steps_total", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SagaSummary: _TypeAlias = SagaSummary  # noqa: Y015
 
 @_typing.final
 class GetSagaRequest(_message.Message):
@@ -367,7 +411,9 @@ Global___GetSagaRequest: _TypeAlias = GetSagaRequest  # noqa: Y015
 
 @_typing.final
 class ListSagasRequest(_message.Message):
-    """Newest first. page_token is the opaque next_page_token of the previous page."""
+    """Newest first. Each saga comes with its data (input and what its steps filled in),
+    its summary and its steps' statuses, without attempts (GetSaga has those).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -376,7 +422,9 @@ class ListSagasRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     status: Global___SagaStatus.ValueType
     page_size: _builtins.int
+    """At most this many (0: the default, 50; at most 500)."""
     page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
     def __init__(
         self,
         *,
@@ -399,6 +447,7 @@ class ListSagasResponse(_message.Message):
     SAGAS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass it as page_token for the next page; empty on the last page."""
     @_builtins.property
     def sagas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Saga]: ...
     def __init__(

@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/sagawire/v1/inventory.proto\x12\x0bsagawire.v1\"9\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\"\x1e\n\x0fGetStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"\x12\n\x10ListStockRequest\"6\n\x11ListStockResponse\x12!\n\x05stock\x18\x01 \x03(\x0b\x32\x12.sagawire.v1.Stock\"-\n\x0cReservedLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"x\n\x0bReservation\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12(\n\x05lines\x18\x02 \x03(\x0b\x32\x19.sagawire.v1.ReservedLine\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.sagawire.v1.ReservationStatus\"(\n\x15GetReservationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t*y\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x02\x32\xe5\x01\n\tInventory\x12<\n\x08GetStock\x12\x1c.sagawire.v1.GetStockRequest\x1a\x12.sagawire.v1.Stock\x12J\n\tListStock\x12\x1d.sagawire.v1.ListStockRequest\x1a\x1e.sagawire.v1.ListStockResponse\x12N\n\x0eGetReservation\x12\".sagawire.v1.GetReservationRequest\x1a\x18.sagawire.v1.Reservationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/sagawire/v1/inventory.proto\x12\x0bsagawire.v1\"9\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\"\x1e\n\x0fGetStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"9\n\x10ListStockRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x11ListStockResponse\x12!\n\x05stock\x18\x01 \x03(\x0b\x32\x12.sagawire.v1.Stock\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x0cReservedLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"x\n\x0bReservation\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12(\n\x05lines\x18\x02 \x03(\x0b\x32\x19.sagawire.v1.ReservedLine\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.sagawire.v1.ReservationStatus\"(\n\x15GetReservationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t*y\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x02\x32\xe5\x01\n\tInventory\x12<\n\x08GetStock\x12\x1c.sagawire.v1.GetStockRequest\x1a\x12.sagawire.v1.Stock\x12J\n\tListStock\x12\x1d.sagawire.v1.ListStockRequest\x1a\x1e.sagawire.v1.ListStockResponse\x12N\n\x0eGetReservation\x12\".sagawire.v1.GetReservationRequest\x1a\x18.sagawire.v1.Reservationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sagawire.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATUS']._serialized_start=429
-  _globals['_RESERVATIONSTATUS']._serialized_end=550
+  _globals['_RESERVATIONSTATUS']._serialized_start=493
+  _globals['_RESERVATIONSTATUS']._serialized_end=614
   _globals['_STOCK']._serialized_start=51
   _globals['_STOCK']._serialized_end=108
   _globals['_GETSTOCKREQUEST']._serialized_start=110
   _globals['_GETSTOCKREQUEST']._serialized_end=140
   _globals['_LISTSTOCKREQUEST']._serialized_start=142
-  _globals['_LISTSTOCKREQUEST']._serialized_end=160
-  _globals['_LISTSTOCKRESPONSE']._serialized_start=162
-  _globals['_LISTSTOCKRESPONSE']._serialized_end=216
-  _globals['_RESERVEDLINE']._serialized_start=218
-  _globals['_RESERVEDLINE']._serialized_end=263
-  _globals['_RESERVATION']._serialized_start=265
-  _globals['_RESERVATION']._serialized_end=385
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=387
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=427
-  _globals['_INVENTORY']._serialized_start=553
-  _globals['_INVENTORY']._serialized_end=782
+  _globals['_LISTSTOCKREQUEST']._serialized_end=199
+  _globals['_LISTSTOCKRESPONSE']._serialized_start=201
+  _globals['_LISTSTOCKRESPONSE']._serialized_end=280
+  _globals['_RESERVEDLINE']._serialized_start=282
+  _globals['_RESERVEDLINE']._serialized_end=327
+  _globals['_RESERVATION']._serialized_start=329
+  _globals['_RESERVATION']._serialized_end=449
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=451
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=491
+  _globals['_INVENTORY']._serialized_start=617
+  _globals['_INVENTORY']._serialized_end=846
 # @@protoc_insertion_point(module_scope)

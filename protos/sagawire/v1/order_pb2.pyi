@@ -112,7 +112,7 @@ Global___GetOrderRequest: _TypeAlias = GetOrderRequest  # noqa: Y015
 
 @_typing.final
 class ListOrdersRequest(_message.Message):
-    """Newest first. page_token is the opaque next_page_token of the previous page."""
+    """Newest first."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -121,7 +121,9 @@ class ListOrdersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     status: Global___OrderStatus.ValueType
     page_size: _builtins.int
+    """At most this many (0: the default, 50; at most 500)."""
     page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
     def __init__(
         self,
         *,
@@ -144,6 +146,7 @@ class ListOrdersResponse(_message.Message):
     ORDERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass it as page_token for the next page; empty on the last page."""
     @_builtins.property
     def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderRecord]: ...
     def __init__(

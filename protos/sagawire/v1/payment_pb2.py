@@ -26,29 +26,29 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos.sagawire.v1 import common_pb2 as protos_dot_sagawire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/sagawire/v1/payment.proto\x12\x0bsagawire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fprotos/sagawire/v1/common.proto\"C\n\x07\x41\x63\x63ount\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.sagawire.v1.Money\"(\n\x11GetAccountRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x15\n\x13ListAccountsRequest\">\n\x14ListAccountsResponse\x12&\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x14.sagawire.v1.Account\"\xc0\x01\n\x06\x43harge\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\"\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x12.sagawire.v1.Money\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.sagawire.v1.ChargeStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x12ListChargesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\";\n\x13ListChargesResponse\x12$\n\x07\x63harges\x18\x01 \x03(\x0b\x32\x13.sagawire.v1.Charge*e\n\x0c\x43hargeStatus\x12\x1d\n\x19\x43HARGE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43HARGE_STATUS_CAPTURED\x10\x01\x12\x1a\n\x16\x43HARGE_STATUS_REFUNDED\x10\x02\x32\xf4\x01\n\x07Payment\x12\x42\n\nGetAccount\x12\x1e.sagawire.v1.GetAccountRequest\x1a\x14.sagawire.v1.Account\x12S\n\x0cListAccounts\x12 .sagawire.v1.ListAccountsRequest\x1a!.sagawire.v1.ListAccountsResponse\x12P\n\x0bListCharges\x12\x1f.sagawire.v1.ListChargesRequest\x1a .sagawire.v1.ListChargesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/sagawire/v1/payment.proto\x12\x0bsagawire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fprotos/sagawire/v1/common.proto\"C\n\x07\x41\x63\x63ount\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.sagawire.v1.Money\"(\n\x11GetAccountRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListAccountsResponse\x12&\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x14.sagawire.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc0\x01\n\x06\x43harge\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\"\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x12.sagawire.v1.Money\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.sagawire.v1.ChargeStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x12ListChargesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"T\n\x13ListChargesResponse\x12$\n\x07\x63harges\x18\x01 \x03(\x0b\x32\x13.sagawire.v1.Charge\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*e\n\x0c\x43hargeStatus\x12\x1d\n\x19\x43HARGE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43HARGE_STATUS_CAPTURED\x10\x01\x12\x1a\n\x16\x43HARGE_STATUS_REFUNDED\x10\x02\x32\xf4\x01\n\x07Payment\x12\x42\n\nGetAccount\x12\x1e.sagawire.v1.GetAccountRequest\x1a\x14.sagawire.v1.Account\x12S\n\x0cListAccounts\x12 .sagawire.v1.ListAccountsRequest\x1a!.sagawire.v1.ListAccountsResponse\x12P\n\x0bListCharges\x12\x1f.sagawire.v1.ListChargesRequest\x1a .sagawire.v1.ListChargesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sagawire.v1.payment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHARGESTATUS']._serialized_start=629
-  _globals['_CHARGESTATUS']._serialized_end=730
+  _globals['_CHARGESTATUS']._serialized_start=757
+  _globals['_CHARGESTATUS']._serialized_end=858
   _globals['_ACCOUNT']._serialized_start=115
   _globals['_ACCOUNT']._serialized_end=182
   _globals['_GETACCOUNTREQUEST']._serialized_start=184
   _globals['_GETACCOUNTREQUEST']._serialized_end=224
   _globals['_LISTACCOUNTSREQUEST']._serialized_start=226
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=247
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=249
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=311
-  _globals['_CHARGE']._serialized_start=314
-  _globals['_CHARGE']._serialized_end=506
-  _globals['_LISTCHARGESREQUEST']._serialized_start=508
-  _globals['_LISTCHARGESREQUEST']._serialized_end=566
-  _globals['_LISTCHARGESRESPONSE']._serialized_start=568
-  _globals['_LISTCHARGESRESPONSE']._serialized_end=627
-  _globals['_PAYMENT']._serialized_start=733
-  _globals['_PAYMENT']._serialized_end=977
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=286
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=288
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=375
+  _globals['_CHARGE']._serialized_start=378
+  _globals['_CHARGE']._serialized_end=570
+  _globals['_LISTCHARGESREQUEST']._serialized_start=572
+  _globals['_LISTCHARGESREQUEST']._serialized_end=669
+  _globals['_LISTCHARGESRESPONSE']._serialized_start=671
+  _globals['_LISTCHARGESRESPONSE']._serialized_end=755
+  _globals['_PAYMENT']._serialized_start=861
+  _globals['_PAYMENT']._serialized_end=1105
 # @@protoc_insertion_point(module_scope)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/sagawire/v1/shipping.proto\x12\x0bsagawire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x08Shipment\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x17\n\x0ftracking_number\x18\x05 \x01(\t\x12+\n\x06status\x18\x06 \x01(\x0e\x32\x1b.sagawire.v1.ShipmentStatus\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x12GetShipmentRequest\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\"+\n\x18GetShipmentBySagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\x16\n\x14ListShipmentsRequest\"A\n\x15ListShipmentsResponse\x12(\n\tshipments\x18\x01 \x03(\x0b\x32\x15.sagawire.v1.Shipment*o\n\x0eShipmentStatus\x12\x1f\n\x1bSHIPMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SHIPMENT_STATUS_SCHEDULED\x10\x01\x12\x1d\n\x19SHIPMENT_STATUS_CANCELLED\x10\x02\x32\xfc\x01\n\x08Shipping\x12\x45\n\x0bGetShipment\x12\x1f.sagawire.v1.GetShipmentRequest\x1a\x15.sagawire.v1.Shipment\x12Q\n\x11GetShipmentBySaga\x12%.sagawire.v1.GetShipmentBySagaRequest\x1a\x15.sagawire.v1.Shipment\x12V\n\rListShipments\x12!.sagawire.v1.ListShipmentsRequest\x1a\".sagawire.v1.ListShipmentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/sagawire/v1/shipping.proto\x12\x0bsagawire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x08Shipment\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x17\n\x0ftracking_number\x18\x05 \x01(\t\x12+\n\x06status\x18\x06 \x01(\x0e\x32\x1b.sagawire.v1.ShipmentStatus\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x12GetShipmentRequest\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\"+\n\x18GetShipmentBySagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"=\n\x14ListShipmentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x15ListShipmentsResponse\x12(\n\tshipments\x18\x01 \x03(\x0b\x32\x15.sagawire.v1.Shipment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*o\n\x0eShipmentStatus\x12\x1f\n\x1bSHIPMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SHIPMENT_STATUS_SCHEDULED\x10\x01\x12\x1d\n\x19SHIPMENT_STATUS_CANCELLED\x10\x02\x32\xfc\x01\n\x08Shipping\x12\x45\n\x0bGetShipment\x12\x1f.sagawire.v1.GetShipmentRequest\x1a\x15.sagawire.v1.Shipment\x12Q\n\x11GetShipmentBySaga\x12%.sagawire.v1.GetShipmentBySagaRequest\x1a\x15.sagawire.v1.Shipment\x12V\n\rListShipments\x12!.sagawire.v1.ListShipmentsRequest\x1a\".sagawire.v1.ListShipmentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sagawire.v1.shipping_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHIPMENTSTATUS']._serialized_start=470
-  _globals['_SHIPMENTSTATUS']._serialized_end=581
+  _globals['_SHIPMENTSTATUS']._serialized_start=534
+  _globals['_SHIPMENTSTATUS']._serialized_end=645
   _globals['_SHIPMENT']._serialized_start=84
   _globals['_SHIPMENT']._serialized_end=289
   _globals['_GETSHIPMENTREQUEST']._serialized_start=291
@@ -41,9 +41,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSHIPMENTBYSAGAREQUEST']._serialized_start=334
   _globals['_GETSHIPMENTBYSAGAREQUEST']._serialized_end=377
   _globals['_LISTSHIPMENTSREQUEST']._serialized_start=379
-  _globals['_LISTSHIPMENTSREQUEST']._serialized_end=401
-  _globals['_LISTSHIPMENTSRESPONSE']._serialized_start=403
-  _globals['_LISTSHIPMENTSRESPONSE']._serialized_end=468
-  _globals['_SHIPPING']._serialized_start=584
-  _globals['_SHIPPING']._serialized_end=836
+  _globals['_LISTSHIPMENTSREQUEST']._serialized_end=440
+  _globals['_LISTSHIPMENTSRESPONSE']._serialized_start=442
+  _globals['_LISTSHIPMENTSRESPONSE']._serialized_end=532
+  _globals['_SHIPPING']._serialized_start=648
+  _globals['_SHIPPING']._serialized_end=900
 # @@protoc_insertion_point(module_scope)
