@@ -36,19 +36,51 @@ alone no longer decides:
 A duplicate compensate is answered from its row whatever it carries: it has no
 effect either way. Rows written before fingerprints existed have none (NULL) and
 match any request, as the key alone did.
+
+**Retention: rows of finished sagas go, and their late duplicates are still refused.**
+The barrier keeps a saga's rows until the coordinator has said the saga finished
+(COMPLETED or COMPENSATED: ``Participant.SagasFinished``, :func:`mark_finished`) and
+the retention window ``W`` (plus the allowed clock skew ``M``) has passed since
+(:func:`prune_finished`). A saga that needs attention has not finished, so its rows
+stay however long it waits for ``RetrySaga``. Once rows are gone, a late duplicate
+finds no row and would run again; so the barrier refuses any request of a saga
+*created* longer than ``W`` ago for a step it holds no row of (the **horizon**):
+an execute with :class:`~common.errors.SagaExpired` (FAILED_PRECONDITION, nothing
+done), a compensate as a null compensation that records nothing (there is nothing to
+undo: see below). The creation time is read from the saga id itself, a UUIDv7 the
+coordinator made (common/saga_ids.py), so there is nothing to store per saga.
+
+Why that is safe. *Every deleted row is covered*: rows of saga S go only when S
+finished more than ``W + M`` ago, and S was created before it finished, so from then
+on S is older than the horizon (as long as the coordinator's clock, which stamped
+the id, runs less than ``M`` ahead of the service's), and a step with no row is
+refused. A saga's rows are deleted together, in one statement, so no step is left
+with half its rows (an execute without the compensate that undid it). *Nothing
+needed is refused*: a step that has a row is answered by the barrier as always,
+whatever the saga's age. A step with no row of a saga older than ``W`` is either a
+late duplicate of a pruned saga (refused: the point), or a step of a saga still
+unfinished after ``W`` that never reached this service before (rows of unfinished
+sagas are never deleted). For a compensate that means the execute never took
+effect here, so a null compensation is the true answer; for an execute, the saga
+is far past its deadline (seconds to minutes against a window of days), so
+refusing to start a new step is what its deadline asks for. Ids that carry no time
+(random UUIDs from before UUIDv7 ids) are never refused by the horizon, and their
+rows are never pruned: there is a fixed number of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 from google.protobuf.message import Message
 
-from common.errors import Aborted, BusinessRejection, RequestMismatch
+from common import saga_ids
+from common.errors import Aborted, BusinessRejection, RequestMismatch, SagaExpired
 from common.store import utc_now
 
 SCHEMA = """
@@ -65,6 +97,13 @@ CREATE TABLE IF NOT EXISTS barrier (
     fingerprint TEXT,
     PRIMARY KEY (saga_id, step, phase)
 );
+-- Sagas the coordinator said finished (COMPLETED or COMPENSATED), since when: their
+-- rows above are pruned once the retention window has passed (see the module doc).
+CREATE TABLE IF NOT EXISTS barrier_finished (
+    saga_id     TEXT PRIMARY KEY,
+    finished_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS barrier_finished_by_time ON barrier_finished (finished_at);
 """
 
 
@@ -153,6 +192,14 @@ def _record(
     )
 
 
+def expired(saga_id: str, horizon: datetime | None) -> bool:
+    """Whether the saga was created before ``horizon`` (None: no horizon), by its id."""
+    if horizon is None:
+        return False
+    created = saga_ids.created_at(saga_id)
+    return created is not None and created < horizon
+
+
 def guarded_execute(
     conn: sqlite3.Connection,
     saga_id: str,
@@ -160,6 +207,7 @@ def guarded_execute(
     action: Callable[[], bytes],
     *,
     fingerprint: str,
+    horizon: datetime | None = None,
 ) -> Guarded:
     """Run ``action`` once per (saga, step), inside the caller's transaction.
 
@@ -170,8 +218,15 @@ def guarded_execute(
         Aborted: the step was compensated (or a null compensation of this very
             request was recorded): a hanging request.
         RequestMismatch: the key holds a different request; nothing ran.
+        SagaExpired: the saga was created before ``horizon`` and the step has no
+            row here; nothing ran, nothing was recorded (see the module doc).
     """
     rows = _rows(conn, saga_id, step)
+    if not rows and expired(saga_id, horizon):
+        raise SagaExpired(
+            f"saga {saga_id} is older than the barrier's retention window and step {step!r}"
+            " never ran here; refused, nothing done"
+        )
     marker = rows.get("compensate")
     if marker is not None:
         if "execute" in rows or _matches(marker, fingerprint):
@@ -212,17 +267,22 @@ def guarded_compensate(
     compensation: Callable[[bytes], bytes],
     *,
     fingerprint: str,
+    horizon: datetime | None = None,
 ) -> Guarded:
     """Undo the step's execute once, given its recorded result; a no-op if it never ran.
 
     ``fingerprint`` is the compensate request's, computed as its execute's would
-    be (the execute's action, the same bound fields).
+    be (the execute's action, the same bound fields). A step with no row of a saga
+    created before ``horizon`` is a null compensation that records nothing (its
+    execute, if it ever comes, is refused by the same horizon).
 
     Raises:
         RequestMismatch: the execute that took effect was a different request;
             nothing is undone.
     """
     rows = _rows(conn, saga_id, step)
+    if not rows and expired(saga_id, horizon):
+        return Guarded(Outcome.NULL_COMPENSATION)
     if "compensate" in rows:
         return Guarded(Outcome.REPLAYED, result=rows["compensate"]["result"] or b"")
     first = rows.get("execute")
@@ -243,3 +303,38 @@ def was_executed(conn: sqlite3.Connection, saga_id: str, step: str) -> bool:
     """Whether the step's execute took effect (applied, not rejected)."""
     first = _rows(conn, saga_id, step).get("execute")
     return first is not None and first["outcome"] == "applied"
+
+
+def mark_finished(conn: sqlite3.Connection, saga_id_list: Iterable[str], at: datetime) -> int:
+    """Note that these sagas finished for good (the coordinator said so), from ``at``;
+    how many were new. Ids that carry no creation time are left alone: the horizon
+    could not refuse their late duplicates, so their rows are kept."""
+    marked = 0
+    for saga_id in saga_id_list:
+        if saga_ids.created_at(saga_id) is None:
+            continue
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO barrier_finished (saga_id, finished_at) VALUES (?, ?)",
+            (saga_id, at.isoformat(timespec="microseconds")),
+        )
+        marked += cursor.rowcount
+    return marked
+
+
+def prune_finished(conn: sqlite3.Connection, finished_before: datetime, limit: int) -> int:
+    """Delete every row of up to ``limit`` sagas that finished before ``finished_before``
+    (each saga's rows in one statement); how many sagas."""
+    sagas = [
+        row[0]
+        for row in conn.execute(
+            "SELECT saga_id FROM barrier_finished WHERE finished_at < ?"
+            " ORDER BY finished_at LIMIT ?",
+            (finished_before.isoformat(timespec="microseconds"), limit),
+        )
+    ]
+    if not sagas:
+        return 0
+    marks = ",".join("?" * len(sagas))
+    conn.execute(f"DELETE FROM barrier WHERE saga_id IN ({marks})", sagas)
+    conn.execute(f"DELETE FROM barrier_finished WHERE saga_id IN ({marks})", sagas)
+    return len(sagas)

@@ -6,6 +6,7 @@ fails at start with a message naming the variable.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -104,7 +105,68 @@ class TlsSettings(BaseSettings):
         return self.tls_ca_file is self.tls_cert_file is self.tls_key_file is None
 
 
-class ServerSettings(TlsSettings):
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+_DAY = 86_400.0
+
+
+def seconds(value: object) -> object:
+    """A duration as seconds: a number, or a string with a unit (``90s``, ``15m``, ``12h``,
+    ``7d``). Anything else is passed on for the field's own validation to refuse."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.lower())
+        if match is None:
+            raise ValueError(f"expected seconds or a duration (90s, 15m, 12h, 7d), got {value!r}")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+class RetentionSettings(BaseSettings):
+    """What each process keeps, and for how long (common/retention.py prunes the rest).
+
+    Every window is a duration: seconds, or a number with a unit (``7d``, ``12h``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")
+
+    retention_enabled: bool = True
+    # Seconds between two pruning passes, and rows deleted per transaction in a pass.
+    retention_interval: float = Field(default=60.0, gt=0, le=_DAY)
+    retention_batch: int = Field(default=500, ge=1, le=100_000)
+    # A finished saga's barrier rows are kept this long after the coordinator said it
+    # finished; a request of a saga created longer ago than this, for a step the barrier
+    # holds no row of, is refused (common/barrier.py).
+    retention_barrier: float = Field(default=7 * _DAY, gt=0)
+    # Added to the barrier window before rows go: how far the coordinator's clock (saga
+    # ids carry its time) may run ahead of a service's.
+    retention_clock_skew: float = Field(default=300.0, ge=0, le=_DAY)
+    # Outbox events older than this go once every consumer heard from within it has
+    # been sent past them (never the newest event: it holds the stream's position).
+    retention_outbox: float = Field(default=7 * _DAY, gt=0)
+    # Inbox rows (event ids a consumer processed), by age.
+    retention_inbox: float = Field(default=7 * _DAY, gt=0)
+    # Events a consumer could not process and skipped (ListPoisonEvents), by age.
+    retention_poison: float = Field(default=30 * _DAY, gt=0)
+    # Finished (completed or compensated) sagas in the coordinator's saga log, once the
+    # participants were told they finished; history is what operators read.
+    retention_sagas: float = Field(default=30 * _DAY, gt=0)
+
+    @field_validator(
+        "retention_interval",
+        "retention_barrier",
+        "retention_clock_skew",
+        "retention_outbox",
+        "retention_inbox",
+        "retention_poison",
+        "retention_sagas",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return seconds(value)
+
+
+class ServerSettings(TlsSettings, RetentionSettings):
     """How a Sagawire gRPC process serves: address, TLS, limits, storage, logging."""
 
     model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")

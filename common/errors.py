@@ -6,7 +6,8 @@
     ├── InvalidArgument          bad input at the edge; names the offending field
     ├── NotFound                 the thing asked for does not exist
     ├── BusinessRejection        a final "no" from the domain (ErrorInfo reason)
-    │   └── RequestMismatch      the barrier's key holds a different request (REQUEST_MISMATCH)
+    │   ├── RequestMismatch      the barrier's key holds a different request (REQUEST_MISMATCH)
+    │   └── SagaExpired          a request of a saga older than the barrier's horizon (SAGA_EXPIRED)
     ├── Aborted                  refused by the barrier (execute after compensate)
     ├── Unauthenticated          no valid credentials (a bearer token, a certificate)
     ├── PermissionDenied         valid credentials that may not do this
@@ -79,6 +80,21 @@ class RequestMismatch(BusinessRejection):
     """
 
     REASON = "REQUEST_MISMATCH"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.REASON, message)
+
+
+class SagaExpired(BusinessRejection):
+    """The barrier refused the call: its saga was created longer ago than the barrier
+    keeps rows for finished sagas, and the barrier holds nothing of this step: a late
+    duplicate of a finished saga, whose first answer retention has removed. Nothing was
+    done (common/barrier.py says why this is safe).
+
+    Final like any rejection: the same request will always be refused.
+    """
+
+    REASON = "SAGA_EXPIRED"
 
     def __init__(self, message: str) -> None:
         super().__init__(self.REASON, message)
@@ -261,6 +277,8 @@ def error_from_remote(remote: RemoteError) -> SagawireError:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         if remote.reason == RequestMismatch.REASON:
             return RequestMismatch(remote.message)
+        if remote.reason == SagaExpired.REASON:
+            return SagaExpired(remote.message)
         return BusinessRejection(remote.reason or "REJECTED", remote.message)
     if code == grpc.StatusCode.ABORTED:
         return Aborted(remote.message)
@@ -293,6 +311,7 @@ __all__ = [
     "PermissionDenied",
     "RemoteError",
     "RequestMismatch",
+    "SagaExpired",
     "SagawireError",
     "Transient",
     "Unauthenticated",

@@ -4,6 +4,19 @@
 rolled-back change leaves no event and a committed one always has its event.
 :class:`Outbox` reads them back in sequence order for ``Subscribe`` and wakes
 subscribers when new ones commit, so nobody polls in a tight loop.
+
+**Retention** (:meth:`Outbox.prune`). The outbox notes where each consumer's stream is
+(the next sequence it will be sent, by consumer name) whenever the stream reads, and
+keeps those positions in ``outbox_reader``. An event goes once it is older than the
+window *and* every consumer heard from within the window has been sent past it; the
+newest event always stays (``MAX(sequence)`` is the stream's end). A consumer silent for
+longer than the window is forgotten and may come back to a stream that starts later
+than its offset. It loses nothing it could still act on: an event older than the
+window is about a saga created longer ago than that, and with the barrier's window no
+longer than the outbox's (the defaults are equal), a reaction to it either finds its
+step's barrier row (a replay, no effect) or none, and is refused by the barrier's
+horizon (common/barrier.py). What it does lose is the view: the coordinator's
+observer may leave such a saga STALLED, as it would with the events.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -36,7 +49,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     -- without decoding the headers of every row.
     mode     TEXT
 );
+-- Where each consumer's stream was (the next sequence it is sent) when last heard from.
+CREATE TABLE IF NOT EXISTS outbox_reader (
+    consumer      TEXT PRIMARY KEY,
+    next_sequence INTEGER NOT NULL,
+    seen_at       TEXT NOT NULL
+);
 """
+# Consumers whose positions are kept in memory between two pruning passes; a flood of
+# names beyond this drops the longest silent.
+MAX_READERS = 256
 
 # The header consumers filter on most (choreographed sagas only); see the ``mode`` column.
 MODE_HEADER = "saga-mode"
@@ -115,6 +137,41 @@ def _to_event(source: str, row: sqlite3.Row) -> events_pb2.Event:
     return event
 
 
+def _prune(
+    conn: sqlite3.Connection,
+    readers: Mapping[str, tuple[int, datetime]],
+    older_than: datetime,
+    limit: int,
+) -> int:
+    conn.executemany(
+        "INSERT INTO outbox_reader (consumer, next_sequence, seen_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (consumer) DO UPDATE SET next_sequence = excluded.next_sequence,"
+        " seen_at = excluded.seen_at",
+        [
+            (name, at, seen.isoformat(timespec="microseconds"))
+            for name, (at, seen) in readers.items()
+        ],
+    )
+    conn.execute(
+        "DELETE FROM outbox_reader WHERE seen_at < ?",
+        (older_than.isoformat(timespec="microseconds"),),
+    )
+    newest = int(conn.execute(_LAST_SEQUENCE).fetchone()[0])
+    held = conn.execute("SELECT MIN(next_sequence) FROM outbox_reader").fetchone()[0]
+    bound = newest if held is None else min(int(held), newest)  # events before it may go
+    last = None
+    for row in conn.execute(
+        "SELECT sequence, time FROM outbox WHERE sequence < ? ORDER BY sequence LIMIT ?",
+        (bound, limit),
+    ):
+        if datetime.fromisoformat(row["time"]) >= older_than:
+            break  # the oldest first: what follows is newer (a clock step back only delays)
+        last = row["sequence"]
+    if last is None:
+        return 0
+    return conn.execute("DELETE FROM outbox WHERE sequence <= ?", (last,)).rowcount
+
+
 class Outbox:
     """Reads a service's committed events and wakes waiters when more commit.
 
@@ -138,6 +195,8 @@ class Outbox:
         self._unspecified = 0
         self._by_mode: dict[str, int] = {}
         self._waiters: set[tuple[str | None, asyncio.Future[None]]] = set()
+        # Consumer name -> (the next sequence its stream reads, when): see prune().
+        self._readers: dict[str, tuple[int, datetime]] = {}
 
     def stamp(self, mode: str | None = None) -> tuple[int, int]:
         """What a reader notes before reading: the commits it cares about so far (all
@@ -220,11 +279,15 @@ class Outbox:
         limit: int,
         types: frozenset[str] = frozenset(),
         headers: Mapping[str, str] | None = None,
+        reader: str = "",
     ) -> tuple[list[events_pb2.Event], int, bool]:
         """As :meth:`read_batch`, for streams: from the shared tail when it holds
         ``from_sequence``, else from the file. It sees every commit notified before the
         call, and any other within a second. The events may be shared with other
-        readers: copy one before changing it."""
+        readers: copy one before changing it. ``reader``: the consumer whose stream
+        reads, noted with ``from_sequence`` for retention."""
+        if reader:
+            self._note_reader(reader, from_sequence)
         tail = await self._fresh_tail()
         if not tail.covers(from_sequence):
             return await self.read_batch(from_sequence, limit, types, headers)
@@ -264,6 +327,23 @@ class Outbox:
             self._tail_loaded_at = time.monotonic()
         finally:
             self._tail_loading = None
+
+    def _note_reader(self, reader: str, from_sequence: int) -> None:
+        self._readers.pop(reader, None)  # re-inserted last: the dict is in order of reads
+        self._readers[reader] = (from_sequence, utc_now())
+        while len(self._readers) > MAX_READERS:
+            del self._readers[next(iter(self._readers))]
+
+    async def prune(self, window: timedelta, limit: int, now: datetime | None = None) -> int:
+        """Delete up to ``limit`` of the oldest events that are older than ``window`` and
+        that every consumer heard from within it was sent past (see the module doc);
+        how many."""
+        older_than = (now or utc_now()) - window
+        readers = dict(self._readers)
+        for name, (_, seen) in readers.items():
+            if seen < older_than:
+                self._readers.pop(name, None)
+        return await self._db.transaction(lambda conn: _prune(conn, readers, older_than, limit))
 
     async def last_sequence(self) -> int:
         def query(conn: sqlite3.Connection) -> int:

@@ -2,7 +2,8 @@
 
 A service declares its actions as data (:class:`Action`); this module validates
 the request, applies fault injection, and runs the action through the barrier
-and the outbox inside one SQLite transaction.
+and the outbox inside one SQLite transaction. ``SagasFinished`` notes the sagas the
+coordinator says finished, so retention lets their barrier rows go after the window.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, NoReturn, TypeVar
 
 import grpc
@@ -17,16 +19,29 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from common import barrier, outbox
-from common.errors import Aborted, BusinessRejection, InvalidArgument, RequestMismatch, grpc_edge
+from common.errors import (
+    Aborted,
+    BusinessRejection,
+    InvalidArgument,
+    RequestMismatch,
+    SagaExpired,
+    grpc_edge,
+)
 from common.faults import FaultInjector
 from common.logs import printable
-from common.participant_telemetry import barrier_decided, barrier_refused, counted_call
-from common.store import Database
+from common.participant_telemetry import (
+    REFUSED_LATE,
+    barrier_decided,
+    barrier_refused,
+    counted_call,
+)
+from common.store import Database, utc_now
 from common.telemetry import producer_span
 from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_ID_LENGTH = 128
+MAX_FINISHED_PER_CALL = 1_000
 
 _P = TypeVar("_P", bound=Message)
 
@@ -148,10 +163,16 @@ class ActionRunner:
     Participant servicer (orchestration) and the event reactions (choreography)."""
 
     def __init__(
-        self, db: Database, events: outbox.Outbox, actions: Mapping[str, Action[Message]]
+        self,
+        db: Database,
+        events: outbox.Outbox,
+        actions: Mapping[str, Action[Message]],
+        horizon: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         self.db = db
         self.events = events
+        # The barrier's horizon now (common/barrier.py); None: none.
+        self.horizon = horizon
         self.by_action = dict(actions)
         self.by_compensation = {
             a.compensation: a for a in actions.values() if a.compensation is not None
@@ -170,10 +191,18 @@ class ActionRunner:
 
         try:
             guarded = barrier.guarded_execute(
-                conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
+                conn,
+                ctx.saga_id,
+                ctx.step,
+                run,
+                fingerprint=action.fingerprint(payload),
+                horizon=self.horizon(),
             )
         except (Aborted, RequestMismatch) as refused:
             barrier_refused(action.name, EXECUTE, refused)
+            raise
+        except SagaExpired:
+            barrier_decided(action.name, EXECUTE, REFUSED_LATE)  # past the horizon
             raise
         barrier_decided(action.name, EXECUTE, guarded.outcome.value, guarded.rejection)
         if (
@@ -215,7 +244,12 @@ class ActionRunner:
         compensation = action.compensation or action.name
         try:
             guarded = barrier.guarded_compensate(
-                conn, ctx.saga_id, ctx.step, run, fingerprint=action.fingerprint(payload)
+                conn,
+                ctx.saga_id,
+                ctx.step,
+                run,
+                fingerprint=action.fingerprint(payload),
+                horizon=self.horizon(),
             )
         except RequestMismatch as refused:
             barrier_refused(compensation, COMPENSATE, refused)
@@ -323,5 +357,23 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
                 await self._faults.before_call(request.action)
                 guarded = await self._runner.compensate(action, ctx, payload)
             return participant_pb2.StepReply(outcome=_OUTCOMES[guarded.outcome])
+
+        return await grpc_edge(context, body)
+
+    async def SagasFinished(
+        self, request: participant_pb2.SagasFinishedRequest, context: grpc.aio.ServicerContext
+    ) -> participant_pb2.SagasFinishedReply:
+        async def body() -> participant_pb2.SagasFinishedReply:
+            if len(request.saga_ids) > MAX_FINISHED_PER_CALL:
+                raise InvalidArgument(
+                    "saga_ids", f"must list at most {MAX_FINISHED_PER_CALL} sagas"
+                )
+            for number, saga_id in enumerate(request.saga_ids):
+                require_id(saga_id, f"saga_ids[{number}]")
+            now = utc_now()
+            marked = await self._runner.db.transaction(
+                lambda conn: barrier.mark_finished(conn, request.saga_ids, now)
+            )
+            return participant_pb2.SagasFinishedReply(marked=marked)
 
         return await grpc_edge(context, body)

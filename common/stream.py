@@ -75,7 +75,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
                     await abort(context, Transient("the event stream was cut by an operator"))
                 seen = self._outbox.stamp(mode)
                 events, scanned, complete = await self._outbox.read_notified(
-                    next_sequence, BATCH_SIZE, types, headers
+                    next_sequence, BATCH_SIZE, types, headers, reader=request.consumer
                 )
                 if events:
                     yield events_pb2.EventBatch(events=events)

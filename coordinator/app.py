@@ -23,6 +23,7 @@ from common.certs import COORDINATOR
 from common.config import DEFAULT_PORTS, Endpoints, load
 from common.logs import setup_logging
 from common.policy import CallPolicy
+from common.retention import Retention
 from common.server import serve_until_signal, server_options, start_server
 from common.telemetry import saga_metrics, setup_telemetry
 from common.tls import Identity
@@ -33,6 +34,7 @@ from coordinator.clients import Participants
 from coordinator.crash import CrashHook
 from coordinator.definitions import DefinitionError, Definitions, SagaMode, load_definitions
 from coordinator.engine import Redrive, SagaEngine
+from coordinator.finished import FinishedNotifier, saga_log_task
 from coordinator.observer import Observer
 from coordinator.recovery import recover
 from coordinator.runner import SagaRunner
@@ -135,6 +137,15 @@ class CoordinatorApp:
             ApiAuth.from_settings(settings),
             shed_at_door=settings.shed_at_door,
         )
+        # Retention: participants hear which sagas finished; finished sagas leave the log.
+        self.finished = FinishedNotifier(
+            self.log, self.definitions, self.participants, participants
+        )
+        self.retention = Retention(
+            [saga_log_task(self.log, settings.retention_sagas)],
+            settings.retention_interval,
+            settings.retention_batch,
+        )
         self._stopped = False
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -147,6 +158,9 @@ class CoordinatorApp:
         resumed = await recover(self.log, self.engine, self.crash)
         if self.observer is not None:
             await self.observer.start()
+        if self.settings.retention_enabled:
+            self.finished.start()
+            self.retention.start()
         log.info("coordinator ready sagas_resumed=%d", resumed)
 
     async def drain(self) -> None:
@@ -158,6 +172,8 @@ class CoordinatorApp:
         if self._stopped:
             return
         self._stopped = True
+        await self.retention.stop()
+        await self.finished.stop()
         await self.engine.close(self.settings.drain_seconds)
         if self.observer is not None:
             await self.observer.stop()

@@ -89,6 +89,14 @@ class Participants:
         )
         return reply
 
+    async def sagas_finished(
+        self, participant: str, saga_ids: Sequence[str], deadline: float
+    ) -> participant_pb2.SagasFinishedReply:
+        reply: participant_pb2.SagasFinishedReply = await self._stub(participant).SagasFinished(
+            participant_pb2.SagasFinishedRequest(saga_ids=saga_ids), timeout=deadline
+        )
+        return reply
+
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -32,6 +31,7 @@ from tenacity.wait import wait_base
 
 from common.errors import InvalidArgument, NotFound, Transient
 from common.retrying import attempt_then_retry
+from common.saga_ids import new_saga_id
 from common.store import utc_now
 from common.telemetry import saga_metrics
 from coordinator.definitions import Definitions
@@ -131,7 +131,8 @@ class SagaEngine:
             )
         now = utc_now()
         new = NewSaga(
-            saga_id=str(uuid.uuid4()),
+            # A UUIDv7: the id carries its creation time (the barrier's horizon reads it).
+            saga_id=new_saga_id(),
             definition=definition.name,
             mode=definition.mode.value,
             data=pack(data).SerializeToString(),

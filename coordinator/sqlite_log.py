@@ -3,6 +3,9 @@
 Tables: ``sagas`` (one row each, the current state), ``steps``, ``attempts``
 (projections updated in the same transaction as the change) and
 ``transitions``, the append-only history. Times are ISO-8601 UTC strings.
+``sagas.told_at`` is when every participant of a finished saga was told it finished
+(coordinator/finished.py); only then, and after the retention window, may the saga
+leave the log (:meth:`SqliteSagaLog.prune_finished`).
 Running sagas once read are served from :class:`coordinator.record_cache.RecordCache`,
 kept in step with the writes made here; every write still goes to the file.
 """
@@ -60,7 +63,8 @@ CREATE TABLE IF NOT EXISTS sagas (
     updated_at      TEXT NOT NULL,
     finished_at     TEXT,
     deadline        TEXT NOT NULL,
-    last_seq        INTEGER NOT NULL
+    last_seq        INTEGER NOT NULL,
+    told_at         TEXT
 );
 CREATE INDEX IF NOT EXISTS sagas_by_time ON sagas (created_at, saga_id);
 CREATE INDEX IF NOT EXISTS sagas_by_status ON sagas (status, created_at, saga_id);
@@ -100,6 +104,21 @@ CREATE TABLE IF NOT EXISTS transitions (
 """
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a log made before retention up to date (idempotent): the ``told_at`` column
+    and the indexes that find finished sagas."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(sagas)")}
+    if "told_at" not in columns:
+        conn.execute("ALTER TABLE sagas ADD COLUMN told_at TEXT")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS sagas_untold ON sagas (finished_at)"
+        " WHERE finished_at IS NOT NULL AND told_at IS NULL"
+    )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS sagas_told ON sagas (finished_at) WHERE told_at IS NOT NULL"
+    )
+
+
 def _iso(value: datetime) -> str:
     # Fixed width, so ISO strings sort like the times they stand for.
     return value.isoformat(timespec="microseconds")
@@ -124,6 +143,7 @@ class SqliteSagaLog(SagaLog):
 
     async def open(self) -> None:
         await self.db.open()
+        await self.db.transaction(_migrate)
 
     async def close(self) -> None:
         await self.db.close()
@@ -138,7 +158,10 @@ class SqliteSagaLog(SagaLog):
                 self._notify(new.saga_id, transition.status)
             return record, True
         existing = await self.load(existing_id)
-        assert existing is not None  # sagas are never deleted
+        if existing is None:
+            # Retention removed it between the two reads (the key is that old): the key
+            # is free again.
+            return await self.create(new, then)
         return existing, False
 
     async def append(self, saga_id: str, change: Change) -> Transition:
@@ -181,6 +204,34 @@ class SqliteSagaLog(SagaLog):
 
     async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
         return await self.db.read(lambda conn: _history(conn, saga_id, after_seq))
+
+    async def finished_untold(self, limit: int) -> list[tuple[str, str]]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT saga_id, definition FROM sagas"
+                " WHERE finished_at IS NOT NULL AND told_at IS NULL"
+                " ORDER BY finished_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [(row["saga_id"], row["definition"]) for row in rows]
+
+    async def mark_told(self, saga_ids: Sequence[str]) -> None:
+        at = _iso(datetime.now(UTC))
+        await self.db.transaction(
+            lambda conn: conn.executemany(
+                "UPDATE sagas SET told_at = ? WHERE saga_id = ?", [(at, s) for s in saga_ids]
+            )
+        )
+
+    async def prune_finished(self, finished_before: datetime, limit: int) -> int:
+        cutoff = _iso(finished_before.astimezone(UTC))
+        # Found by a read first: a pass with nothing to remove takes no write lock. Only
+        # finished sagas go, and the record cache holds running ones only.
+        found = await self.db.read(lambda conn: _prunable(conn, cutoff, limit))
+        if not found:
+            return 0
+        return await self.db.transaction(lambda conn: _prune(conn, found, cutoff))
 
     async def unfinished(self) -> list[str]:
         rows = await self.db.read(

@@ -12,6 +12,8 @@ Rules every adapter keeps:
 - The appends of one saga are applied in the order they were called.
 - ``load`` after an ``append`` shows exactly what :func:`records.apply` computes.
 - The history of transitions is append-only.
+- A saga leaves the log only through :meth:`SagaLog.prune_finished` (retention):
+  finished, its participants told so, and older than the window.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from datetime import datetime
 
 from common.errors import BusinessRejection, NotFound
 from coordinator.records import (
+    TERMINAL,
     UNFINISHED,
     Change,
     NewSaga,
@@ -137,6 +140,20 @@ class SagaLog(ABC):
         """Sagas newest first (their steps without attempts), optionally of one status."""
 
     @abstractmethod
+    async def finished_untold(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` finished (completed or compensated) sagas whose participants
+        were not told yet, oldest finish first: (saga id, definition) pairs."""
+
+    @abstractmethod
+    async def mark_told(self, saga_ids: Sequence[str]) -> None:
+        """Note that every participant of these sagas was told they finished."""
+
+    @abstractmethod
+    async def prune_finished(self, finished_before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` sagas (with their steps, attempts and history) that
+        finished before ``finished_before`` and whose participants were told; how many."""
+
+    @abstractmethod
     async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
         """The saga's transitions after ``after_seq``, in order."""
 
@@ -196,6 +213,7 @@ class InMemorySagaLog(SagaLog):
         self._sagas: dict[str, SagaRecord] = {}
         self._history: dict[str, list[Transition]] = {}
         self._keys: dict[str, str] = {}
+        self._told: set[str] = set()
 
     async def create(self, new: NewSaga, then: Sequence[Change] = ()) -> tuple[SagaRecord, bool]:
         if new.idempotency_key and new.idempotency_key in self._keys:
@@ -263,6 +281,31 @@ class InMemorySagaLog(SagaLog):
 
     async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
         return [t for t in self._history.get(saga_id, []) if t.seq > after_seq]
+
+    def _finished(self) -> list[SagaRecord]:
+        found = [s for s in self._sagas.values() if s.status in TERMINAL and s.finished_at]
+        return sorted(found, key=lambda s: (s.finished_at, s.saga_id))
+
+    async def finished_untold(self, limit: int) -> list[tuple[str, str]]:
+        untold = [s for s in self._finished() if s.saga_id not in self._told]
+        return [(s.saga_id, s.definition) for s in untold[:limit]]
+
+    async def mark_told(self, saga_ids: Sequence[str]) -> None:
+        self._told.update(s for s in saga_ids if s in self._sagas)
+
+    async def prune_finished(self, finished_before: datetime, limit: int) -> int:
+        gone = [
+            s
+            for s in self._finished()
+            if s.saga_id in self._told and s.finished_at and s.finished_at < finished_before
+        ][:limit]
+        for record in gone:
+            del self._sagas[record.saga_id]
+            del self._history[record.saga_id]
+            self._told.discard(record.saga_id)
+            if record.idempotency_key:
+                self._keys.pop(record.idempotency_key, None)
+        return len(gone)
 
     async def unfinished(self) -> list[str]:
         found = [s for s in self._sagas.values() if s.status in UNFINISHED]

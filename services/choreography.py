@@ -31,7 +31,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.errors import Aborted, RequestMismatch, SagawireError
+from common.errors import Aborted, RequestMismatch, SagaExpired, SagawireError
 from common.inbox import PoisonEvent, Reaction
 from common.participant import MODE_HEADER, ActionRunner, StepContext
 from common.participant_telemetry import ReactionStep
@@ -116,6 +116,11 @@ def reaction(runner: ActionRunner, rule: Rule) -> Reaction:
             log.info(
                 "late event ignored saga=%s step=%s (already compensated)", event.subject, rule.step
             )
+        except SagaExpired:
+            # A saga older than the barrier's window: a late event of a finished saga
+            # (retention removed its rows). Nothing ran; no event answers it, so a long
+            # finished saga is never unwound (common/barrier.py).
+            log.info("late event ignored saga=%s step=%s (expired)", event.subject, rule.step)
         except RequestMismatch as refused:
             # Another request holds the step's key: nothing ran. An execute answers the
             # chain with its rejection event, so the saga unwinds instead of stalling;

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from common import barrier, inbox, outbox
+from common import barrier, inbox, outbox, retention
 from common.admin import AdminServicer, StreamCuts
 from common.config import Endpoints, ServiceSettings
 from common.faults import FaultInjector
@@ -86,7 +86,14 @@ class DomainService:
         self.faults = FaultInjector(settings.faults)
         self.stream_cuts = StreamCuts(wake=self.outbox.notify)
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
-        self.runner = ActionRunner(self.db, self.outbox, actions)
+        self.runner = ActionRunner(
+            self.db, self.outbox, actions, retention.barrier_horizon(settings)
+        )
+        self.retention = retention.Retention(
+            retention.service_tasks(self.db, self.outbox, settings),
+            settings.retention_interval,
+            settings.retention_batch,
+        )
         self.consumers = (
             [
                 inbox.Consumer(
@@ -157,6 +164,8 @@ class DomainService:
         self._consumer_tasks = [
             asyncio.create_task(c.run(), name=f"consume-{c.producer}") for c in self.consumers
         ]
+        if self.settings.retention_enabled:
+            self.retention.start()
 
     def _seed_once(self, conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
         if conn.execute("SELECT 1 FROM seed_loaded").fetchone():
@@ -169,6 +178,7 @@ class DomainService:
         await self.outbox.close()
 
     async def stop(self) -> None:
+        await self.retention.stop()
         for task in self._consumer_tasks:
             task.cancel()
         for task in self._consumer_tasks:

@@ -226,11 +226,15 @@ async def running_stack(
     *,
     definitions: Path | None = None,
     in_process: bool = True,
+    services: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Stack]:
-    """The four services and (unless ``in_process`` is False) a coordinator, all in-process."""
+    """The four services and (unless ``in_process`` is False) a coordinator, all in-process.
+
+    ``services``: settings every service gets; ``settings``: the coordinator's.
+    """
     definitions = definitions or write_definitions(tmp_path / "sagas.yaml")
-    cluster = await start_cluster(tmp_path / "services")
+    cluster = await start_cluster(tmp_path / "services", overrides=services)
     stack = Stack(cluster, address="")
     try:
         if in_process:

@@ -144,10 +144,12 @@ async def start_cluster(
     data_dir: Path,
     names: Iterable[str] = SERVICE_NAMES,
     faults: Mapping[str, FaultConfig] | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> Cluster:
     """Start real domain services in-process, each with its own SQLite file under data_dir.
 
     Ports are chosen up front so the services can follow each other's event streams.
+    ``overrides``: settings every service gets (e.g. shorter retention windows).
     """
     names = list(names)
     ports = {name: free_port() for name in names}
@@ -155,7 +157,10 @@ async def start_cluster(
     servers: dict[str, RunningServer] = {}
     for name in names:
         settings = service_settings(
-            data_dir, port=ports[name], faults=(faults or {}).get(name, FaultConfig())
+            data_dir,
+            port=ports[name],
+            faults=(faults or {}).get(name, FaultConfig()),
+            **(overrides or {}),
         )
         app = DomainService(spec_of(name), settings, endpoints)
         servers[name] = await start_server(app, settings)

@@ -121,7 +121,7 @@ async def test_reflection_serves_the_contract_itself(cluster: Cluster) -> None:
     ]
     participant = next(f for f in files if f.name == "protos/sagawire/v1/participant.proto")
     methods = [m.name for s in participant.service for m in s.method]
-    assert methods == ["Execute", "Compensate"]
+    assert methods == ["Execute", "Compensate", "SagasFinished"]
 
 
 async def set_faults(cluster: Cluster, service: str, plan: admin_pb2.FaultPlan) -> None:

@@ -274,3 +274,46 @@ async def test_listeners_hear_each_change_with_its_status(saga_log: SagaLog) -> 
         assert listener.status is SagaStatus.COMPLETED
         saga_log.wake_all()
         assert listener.woken
+
+
+async def test_finished_sagas_are_told_then_pruned_after_the_window(saga_log: SagaLog) -> None:
+    """Retention: only a finished saga whose participants were told leaves the log, and
+    only once it finished before the cutoff; a saga that needs attention never does."""
+    done, compensated, stuck, running = [
+        (await saga_log.create(new_saga(at=T0 + timedelta(seconds=i), key=f"k-{i}")))[0]
+        for i in range(4)
+    ]
+    at = T0 + timedelta(minutes=1)
+    await saga_log.append(
+        done.saga_id, Change(Kind.SAGA_COMPLETED, at, saga_status=SagaStatus.COMPLETED)
+    )
+    later = at + timedelta(minutes=1)
+    await saga_log.append(
+        compensated.saga_id,
+        Change(Kind.SAGA_COMPENSATED, later, saga_status=SagaStatus.COMPENSATED),
+    )
+    await saga_log.append(
+        stuck.saga_id, Change(Kind.SAGA_NEEDS_ATTENTION, at, saga_status=SagaStatus.NEEDS_ATTENTION)
+    )
+    # Oldest finish first, and nothing unfinished.
+    assert await saga_log.finished_untold(10) == [
+        (done.saga_id, "place_order"),
+        (compensated.saga_id, "place_order"),
+    ]
+    assert await saga_log.finished_untold(1) == [(done.saga_id, "place_order")]
+    # Not told yet: kept, however old.
+    assert await saga_log.prune_finished(later + timedelta(days=365), 10) == 0
+    await saga_log.mark_told([done.saga_id, compensated.saga_id])
+    assert await saga_log.finished_untold(10) == []
+    # Told: each goes once it finished before the cutoff, one batch at a time.
+    assert await saga_log.prune_finished(at, 10) == 0
+    assert await saga_log.prune_finished(later, 10) == 1
+    assert await saga_log.load(done.saga_id) is None
+    assert await saga_log.history(done.saga_id) == []
+    assert await saga_log.load(compensated.saga_id) is not None
+    assert await saga_log.prune_finished(later + timedelta(seconds=1), 10) == 1
+    remaining = {r.saga_id for r in await saga_log.list_sagas(None, None, 10)}
+    assert remaining == {stuck.saga_id, running.saga_id}
+    # A pruned saga's idempotency key is free again.
+    again, created = await saga_log.create(new_saga(key="k-0", request_hash="other"))
+    assert created and again.saga_id != done.saga_id

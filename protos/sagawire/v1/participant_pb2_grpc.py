@@ -50,6 +50,11 @@ class ParticipantStub:
                 request_serializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.StepRequest.SerializeToString,
                 response_deserializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.StepReply.FromString,
                 _registered_method=True)
+        self.SagasFinished = channel.unary_unary(
+                '/sagawire.v1.Participant/SagasFinished',
+                request_serializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.SagasFinishedRequest.SerializeToString,
+                response_deserializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.SagasFinishedReply.FromString,
+                _registered_method=True)
 
 
 class ParticipantServicer:
@@ -73,6 +78,15 @@ class ParticipantServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SagasFinished(self, request, context):
+        """The coordinator says these sagas finished for good (COMPLETED or COMPENSATED): no
+        call of theirs will follow, so the barrier keeps their rows for the retention
+        window from now and then lets them go. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +99,11 @@ def add_ParticipantServicer_to_server(servicer, server):
                     servicer.Compensate,
                     request_deserializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.StepRequest.FromString,
                     response_serializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.StepReply.SerializeToString,
+            ),
+            'SagasFinished': grpc.unary_unary_rpc_method_handler(
+                    servicer.SagasFinished,
+                    request_deserializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.SagasFinishedRequest.FromString,
+                    response_serializer=protos_dot_sagawire_dot_v1_dot_participant__pb2.SagasFinishedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -147,6 +166,33 @@ class Participant:
             '/sagawire.v1.Participant/Compensate',
             protos_dot_sagawire_dot_v1_dot_participant__pb2.StepRequest.SerializeToString,
             protos_dot_sagawire_dot_v1_dot_participant__pb2.StepReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SagasFinished(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagawire.v1.Participant/SagasFinished',
+            protos_dot_sagawire_dot_v1_dot_participant__pb2.SagasFinishedRequest.SerializeToString,
+            protos_dot_sagawire_dot_v1_dot_participant__pb2.SagasFinishedReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,11 @@ class ParticipantStub:
     def __new__(cls, channel: _aio.Channel) -> ParticipantAsyncStub: ...
     Execute: _grpc.UnaryUnaryMultiCallable[_participant_pb2.StepRequest, _participant_pb2.StepReply]
     Compensate: _grpc.UnaryUnaryMultiCallable[_participant_pb2.StepRequest, _participant_pb2.StepReply]
+    SagasFinished: _grpc.UnaryUnaryMultiCallable[_participant_pb2.SagasFinishedRequest, _participant_pb2.SagasFinishedReply]
+    """The coordinator says these sagas finished for good (COMPLETED or COMPENSATED): no
+    call of theirs will follow, so the barrier keeps their rows for the retention
+    window from now and then lets them go. Idempotent.
+    """
 
 @_typing.type_check_only
 class ParticipantAsyncStub(ParticipantStub):
@@ -55,6 +60,11 @@ class ParticipantAsyncStub(ParticipantStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Execute: _aio.UnaryUnaryMultiCallable[_participant_pb2.StepRequest, _participant_pb2.StepReply]  # type: ignore[assignment]
     Compensate: _aio.UnaryUnaryMultiCallable[_participant_pb2.StepRequest, _participant_pb2.StepReply]  # type: ignore[assignment]
+    SagasFinished: _aio.UnaryUnaryMultiCallable[_participant_pb2.SagasFinishedRequest, _participant_pb2.SagasFinishedReply]  # type: ignore[assignment]
+    """The coordinator says these sagas finished for good (COMPLETED or COMPENSATED): no
+    call of theirs will follow, so the barrier keeps their rows for the retention
+    window from now and then lets them go. Idempotent.
+    """
 
 class ParticipantServicer(metaclass=_abc_1.ABCMeta):
     """The generic contract every domain service implements for orchestrated sagas.
@@ -78,5 +88,16 @@ class ParticipantServicer(metaclass=_abc_1.ABCMeta):
         request: _participant_pb2.StepRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_participant_pb2.StepReply, _abc.Awaitable[_participant_pb2.StepReply]]: ...
+
+    @_abc_1.abstractmethod
+    def SagasFinished(
+        self,
+        request: _participant_pb2.SagasFinishedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_participant_pb2.SagasFinishedReply, _abc.Awaitable[_participant_pb2.SagasFinishedReply]]:
+        """The coordinator says these sagas finished for good (COMPLETED or COMPENSATED): no
+        call of theirs will follow, so the barrier keeps their rows for the retention
+        window from now and then lets them go. Idempotent.
+        """
 
 def add_ParticipantServicer_to_server(servicer: ParticipantServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
