@@ -118,6 +118,8 @@ class LoadResult:
     usage: dict[str, ProcessUsage] = field(default_factory=dict)
     # RSS (bytes) per process, read when the run had completed this many sagas.
     rss_at: dict[int, dict[str, int]] = field(default_factory=dict)
+    # Size (bytes) of each store, read when the run had completed this many sagas.
+    store_bytes_at: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
     def sagas(self) -> int:
@@ -143,12 +145,15 @@ async def closed_loop(
     watch: ProcessWatch | None = None,
     on_progress: Callable[[float, int], None] | None = None,
     rss_checkpoints: tuple[int, ...] = (),
+    store_sizes: Callable[[], dict[str, int]] | None = None,
+    size_checkpoints: tuple[int, ...] = (),
 ) -> LoadResult:
     """Run ``concurrency`` workers until ``stop``; return what they observed.
 
     ``on_progress(done, sagas)`` is called a few times a second with the progress in
     the unit of ``stop`` (seconds or sagas). ``rss_checkpoints`` are saga counts at
-    which every watched process's RSS is recorded (soak runs).
+    which every watched process's RSS is recorded, ``size_checkpoints`` those at which
+    ``store_sizes()`` is (soak runs).
     """
     numbers = itertools.count(first_number)
     last = first_number + stop.sagas if stop.sagas is not None else None
@@ -177,12 +182,15 @@ async def closed_loop(
 
     async def monitor() -> None:
         checkpoints = sorted(rss_checkpoints)
+        sizes_due = sorted(size_checkpoints) if store_sizes is not None else []
         while True:
             await asyncio.sleep(_SAMPLE_EVERY)
             if watch is not None:
                 watch.sample()
                 while checkpoints and len(latencies) >= checkpoints[0]:
                     result.rss_at[checkpoints.pop(0)] = watch.rss()
+            while store_sizes is not None and sizes_due and len(latencies) >= sizes_due[0]:
+                result.store_bytes_at[sizes_due.pop(0)] = store_sizes()
             if on_progress is not None:
                 elapsed = time.perf_counter() - begin
                 done = elapsed if stop.seconds is not None else float(len(latencies))
@@ -205,6 +213,10 @@ async def closed_loop(
         for checkpoint in rss_checkpoints:
             if checkpoint not in result.rss_at and len(latencies) >= checkpoint:
                 result.rss_at[checkpoint] = watch.rss()
+    if store_sizes is not None:
+        for checkpoint in size_checkpoints:
+            if checkpoint not in result.store_bytes_at and len(latencies) >= checkpoint:
+                result.store_bytes_at[checkpoint] = store_sizes()
     if on_progress is not None:
         on_progress(stop.total, len(latencies))
     return result

@@ -2,7 +2,12 @@
 
 ``soak``: one closed-loop run of many sagas; every process's RSS is read at a tenth of
 the run and at its end. Flat means under 10% growth between the two (the bench's own
-process is shown but not judged: it keeps every outcome for the final check).
+process is shown but not judged: it keeps every outcome for the final check). Each
+store's size (file and WAL) is read at every tenth of the run: with retention on, the
+saga log, barrier, outbox and inbox stay within their windows and only the services'
+business records (orders, charges, shipments, reservations) grow with the sagas. Set
+``SAGAWIRE_RETENTION_*`` in the bench's environment to shrink the windows for a short
+soak.
 
 ``recovery``: K sagas are placed without waiting; as soon as the last one is accepted
 the sagas still RUNNING or COMPENSATING are counted (``ListSagas``) and the coordinator
@@ -65,8 +70,10 @@ async def soak(
     sagas: int,
     task: ProgressTask,
 ) -> tuple[RunRow, list[Placed]]:
-    """One long run; RSS of every process at ``sagas // 10`` and at ``sagas``."""
+    """One long run; RSS of every process at ``sagas // 10`` and at ``sagas``, each
+    store's size at every tenth."""
     checkpoints = (max(1, sagas // 10), sagas)
+    tenths = tuple(sorted({max(1, sagas * n // 10) for n in range(1, 11)}))
     with task(f"{mode} soak c={concurrency}", float(sagas)) as update:
         result = await closed_loop(
             driver,
@@ -76,6 +83,8 @@ async def soak(
             watch=ProcessWatch(stack.pids()),
             on_progress=update,
             rss_checkpoints=checkpoints,
+            store_sizes=stack.store_sizes,
+            size_checkpoints=tenths,
         )
     row = row_of(mode, concurrency, mix.value, result, kind="soak")
     row.rss_growth = {n: round(g, 4) for n, g in rss_growth(row).items()}
@@ -255,3 +264,8 @@ def print_soak(console: Console, row: RunRow) -> None:
         verdict = ("flat" if flat else "GROWING") if judged else "not judged (keeps outcomes)"
         colour = "green" if flat or not judged else "red"
         console.print(f"[{colour}]soak {row.mode} {name}: {sizes} ({fraction:+.1%}) {verdict}[/]")
+    stores = sorted(row.store_mb_at.items(), key=lambda kv: int(kv[0]))
+    names = sorted({name for _, at in stores for name in at})
+    for name in names:
+        sizes = " ".join(f"{at[name]:.2f}" for _, at in stores if name in at)
+        console.print(f"soak {row.mode} store {name} (MB at each tenth of the run): {sizes}")

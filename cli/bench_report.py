@@ -97,6 +97,8 @@ class RunRow:
     rss_mb_at: dict[str, dict[str, float]] = field(default_factory=dict)
     # Soak runs: RSS growth (fraction) from the first checkpoint to the last.
     rss_growth: dict[str, float] = field(default_factory=dict)
+    # Soak runs: size (MB, the file and its WAL) of every store at each checkpoint.
+    store_mb_at: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -131,6 +133,10 @@ def row_of(mode: str, concurrency: int, mix: str, result: LoadResult, kind: str 
         rss_mb_at={
             str(count): {n: round(b / _MB, 1) for n, b in sizes.items()}
             for count, sizes in sorted(result.rss_at.items())
+        },
+        store_mb_at={
+            str(count): {n: round(b / _MB, 2) for n, b in sizes.items()}
+            for count, sizes in sorted(result.store_bytes_at.items())
         },
     )
 

@@ -276,6 +276,17 @@ class BenchStack:
         self._services[name] = self._spawn(name)
         await self._services[name].wait_serving()
 
+    def store_sizes(self) -> dict[str, int]:
+        """Bytes of each SQLite store of the own stack (the file and its WAL), by file
+        name (empty for a target: its stores are not ours to look at)."""
+        if not self.own or self._data_dir is None:
+            return {}
+        sizes: dict[str, int] = {}
+        for store in sorted(self._data_dir.glob("*.db")):
+            wal = store.with_name(store.name + "-wal")
+            sizes[store.name] = store.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return sizes
+
     def pids(self) -> dict[str, int]:
         """The processes to measure, by name (empty for a target: they are not ours)."""
         children = [*self._services.values(), *filter(None, [self._coordinator])]
