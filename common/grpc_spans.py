@@ -15,7 +15,7 @@ which lose spans on the paths a saga takes when something goes wrong:
 
 Here:
 
-**Client** (:class:`ClientSpans`): a CLIENT span per call, current while the call is
+**Client** (:func:`client_spans`): a CLIENT span per call, current while the call is
 made, its context sent in the call's metadata. It ends when the call ends however it
 ends: with the call's status; or, cancelled by the caller, with ``CANCELLED`` after
 cancelling the RPC itself, so the server stops too. Any code but OK is an error.
@@ -133,23 +133,31 @@ def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientC
     )
 
 
-class ClientSpans(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc is untyped
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
-    """A CLIENT span for each traced unary or server-streaming call (module docstring)."""
+def client_spans(
+    tracer: Tracer, durations: Histogram, traced: CallFilter
+) -> list[grpc.aio.ClientInterceptor]:
+    """The client interceptors of a channel: one per kind of call, as grpc.aio files each
+    interceptor under the first kind it implements."""
+    return [
+        UnaryClientSpans(tracer, durations, traced),
+        StreamClientSpans(tracer, durations, traced),
+    ]
 
+
+class _ClientSpans:
     def __init__(self, tracer: Tracer, durations: Histogram, traced: CallFilter) -> None:
         self._tracer = tracer
         self._durations = durations
         self._traced = traced
-        # Tasks that read a finished stream's status (held so they are not collected).
-        self._finishing: set[asyncio.Task[None]] = set()
 
     def _start(self, method: str) -> _Ending:
         attributes = rpc_attributes(method)
         span = self._tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
         return _Ending(span, attributes, self._durations, server=False)
+
+
+class UnaryClientSpans(_ClientSpans, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """A CLIENT span for each traced unary call (module docstring)."""
 
     async def intercept_unary_unary(
         self,
@@ -179,6 +187,16 @@ class ClientSpans(
             ending.end(code or grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
             raise
         return call
+
+
+class StreamClientSpans(_ClientSpans, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """A CLIENT span for each traced server-streaming call, ended when the stream ends: read
+    to its end, cancelled by its reader, or failed."""
+
+    def __init__(self, tracer: Tracer, durations: Histogram, traced: CallFilter) -> None:
+        super().__init__(tracer, durations, traced)
+        # Tasks that read a finished stream's status (held so they are not collected).
+        self._finishing: set[asyncio.Task[None]] = set()
 
     async def intercept_unary_stream(
         self,

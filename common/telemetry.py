@@ -65,7 +65,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
-from common.grpc_spans import ClientSpans, ServerSpans, method_of
+from common.grpc_spans import ServerSpans, client_spans, method_of
 from common.metrics import RpcMetrics, SagaMetrics, ServiceMetrics
 from common.metrics_file import DEFAULT_INTERVAL_MILLIS, MetricsFileExporter, metrics_file
 from common.trace_file import DEFAULT_MAX_BYTES, TRACE_FILE_NAME, JsonLinesSpanExporter
@@ -140,7 +140,7 @@ class Telemetry:
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """Interceptors for a channel (``interceptors=...``): a CLIENT span per call, with
         the trace context sent in the call's metadata."""
-        return [ClientSpans(self._rpc_tracer, self.rpc_metrics.client_duration, TRACED_CALLS)]
+        return client_spans(self._rpc_tracer, self.rpc_metrics.client_duration, TRACED_CALLS)
 
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
         """Export what is buffered now; True when everything made it."""
@@ -400,7 +400,7 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
         return current.client_interceptors()
     rpc_metrics = RpcMetrics(otel_metrics.get_meter(INSTRUMENTATION_NAME))
     tracer = trace.get_tracer(RPC_INSTRUMENTATION_NAME)
-    return [ClientSpans(tracer, rpc_metrics.client_duration, TRACED_CALLS)]
+    return client_spans(tracer, rpc_metrics.client_duration, TRACED_CALLS)
 
 
 @contextmanager

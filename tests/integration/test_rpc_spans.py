@@ -225,3 +225,56 @@ async def test_an_exception_a_handler_lets_out_is_recorded_once(
     (span,) = await wait_until(receiver.spans, message="the broken call's span")
     assert span.event_names == ["exception"]
     assert (span.attribute("rpc.grpc.status_code"), span.is_error) == (2, True)
+
+
+async def test_a_server_stream_has_its_spans_whether_read_to_the_end_or_cancelled(
+    receiver: OtlpReceiver,
+) -> None:
+    server_telemetry = otlp_telemetry("streamer", receiver)
+    client_telemetry = otlp_telemetry("reader", receiver)
+    release = asyncio.Event()
+
+    async def numbers(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        for number in range(3):
+            yield bytes([number])
+        if request == b"wait":
+            await release.wait()  # held open until the reader gives up
+
+    server = grpc.aio.server(interceptors=[server_telemetry.server_interceptor()])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Stream", {"Numbers": grpc.unary_stream_rpc_method_handler(numbers)}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", interceptors=client_telemetry.client_interceptors()
+        ) as channel:
+            call = channel.unary_stream("/test.Stream/Numbers")
+            assert [reply async for reply in call(b"all")] == [b"\x00", b"\x01", b"\x02"]
+            held = call(b"wait")
+            assert await held.read() == b"\x00"
+            held.cancel()
+            # The server stops when the reader cancels (its wait is cancelled).
+    finally:
+        await server.stop(1)
+        await asyncio.to_thread(client_telemetry.shutdown)
+        await asyncio.to_thread(server_telemetry.shutdown)
+
+    spans = await wait_until(
+        lambda: len(receiver.spans()) >= 4 and receiver.spans(), message="four spans"
+    )
+    clients = sorted(
+        (s for s in spans if s.kind == CLIENT), key=lambda s: s.span.start_time_unix_nano
+    )
+    servers = {s.parent_id: s for s in spans if s.kind == SERVER}
+    assert [c.attribute("rpc.grpc.status_code") for c in clients] == [0, CANCELLED]
+    assert [servers[c.span_id].attribute("rpc.grpc.status_code") for c in clients] == [
+        0,
+        CANCELLED,
+    ]
+    assert not orphans(spans)
