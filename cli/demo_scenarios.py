@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cli.demo_view import money, status_name
+from cli.demo_view import status_name
+from common.money import format_money as money
 from protos.sagawire.v1 import (
     coordinator_pb2,
     inventory_pb2,

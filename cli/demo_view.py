@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from common.money import format_money as money
 from protos.sagawire.v1 import (
     coordinator_pb2,
     inventory_pb2,
@@ -53,13 +54,6 @@ def status_name(status: int) -> str:
 
 def _enum(name: str, prefix: str) -> str:
     return name.removeprefix(prefix).lower()
-
-
-def money(amount_minor: int, currency: str) -> str:
-    """Integer minor units as text: 123456 EUR -> '1,234.56 EUR'."""
-    sign = "-" if amount_minor < 0 else ""
-    units, cents = divmod(abs(amount_minor), 100)
-    return f"{sign}{units:,}.{cents:02d} {currency}".rstrip()
 
 
 def _ms(ts: Timestamp) -> int | None:

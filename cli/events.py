@@ -11,6 +11,7 @@ from rich.console import Console
 
 from common.config import SERVICE_NAMES, Endpoints
 from common.errors import parse_rpc_error
+from common.money import format_money
 from common.paging import MAX_PAGE_SIZE, every_page
 from common.tls import Identity, TlsError
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
@@ -33,7 +34,7 @@ def describe(event: events_pb2.Event) -> str:
         if data.cancel_reason:
             parts.append(f"cancel_reason={data.cancel_reason!r}")
         if data.total.amount_minor:
-            parts.append(f"total={data.total.amount_minor} {data.total.currency}")
+            parts.append(f"total={format_money(data.total.amount_minor, data.total.currency)}")
         if data.tracking_number:
             parts.append(f"tracking={data.tracking_number}")
         mode = "choreography" if saga_event.mode == 2 else "orchestration"

@@ -22,6 +22,7 @@ from rich.table import Table
 from cli.tokens import TokenOption, cli_token
 from common.config import Endpoints
 from common.errors import parse_rpc_error
+from common.money import format_money
 from common.paging import MAX_PAGE_SIZE
 from common.tls import Identity, TlsError
 from common.tokens import with_token
@@ -193,7 +194,7 @@ def _show(saga: pb.Saga) -> None:
     if saga.data.Unpack(data):
         lines = ", ".join(f"{i.sku} x{i.quantity}" for i in data.items)
         total = (
-            f"{data.total.amount_minor / 100:.2f} {data.total.currency}"
+            format_money(data.total.amount_minor, data.total.currency)
             if data.total.currency
             else "-"
         )
@@ -267,19 +268,12 @@ def list_sagas(
             saga.saga,
             _styled(_name(pb.SagaStatus.Name(saga.status))),
             saga.summary.customer_id,
-            f"{_money(total.amount_minor)} {total.currency}" if total.currency else "",
+            format_money(total.amount_minor, total.currency) if total.currency else "",
             created.strftime("%Y-%m-%d %H:%M:%S") if created else "",
             _ms(saga.created_at, saga.finished_at),
             _failure(saga.failure),
         )
     console.print(table)
-
-
-def _money(minor: int) -> str:
-    """Minor units as a decimal amount, e.g. 4900 -> "49.00" (no floats)."""
-    sign = "-" if minor < 0 else ""
-    units, cents = divmod(abs(minor), 100)
-    return f"{sign}{units}.{cents:02d}"
 
 
 @saga_app.command("watch")

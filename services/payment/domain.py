@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from common.errors import BusinessRejection
+from common.money import format_money
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ def charge(account: Account | None, customer_id: str, amount_minor: int, currenc
     if amount_minor > account.balance_minor:
         raise BusinessRejection(
             "INSUFFICIENT_FUNDS",
-            f"charge of {amount_minor} exceeds balance of {account.balance_minor}",
+            f"charge of {format_money(amount_minor, currency)} exceeds the balance of"
+            f" {format_money(account.balance_minor, account.currency)}",
             customer_id=customer_id,
         )
     return replace(account, balance_minor=account.balance_minor - amount_minor)

@@ -78,6 +78,7 @@ class TestPayment:
             payment.charge(self.ALICE, "alice", 5_001, "EUR")
         assert caught.value.reason == "INSUFFICIENT_FUNDS"
         assert caught.value.metadata == {"customer_id": "alice"}
+        assert caught.value.message == "charge of 50.01 EUR exceeds the balance of 50.00 EUR"
 
     def test_unknown_customer_is_rejected(self) -> None:
         with pytest.raises(BusinessRejection) as caught:
