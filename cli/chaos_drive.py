@@ -45,7 +45,7 @@ _CALL_TIMEOUT = 30.0
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 250),
     ("grpc.max_receive_message_length", 64 << 20),
 ]
 
@@ -142,7 +142,7 @@ async def place(
     begin = time.perf_counter()
     retrying = AsyncRetrying(
         retry=retry_if_exception(_transient),
-        wait=wait_random_exponential(multiplier=0.1, max=2.0),
+        wait=wait_random_exponential(multiplier=0.1, max=0.5),
         stop=stop_after_delay(give_up_after),
         reraise=True,
     )

@@ -64,7 +64,7 @@ class BreakerSettings:
     failure_rate: float = 0.5
     minimum_calls: int = 20
     window: float = 10.0
-    reset_timeout: float = 2.0
+    reset_timeout: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ class CoordinatorSettings(ServerSettings, TokenSettings):
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_minimum_calls: int = Field(default=20, ge=1, le=100_000)
     breaker_window: float = Field(default=10.0, gt=0, le=3600)
-    breaker_reset_timeout: float = Field(default=2.0, gt=0, le=3600)
+    breaker_reset_timeout: float = Field(default=1.0, gt=0, le=3600)
     # While the breaker of a saga's first participant is open, PlaceOrder refuses new
     # sagas with UNAVAILABLE before writing anything (the client retries later).
     shed_at_door: bool = True
