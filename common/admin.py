@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import grpc
 from pydantic import ValidationError
@@ -13,8 +13,28 @@ from common.faults import FaultInjector
 from protos.sagawire.v1 import admin_pb2, admin_pb2_grpc
 
 
-def plan_to_config(plan: admin_pb2.FaultPlan) -> FaultConfig:
-    """Validate a FaultPlan from the wire into a FaultConfig."""
+def unknown_actions(config: FaultConfig, known: Collection[str]) -> list[str]:
+    """The actions a fault plan names that the service does not run (sorted)."""
+    return sorted(set(config.actions) - set(known))
+
+
+def describe_unknown(unknown: Sequence[str], known: Collection[str]) -> str:
+    """E.g. "unknown action 'chrage' (this service runs: charge, refund)"."""
+    names = ", ".join(repr(name) for name in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    return f"unknown action{plural} {names} (this service runs: {', '.join(sorted(known))})"
+
+
+def plan_to_config(plan: admin_pb2.FaultPlan, known: Collection[str] | None = None) -> FaultConfig:
+    """Validate a FaultPlan from the wire into a FaultConfig; with ``known``, every action a
+    rule names must be one of them (an action or compensation the service runs)."""
+    config = _validated(plan)
+    if known is not None and (unknown := unknown_actions(config, known)):
+        raise InvalidArgument(f"actions.{unknown[0]}", describe_unknown(unknown, known))
+    return config
+
+
+def _validated(plan: admin_pb2.FaultPlan) -> FaultConfig:
     try:
         # Validated as one document, so an error's location names the action too.
         return FaultConfig.model_validate(
@@ -68,15 +88,24 @@ class StreamCuts:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, faults: FaultInjector, streams: StreamCuts | None = None) -> None:
+    """``actions``: the actions and compensations the service runs, the only names a fault
+    rule may name (None: any name, for tests of the injector alone)."""
+
+    def __init__(
+        self,
+        faults: FaultInjector,
+        streams: StreamCuts | None = None,
+        actions: Collection[str] | None = None,
+    ) -> None:
         self._faults = faults
         self._streams = streams
+        self._actions = actions
 
     async def SetFaults(
         self, request: admin_pb2.FaultPlan, context: grpc.aio.ServicerContext
     ) -> admin_pb2.FaultPlan:
         async def body() -> admin_pb2.FaultPlan:
-            self._faults.configure(plan_to_config(request))
+            self._faults.configure(plan_to_config(request, self._actions))
             return config_to_plan(self._faults.config)
 
         return await grpc_edge(context, body)

@@ -66,6 +66,13 @@ class ServiceSpec:
     query_service_name: str
     register_queries: Callable[[grpc.aio.Server, Database], None]
 
+    @property
+    def action_names(self) -> frozenset[str]:
+        """Every action and compensation the service runs: what a fault rule may name."""
+        return frozenset(
+            name for a in self.actions for name in (a.name, a.compensation) if name is not None
+        )
+
 
 class DomainService:
     """A running domain service: implements :class:`common.server.App`."""
@@ -150,7 +157,7 @@ class DomainService:
         )
         if self.settings.admin_enabled:
             admin_pb2_grpc.add_AdminServicer_to_server(
-                AdminServicer(self.faults, self.stream_cuts), server
+                AdminServicer(self.faults, self.stream_cuts, self.spec.action_names), server
             )
 
     async def start(self) -> None:

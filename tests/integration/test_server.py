@@ -243,3 +243,15 @@ async def test_a_bad_fault_plan_is_refused_and_changes_nothing(
     refused = await failure(cluster.admin("inventory").SetFaults(plan))
     assert (refused.code, refused.field) == (grpc.StatusCode.INVALID_ARGUMENT, field)
     assert await cluster.admin("inventory").GetFaults(admin_pb2.GetFaultsRequest()) == good
+
+
+async def test_a_fault_rule_for_an_action_the_service_does_not_run_is_refused(
+    cluster: Cluster,
+) -> None:
+    good = admin_pb2.FaultPlan(actions=[admin_pb2.ActionFault(action="refund", fail_next=1)])
+    await set_faults(cluster, "payment", good)
+    plan = admin_pb2.FaultPlan(actions=[admin_pb2.ActionFault(action="chrage", fail_next=1)])
+    refused = await failure(cluster.admin("payment").SetFaults(plan))
+    assert (refused.code, refused.field) == (grpc.StatusCode.INVALID_ARGUMENT, "actions.chrage")
+    assert "unknown action 'chrage' (this service runs: charge, refund)" in refused.message
+    assert await cluster.admin("payment").GetFaults(admin_pb2.GetFaultsRequest()) == good
