@@ -33,8 +33,15 @@ from coordinator.observation import OBSERVED
 from coordinator.payloads import saga_data
 from coordinator.records import SETTLED, Kind, SagaRecord, SagaStatus
 from coordinator.saga_telemetry import link_to_saga, saga_trace_id
-from coordinator.store import Cursor, SagaLog
-from coordinator.views import SAGA_STATUS, breaker_message, failure_message, saga_message
+from coordinator.store import Cursor, SagaFilter, SagaLog
+from coordinator.views import (
+    SAGA_STATUS,
+    breaker_message,
+    counts_message,
+    definition_message,
+    failure_message,
+    saga_message,
+)
 from coordinator.views import transition_message as transition
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import coordinator_pb2_grpc
@@ -158,12 +165,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             status = requests.status_filter(request.status)
             size = requests.page_size(request.page_size)
             before = requests.decode_cursor(request.page_token)
+            where = requests.saga_filter(request.filter)
             if caller.operator:
-                found = await self._log.list_sagas(status, before, size + 1)
+                found = await self._log.list_sagas(status, before, size + 1, where)
                 page = found[:size]
                 after = (page[-1].created_at, page[-1].saga_id) if len(found) > size else None
             else:
-                page, after = await self._own_page(caller, status, before, size)
+                page, after = await self._own_page(caller, status, before, size, where)
             return pb.ListSagasResponse(
                 sagas=[self._message(r) for r in page],
                 next_page_token=requests.encode_cursor(after) if after else "",
@@ -172,14 +180,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return await grpc_edge(context, body)
 
     async def _own_page(
-        self, caller: Caller, status: SagaStatus | None, before: Cursor | None, size: int
+        self,
+        caller: Caller,
+        status: SagaStatus | None,
+        before: Cursor | None,
+        size: int,
+        where: SagaFilter,
     ) -> tuple[list[SagaRecord], Cursor | None]:
         """Up to ``size`` of the caller's sagas after ``before``, newest first, and where
         the next page starts (None: nothing more). Reads at most _MAX_SCANNED sagas."""
         page: list[SagaRecord] = []
         cursor, scanned = before, 0
         while scanned < _MAX_SCANNED:
-            batch = await self._log.list_sagas(status, cursor, _SCAN_BATCH)
+            batch = await self._log.list_sagas(status, cursor, _SCAN_BATCH, where)
             for record in batch:
                 if len(page) == size:
                     return page, (page[-1].created_at, page[-1].saga_id)
@@ -232,6 +245,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 breakers=[
                     breaker_message(v, self._bulkheads.view(v.participant))
                     for v in self._breakers.views()
+                ]
+            )
+
+        return await grpc_edge(context, body)
+
+    async def CountSagas(
+        self, request: pb.CountSagasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountSagasResponse:
+        async def body() -> pb.CountSagasResponse:
+            await self._auth.caller(context, "CountSagas")
+            where = requests.saga_filter(request.filter)
+            return counts_message(await self._log.count_sagas(where))
+
+        return await grpc_edge(context, body)
+
+    async def ListDefinitions(
+        self, request: pb.ListDefinitionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDefinitionsResponse:
+        async def body() -> pb.ListDefinitionsResponse:
+            await self._auth.caller(context, "ListDefinitions")
+            return pb.ListDefinitionsResponse(
+                definitions=[
+                    definition_message(d) for _, d in sorted(self._definitions.sagas.items())
                 ]
             )
 

@@ -4,16 +4,18 @@ Every call carries a bearer token (JWT, common/tokens.py) in its ``authorization
 metadata; a call without a valid one is refused UNAUTHENTICATED before anything
 else is looked at. Then one table:
 
-=============  ==========================================  ===================
-method         customer (``sub`` = the customer id)        operator
-=============  ==========================================  ===================
-PlaceOrder     as itself only (else PERMISSION_DENIED)     for any customer
-GetSaga        its own sagas (another's: NOT_FOUND)        every saga
-WatchSaga      its own sagas (another's: NOT_FOUND)        every saga
-ListSagas      its own sagas only                          every saga
-RetrySaga      PERMISSION_DENIED                           yes
-ListBreakers   PERMISSION_DENIED                           yes
-=============  ==========================================  ===================
+===============  ==========================================  ===================
+method           customer (``sub`` = the customer id)        operator
+===============  ==========================================  ===================
+PlaceOrder       as itself only (else PERMISSION_DENIED)     for any customer
+GetSaga          its own sagas (another's: NOT_FOUND)        every saga
+WatchSaga        its own sagas (another's: NOT_FOUND)        every saga
+ListSagas        its own sagas only                          every saga
+RetrySaga        PERMISSION_DENIED                           yes
+ListBreakers     PERMISSION_DENIED                           yes
+CountSagas       PERMISSION_DENIED                           yes
+ListDefinitions  yes (what its own sagas show anyway)        yes
+===============  ==========================================  ===================
 
 A customer asking for another customer's saga gets the same NOT_FOUND as for a saga
 that does not exist, so saga ids tell nobody whose orders exist. A saga belongs to
@@ -56,6 +58,10 @@ METHODS: Mapping[str, frozenset[Role]] = {
     "ListSagas": _ANYONE,
     "RetrySaga": _OPERATOR,
     "ListBreakers": _OPERATOR,
+    # Counting reads every saga of the log: an operator's overview, not a customer's.
+    "CountSagas": _OPERATOR,
+    # A definition's steps are what a customer's own sagas show in GetSaga.
+    "ListDefinitions": _ANYONE,
 }
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from common.errors import InvalidArgument
 from coordinator.records import SagaStatus
-from coordinator.store import Cursor
-from coordinator.views import STATUS_OF
+from coordinator.store import Cursor, SagaFilter
+from coordinator.views import MODE, STATUS_OF
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_saga_pb2
 
@@ -80,6 +80,36 @@ def status_filter(value: int) -> SagaStatus | None:
     if status is None:
         raise InvalidArgument("status", f"unknown saga status {value}")
     return status
+
+
+_MODE_OF = {int(v): k for k, v in MODE.items()}
+
+
+def saga_filter(value: pb.SagaFilter) -> SagaFilter:
+    """The log's filter for a request's ``filter`` (an unset field matches every saga)."""
+    if len(value.saga) > MAX_ID_LENGTH:
+        raise InvalidArgument("filter.saga", f"must be at most {MAX_ID_LENGTH} characters")
+    mode = ""
+    if value.mode:
+        if value.mode not in _MODE_OF:
+            raise InvalidArgument("filter.mode", f"unknown saga mode {value.mode}")
+        mode = _MODE_OF[value.mode]
+    return SagaFilter(
+        value.saga,
+        mode,
+        _time(value, "created_after"),
+        _time(value, "created_before"),
+    )
+
+
+def _time(value: pb.SagaFilter, field: str) -> datetime | None:
+    if not value.HasField(field):  # type: ignore[arg-type]
+        return None
+    try:
+        stamp: datetime = getattr(value, field).ToDatetime(UTC)
+    except ValueError as error:  # out of range
+        raise InvalidArgument(f"filter.{field}", str(error)) from None
+    return stamp
 
 
 def page_size(value: int) -> int:

@@ -41,7 +41,14 @@ from coordinator.records import (
     first_transition,
     new_record,
 )
-from coordinator.store import Cursor, IdempotencyConflict, SagaLog, StatusConflict
+from coordinator.store import (
+    EVERY_SAGA,
+    Cursor,
+    IdempotencyConflict,
+    SagaFilter,
+    SagaLog,
+    StatusConflict,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sagas (
@@ -198,9 +205,16 @@ class SqliteSagaLog(SagaLog):
         return records
 
     async def list_sagas(
-        self, status: SagaStatus | None, before: Cursor | None, limit: int
+        self,
+        status: SagaStatus | None,
+        before: Cursor | None,
+        limit: int,
+        where: SagaFilter = EVERY_SAGA,
     ) -> list[SagaRecord]:
-        return await self.db.read(lambda conn: _list(conn, status, before, limit))
+        return await self.db.read(lambda conn: _list(conn, status, before, limit, where))
+
+    async def count_sagas(self, where: SagaFilter = EVERY_SAGA) -> dict[SagaStatus, int]:
+        return await self.db.read(lambda conn: _count(conn, where))
 
     async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
         return await self.db.read(lambda conn: _history(conn, saga_id, after_seq))
@@ -511,20 +525,51 @@ def _load_unfinished(conn: sqlite3.Connection) -> list[SagaRecord]:
     ]
 
 
-def _list(
-    conn: sqlite3.Connection, status: SagaStatus | None, before: Cursor | None, limit: int
-) -> list[SagaRecord]:
+def _filter(where: SagaFilter) -> tuple[list[str], list[object]]:
+    """The SQL conditions (and their parameters) of ``where``."""
     clauses: list[str] = []
     args: list[object] = []
+    if where.definition:
+        clauses.append("definition = ?")
+        args.append(where.definition)
+    if where.mode:
+        clauses.append("mode = ?")
+        args.append(where.mode)
+    if where.created_after is not None:
+        clauses.append("created_at >= ?")
+        args.append(_iso(where.created_after))
+    if where.created_before is not None:
+        clauses.append("created_at < ?")
+        args.append(_iso(where.created_before))
+    return clauses, args
+
+
+def _count(conn: sqlite3.Connection, where: SagaFilter) -> dict[SagaStatus, int]:
+    clauses, args = _filter(where)
+    condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = conn.execute(
+        f"SELECT status, COUNT(*) FROM sagas {condition} GROUP BY status", args
+    ).fetchall()
+    return {SagaStatus(row[0]): int(row[1]) for row in rows}
+
+
+def _list(
+    conn: sqlite3.Connection,
+    status: SagaStatus | None,
+    before: Cursor | None,
+    limit: int,
+    where: SagaFilter = EVERY_SAGA,
+) -> list[SagaRecord]:
+    clauses, args = _filter(where)
     if status is not None:
         clauses.append("status = ?")
         args.append(status.value)
     if before is not None:
         clauses.append("(created_at, saga_id) < (?, ?)")
         args.extend([_iso(before[0]), before[1]])
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
-        f"SELECT * FROM sagas {where} ORDER BY created_at DESC, saga_id DESC LIMIT ?",
+        f"SELECT * FROM sagas {condition} ORDER BY created_at DESC, saga_id DESC LIMIT ?",
         [*args, limit],
     ).fetchall()
     # Their steps too (without attempts): the results they filled in (a total, a

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from common.errors import BusinessRejection, NotFound
@@ -42,6 +42,28 @@ from coordinator.records import (
 
 # Sagas listed newest first; a page continues before (created_at, saga_id).
 Cursor = tuple[datetime, str]
+
+
+@dataclass(frozen=True)
+class SagaFilter:
+    """Which sagas a list or a count takes; the empty filter takes every saga."""
+
+    definition: str = ""
+    mode: str = ""
+    # Created at or after (``created_after``), and before (``created_before``).
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def matches(self, record: SagaRecord) -> bool:
+        return (
+            (not self.definition or record.definition == self.definition)
+            and (not self.mode or record.mode == self.mode)
+            and (self.created_after is None or record.created_at >= self.created_after)
+            and (self.created_before is None or record.created_at < self.created_before)
+        )
+
+
+EVERY_SAGA = SagaFilter()
 
 
 class StatusConflict(BusinessRejection):
@@ -135,9 +157,25 @@ class SagaLog(ABC):
 
     @abstractmethod
     async def list_sagas(
-        self, status: SagaStatus | None, before: Cursor | None, limit: int
+        self,
+        status: SagaStatus | None,
+        before: Cursor | None,
+        limit: int,
+        where: SagaFilter = EVERY_SAGA,
     ) -> list[SagaRecord]:
-        """Sagas newest first (their steps without attempts), optionally of one status."""
+        """Sagas newest first (their steps without attempts), optionally of one status,
+        those ``where`` takes."""
+
+    async def count_sagas(self, where: SagaFilter = EVERY_SAGA) -> dict[SagaStatus, int]:
+        """How many sagas ``where`` takes are in each status (statuses with none left
+        out). Adapters count in their query; this default reads every saga."""
+        counts: dict[SagaStatus, int] = defaultdict(int)
+        before: Cursor | None = None
+        while batch := await self.list_sagas(None, before, 500, where):
+            for record in batch:
+                counts[record.status] += 1
+            before = (batch[-1].created_at, batch[-1].saga_id)
+        return dict(counts)
 
     @abstractmethod
     async def finished_untold(self, limit: int) -> list[tuple[str, str]]:
@@ -265,10 +303,18 @@ class InMemorySagaLog(SagaLog):
         return self._sagas.get(saga_id)
 
     async def list_sagas(
-        self, status: SagaStatus | None, before: Cursor | None, limit: int
+        self,
+        status: SagaStatus | None,
+        before: Cursor | None,
+        limit: int,
+        where: SagaFilter = EVERY_SAGA,
     ) -> list[SagaRecord]:
         found = sorted(
-            (s for s in self._sagas.values() if status is None or s.status is status),
+            (
+                s
+                for s in self._sagas.values()
+                if (status is None or s.status is status) and where.matches(s)
+            ),
             key=lambda s: (s.created_at, s.saga_id),
             reverse=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from google.protobuf import any_pb2, timestamp_pb2
@@ -146,6 +147,40 @@ def transition_message(t: Transition) -> pb.SagaTransition:
         at=timestamp(t.at),
         status=SAGA_STATUS[t.status],
         detail=t.detail,
+    )
+
+
+def definition_message(definition: SagaDefinition) -> pb.Definition:
+    """A saga definition as ListDefinitions shows it: its steps in a dependency order."""
+    return pb.Definition(
+        name=definition.name,
+        mode=MODE[definition.mode.value],
+        data_type=definition.data_type,
+        deadline_seconds=definition.deadline,
+        steps=[
+            pb.DefinitionStep(
+                name=step.name,
+                participant=step.participant,
+                action=step.action,
+                compensation=step.compensation or "",
+                after=list(step.after),
+                pivot=step.pivot,
+                forward_only=step.name in definition.forward_only,
+            )
+            for step in definition.steps
+        ],
+    )
+
+
+def counts_message(counts: Mapping[SagaStatus, int]) -> pb.CountSagasResponse:
+    """Sagas by status, in the order of the API's enum."""
+    return pb.CountSagasResponse(
+        counts=[
+            pb.SagaCount(status=SAGA_STATUS[status], count=counts[status])
+            for status in sorted(counts, key=lambda s: SAGA_STATUS[s])
+            if counts[status]
+        ],
+        total=sum(counts.values()),
     )
 
 

@@ -52,6 +52,8 @@ def every_method(
         "WatchSaga": lambda: watched(api, saga_id),
         "RetrySaga": lambda: api.RetrySaga(pb.RetrySagaRequest(saga_id=saga_id)),
         "ListBreakers": lambda: api.ListBreakers(pb.ListBreakersRequest()),
+        "CountSagas": lambda: api.CountSagas(pb.CountSagasRequest()),
+        "ListDefinitions": lambda: api.ListDefinitions(pb.ListDefinitionsRequest()),
     }
 
 
@@ -161,6 +163,7 @@ async def test_only_an_operator_retries_sagas_and_reads_breakers(tmp_path: Path)
         for call in (
             alice.RetrySaga(pb.RetrySagaRequest(saga_id=stuck.saga_id)),
             alice.ListBreakers(pb.ListBreakersRequest()),
+            alice.CountSagas(pb.CountSagasRequest()),
         ):
             assert (await refused(call)).code == grpc.StatusCode.PERMISSION_DENIED
         assert (await stack.saga(stuck.saga_id)).status == pb.SAGA_STATUS_NEEDS_ATTENTION

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from common.certs import COORDINATOR, OPERATOR
@@ -56,6 +57,14 @@ CLEAN = frozenset(
 SEED = tomllib.loads(SEED_FILE.read_text())
 # Values a mutation writes into a field: what wraps, overflows or is simply absurd.
 EDGE_INTEGERS = (0, 1, 2**31 - 1, 2**31, 2**32 + 1, 2**53 + 1, 2**63 - 1, 2**64 - 1, -1)
+# The filters of ListSagas and CountSagas, every field set (a time out of range is
+# INVALID_ARGUMENT).
+FILTER = pb.SagaFilter(
+    saga="place_order",
+    mode=participant_pb2.SAGA_MODE_ORCHESTRATION,
+    created_after=timestamp_pb2.Timestamp(seconds=1_700_000_000),
+    created_before=timestamp_pb2.Timestamp(seconds=1_900_000_000, nanos=5),
+)
 
 
 @dataclass(frozen=True)
@@ -135,9 +144,12 @@ def _targets() -> list[Target]:
         ("PlaceOrder", place, False),
         ("GetSaga", pb.GetSagaRequest(saga_id=saga_id), False),
         ("ListSagas", pb.ListSagasRequest(page_size=5, status=pb.SAGA_STATUS_COMPLETED), False),
+        ("ListSagas", pb.ListSagasRequest(filter=FILTER), False),
         ("WatchSaga", pb.WatchSagaRequest(saga_id=saga_id), True),
         ("RetrySaga", pb.RetrySagaRequest(saga_id=saga_id), False),
         ("ListBreakers", pb.ListBreakersRequest(), False),
+        ("CountSagas", pb.CountSagasRequest(filter=FILTER), False),
+        ("ListDefinitions", pb.ListDefinitionsRequest(), False),
     ]
     for method, request, streaming in api:
         path = f"/sagawire.v1.Coordinator/{method}"

@@ -29,7 +29,13 @@ from coordinator.records import (
     new_record,
 )
 from coordinator.sqlite_log import SqliteSagaLog
-from coordinator.store import IdempotencyConflict, InMemorySagaLog, SagaLog, StatusConflict
+from coordinator.store import (
+    IdempotencyConflict,
+    InMemorySagaLog,
+    SagaFilter,
+    SagaLog,
+    StatusConflict,
+)
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 STEPS = ("create_order", "reserve_stock", "charge_payment")
@@ -219,6 +225,42 @@ async def test_listing_is_newest_first_paged_and_filtered(saga_log: SagaLog) -> 
     completed = await saga_log.list_sagas(SagaStatus.COMPLETED, None, 10)
     assert [r.saga_id for r in completed] == [ids[1]]
     assert await saga_log.unfinished() == [ids[0], ids[2], ids[3], ids[4]]
+
+
+async def test_listing_and_counting_by_definition_mode_and_time(saga_log: SagaLog) -> None:
+    """The console's filters: a definition, a mode, a time range (after inclusive,
+    before exclusive); counts by status take the same filter."""
+    made = []
+    for i, (definition, mode) in enumerate(
+        [("place_order", "orchestration"), ("place_order", "choreography"),
+         ("return_order", "orchestration"), ("place_order", "orchestration")]
+    ):  # fmt: skip
+        new = dataclasses.replace(
+            new_saga(at=T0 + timedelta(seconds=i)), definition=definition, mode=mode
+        )
+        made.append((await saga_log.create(new))[0].saga_id)
+    done = Change(Kind.SAGA_COMPLETED, T0, saga_status=SagaStatus.COMPLETED)
+    await saga_log.append(made[3], done)
+
+    async def listed(where: SagaFilter, status: SagaStatus | None = None) -> list[str]:
+        return [r.saga_id for r in await saga_log.list_sagas(status, None, 10, where)]
+
+    assert await listed(SagaFilter(definition="place_order")) == [made[3], made[1], made[0]]
+    assert await listed(SagaFilter(mode="choreography")) == [made[1]]
+    window = SagaFilter(
+        created_after=T0 + timedelta(seconds=1), created_before=T0 + timedelta(seconds=3)
+    )
+    assert await listed(window) == [made[2], made[1]]
+    orchestrated = SagaFilter(definition="place_order", mode="orchestration")
+    assert await listed(orchestrated, SagaStatus.COMPLETED) == [made[3]]
+    page = await saga_log.list_sagas(None, (T0 + timedelta(seconds=3), made[3]), 10, orchestrated)
+    assert [r.saga_id for r in page] == [made[0]]
+    assert await saga_log.count_sagas() == {SagaStatus.RUNNING: 3, SagaStatus.COMPLETED: 1}
+    assert await saga_log.count_sagas(orchestrated) == {
+        SagaStatus.RUNNING: 1,
+        SagaStatus.COMPLETED: 1,
+    }
+    assert await saga_log.count_sagas(SagaFilter(definition="none")) == {}
 
 
 async def test_overdue_names_unfinished_sagas_of_the_mode_past_their_deadline(

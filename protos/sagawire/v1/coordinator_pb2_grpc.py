@@ -65,6 +65,16 @@ class CoordinatorStub:
                 request_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListBreakersRequest.SerializeToString,
                 response_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListBreakersResponse.FromString,
                 _registered_method=True)
+        self.CountSagas = channel.unary_unary(
+                '/sagawire.v1.Coordinator/CountSagas',
+                request_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.CountSagasRequest.SerializeToString,
+                response_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.CountSagasResponse.FromString,
+                _registered_method=True)
+        self.ListDefinitions = channel.unary_unary(
+                '/sagawire.v1.Coordinator/ListDefinitions',
+                request_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListDefinitionsRequest.SerializeToString,
+                response_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListDefinitionsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -109,6 +119,20 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountSagas(self, request, context):
+        """How many sagas are in each status (ListSagas' filters): an operator's overview.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDefinitions(self, request, context):
+        """The saga definitions this coordinator runs: each one's steps and their dependencies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +165,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListBreakers,
                     request_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListBreakersRequest.FromString,
                     response_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListBreakersResponse.SerializeToString,
+            ),
+            'CountSagas': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountSagas,
+                    request_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.CountSagasRequest.FromString,
+                    response_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.CountSagasResponse.SerializeToString,
+            ),
+            'ListDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDefinitions,
+                    request_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListDefinitionsRequest.FromString,
+                    response_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListDefinitionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +340,60 @@ class Coordinator:
             '/sagawire.v1.Coordinator/ListBreakers',
             protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListBreakersRequest.SerializeToString,
             protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListBreakersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountSagas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagawire.v1.Coordinator/CountSagas',
+            protos_dot_sagawire_dot_v1_dot_coordinator__pb2.CountSagasRequest.SerializeToString,
+            protos_dot_sagawire_dot_v1_dot_coordinator__pb2.CountSagasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagawire.v1.Coordinator/ListDefinitions',
+            protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListDefinitionsRequest.SerializeToString,
+            protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ListDefinitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class CoordinatorStub:
     RetrySaga: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RetrySagaRequest, _coordinator_pb2.Saga]
     """Resume a saga that needs attention (its compensations run again)."""
     ListBreakers: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListBreakersRequest, _coordinator_pb2.ListBreakersResponse]
+    CountSagas: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CountSagasRequest, _coordinator_pb2.CountSagasResponse]
+    """How many sagas are in each status (ListSagas' filters): an operator's overview."""
+    ListDefinitions: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListDefinitionsRequest, _coordinator_pb2.ListDefinitionsResponse]
+    """The saga definitions this coordinator runs: each one's steps and their dependencies."""
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -55,6 +59,10 @@ class CoordinatorAsyncStub(CoordinatorStub):
     RetrySaga: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RetrySagaRequest, _coordinator_pb2.Saga]  # type: ignore[assignment]
     """Resume a saga that needs attention (its compensations run again)."""
     ListBreakers: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListBreakersRequest, _coordinator_pb2.ListBreakersResponse]  # type: ignore[assignment]
+    CountSagas: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CountSagasRequest, _coordinator_pb2.CountSagasResponse]  # type: ignore[assignment]
+    """How many sagas are in each status (ListSagas' filters): an operator's overview."""
+    ListDefinitions: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListDefinitionsRequest, _coordinator_pb2.ListDefinitionsResponse]  # type: ignore[assignment]
+    """The saga definitions this coordinator runs: each one's steps and their dependencies."""
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     """The public API of Sagawire: start sagas and see them, in either mode."""
@@ -102,5 +110,21 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.ListBreakersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.ListBreakersResponse, _abc.Awaitable[_coordinator_pb2.ListBreakersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CountSagas(
+        self,
+        request: _coordinator_pb2.CountSagasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.CountSagasResponse, _abc.Awaitable[_coordinator_pb2.CountSagasResponse]]:
+        """How many sagas are in each status (ListSagas' filters): an operator's overview."""
+
+    @_abc_1.abstractmethod
+    def ListDefinitions(
+        self,
+        request: _coordinator_pb2.ListDefinitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListDefinitionsResponse, _abc.Awaitable[_coordinator_pb2.ListDefinitionsResponse]]:
+        """The saga definitions this coordinator runs: each one's steps and their dependencies."""
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
