@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -356,34 +356,43 @@ class ServerSpans(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is 
     async def run_streaming(
         self, method: str, behavior: Any, request: Any, context: Any
     ) -> AsyncIterator[Any]:
+        # The span and the telemetry are made current around each step of the handler,
+        # never across a yield: a stream its client cancels may be closed from another
+        # context, where a context token taken before the yield cannot be reset.
         with self.around():
             traced = self._start(method, context)
-            error: BaseException | None = None
-            try:
-                with _current(traced):
-                    async for reply in _replies(behavior(request, traced)):
-                        yield reply
-            except BaseException as raised:
-                error = raised
-                raise
-            finally:
-                self._ended(traced, error)
+        error: BaseException | None = None
+        try:
+            with self.around(), _current(traced):
+                result = behavior(request, traced)
+                if inspect.isawaitable(result) and not hasattr(result, "__aiter__"):
+                    await result  # it wrote its replies through context.write
+                    return
+            replies = aiter(result) if hasattr(result, "__aiter__") else _aiter(result)
+            while True:
+                with self.around(), _current(traced):
+                    try:
+                        reply = await anext(replies)
+                    except StopAsyncIteration:
+                        return
+                yield reply
+        except GeneratorExit as closed:  # closed before its end: the client went away
+            error = asyncio.CancelledError(str(closed))
+            raise
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            self._ended(traced, error)
 
 
 async def _awaited(result: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-async def _replies(result: Any) -> AsyncIterator[Any]:
-    """A streaming behaviour's replies, whether it yields them or writes them itself."""
-    if hasattr(result, "__aiter__"):
-        async for reply in result:
-            yield reply
-    elif inspect.isawaitable(result):
-        await result  # it wrote its replies through context.write
-    else:
-        for reply in result:
-            yield reply
+async def _aiter(replies: Iterable[Any]) -> AsyncIterator[Any]:
+    for reply in replies:
+        yield reply
 
 
 def _current(traced: _TracedContext) -> Any:
