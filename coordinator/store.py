@@ -1,9 +1,9 @@
 """The saga log: the coordinator's write-ahead log of every saga, behind a small interface.
 
 :class:`SagaLog` is the port; :class:`coordinator.sqlite_log.SqliteSagaLog` is the
-adapter of today (a PostgreSQL one with leases comes later) and
-:class:`InMemorySagaLog` serves unit tests. One contract test suite
-(``tests/unit/test_saga_log.py``) runs against every adapter.
+embedded adapter, :class:`coordinator.postgres_log.PostgresSagaLog` the one coordinator
+replicas share (with leases and fencing), and :class:`InMemorySagaLog` serves unit
+tests. One contract test suite (``tests/unit/test_saga_log.py``) runs against every adapter.
 
 Rules every adapter keeps:
 
@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from common.errors import BusinessRejection, NotFound
+from common.errors import BusinessRejection, NotFound, Transient
 from coordinator.records import (
     TERMINAL,
     UNFINISHED,
@@ -83,6 +83,24 @@ class IdempotencyConflict(BusinessRejection):
             "IDEMPOTENCY_KEY_REUSED",
             f"idempotency key {key!r} was already used for a different request",
         )
+
+
+class LeaseLost(Exception):
+    """A write of a replica whose lease was taken over (it was paused or cut off past its
+    expiry): refused, and the replica stops driving the saga. Not a :class:`SagawireError`
+    on purpose: nothing may catch it as a step's failure and write on."""
+
+    def __init__(self, saga_id: str, owner: str) -> None:
+        super().__init__(f"saga {saga_id}: lease lost (now {owner or 'nobody'}'s)")
+        self.saga_id = saga_id
+
+
+class OwnedElsewhere(Transient):
+    """A replica that holds no lease on a saga wrote to it while another replica's lease
+    is live (e.g. ``RetrySaga`` while the saga is still being driven): try again."""
+
+    def __init__(self, saga_id: str, owner: str) -> None:
+        super().__init__(f"saga {saga_id} is being driven by coordinator replica {owner}")
 
 
 class Listener:
@@ -211,6 +229,38 @@ class SagaLog(ABC):
         and attempt (what recovery resumes). Adapters read them all at once."""
         found = [await self.load(saga_id) for saga_id in await self.unfinished()]
         return [record for record in found if record is not None]
+
+    # -- sharing the log between coordinator replicas -----------------------------------
+    # An adapter that one process owns needs none of this; these defaults say so. One
+    # shared by several (coordinator/postgres_log.py) leases each unfinished saga to one
+    # replica at a time and fences every write with the lease's token.
+
+    # Several coordinator processes write this log (leases, take-overs, notifications).
+    shared = False
+
+    def holds(self, saga_id: str) -> bool:
+        """Whether this process may drive the saga (holds its lease)."""
+        return True
+
+    def release(self, saga_id: str, take_over: bool = False) -> None:  # noqa: B027
+        """This process stopped driving the saga: give its lease back, for another
+        replica to take over at once (``take_over``: it is unfinished and must go on)
+        or for nobody (it settled, or the services carry it on)."""
+
+    def on_lease_lost(self, callback: Callable[[str], None]) -> None:  # noqa: B027
+        """Call ``callback(saga_id)`` when this process learns it lost a saga's lease."""
+
+    async def claim_unfinished(self, limit: int | None = None) -> list[SagaRecord]:
+        """The unfinished sagas this process is to resume, taking their leases: at start,
+        every one (one process owns the log); with replicas, those whose lease expired."""
+        found = await self.load_unfinished()
+        return found if limit is None else found[:limit]
+
+    @contextmanager
+    def as_observer(self) -> Iterator[None]:
+        """Writes made inside are the choreography observer's: with replicas, fenced by
+        the observer's lease rather than the saga's."""
+        yield
 
     @contextmanager
     def listen(self, saga_id: str) -> Iterator[Listener]:

@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from common.errors import NotFound
+from coordinator.postgres_log import PostgresSagaLog
 from coordinator.records import (
     AttemptChange,
     Change,
@@ -36,23 +38,25 @@ from coordinator.store import (
     SagaLog,
     StatusConflict,
 )
+from tests.postgres_support import POSTGRES_URL, fresh_schema
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 STEPS = ("create_order", "reserve_stock", "charge_payment")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def saga_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SagaLog]:
-    log: SagaLog = (
-        InMemorySagaLog()
-        if request.param == "memory"
-        else SqliteSagaLog(tmp_path / "log.db", synchronous="NORMAL")
-    )
-    await log.open()
-    try:
+    async with AsyncExitStack() as stack:
+        log: SagaLog
+        if request.param == "memory":
+            log = InMemorySagaLog()
+        elif request.param == "sqlite":
+            log = SqliteSagaLog(tmp_path / "log.db", synchronous="NORMAL")
+        else:
+            log = PostgresSagaLog(POSTGRES_URL, await stack.enter_async_context(fresh_schema()))
+        await log.open()
+        stack.push_async_callback(log.close)
         yield log
-    finally:
-        await log.close()
 
 
 def new_saga(at: datetime = T0, key: str = "", request_hash: str = "h1") -> NewSaga:

@@ -1,0 +1,49 @@
+"""PostgreSQL for the tests that need it: a fresh schema each, dropped afterwards.
+
+The server is the machine's (127.0.0.1:5432, trust authentication), or
+``SAGAWIRE_TEST_POSTGRES``. Unreachable, the tests skip with how to start it; in CI
+(``CI=true``) they fail instead, since CI has the server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import pytest
+from psycopg import sql
+
+POSTGRES_URL = os.environ.get("SAGAWIRE_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
+START_HINT = (
+    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+)
+
+
+async def require_postgres() -> None:
+    """Skip (fail in CI) unless the test server answers."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(POSTGRES_URL, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        message = f"PostgreSQL unreachable at {POSTGRES_URL} ({error}); {START_HINT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    await conn.close()
+
+
+@asynccontextmanager
+async def fresh_schema() -> AsyncIterator[str]:
+    """A schema name of this test's own (created by whoever opens the log first), dropped
+    with everything in it at the end."""
+    await require_postgres()
+    schema = f"sw_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield schema
+    finally:
+        async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+            )
