@@ -65,9 +65,22 @@ def carried_by_services(definition: SagaDefinition, record: SagaRecord) -> bool:
     if record.mode != SagaMode.CHOREOGRAPHY.value:
         return False
     if record.direction is Direction.FORWARD:
-        return all_succeeded(record, definition.roots)
+        return all(took_effect(definition, record, s.name) for s in definition.roots)
     failed = record.failure
     return failed is not None and failed.step not in {s.name for s in definition.roots}
+
+
+# What the observer may have recorded of a step that took effect. The streams are
+# ordered per producer only: a step's compensation (order.cancelled) can be observed
+# before the rejection that turned the saga back (payment.declined), so a first step
+# may be COMPENSATED while the saga still reads FORWARD.
+_TOOK_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED})
+
+
+def took_effect(definition: SagaDefinition, record: SagaRecord, step: str) -> bool:
+    """Whether a choreographed step is known to have taken effect: the log says it
+    succeeded or was (being) undone, or a step after it ran."""
+    return record.step(step).status in _TOOK_EFFECT or ran_past(definition, record, step)
 
 
 def ran_past(definition: SagaDefinition, record: SagaRecord, step: str) -> bool:

@@ -169,3 +169,24 @@ def test_a_step_ran_past_once_a_step_after_it_has_an_outcome() -> None:
     assert ran_past(CHOREOGRAPHED, record, "create_order")
     assert not ran_past(CHOREOGRAPHED, record, "reserve_stock")  # its sibling, not after it
     assert not ran_past(CHOREOGRAPHED, record, "approve_order")
+
+
+def test_a_first_step_observed_undone_before_the_rejection_is_the_services_to_carry() -> None:
+    # Found by `sagawire chaos --open-loop --seed 2`: the observer recorded order's
+    # cancellation (its stream was ahead) before payment's decline turned the saga
+    # back; a coordinator restarted in between re-sent create_order, overwrote its
+    # COMPENSATED status with RUNNING and nothing ever settled the saga.
+    record = succeed(fresh(SagaMode.CHOREOGRAPHY), "create_order")
+    undone = Change(
+        Kind.COMPENSATION_DONE,
+        T0,
+        step="create_order",
+        step_status=StepStatus.COMPENSATED,
+        detail="observed sagawire.order.cancelled",
+    )
+    record, _ = apply(record, undone)
+    assert record.direction is Direction.FORWARD
+    assert carried_by_services(CHOREOGRAPHED, record)
+    # A later step's outcome also shows the first step took effect.
+    later = succeed(started(fresh(SagaMode.CHOREOGRAPHY), "create_order"), "reserve_stock")
+    assert carried_by_services(CHOREOGRAPHED, later)
