@@ -36,7 +36,9 @@ from coordinator.definitions import DefinitionError, Definitions, SagaMode, load
 from coordinator.engine import Redrive, SagaEngine
 from coordinator.finished import FinishedNotifier, saga_log_task
 from coordinator.observer import Observer
+from coordinator.postgres_log import PostgresOffsets, PostgresSagaLog
 from coordinator.recovery import recover
+from coordinator.replicas import ReplicaDuties
 from coordinator.runner import SagaRunner
 from coordinator.saga_telemetry import CarriedSpans, breaker_changed
 from coordinator.settings import CoordinatorSettings
@@ -87,9 +89,7 @@ class CoordinatorApp:
             saga_metrics().breaker_changed(name, "closed")
         # Breaker changes are logged by the board; telemetry adds a metric and a span event.
         self.breakers.add_listener(breaker_changed)
-        self.log = saga_log or SqliteSagaLog(
-            settings.data_dir / LOG_FILE, synchronous=settings.sqlite_synchronous
-        )
+        self.log = saga_log or saga_log_of(settings)
         self.crash = CrashHook(settings.crash_at)
         # Choreographed sagas' spans: the runner hands them over, the observer ends them.
         carried = CarriedSpans()
@@ -124,8 +124,17 @@ class CoordinatorApp:
                 carried=carried,
                 identity=self.tls,
                 definitions=self.definitions,
+                offsets=PostgresOffsets(self.log)
+                if isinstance(self.log, PostgresSagaLog)
+                else None,
             )
             if choreographed
+            else None
+        )
+        # Replicas sharing a PostgreSQL log: leases renewed and taken over, one observer.
+        self.replicas = (
+            ReplicaDuties(self.log, self.engine, self.observer)
+            if isinstance(self.log, PostgresSagaLog)
             else None
         )
         self.servicer = api.CoordinatorServicer(
@@ -156,7 +165,9 @@ class CoordinatorApp:
         if self.crash.armed:
             log.warning("crash hook armed at=%s (test only)", self.settings.crash_at)
         resumed = await recover(self.log, self.engine, self.crash)
-        if self.observer is not None:
+        if self.replicas is not None:
+            await self.replicas.start()  # the observer, when this replica holds its role
+        elif self.observer is not None:
             await self.observer.start()
         if self.settings.retention_enabled:
             self.finished.start()
@@ -175,10 +186,24 @@ class CoordinatorApp:
         await self.retention.stop()
         await self.finished.stop()
         await self.engine.close(self.settings.drain_seconds)
-        if self.observer is not None:
+        if self.replicas is not None:
+            await self.replicas.stop()
+        elif self.observer is not None:
             await self.observer.stop()
         await self.participants.close()
         await self.log.close()
+
+
+def saga_log_of(settings: CoordinatorSettings) -> SagaLog:
+    """The saga log the settings name: SQLite in the data dir, or shared PostgreSQL."""
+    if settings.saga_log:
+        return PostgresSagaLog(
+            settings.saga_log,
+            schema=settings.saga_log_schema,
+            replica=settings.replica_id,
+            lease_seconds=settings.lease_seconds,
+        )
+    return SqliteSagaLog(settings.data_dir / LOG_FILE, synchronous=settings.sqlite_synchronous)
 
 
 def participants_of(definitions: Definitions) -> list[str]:

@@ -51,7 +51,7 @@ from coordinator.records import (
 )
 from coordinator.runner import SagaRunner
 from coordinator.saga_telemetry import RunCause
-from coordinator.store import SagaLog, StatusConflict
+from coordinator.store import LeaseLost, SagaLog, StatusConflict
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class SagaEngine:
         self._redrive = redrive
         self._tasks: dict[str, asyncio.Task[SagaRecord | None]] = {}
         self._closing = False
+        # With replicas, another one may take a saga over from this one: stop driving it.
+        saga_log.on_lease_lost(self._lease_lost)
         # Done once shutdown begins: ends every wait for an outcome (made at first use,
         # inside the event loop).
         self._closed: asyncio.Future[None] | None = None
@@ -100,6 +102,11 @@ class SagaEngine:
     def in_progress(self) -> int:
         """Sagas being driven or waiting for a slot."""
         return len(self._tasks)
+
+    @property
+    def room(self) -> int:
+        """How many more sagas it takes (none once shutdown began)."""
+        return 0 if self._closing else max(self._max_pending - len(self._tasks), 0)
 
     async def start(
         self,
@@ -153,14 +160,18 @@ class SagaEngine:
         """Drive an unfinished saga found in the log (recovery). False if nothing to do:
         it is settled, or the services carry it on and the observer follows it; or if it
         cannot be driven, its definition not being loaded (logged, and left as it is)."""
+        if record.saga_id in self._tasks:
+            return False  # still driven here (its lease expired under a slow run)
         if record.definition not in self.definitions.sagas:
             log.error(
                 "saga left unfinished: its definition is not loaded saga_id=%s definition=%s",
                 record.saga_id,
                 record.definition,
             )
+            self.log.release(record.saga_id, take_over=True)  # a replica that has it may
             return False
         if not self._drivable(record):
+            self.log.release(record.saga_id)
             return False
         self._spawn(record, RunCause.RECOVERED)
         return True
@@ -199,6 +210,7 @@ class SagaEngine:
         if definition is None or not carried_by_services(definition, retried):
             self._spawn(retried, RunCause.RETRIED, otel_context.get_current())
             return retried
+        self.log.release(saga_id)  # the services carry it: nothing for this replica to drive
         settled = settlement(retried, utc_now())
         if settled is None:
             return retried
@@ -253,8 +265,22 @@ class SagaEngine:
         def forget(done: asyncio.Task[SagaRecord | None]) -> None:
             if self._tasks.get(saga_id) is done:
                 del self._tasks[saga_id]
+                # Not driven here any more: settled or left to the services (nobody drives
+                # it), or stopped unfinished (shutdown, a run that could not go on): for
+                # another replica to take over.
+                ended = None if done.cancelled() or done.exception() else done.result()
+                stopped = ended is None or (ended.status in UNFINISHED and self._drivable(ended))
+                self.log.release(saga_id, take_over=stopped)
 
         task.add_done_callback(forget)
+
+    def _lease_lost(self, saga_id: str) -> None:
+        """Another replica took the saga over (this one was paused or cut off past its
+        lease): stop driving it; its writes are refused anyway."""
+        task = self._tasks.get(saga_id)
+        if task is not None and not task.done():
+            log.warning("stopped driving saga: its lease was taken over saga_id=%s", saga_id)
+            task.cancel()
 
     async def _drive(
         self,
@@ -269,15 +295,24 @@ class SagaEngine:
         saga_id = record.saga_id
 
         async def run(attempt: int) -> SagaRecord | None:
-            if attempt == 1:
+            try:
+                if attempt == 1:
+                    async with self._slots:
+                        return await self.runner.run(record, cause, context)
+                # The failed run may have logged more than it returned: start from the log.
+                logged = await self.log.load(saga_id)
+                if logged is None or self._closing or not self._drivable(logged):
+                    return logged  # settled, carried on by the services, or left to recovery
+                if not self.log.holds(saga_id):
+                    return None  # another replica took it over meanwhile
                 async with self._slots:
-                    return await self.runner.run(record, cause, context)
-            # The failed run may have logged more than it returned: start from the log.
-            logged = await self.log.load(saga_id)
-            if logged is None or self._closing or not self._drivable(logged):
-                return logged  # settled, carried on by the services, or left to recovery
-            async with self._slots:
-                return await self.runner.run(logged, RunCause.REDRIVEN)
+                    return await self.runner.run(logged, RunCause.REDRIVEN)
+            except Exception as error:
+                if not _lease_lost(error):
+                    raise
+                # Another replica drives it now; this run's writes were refused.
+                log.warning("stopped driving saga: lease lost saga_id=%s", saga_id)
+                return None
 
         def before_redrive(attempt: int, delay: float, error: BaseException) -> None:
             log.error(
@@ -364,6 +399,15 @@ class SagaEngine:
         if pending:
             log.info("left to recovery sagas=%d", len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _lease_lost(error: BaseException) -> bool:
+    """Whether the error is, or groups (parallel steps), a refused write of a lost lease."""
+    if isinstance(error, LeaseLost):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return any(_lease_lost(inner) for inner in error.exceptions)
+    return False
 
 
 def _first_leaf(error: BaseException) -> BaseException:

@@ -14,7 +14,9 @@ saga never settles: the runner reads the saga back after its write
 (coordinator/choreography_start.py), and the observer, when the runner wrote between
 its read and its write, reads it back too.
 
-Offsets per producer live in the observer's own SQLite file and move only after
+Offsets per producer live in the observer's own SQLite file (with replicas sharing a
+PostgreSQL log, in that log: one replica observes at a time, and the offsets follow the
+role from replica to replica; coordinator/replicas.py) and move only after
 a batch's changes are durable in the saga log; a batch seen again after a crash
 plans no change (see :func:`coordinator.observation.plan`), so nothing is
 recorded twice.
@@ -31,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from common import inbox
 from common.certs import COORDINATOR
@@ -83,6 +86,54 @@ def _count_outcome(saga_type: str, change: Change, created_at: datetime) -> None
         saga_metrics().saga_compensated(saga_type, CHOREOGRAPHY, duration)
 
 
+class ObserverOffsets(Protocol):
+    """Where the observer keeps how far it has read each producer's stream."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def next_sequence(self, producer: str) -> int:
+        """The sequence to ask ``producer`` for next."""
+        ...
+
+    async def save(self, producer: str, sequence: int) -> None:
+        """``sequence`` and everything before it were recorded (durably) in the log."""
+        ...
+
+
+class FileOffsets:
+    """The observer's offsets in a SQLite file of its own (one coordinator)."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self._db = Database(path, inbox.SCHEMA, synchronous=synchronous)
+
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def next_sequence(self, producer: str) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
+            ).fetchone()
+            return int(row[0]) + 1 if row else 1
+
+        return await self._db.read(query)
+
+    async def save(self, producer: str, sequence: int) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
+                " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
+                (producer, sequence),
+            )
+
+        await self._db.transaction(save)
+
+
 class Observer:
     """Follows the four services' streams and keeps choreographed sagas' views current."""
 
@@ -98,10 +149,13 @@ class Observer:
         carried: CarriedSpans | None = None,
         identity: Identity | None = None,
         definitions: Definitions | None = None,
+        offsets: ObserverOffsets | None = None,
     ) -> None:
         self._log = saga_log
         self._carried = carried if carried is not None else CarriedSpans()
-        self._offsets = Database(data_dir / OFFSETS_FILE, inbox.SCHEMA, synchronous=synchronous)
+        # In a file of the data dir, unless the log is shared by replicas (the observer
+        # moves between them, its offsets with it).
+        self._offsets = offsets or FileOffsets(data_dir / OFFSETS_FILE, synchronous)
         self._stall_check = stall_check_seconds
         self._clock = clock
         # To tell which overdue sagas the services carry (None: every one).
@@ -124,6 +178,11 @@ class Observer:
         ]
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def running(self) -> bool:
+        """Started, and none of its tasks has ended (a failing one ends it)."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
     async def start(self) -> None:
         await self._offsets.open()
         self._tasks = [
@@ -135,19 +194,14 @@ class Observer:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        self._tasks = []
         await self._offsets.close()
         self._carried.end_all()  # exported as they are, not lost
 
     async def _next_sequence(self, producer: str) -> int:
-        def query(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
-            ).fetchone()
-            return int(row[0]) + 1 if row else 1
-
-        return await self._offsets.read(query)
+        return await self._offsets.next_sequence(producer)
 
     async def _handle(self, producer: str, events: Sequence[events_pb2.Event]) -> None:
         by_saga: defaultdict[str, list[Observation]] = defaultdict(list)
@@ -156,17 +210,11 @@ class Observer:
             if seen is not None:
                 by_saga[seen.saga_id].append(seen)
         # Sagas are independent: record them concurrently, each in its events' order.
-        await asyncio.gather(*(self._record(saga_id, seen) for saga_id, seen in by_saga.items()))
-        last = events[-1].sequence
-
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
-                " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
-                (producer, last),
+        with self._log.as_observer():
+            await asyncio.gather(
+                *(self._record(saga_id, seen) for saga_id, seen in by_saga.items())
             )
-
-        await self._offsets.transaction(save)
+        await self._offsets.save(producer, events[-1].sequence)
 
     @contextlib.asynccontextmanager
     async def _saga_lock(self, saga_id: str) -> AsyncIterator[None]:
@@ -236,6 +284,10 @@ class Observer:
         return definition is not None and carried_by_services(definition, record)
 
     async def _flag_stalled(self) -> None:
+        with self._log.as_observer():
+            await self._flag_stalled_each_interval()
+
+    async def _flag_stalled_each_interval(self) -> None:
         while True:
             await asyncio.sleep(self._stall_check)
             now = self._clock()

@@ -932,6 +932,26 @@ class PostgresSagaLog(SagaLog):
             return await cursor.fetchall()
 
 
+class PostgresOffsets:
+    """The choreography observer's stream offsets in the shared log, moved only by the
+    replica that holds the observer's role (coordinator/observer.py ``ObserverOffsets``)."""
+
+    def __init__(self, saga_log: PostgresSagaLog) -> None:
+        self._log = saga_log
+
+    async def open(self) -> None:
+        """Nothing to open: the log is."""
+
+    async def close(self) -> None:
+        """Nothing to close: the log is closed by its owner."""
+
+    async def next_sequence(self, producer: str) -> int:
+        return await self._log.observer_offset(producer)
+
+    async def save(self, producer: str, sequence: int) -> None:
+        await self._log.save_observer_offset(producer, sequence)
+
+
 def _filter(where: SagaFilter) -> tuple[list[str], list[Any]]:
     """The SQL conditions (and their parameters) of ``where``."""
     clauses: list[str] = []

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 
 async def recover(saga_log: SagaLog, engine: SagaEngine, crash: CrashHook = NO_CRASH) -> int:
-    """Resume the unfinished sagas (in the background); returns how many."""
-    unfinished = await saga_log.load_unfinished()
+    """Resume the unfinished sagas (in the background); returns how many. With replicas
+    sharing the log, those whose lease expired or that this replica's name still holds
+    (coordinator/replicas.py takes the others over as their leases expire)."""
+    unfinished = await saga_log.claim_unfinished()
     if unfinished:
         log.info("recovering sagas count=%d", len(unfinished))
     crash("recovery")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from common.config import ServerSettings
 from common.tokens import TokenSettings
 from coordinator.definitions import DEFAULT_FILE
+from coordinator.postgres_log import is_postgres_url
 
 
 class CoordinatorSettings(ServerSettings, TokenSettings):
@@ -46,5 +47,24 @@ class CoordinatorSettings(ServerSettings, TokenSettings):
     drain_seconds: float = Field(default=2.0, ge=0, le=300)
     # How often the choreography observer looks for sagas past their deadline.
     stall_check_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # The saga log: "" keeps it in a SQLite file of the data dir (one coordinator);
+    # "postgresql://user@host:port/database" keeps it in PostgreSQL, shared by every
+    # coordinator replica given the same URL and schema (coordinator/postgres_log.py).
+    saga_log: str = ""
+    saga_log_schema: str = Field(default="sagawire", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # This replica's name as the owner of leases ("": host, pid and a random part, new at
+    # every start). A stable name lets a restarted replica take its own sagas back at once
+    # instead of after their leases expire.
+    replica_id: str = Field(default="", max_length=100)
+    # How long a lease on a saga (and on the observer's role) lasts unrenewed: how soon
+    # another replica takes over the sagas of one that died; renewed every third of it.
+    lease_seconds: float = Field(default=10.0, ge=0.5, le=3600)
     # Test-only crash hook, e.g. "after_intent:charge_payment" (see coordinator/crash.py).
     crash_at: str = ""
+
+    @field_validator("saga_log")
+    @classmethod
+    def _saga_log_url(cls, value: str) -> str:
+        if value and not is_postgres_url(value):
+            raise ValueError("must be empty (SQLite in the data dir) or a postgresql:// URL")
+        return value
