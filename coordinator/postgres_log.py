@@ -539,10 +539,15 @@ class PostgresSagaLog(SagaLog):
             return transitions
         else:
             raise OwnedElsewhere(saga_id, header.owner)
-        return self._plan_changes(saga_id, header, write.changes, plan)
+        return self._plan_changes(saga_id, header, write.changes, plan, write.role)
 
     def _plan_changes(
-        self, saga_id: str, start: _Header, changes: Sequence[Change], plan: _Batch
+        self,
+        saga_id: str,
+        start: _Header,
+        changes: Sequence[Change],
+        plan: _Batch,
+        role: str = "",
     ) -> list[Transition]:
         """Check and plan ``changes`` of one saga, all or none; its header is kept in the
         plan only if every one of them holds."""
@@ -575,9 +580,9 @@ class PostgresSagaLog(SagaLog):
                 )
             )
         plan.statements.extend(statements)
-        plan.transitions.extend(
-            _transition_params(t, self.replica, header.fence) for t in transitions
-        )
+        # The observer's writes say so: they are not the saga's driver's.
+        writer = self.replica if role != OBSERVER_ROLE else f"{self.replica}:observer"
+        plan.transitions.extend(_transition_params(t, writer, header.fence) for t in transitions)
         plan.heard.extend((saga_id, t.status) for t in transitions)
         plan.headers[saga_id] = header
         return transitions
@@ -604,11 +609,15 @@ class PostgresSagaLog(SagaLog):
             for payload in _payloads(self.replica, plan.heard):
                 await cur.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
 
-    def _lost(self, saga_id: str, why: str) -> None:
-        """A write found the lease of a saga this replica drove taken over: stop."""
-        self.refused += 1
+    def _lost(self, saga_id: str, why: str, refused: bool = True) -> None:
+        """A write (``refused``) or a renewal found the lease of a saga this replica drove
+        taken over: stop driving it."""
         self._held.pop(saga_id, None)
-        log.warning("write refused: lease lost saga_id=%s (%s)", saga_id, why)
+        if refused:
+            self.refused += 1
+            log.warning("write refused: lease lost saga_id=%s (%s)", saga_id, why)
+        else:
+            log.warning("lease lost saga_id=%s (%s)", saga_id, why)
         for callback in self._lost_callbacks:
             callback(saga_id)
 
@@ -643,7 +652,7 @@ class PostgresSagaLog(SagaLog):
             renewed = {row["saga_id"] for row in await cursor.fetchall()}
         lost = [s for s in held if s not in renewed and self._held.get(s) == held[s]]
         for saga_id in lost:
-            self._lost(saga_id, "not renewed: taken over or gone")
+            self._lost(saga_id, "not renewed: taken over or gone", refused=False)
         return lost
 
     async def _flush_releases(self) -> None:
