@@ -23,6 +23,8 @@ DEFAULT_PORTS = {
 }
 _S = TypeVar("_S", bound=BaseSettings)
 SEED_FILE = Path(__file__).resolve().parent.parent / "services" / "seed.toml"
+# The saga definitions: the coordinator runs them, the services react by them.
+DEFINITIONS_FILE = Path(__file__).resolve().parent.parent / "coordinator" / "sagas.yaml"
 
 
 class ActionFaultConfig(BaseModel):
@@ -207,6 +209,9 @@ class ServiceSettings(ServerSettings):
     """Settings of a domain service (order, inventory, payment, shipping)."""
 
     seed_file: Path = SEED_FILE
+    # The same saga definitions as the coordinator's: which events the actions publish,
+    # and how the service follows the others' in choreography.
+    definitions_file: Path = DEFINITIONS_FILE
     admin_enabled: bool = False
     # Follow other services' event streams and react (choreography). The reactions
     # act only on sagas started in choreography mode, so this is on by default.

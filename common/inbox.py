@@ -105,6 +105,16 @@ class Subscription:
     match_headers: Mapping[str, str] = field(default_factory=dict)
     # The saga step each event type's reaction runs, if it runs one.
     steps: Mapping[str, ReactionStep] = field(default_factory=dict)
+    # The step a reaction runs, when only what was heard before can say (inside the
+    # event's transaction; None: it runs none, e.g. the first half of a join). When
+    # given, it decides instead of ``steps`` once the event is applied.
+    step_of: Callable[[sqlite3.Connection, events_pb2.Event], ReactionStep | None] | None = None
+
+    def step_in(self, conn: sqlite3.Connection, event: events_pb2.Event) -> ReactionStep | None:
+        """The step the reaction to ``event`` runs, asked inside its transaction."""
+        if self.step_of is not None:
+            return self.step_of(conn, event)
+        return self.steps.get(event.type)
 
 
 @dataclass(frozen=True)
@@ -321,7 +331,7 @@ class Consumer:
         reaction = self._sub.reactions.get(event.type)
         conn.execute("SAVEPOINT event")
         if reaction is not None:
-            step = self._sub.steps.get(event.type)
+            step = self._sub.step_in(conn, event)
             failed: _Failed | None = None
             try:
                 with reaction_attempt(event, self._name, step, number, started_ns) as attempt:

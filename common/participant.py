@@ -4,6 +4,9 @@ A service declares its actions as data (:class:`Action`); this module validates
 the request, applies fault injection, and runs the action through the barrier
 and the outbox inside one SQLite transaction. ``SagasFinished`` notes the sagas the
 coordinator says finished, so retention lets their barrier rows go after the window.
+What an action publishes when it succeeds, is rejected or is compensated is the saga
+definitions' to say, not the action's: the runner asks its :class:`Announcer`
+(services/saga_events.py).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, NoReturn, TypeVar
+from typing import Generic, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -48,15 +51,30 @@ _P = TypeVar("_P", bound=Message)
 
 @dataclass(frozen=True)
 class StepContext:
-    """Who is asking: the idempotency key and the saga's mode."""
+    """Who is asking: the idempotency key, the saga's mode and its definition's name."""
 
     saga_id: str
     step: str
     mode: int
+    saga: str = ""
 
 
 # (event type, payload) to publish through the outbox in the same transaction.
 Emitted = tuple[str, Message]
+
+
+class Announcer(Protocol):
+    """The events a service's actions publish, by action name (None: publish nothing)."""
+
+    def executed(
+        self, action: str, ctx: StepContext, payload: Message, result: Message
+    ) -> Emitted | None: ...
+
+    def rejected(
+        self, action: str, ctx: StepContext, payload: Message, rejection: BusinessRejection
+    ) -> Emitted | None: ...
+
+    def compensated(self, action: str, ctx: StepContext, payload: Message) -> Emitted | None: ...
 
 
 @dataclass(frozen=True)
@@ -83,10 +101,6 @@ class Action(Generic[_P]):
     # None for a final action that is never compensated (e.g. approve_order).
     compensation: str | None = None
     compensate: Callable[[sqlite3.Connection, StepContext, _P, _P], None] | None = None
-    # Events to publish on success, rejection and compensation (None: publish nothing).
-    on_executed: Callable[[StepContext, _P, _P], Emitted] | None = None
-    on_rejected: Callable[[StepContext, _P, BusinessRejection], Emitted] | None = None
-    on_compensated: Callable[[StepContext, _P], Emitted] | None = None
     binds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -160,7 +174,13 @@ _OUTCOMES = {
 
 class ActionRunner:
     """Runs a service's actions through the barrier and outbox; shared by the
-    Participant servicer (orchestration) and the event reactions (choreography)."""
+    Participant servicer (orchestration) and the event reactions (choreography).
+
+    ``announce`` says which event each outcome publishes (none: publish nothing). A
+    compensation publishes its event even when the barrier found nothing to undo (a
+    null compensation): the step is undone either way, and in choreography the steps
+    before it wait for that news (not for a saga past the barrier's horizon, long over).
+    """
 
     def __init__(
         self,
@@ -168,11 +188,13 @@ class ActionRunner:
         events: outbox.Outbox,
         actions: Mapping[str, Action[Message]],
         horizon: Callable[[], datetime | None] = lambda: None,
+        announce: Announcer | None = None,
     ) -> None:
         self.db = db
         self.events = events
         # The barrier's horizon now (common/barrier.py); None: none.
         self.horizon = horizon
+        self.announce = announce
         self.by_action = dict(actions)
         self.by_compensation = {
             a.compensation: a for a in actions.values() if a.compensation is not None
@@ -185,8 +207,8 @@ class ActionRunner:
 
         def run() -> bytes:
             result = action.execute(conn, ctx, payload)
-            if action.on_executed is not None:
-                _emit(conn, ctx, action.on_executed(ctx, payload, result))
+            if self.announce is not None:
+                _emit(conn, ctx, self.announce.executed(action.name, ctx, payload, result))
             return pack(result).SerializeToString()
 
         try:
@@ -208,9 +230,10 @@ class ActionRunner:
         if (
             guarded.rejection is not None
             and guarded.outcome is barrier.Outcome.APPLIED
-            and action.on_rejected is not None
+            and self.announce is not None
         ):
-            _emit(conn, ctx, action.on_rejected(ctx, payload, guarded.rejection))
+            rejected = self.announce.rejected(action.name, ctx, payload, guarded.rejection)
+            _emit(conn, ctx, rejected)
         return guarded
 
     def refused_in(
@@ -223,8 +246,8 @@ class ActionRunner:
     ) -> None:
         """Publish the action's rejection event for a request the barrier refused, so a
         choreographed saga hears a "no" and unwinds (nothing is recorded: it did nothing)."""
-        if action.on_rejected is not None:
-            _emit(conn, ctx, action.on_rejected(ctx, payload, refusal))
+        if self.announce is not None:
+            _emit(conn, ctx, self.announce.rejected(action.name, ctx, payload, refusal))
 
     def compensate_in(
         self, conn: sqlite3.Connection, action: Action[Message], ctx: StepContext, payload: Message
@@ -236,12 +259,11 @@ class ActionRunner:
             any_pb2.Any.FromString(first_result).Unpack(result)
             assert action.compensate is not None  # only compensable actions are looked up
             action.compensate(conn, ctx, payload, result)
-            if action.on_compensated is not None:
-                _emit(conn, ctx, action.on_compensated(ctx, payload))
             return b""
 
         # The execute's fingerprint: a compensation is bound to the request it undoes.
         compensation = action.compensation or action.name
+        horizon = self.horizon()
         try:
             guarded = barrier.guarded_compensate(
                 conn,
@@ -249,12 +271,19 @@ class ActionRunner:
                 ctx.step,
                 run,
                 fingerprint=action.fingerprint(payload),
-                horizon=self.horizon(),
+                horizon=horizon,
             )
         except RequestMismatch as refused:
             barrier_refused(compensation, COMPENSATE, refused)
             raise
         barrier_decided(compensation, COMPENSATE, guarded.outcome.value)
+        undone = guarded.outcome is barrier.Outcome.APPLIED or (
+            # A saga past the horizon finished long ago: nobody waits for its news.
+            guarded.outcome is barrier.Outcome.NULL_COMPENSATION
+            and not barrier.expired(ctx.saga_id, horizon)
+        )
+        if undone and self.announce is not None:
+            _emit(conn, ctx, self.announce.compensated(action.name, ctx, payload))
         return guarded
 
     async def execute(
@@ -278,8 +307,10 @@ class ActionRunner:
         return guarded
 
 
-def _emit(conn: sqlite3.Connection, ctx: StepContext, emitted: Emitted) -> None:
+def _emit(conn: sqlite3.Connection, ctx: StepContext, emitted: Emitted | None) -> None:
     """Publish an event about the saga through the outbox, with the current trace context."""
+    if emitted is None:
+        return
     event_type, data = emitted
     mode = {MODE_HEADER: MODE_NAMES.get(ctx.mode, "")}
     with producer_span(event_type, ctx.saga_id, headers=mode) as headers:
@@ -322,7 +353,8 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
             raise InvalidArgument("mode", f"unknown saga mode {request.mode}")
         payload = unpack_payload(request.payload, action.payload_type)
         action.validate(payload)
-        return action, StepContext(request.saga_id, request.step, request.mode), payload
+        ctx = StepContext(request.saga_id, request.step, request.mode, request.saga)
+        return action, ctx, payload
 
     async def Execute(
         self, request: participant_pb2.StepRequest, context: grpc.aio.ServicerContext

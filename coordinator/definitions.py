@@ -2,10 +2,18 @@
 
 A definition lists its steps (participant, action, compensation, per-attempt
 deadline, retry policy) and their ``after:`` dependencies, so independent steps
-run in parallel. :mod:`coordinator.runner` is the only interpreter of these
-dataclasses. Loading fails with every problem found, each naming where it is:
-unknown participants or actions, unknown or cyclic dependencies, a step with no
-compensation that other steps follow, a misplaced pivot, bad durations.
+run in parallel. The participants' catalogue says what each action publishes
+(:class:`ActionEvents`): on success, on a business rejection, when compensated.
+
+The one definition drives both modes: :mod:`coordinator.runner` interprets it in
+orchestration; in choreography the services build their reactions from it
+(services/choreography.py) and the observer maps their events back onto its steps
+(coordinator/observation.py). The services load the same file.
+
+Loading fails with every problem found, each naming where it is: unknown
+participants or actions, unknown or cyclic dependencies, a step with no
+compensation that other steps follow, a misplaced pivot, bad durations, an event
+a step needs that its action does not declare, an event type declared twice.
 
 Steps split in two phases. *Compensable* steps run first, under the saga's
 deadline; if one of them fails, the ones that may have taken effect are undone.
@@ -27,6 +35,7 @@ import yaml
 from google.protobuf import descriptor, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+from common.config import DEFINITIONS_FILE
 from common.policy import RetryPolicy
 from coordinator import yaml_fields as fields
 from coordinator.dag import ancestors, find_cycle, topological
@@ -34,8 +43,13 @@ from coordinator.dag import ancestors, find_cycle, topological
 # Registers the saga data types with the default descriptor pool.
 from protos.sagawire.v1 import order_saga_pb2  # noqa: F401
 
-DEFAULT_FILE = Path(__file__).resolve().parent / "sagas.yaml"
+DEFAULT_FILE = DEFINITIONS_FILE
+# The saga a participant request or an event means when it names none (from before
+# there were several).
+DEFAULT_SAGA = "place_order"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_ACTION_KEYS = {"compensation", "events"}
 _SAGA_KEYS = {
     "mode", "data", "reason_field", "deadline", "step_deadline", "retry", "compensation_retry",
     "steps",
@@ -49,6 +63,32 @@ _STEP_KEYS = {
 class SagaMode(StrEnum):
     ORCHESTRATION = "orchestration"
     CHOREOGRAPHY = "choreography"
+
+
+class EventKind(StrEnum):
+    """What an action's event reports about its step."""
+
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"
+    COMPENSATED = "compensated"
+
+
+@dataclass(frozen=True)
+class ActionEvents:
+    """The event types an action publishes (None: it publishes none of that kind)."""
+
+    succeeded: str | None = None
+    rejected: str | None = None
+    compensated: str | None = None
+
+    def of(self, kind: EventKind) -> str | None:
+        """The event type of that kind."""
+        event_type: str | None = getattr(self, kind.value)
+        return event_type
+
+    def kind_of(self, event_type: str) -> EventKind | None:
+        """What an event of this type reports (None: not one of these)."""
+        return next((k for k in EventKind if self.of(k) == event_type), None)
 
 
 class DefinitionError(ValueError):
@@ -72,6 +112,8 @@ class Step:
     retry: RetryPolicy
     compensation_retry: RetryPolicy
     pivot: bool = False
+    # What its action publishes (the participants' catalogue).
+    events: ActionEvents = ActionEvents()
 
 
 @dataclass(frozen=True)
@@ -93,6 +135,17 @@ class SagaDefinition:
             if step.name == name:
                 return step
         raise KeyError(name)
+
+    def descendants(self, name: str) -> frozenset[str]:
+        """Every step that runs after ``name``, directly or not."""
+        found: set[str] = set()
+        stack = list(self.dependents.get(name, ()))
+        while stack:
+            step = stack.pop()
+            if step not in found:
+                found.add(step)
+                stack.extend(self.dependents.get(step, ()))
+        return frozenset(found)
 
     @property
     def compensable(self) -> tuple[Step, ...]:
@@ -129,6 +182,8 @@ class Definitions:
     # participant -> action -> its compensation (None: cannot be undone)
     participants: Mapping[str, Mapping[str, str | None]]
     sagas: Mapping[str, SagaDefinition]
+    # participant -> action -> the events it publishes
+    events: Mapping[str, Mapping[str, ActionEvents]] = field(default_factory=dict)
 
     def get(self, name: str) -> SagaDefinition | None:
         return self.sagas.get(name)
@@ -166,44 +221,93 @@ def parse_definitions(raw: object, source: str = "<memory>", mode: str = "") -> 
     unknown = set(raw) - {"participants", "sagas"}
     if unknown:
         problems.append(f"unknown top-level keys: {', '.join(sorted(map(str, unknown)))}")
-    catalogue = _catalogue(raw.get("participants"), problems)
+    catalogue, events = _catalogue(raw.get("participants"), problems)
     sagas_raw = raw.get("sagas")
     sagas: dict[str, SagaDefinition] = {}
     if not isinstance(sagas_raw, dict) or not sagas_raw:
         problems.append("sagas: must map saga names to definitions")
     else:
         for name, body in sagas_raw.items():
-            saga = _Saga(f"sagas.{name}", catalogue, problems).parse(str(name), body, mode)
+            parser = _Saga(f"sagas.{name}", catalogue, events, problems)
+            saga = parser.parse(str(name), body, mode)
             if saga is not None:
                 sagas[str(name)] = saga
     if problems:
         raise DefinitionError(source, problems)
-    return Definitions(participants=catalogue, sagas=sagas)
+    return Definitions(participants=catalogue, sagas=sagas, events=events)
 
 
-def _catalogue(raw: object, problems: list[str]) -> dict[str, dict[str, str | None]]:
+_Catalogue = dict[str, dict[str, str | None]]
+_Events = dict[str, dict[str, ActionEvents]]
+
+
+def _catalogue(raw: object, problems: list[str]) -> tuple[_Catalogue, _Events]:
+    """Each participant's actions: their compensation and the events they publish."""
     if not isinstance(raw, dict) or not raw:
-        problems.append("participants: must map each participant to {action: compensation}")
-        return {}
-    catalogue: dict[str, dict[str, str | None]] = {}
+        problems.append("participants: must map each participant to its actions")
+        return {}, {}
+    catalogue: _Catalogue = {}
+    events: _Events = {}
+    declared: dict[str, str] = {}  # event type -> where, to find one declared twice
     for name, actions in raw.items():
         if not isinstance(actions, dict) or not actions:
-            problems.append(f"participants.{name}: must map actions to their compensation")
+            problems.append(f"participants.{name}: must map actions to what they offer")
             continue
-        catalogue[str(name)] = {
-            str(a): (str(c) if c is not None else None) for a, c in actions.items()
-        }
-    return catalogue
+        catalogue[str(name)], events[str(name)] = {}, {}
+        for action, body in actions.items():
+            where = f"participants.{name}.{action}"
+            if body is None:
+                body = {}
+            if not isinstance(body, dict):
+                fields.add(problems, where, "must be a mapping of compensation and events")
+                continue
+            fields.unknown_keys(problems, where, body, _ACTION_KEYS)
+            compensation = body.get("compensation")
+            catalogue[str(name)][str(action)] = str(compensation) if compensation else None
+            events[str(name)][str(action)] = _action_events(
+                f"{where}.events", body.get("events"), declared, problems
+            )
+    return catalogue, events
+
+
+def _action_events(
+    where: str, raw: object, declared: dict[str, str], problems: list[str]
+) -> ActionEvents:
+    if raw is None:
+        return ActionEvents()
+    if not isinstance(raw, dict):
+        fields.add(problems, where, "must map succeeded, rejected, compensated to event types")
+        return ActionEvents()
+    fields.unknown_keys(problems, where, raw, {k.value for k in EventKind})
+    found: dict[str, str] = {}
+    for kind in EventKind:
+        value = raw.get(kind.value)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _EVENT_TYPE.match(value):
+            fields.add(problems, f"{where}.{kind}", f"{value!r} is not an event type like a.b.c")
+            continue
+        if value in declared:
+            fields.add(problems, f"{where}.{kind}", f"{value!r} is already {declared[value]}")
+            continue
+        declared[value] = f"{where}.{kind}"
+        found[kind.value] = value
+    return ActionEvents(**found)
 
 
 class _Saga:
     """Parses and checks one saga, appending problems instead of stopping at the first."""
 
     def __init__(
-        self, where: str, catalogue: Mapping[str, Mapping[str, str | None]], problems: list[str]
+        self,
+        where: str,
+        catalogue: Mapping[str, Mapping[str, str | None]],
+        events: Mapping[str, Mapping[str, ActionEvents]],
+        problems: list[str],
     ) -> None:
         self.where = where
         self.catalogue = catalogue
+        self.events = events
         self.problems = problems
         self._first_problem = len(problems)
 
@@ -249,6 +353,25 @@ class _Saga:
         if any(s is None for s in steps):
             return None
         return self._graph(name, mode, data_type, reason_field, deadline, [s for s in steps if s])
+
+    def _events(self, steps: Sequence[Step], forward_only: set[str]) -> None:
+        """Each step's action must publish what choreography needs of it: its success
+        (the next steps react to it), its rejection unless it comes after the pivot (the
+        saga turns back on it), its compensation if it has one (the steps before it wait
+        for it to be undone)."""
+        for step in steps:
+            needed = [EventKind.SUCCEEDED]
+            if step.name not in forward_only:
+                needed.append(EventKind.REJECTED)
+            if step.compensation is not None:
+                needed.append(EventKind.COMPENSATED)
+            missing = [k.value for k in needed if step.events.of(k) is None]
+            if missing:
+                self.problem(
+                    f"{self.where}.{step.name}",
+                    f"{step.participant}.{step.action} declares no {' or '.join(missing)}"
+                    " event (participants.<name>.<action>.events)",
+                )
 
     def _mode(self, value: object) -> SagaMode:
         try:
@@ -337,6 +460,7 @@ class _Saga:
             retry=replace(step_retry, attempt_timeout=deadline),
             compensation_retry=replace(step_comp, attempt_timeout=deadline),
             pivot=pivot,
+            events=self.events.get(participant, {}).get(action, ActionEvents()),
         )
 
     def _graph(
@@ -404,6 +528,7 @@ class _Saga:
                 f"has no compensation but is followed by {', '.join(map(repr, followers))}"
                 " (only steps after the pivot may lack one)",
             )
+        self._events(steps, forward_only)
         if self.failed:
             return None
         dependents = {n: tuple(m for m in order if n in graph[m]) for n in order}

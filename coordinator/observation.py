@@ -1,12 +1,14 @@
 """What a choreography event says about its saga, and the log changes that record it.
 
-This is the pure half of the observer (coordinator/observer.py). Each place_order
-event reports one step's outcome; :func:`plan` turns it into the same changes an
-orchestrated saga goes through (an attempt started and ended, the step's status,
-then the saga's), so ``GetSaga`` and ``WatchSaga`` show both kinds alike.
+This is the pure half of the observer (coordinator/observer.py). Each saga event
+reports one step's outcome: the event names its saga definition and step, and the
+participants' catalogue of the same definitions says what its type means (success,
+rejection, compensation): no table of its own. :func:`plan` turns it into the same
+changes an orchestrated saga goes through (an attempt started and ended, the step's
+status, then the saga's), so ``GetSaga`` and ``WatchSaga`` show both kinds alike.
 
-The first step (create_order) is the coordinator's own call even in choreography,
-so its events are not observed here.
+A first step is the coordinator's own call even in choreography, so its success
+and rejection are not observed here (its compensation, which the services make, is).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import any_pb2
 
+from coordinator.definitions import DEFAULT_SAGA, Definitions, EventKind
 from coordinator.records import (
     TERMINAL,
     AttemptChange,
@@ -32,26 +35,32 @@ from coordinator.records import (
     apply,
 )
 from protos.sagawire.v1 import events_pb2, participant_pb2
-from services import saga_events as ev
 
-# event type -> what it says about the step it names
-_STEP_STATUS: dict[str, StepStatus] = {
-    ev.STOCK_RESERVED: StepStatus.SUCCEEDED,
-    ev.STOCK_REJECTED: StepStatus.REJECTED,
-    ev.PAYMENT_CHARGED: StepStatus.SUCCEEDED,
-    ev.PAYMENT_DECLINED: StepStatus.REJECTED,
-    ev.SHIPMENT_SCHEDULED: StepStatus.SUCCEEDED,
-    ev.SHIPMENT_FAILED: StepStatus.REJECTED,
-    ev.ORDER_APPROVED: StepStatus.SUCCEEDED,
-    ev.PAYMENT_REFUNDED: StepStatus.COMPENSATED,
-    ev.STOCK_RELEASED: StepStatus.COMPENSATED,
-    ev.SHIPMENT_CANCELLED: StepStatus.COMPENSATED,
-    ev.ORDER_CANCELLED: StepStatus.COMPENSATED,
+# What an event of each kind says about the step it names.
+_STEP_STATUS = {
+    EventKind.SUCCEEDED: StepStatus.SUCCEEDED,
+    EventKind.REJECTED: StepStatus.REJECTED,
+    EventKind.COMPENSATED: StepStatus.COMPENSATED,
 }
-
-OBSERVED_TYPES = tuple(sorted(_STEP_STATUS))
 # Transitions the observer records carry "observed <event type>" as their detail.
 OBSERVED = "observed "
+
+
+def _observed_kinds(first: bool) -> tuple[EventKind, ...]:
+    # A first step's execute is the coordinator's call: the runner records its outcome.
+    return (EventKind.COMPENSATED,) if first else tuple(EventKind)
+
+
+def observed_types(definitions: Definitions) -> tuple[str, ...]:
+    """The event types the observer follows: every step's outcomes, as declared."""
+    found = {
+        event_type
+        for definition in definitions.sagas.values()
+        for step in definition.steps
+        for kind in _observed_kinds(not step.after)
+        if (event_type := step.events.of(kind)) is not None
+    }
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True)
@@ -69,14 +78,22 @@ class Observation:
     event: events_pb2.Event
 
 
-def observe(event: events_pb2.Event) -> Observation | None:
-    """The observation an event makes, or None (not a choreographed place_order event)."""
-    status = _STEP_STATUS.get(event.type)
+def observe(event: events_pb2.Event, definitions: Definitions) -> Observation | None:
+    """The observation an event makes, or None (not a choreographed saga's step event)."""
     payload = events_pb2.OrderSagaEvent()
-    if status is None or not event.data.Unpack(payload):
+    if not event.data.Unpack(payload) or payload.mode != participant_pb2.SAGA_MODE_CHOREOGRAPHY:
         return None
-    if payload.mode != participant_pb2.SAGA_MODE_CHOREOGRAPHY:
+    definition = definitions.get(payload.saga or DEFAULT_SAGA)
+    if definition is None:
         return None
+    try:
+        step = definition.step(payload.step)
+    except KeyError:
+        return None
+    kind = step.events.kind_of(event.type)
+    if kind is None or kind not in _observed_kinds(not step.after):
+        return None
+    status = _STEP_STATUS[kind]
     failure = None
     if status is StepStatus.REJECTED:
         failure = Failure(payload.step, "FAILED_PRECONDITION", payload.reason, payload.message)

@@ -38,23 +38,32 @@ from typing import Protocol
 from common import inbox
 from common.certs import COORDINATOR
 from common.config import SERVICE_NAMES, Endpoints
+from common.outbox import MODE_HEADER
 from common.store import Database, utc_now
 from common.subscriber import Subscriber
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
-from coordinator.definitions import Definitions, SagaMode
-from coordinator.observation import OBSERVED_TYPES, OPEN, Observation, observe, plan, settlement
+from coordinator.definitions import Definitions, SagaMode, load_definitions
+from coordinator.observation import (
+    OPEN,
+    Observation,
+    observe,
+    observed_types,
+    plan,
+    settlement,
+)
 from coordinator.plan import carried_by_services
 from coordinator.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
 from coordinator.saga_telemetry import CarriedSpans
 from coordinator.store import SagaLog, StatusConflict
 from protos.sagawire.v1 import events_pb2
-from services.choreography import CHOREOGRAPHED_ONLY
 
 log = logging.getLogger(__name__)
 
 OFFSETS_FILE = "observer.db"
 CHOREOGRAPHY = SagaMode.CHOREOGRAPHY.value
+# Producers send the observer only the events of choreographed sagas.
+_CHOREOGRAPHED_ONLY = {MODE_HEADER: CHOREOGRAPHY}
 
 
 def _planned(
@@ -158,8 +167,9 @@ class Observer:
         self._offsets = offsets or FileOffsets(data_dir / OFFSETS_FILE, synchronous)
         self._stall_check = stall_check_seconds
         self._clock = clock
-        # To tell which overdue sagas the services carry (None: every one).
-        self._definitions = definitions
+        # To read events back into steps, and tell which overdue sagas the services carry
+        # (None: the shipped definitions).
+        self._definitions = definitions if definitions is not None else load_definitions()
         # One lock per saga being recorded, dropped when its last user leaves.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.subscribers = [
@@ -167,12 +177,12 @@ class Observer:
                 producer=name,
                 address=endpoints.of(name),
                 consumer="coordinator-observer",
-                types=OBSERVED_TYPES,
+                types=observed_types(self._definitions),
                 next_sequence=partial(self._next_sequence, name),
                 handle=partial(self._handle, name),
                 identity=identity or Identity.from_env(COORDINATOR),
                 channel_options=channel_options,
-                match_headers=CHOREOGRAPHED_ONLY,
+                match_headers=_CHOREOGRAPHED_ONLY,
             )
             for name in SERVICE_NAMES
         ]
@@ -206,7 +216,7 @@ class Observer:
     async def _handle(self, producer: str, events: Sequence[events_pb2.Event]) -> None:
         by_saga: defaultdict[str, list[Observation]] = defaultdict(list)
         for event in events:
-            seen = observe(event)
+            seen = observe(event, self._definitions)
             if seen is not None:
                 by_saga[seen.saga_id].append(seen)
         # Sagas are independent: record them concurrently, each in its events' order.
@@ -278,8 +288,6 @@ class Observer:
         the start it drives, and compensates it if it failed)."""
         if record is None or record.status not in UNFINISHED:
             return False
-        if self._definitions is None:
-            return True
         definition = self._definitions.get(record.definition)
         return definition is not None and carried_by_services(definition, record)
 

@@ -71,4 +71,6 @@ def step_request(
         action=action,
         payload=pack(data),
         mode=MODES[record.mode],
+        # The services' events carry it on: in choreography, the flow they follow.
+        saga=definition.name,
     )

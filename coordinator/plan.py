@@ -129,11 +129,4 @@ def failure_of(record: SagaRecord, step: str) -> Failure:
 
 def descendants(definition: SagaDefinition, name: str) -> set[str]:
     """Every step that runs after ``name``, directly or not."""
-    found: set[str] = set()
-    stack = list(definition.dependents.get(name, ()))
-    while stack:
-        step = stack.pop()
-        if step not in found:
-            found.add(step)
-            stack.extend(definition.dependents.get(step, ()))
-    return found
+    return set(definition.descendants(name))

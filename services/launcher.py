@@ -11,6 +11,7 @@ from common.config import DEFAULT_PORTS, ServiceSettings, load
 from common.logs import setup_logging
 from common.server import serve_until_signal, start_server
 from common.telemetry import setup_telemetry
+from coordinator.definitions import DefinitionError
 from services.runtime import DomainService, ServiceSpec
 
 
@@ -23,12 +24,14 @@ def spec_of(name: str) -> ServiceSpec:
 
 async def run(name: str, settings: ServiceSettings) -> None:
     """Serve until SIGTERM/SIGINT; traces and metrics are flushed on the way out."""
+    try:
+        service = DomainService(spec_of(name), settings)
+    except DefinitionError as error:
+        raise SystemExit(str(error)) from None
     telemetry = setup_telemetry(
         name, settings.data_dir, trace_file_max_bytes=settings.trace_file_max_mb << 20
     )
-    running = await start_server(
-        DomainService(spec_of(name), settings), settings, telemetry=telemetry
-    )
+    running = await start_server(service, settings, telemetry=telemetry)
     await serve_until_signal(running)
 
 

@@ -2,7 +2,9 @@
 
 Each service supplies its schema, seed loader, action table and query servicer;
 this module wires them to the barrier, the outbox, the event stream, fault
-injection and the common server bootstrap.
+injection and the common server bootstrap. The saga definitions (the same file as
+the coordinator's, SAGAWIRE_DEFINITIONS_FILE) say which events the actions publish
+and how the service reacts to the others' in choreography (services/choreography.py).
 """
 
 from __future__ import annotations
@@ -31,14 +33,11 @@ from common.store import Database
 from common.stream import EventStreamServicer
 from common.telemetry import service_metrics
 from common.tls import Identity
+from coordinator.definitions import load_definitions
 from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, participant_pb2_grpc
-from services.choreography import (
-    CHOREOGRAPHED_ONLY,
-    reacting_actions,
-    reaction_steps,
-    reactions_of,
-    started_by_events,
-)
+from services import choreography
+from services.choreography import CHOREOGRAPHED_ONLY, Reactions, started_by_events
+from services.saga_events import SagaEvents
 
 _SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
@@ -83,9 +82,15 @@ class DomainService:
         self.spec = spec
         self.settings = settings
         self.endpoints = endpoints or Endpoints()
+        self.definitions = load_definitions(settings.definitions_file)
         self.db = Database(
             settings.data_dir / f"{spec.name}.db",
-            schema=barrier.SCHEMA + outbox.SCHEMA + inbox.SCHEMA + _SEED_SCHEMA + spec.schema,
+            schema=barrier.SCHEMA
+            + outbox.SCHEMA
+            + inbox.SCHEMA
+            + choreography.SCHEMA
+            + _SEED_SCHEMA
+            + spec.schema,
             synchronous=settings.sqlite_synchronous,
         )
         self.outbox = outbox.Outbox(self.db, source=spec.name)
@@ -94,10 +99,18 @@ class DomainService:
         self.stream_cuts = StreamCuts(wake=self.outbox.notify)
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
         self.runner = ActionRunner(
-            self.db, self.outbox, actions, retention.barrier_horizon(settings)
+            self.db,
+            self.outbox,
+            actions,
+            retention.barrier_horizon(settings),
+            announce=SagaEvents(spec.name, self.definitions),
         )
+        self.reactions = Reactions(spec.name, self.definitions, self.runner)
         self.retention = retention.Retention(
-            retention.service_tasks(self.db, self.outbox, settings),
+            [
+                *retention.service_tasks(self.db, self.outbox, settings),
+                choreography.pruning(self.db, settings),
+            ],
             settings.retention_interval,
             settings.retention_batch,
         )
@@ -110,17 +123,16 @@ class DomainService:
                         self.endpoints.of(producer),
                         reactions,
                         CHOREOGRAPHED_ONLY,
-                        steps=reaction_steps(spec.name, producer),
+                        steps=self.reactions.steps_of(producer),
+                        step_of=self.reactions.step_of,
                     ),
                     consumer_name=spec.name,
                     on_commit=self.outbox.notify,
                     channel_options=server_options(settings),
-                    before_apply=partial(
-                        self._inject_faults, reacting_actions(spec.name, producer)
-                    ),
+                    before_apply=self._inject_faults,
                     identity=Identity(spec.name, settings),
                 )
-                for producer, reactions in reactions_of(spec.name, self.runner).items()
+                for producer, reactions in self.reactions.by_producer().items()
             ]
             if settings.reacts
             else []
@@ -138,16 +150,17 @@ class DomainService:
         """The service's name: its certificate names it (mutual TLS)."""
         return self.spec.name
 
-    async def _inject_faults(self, actions: Mapping[str, str], event: events_pb2.Event) -> None:
+    async def _inject_faults(self, event: events_pb2.Event) -> None:
         """A reaction is a call of its action, as a participant call is: faults apply,
-        drawn for each event."""
-        action = actions.get(event.type)
-        if action is not None:
+        drawn for each event, for each action it calls."""
+        for action in await self.reactions.actions_for(self.db, event):
             await self.faults.before_call(action)
 
     def register(self, server: grpc.aio.Server) -> None:
         participant_pb2_grpc.add_ParticipantServicer_to_server(
-            ParticipantServicer(self.runner, self.faults, started_by_events(self.spec.name)),
+            ParticipantServicer(
+                self.runner, self.faults, started_by_events(self.definitions, self.spec.name)
+            ),
             server,
         )
         self.spec.register_queries(server, self.db)

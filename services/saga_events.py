@@ -1,11 +1,25 @@
-"""The events of the place_order saga: names, and how a step's outcome becomes one."""
+"""The events of the services' saga actions: what each one publishes, as the definitions say.
+
+Which event type an action publishes when it succeeds, is rejected or is compensated
+is declared once, in the participants' catalogue of the saga definitions
+(coordinator/sagas.yaml); :class:`SagaEvents` reads it there. Every event carries an
+:class:`~protos.sagawire.v1.events_pb2.OrderSagaEvent`: the saga's data as the step
+left it, the saga's mode and definition, the step, and for a rejection its reason.
+
+The constants below are place_order's event types as the shipped file declares them,
+for clients that look for them (the bench, tests); the flow never reads them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
 
 from common.errors import BusinessRejection
-from common.participant import StepContext
+from common.participant import Emitted, StepContext
+from coordinator.definitions import DEFAULT_SAGA, ActionEvents, Definitions, EventKind
+from coordinator.payloads import overlay
 from protos.sagawire.v1 import events_pb2, order_saga_pb2, participant_pb2
 
 ORDER_CREATED = "sagawire.order.created"
@@ -23,68 +37,51 @@ SHIPMENT_FAILED = "sagawire.shipping.failed"
 SHIPMENT_CANCELLED = "sagawire.shipping.cancelled"
 
 Data = order_saga_pb2.OrderSagaData
-Emitted = tuple[str, events_pb2.OrderSagaEvent]
-OnExecuted = Callable[[StepContext, Data, Data], Emitted]
-OnRejected = Callable[[StepContext, Data, BusinessRejection], Emitted]
-OnCompensated = Callable[[StepContext, Data], Emitted]
 
 
-def _merged(
-    payload: order_saga_pb2.OrderSagaData, result: order_saga_pb2.OrderSagaData | None
-) -> order_saga_pb2.OrderSagaData:
-    data = order_saga_pb2.OrderSagaData()
-    data.CopyFrom(payload)
+def merged(payload: Message, result: Message | None) -> Data:
+    """The saga's data after a step: its payload with the fields the step's result sets
+    laid over it (as the coordinator merges results: coordinator/payloads.py)."""
+    data = Data()
+    overlay(data, payload)
     if result is not None:
-        data.MergeFrom(result)
+        overlay(data, result)
     return data
 
 
-def _mode(ctx: StepContext) -> participant_pb2.SagaMode.ValueType:
-    return participant_pb2.SagaMode.ValueType(ctx.mode)
+class SagaEvents:
+    """A service's :class:`~common.participant.Announcer`: each outcome of its actions as
+    the event the definitions' catalogue declares for it."""
 
+    def __init__(self, service: str, definitions: Definitions) -> None:
+        self._events: Mapping[str, ActionEvents] = definitions.events.get(service, {})
 
-def succeeded(event_type: str) -> OnExecuted:
-    """An ``on_executed`` hook publishing ``event_type`` with the saga's updated data."""
+    def _event(
+        self, action: str, kind: EventKind, ctx: StepContext, event: events_pb2.OrderSagaEvent
+    ) -> Emitted | None:
+        declared = self._events.get(action)
+        event_type = declared.of(kind) if declared is not None else None
+        if event_type is None:
+            return None
+        event.mode = participant_pb2.SagaMode.ValueType(ctx.mode)
+        event.step = ctx.step
+        event.saga = ctx.saga or DEFAULT_SAGA
+        return event_type, event
 
-    def build(
-        ctx: StepContext,
-        payload: order_saga_pb2.OrderSagaData,
-        result: order_saga_pb2.OrderSagaData,
-    ) -> Emitted:
-        return event_type, events_pb2.OrderSagaEvent(
-            data=_merged(payload, result),
-            mode=_mode(ctx),
-            step=ctx.step,
+    def executed(
+        self, action: str, ctx: StepContext, payload: Message, result: Message
+    ) -> Emitted | None:
+        event = events_pb2.OrderSagaEvent(data=merged(payload, result))
+        return self._event(action, EventKind.SUCCEEDED, ctx, event)
+
+    def rejected(
+        self, action: str, ctx: StepContext, payload: Message, rejection: BusinessRejection
+    ) -> Emitted | None:
+        event = events_pb2.OrderSagaEvent(
+            data=merged(payload, None), reason=rejection.reason, message=rejection.message
         )
+        return self._event(action, EventKind.REJECTED, ctx, event)
 
-    return build
-
-
-def rejected(event_type: str) -> OnRejected:
-    """An ``on_rejected`` hook publishing ``event_type`` with the rejection's reason."""
-
-    def build(
-        ctx: StepContext, payload: order_saga_pb2.OrderSagaData, rejection: BusinessRejection
-    ) -> Emitted:
-        return event_type, events_pb2.OrderSagaEvent(
-            data=payload,
-            mode=_mode(ctx),
-            step=ctx.step,
-            reason=rejection.reason,
-            message=rejection.message,
-        )
-
-    return build
-
-
-def compensated(event_type: str) -> OnCompensated:
-    """An ``on_compensated`` hook publishing ``event_type``."""
-
-    def build(ctx: StepContext, payload: order_saga_pb2.OrderSagaData) -> Emitted:
-        return event_type, events_pb2.OrderSagaEvent(
-            data=payload,
-            mode=_mode(ctx),
-            step=ctx.step,
-        )
-
-    return build
+    def compensated(self, action: str, ctx: StepContext, payload: Message) -> Emitted | None:
+        event = events_pb2.OrderSagaEvent(data=merged(payload, None))
+        return self._event(action, EventKind.COMPENSATED, ctx, event)

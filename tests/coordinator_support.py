@@ -66,15 +66,16 @@ def write_definitions(
     step_deadline: str = "2s",
     steps: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """The shipped definitions with test timings; ``steps`` overrides keys of named steps."""
+    """The shipped definitions with test timings (every saga's); ``steps`` overrides keys
+    of named steps (step names are not shared between the shipped sagas)."""
     raw = yaml.safe_load(DEFAULT_FILE.read_text())
-    saga = raw["sagas"]["place_order"]
-    saga["retry"] = {**FAST_RETRY, **(retry or {})}
-    saga["compensation_retry"] = {**FAST_COMPENSATION, **(compensation_retry or {})}
-    saga["deadline"] = deadline
-    saga["step_deadline"] = step_deadline
-    for step in saga["steps"]:
-        step.update((steps or {}).get(step["name"], {}))
+    for saga in raw["sagas"].values():
+        saga["retry"] = {**FAST_RETRY, **(retry or {})}
+        saga["compensation_retry"] = {**FAST_COMPENSATION, **(compensation_retry or {})}
+        saga["deadline"] = deadline
+        saga["step_deadline"] = step_deadline
+        for step in saga["steps"]:
+            step.update((steps or {}).get(step["name"], {}))
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -229,12 +230,15 @@ async def running_stack(
     services: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Stack]:
-    """The four services and (unless ``in_process`` is False) a coordinator, all in-process.
+    """The four services and (unless ``in_process`` is False) a coordinator, all in-process,
+    the services following the same definitions as the coordinator.
 
     ``services``: settings every service gets; ``settings``: the coordinator's.
     """
     definitions = definitions or write_definitions(tmp_path / "sagas.yaml")
-    cluster = await start_cluster(tmp_path / "services", overrides=services)
+    cluster = await start_cluster(
+        tmp_path / "services", overrides={"definitions_file": definitions, **(services or {})}
+    )
     stack = Stack(cluster, address="")
     try:
         if in_process:

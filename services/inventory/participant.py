@@ -6,7 +6,6 @@ import sqlite3
 
 from common.participant import Action, StepContext, refuse_second_step
 from protos.sagawire.v1 import order_saga_pb2
-from services import saga_events
 from services.inventory import domain, store
 from services.validation import PRICED_ORDER, validate_items, validate_order
 
@@ -51,9 +50,6 @@ RESERVE = Action(
     validate=_validate,
     execute=_reserve,
     compensate=_release,
-    on_executed=saga_events.succeeded(saga_events.STOCK_RESERVED),
-    on_rejected=saga_events.rejected(saga_events.STOCK_REJECTED),
-    on_compensated=saga_events.compensated(saga_events.STOCK_RELEASED),
     binds=PRICED_ORDER,
 )
 

@@ -11,7 +11,6 @@ import sqlite3
 from common.errors import BusinessRejection, NotFound, RequestMismatch
 from common.participant import Action, StepContext, refuse_second_step, require_id
 from protos.sagawire.v1 import common_pb2, order_saga_pb2
-from services import saga_events
 from services.order import domain, store
 from services.validation import (
     PLACED_ORDER,
@@ -82,9 +81,6 @@ CREATE = Action(
     validate=_validate_create,
     execute=_create,
     compensate=_cancel,
-    on_executed=saga_events.succeeded(saga_events.ORDER_CREATED),
-    on_rejected=saga_events.rejected(saga_events.ORDER_REJECTED),
-    on_compensated=saga_events.compensated(saga_events.ORDER_CANCELLED),
     binds=PLACED_ORDER,
 )
 
@@ -93,7 +89,6 @@ APPROVE = Action(
     payload_type=Data,
     validate=validate_order,
     execute=_approve,
-    on_executed=saga_events.succeeded(saga_events.ORDER_APPROVED),
     binds=PRICED_ORDER,
 )
 

@@ -7,7 +7,6 @@ import uuid
 
 from common.participant import Action, StepContext, refuse_second_step, require_id
 from protos.sagawire.v1 import order_saga_pb2
-from services import saga_events
 from services.payment import domain, store
 from services.validation import PRICED_ORDER, validate_order, validate_total
 
@@ -56,9 +55,6 @@ CHARGE = Action(
     validate=_validate,
     execute=_charge,
     compensate=_refund,
-    on_executed=saga_events.succeeded(saga_events.PAYMENT_CHARGED),
-    on_rejected=saga_events.rejected(saga_events.PAYMENT_DECLINED),
-    on_compensated=saga_events.compensated(saga_events.PAYMENT_REFUNDED),
     binds=PRICED_ORDER,
 )
 

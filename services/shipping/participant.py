@@ -7,7 +7,6 @@ import uuid
 
 from common.participant import Action, StepContext, refuse_second_step
 from protos.sagawire.v1 import order_saga_pb2
-from services import saga_events
 from services.shipping import domain, store
 from services.validation import PRICED_ORDER, validate_destination, validate_order
 
@@ -40,9 +39,6 @@ SCHEDULE = Action(
     validate=_validate,
     execute=_schedule,
     compensate=_cancel,
-    on_executed=saga_events.succeeded(saga_events.SHIPMENT_SCHEDULED),
-    on_rejected=saga_events.rejected(saga_events.SHIPMENT_FAILED),
-    on_compensated=saga_events.compensated(saga_events.SHIPMENT_CANCELLED),
     binds=PRICED_ORDER,
 )
 

@@ -162,10 +162,13 @@ async def test_a_choreographed_saga_is_as_visible_as_an_orchestrated_one(
     assert steps["reserve_stock"].status == pb.STEP_STATUS_COMPENSATED
     assert steps["charge_payment"].status == pb.STEP_STATUS_REJECTED
     assert steps["schedule_shipment"].status == pb.STEP_STATUS_PENDING
-    assert list(steps["reserve_stock"].events) == [
-        "sagawire.inventory.reserved",
-        "sagawire.inventory.released",
-    ]
+    # Reserve and charge run side by side: inventory usually reserved before it heard of
+    # the decline (then releases); if the decline came first, the release is a null
+    # compensation and the late reserve is refused.
+    assert list(steps["reserve_stock"].events) in (
+        ["sagawire.inventory.reserved", "sagawire.inventory.released"],
+        ["sagawire.inventory.released"],
+    )
     assert list(steps["charge_payment"].events) == ["sagawire.payment.declined"]
     charge = steps["charge_payment"].attempts[0]
     assert (charge.outcome, charge.error_reason) == ("rejected", "INSUFFICIENT_FUNDS")

@@ -12,6 +12,7 @@ import yaml
 from coordinator.definitions import (
     DEFAULT_FILE,
     DefinitionError,
+    EventKind,
     SagaMode,
     load_definitions,
     parse_definitions,
@@ -216,3 +217,47 @@ def test_file_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError, match="not valid YAML"):
         load_definitions(bad)
     assert problems([1, 2]) == ["the file must be a mapping with participants and sagas"]
+
+
+def test_each_step_emits_its_actions_declared_events() -> None:
+    saga = load_definitions().sagas["place_order"]
+    events = saga.step("charge_payment").events
+    assert (events.succeeded, events.rejected, events.compensated) == (
+        "sagawire.payment.charged",
+        "sagawire.payment.declined",
+        "sagawire.payment.refunded",
+    )
+    assert events.kind_of("sagawire.payment.declined") is EventKind.REJECTED
+    assert events.kind_of("sagawire.inventory.reserved") is None
+    assert saga.descendants("reserve_stock") == {"schedule_shipment", "approve_order"}
+
+
+def test_a_step_needs_the_events_choreography_follows() -> None:
+    raw = shipped()
+    del raw["participants"]["payment"]["charge"]["events"]["rejected"]
+    del raw["participants"]["order"]["approve_order"]["events"]
+    found = problems(raw)
+    assert (
+        "sagas.place_order.charge_payment: payment.charge declares no rejected event"
+        " (participants.<name>.<action>.events)" in found
+    )
+    assert any("approve_order: order.approve_order declares no succeeded event" in p for p in found)
+    # A step after the pivot is never turned back on: it needs no rejection event.
+    assert not any("approve_order" in p and "rejected" in p for p in found)
+
+
+def test_an_event_type_is_declared_once() -> None:
+    raw = shipped()
+    raw["participants"]["shipping"]["schedule"]["events"]["failed"] = "x"
+    raw["participants"]["shipping"]["schedule"]["events"]["rejected"] = "sagawire.payment.declined"
+    raw["participants"]["inventory"]["reserve"]["events"]["succeeded"] = "Reserved!"
+    found = problems(raw)
+    assert "participants.shipping.schedule.events: unknown keys: failed" in found
+    assert (
+        "participants.shipping.schedule.events.rejected: 'sagawire.payment.declined' is already"
+        " participants.payment.charge.events.rejected" in found
+    )
+    assert (
+        "participants.inventory.reserve.events.succeeded: 'Reserved!' is not an event type"
+        " like a.b.c" in found
+    )

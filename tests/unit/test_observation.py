@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.observation import observe, plan
+from coordinator.definitions import load_definitions
+from coordinator.observation import observe, observed_types, plan
 from coordinator.records import (
     TERMINAL,
     AttemptChange,
@@ -30,6 +31,7 @@ from coordinator.records import (
 from protos.sagawire.v1 import events_pb2, order_saga_pb2, participant_pb2
 from services import saga_events as ev
 
+DEFINITIONS = load_definitions()
 STEPS = ("create_order", "reserve_stock", "charge_payment", "schedule_shipment", "approve_order")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -115,7 +117,7 @@ def _run(script: list[tuple[str, str, str, str]], order: list[int]) -> tuple[Sag
     record = _started_saga()
     settled = 0
     for i in order:
-        seen = observe(_event(i, *script[i]))
+        seen = observe(_event(i, *script[i]), DEFINITIONS)
         assert seen is not None
         for change in plan(record, seen):
             if change.require_status is not None and record.status not in change.require_status:
@@ -154,7 +156,7 @@ def test_a_shipping_failure_is_compensated_once_in_any_arrival_order(order: list
 
 def test_redelivered_events_add_nothing() -> None:
     record, _ = _run(COMPLETED, [0, 1, 2, 3])
-    seen = observe(_event(0, *COMPLETED[0]))
+    seen = observe(_event(0, *COMPLETED[0]), DEFINITIONS)
     assert seen is not None
     assert plan(record, seen) == []
 
@@ -165,4 +167,13 @@ def test_orchestrated_events_are_not_observed() -> None:
     event.data.Unpack(payload)
     payload.mode = participant_pb2.SAGA_MODE_ORCHESTRATION
     event.data.Pack(payload)
-    assert observe(event) is None
+    assert observe(event, DEFINITIONS) is None
+
+
+def test_the_first_steps_outcomes_are_the_coordinators_to_record() -> None:
+    """A first step's execute is the coordinator's call: its success and rejection are
+    not observed; its compensation (the services') is."""
+    types = observed_types(DEFINITIONS)
+    assert ev.ORDER_CREATED not in types and ev.ORDER_REJECTED not in types
+    assert {ev.ORDER_CANCELLED, ev.STOCK_RESERVED, ev.PAYMENT_DECLINED} <= set(types)
+    assert observe(_event(0, "order", ev.ORDER_CREATED, "create_order", ""), DEFINITIONS) is None

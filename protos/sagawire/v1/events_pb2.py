@@ -28,7 +28,7 @@ from protos.sagawire.v1 import order_saga_pb2 as protos_dot_sagawire_dot_v1_dot_
 from protos.sagawire.v1 import participant_pb2 as protos_dot_sagawire_dot_v1_dot_participant__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/sagawire/v1/events.proto\x12\x0bsagawire.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#protos/sagawire/v1/order_saga.proto\x1a$protos/sagawire/v1/participant.proto\"\x84\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x30\n\x07headers\x18\x07 \x03(\x0b\x32\x1f.sagawire.v1.Event.HeadersEntry\x12\"\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x14.google.protobuf.Any\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8e\x01\n\x0eOrderSagaEvent\x12(\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x1a.sagawire.v1.OrderSagaData\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.sagawire.v1.SagaMode\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"\xb7\x01\n\x10SubscribeRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x03\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\r\n\x05types\x18\x03 \x03(\t\x12;\n\x07headers\x18\x04 \x03(\x0b\x32*.sagawire.v1.SubscribeRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\nEventBatch\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.sagawire.v1.Event\"@\n\x17ListPoisonEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x91\x01\n\x0bPoisonEvent\x12\x10\n\x08producer\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x18ListPoisonEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sagawire.v1.PoisonEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb5\x01\n\x0b\x45ventStream\x12\x45\n\tSubscribe\x12\x1d.sagawire.v1.SubscribeRequest\x1a\x17.sagawire.v1.EventBatch0\x01\x12_\n\x10ListPoisonEvents\x12$.sagawire.v1.ListPoisonEventsRequest\x1a%.sagawire.v1.ListPoisonEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/sagawire/v1/events.proto\x12\x0bsagawire.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#protos/sagawire/v1/order_saga.proto\x1a$protos/sagawire/v1/participant.proto\"\x84\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x30\n\x07headers\x18\x07 \x03(\x0b\x32\x1f.sagawire.v1.Event.HeadersEntry\x12\"\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x14.google.protobuf.Any\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\x0eOrderSagaEvent\x12(\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x1a.sagawire.v1.OrderSagaData\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.sagawire.v1.SagaMode\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0c\n\x04saga\x18\x06 \x01(\t\"\xb7\x01\n\x10SubscribeRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x03\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\r\n\x05types\x18\x03 \x03(\t\x12;\n\x07headers\x18\x04 \x03(\x0b\x32*.sagawire.v1.SubscribeRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\nEventBatch\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.sagawire.v1.Event\"@\n\x17ListPoisonEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x91\x01\n\x0bPoisonEvent\x12\x10\n\x08producer\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x18ListPoisonEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sagawire.v1.PoisonEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb5\x01\n\x0b\x45ventStream\x12\x45\n\tSubscribe\x12\x1d.sagawire.v1.SubscribeRequest\x1a\x17.sagawire.v1.EventBatch0\x01\x12_\n\x10ListPoisonEvents\x12$.sagawire.v1.ListPoisonEventsRequest\x1a%.sagawire.v1.ListPoisonEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,19 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT_HEADERSENTRY']._serialized_start=398
   _globals['_EVENT_HEADERSENTRY']._serialized_end=444
   _globals['_ORDERSAGAEVENT']._serialized_start=447
-  _globals['_ORDERSAGAEVENT']._serialized_end=589
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=592
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=775
+  _globals['_ORDERSAGAEVENT']._serialized_end=603
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=606
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=789
   _globals['_SUBSCRIBEREQUEST_HEADERSENTRY']._serialized_start=398
   _globals['_SUBSCRIBEREQUEST_HEADERSENTRY']._serialized_end=444
-  _globals['_EVENTBATCH']._serialized_start=777
-  _globals['_EVENTBATCH']._serialized_end=825
-  _globals['_LISTPOISONEVENTSREQUEST']._serialized_start=827
-  _globals['_LISTPOISONEVENTSREQUEST']._serialized_end=891
-  _globals['_POISONEVENT']._serialized_start=894
-  _globals['_POISONEVENT']._serialized_end=1039
-  _globals['_LISTPOISONEVENTSRESPONSE']._serialized_start=1041
-  _globals['_LISTPOISONEVENTSRESPONSE']._serialized_end=1134
-  _globals['_EVENTSTREAM']._serialized_start=1137
-  _globals['_EVENTSTREAM']._serialized_end=1318
+  _globals['_EVENTBATCH']._serialized_start=791
+  _globals['_EVENTBATCH']._serialized_end=839
+  _globals['_LISTPOISONEVENTSREQUEST']._serialized_start=841
+  _globals['_LISTPOISONEVENTSREQUEST']._serialized_end=905
+  _globals['_POISONEVENT']._serialized_start=908
+  _globals['_POISONEVENT']._serialized_end=1053
+  _globals['_LISTPOISONEVENTSRESPONSE']._serialized_start=1055
+  _globals['_LISTPOISONEVENTSRESPONSE']._serialized_end=1148
+  _globals['_EVENTSTREAM']._serialized_start=1151
+  _globals['_EVENTSTREAM']._serialized_end=1332
 # @@protoc_insertion_point(module_scope)

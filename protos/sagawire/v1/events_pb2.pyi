@@ -100,7 +100,7 @@ Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
 class OrderSagaEvent(_message.Message):
-    """The payload of every place_order event."""
+    """The payload of every saga event: the saga's data as the step left it, and what the step did."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -109,12 +109,17 @@ class OrderSagaEvent(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SAGA_FIELD_NUMBER: _builtins.int
     mode: _participant_pb2.SagaMode.ValueType
     step: _builtins.str
     """The saga step this event reports on, e.g. "reserve_stock"."""
     reason: _builtins.str
     """For rejections and failures: the ErrorInfo reason, e.g. "INSUFFICIENT_FUNDS"."""
     message: _builtins.str
+    saga: _builtins.str
+    """The saga definition, e.g. "place_order" (empty in events from before it was sent:
+    "place_order").
+    """
     @_builtins.property
     def data(self) -> _order_saga_pb2.OrderSagaData: ...
     def __init__(
@@ -125,10 +130,11 @@ class OrderSagaEvent(_message.Message):
         step: _builtins.str = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        saga: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "message", b"message", "mode", b"mode", "reason", b"reason", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "message", b"message", "mode", b"mode", "reason", b"reason", "saga", b"saga", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

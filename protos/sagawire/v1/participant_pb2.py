@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/sagawire/v1/participant.proto\x12\x0bsagawire.v1\x1a\x19google/protobuf/any.proto\"\x88\x01\n\x0bStepRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12%\n\x07payload\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x04mode\x18\x05 \x01(\x0e\x32\x15.sagawire.v1.SagaMode\"_\n\tStepReply\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x07outcome\x18\x02 \x01(\x0e\x32\x1b.sagawire.v1.BarrierOutcome\"(\n\x14SagasFinishedRequest\x12\x10\n\x08saga_ids\x18\x01 \x03(\t\"$\n\x12SagasFinishedReply\x12\x0e\n\x06marked\x18\x01 \x01(\x05*^\n\x08SagaMode\x12\x19\n\x15SAGA_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SAGA_MODE_ORCHESTRATION\x10\x01\x12\x1a\n\x16SAGA_MODE_CHOREOGRAPHY\x10\x02*\x93\x01\n\x0e\x42\x61rrierOutcome\x12\x1f\n\x1b\x42\x41RRIER_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x41RRIER_OUTCOME_APPLIED\x10\x01\x12\x1c\n\x18\x42\x41RRIER_OUTCOME_REPLAYED\x10\x02\x12%\n!BARRIER_OUTCOME_NULL_COMPENSATION\x10\x03\x32\xdf\x01\n\x0bParticipant\x12;\n\x07\x45xecute\x12\x18.sagawire.v1.StepRequest\x1a\x16.sagawire.v1.StepReply\x12>\n\nCompensate\x12\x18.sagawire.v1.StepRequest\x1a\x16.sagawire.v1.StepReply\x12S\n\rSagasFinished\x12!.sagawire.v1.SagasFinishedRequest\x1a\x1f.sagawire.v1.SagasFinishedReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/sagawire/v1/participant.proto\x12\x0bsagawire.v1\x1a\x19google/protobuf/any.proto\"\x96\x01\n\x0bStepRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12%\n\x07payload\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x04mode\x18\x05 \x01(\x0e\x32\x15.sagawire.v1.SagaMode\x12\x0c\n\x04saga\x18\x06 \x01(\t\"_\n\tStepReply\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x07outcome\x18\x02 \x01(\x0e\x32\x1b.sagawire.v1.BarrierOutcome\"(\n\x14SagasFinishedRequest\x12\x10\n\x08saga_ids\x18\x01 \x03(\t\"$\n\x12SagasFinishedReply\x12\x0e\n\x06marked\x18\x01 \x01(\x05*^\n\x08SagaMode\x12\x19\n\x15SAGA_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SAGA_MODE_ORCHESTRATION\x10\x01\x12\x1a\n\x16SAGA_MODE_CHOREOGRAPHY\x10\x02*\x93\x01\n\x0e\x42\x61rrierOutcome\x12\x1f\n\x1b\x42\x41RRIER_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x41RRIER_OUTCOME_APPLIED\x10\x01\x12\x1c\n\x18\x42\x41RRIER_OUTCOME_REPLAYED\x10\x02\x12%\n!BARRIER_OUTCOME_NULL_COMPENSATION\x10\x03\x32\xdf\x01\n\x0bParticipant\x12;\n\x07\x45xecute\x12\x18.sagawire.v1.StepRequest\x1a\x16.sagawire.v1.StepReply\x12>\n\nCompensate\x12\x18.sagawire.v1.StepRequest\x1a\x16.sagawire.v1.StepReply\x12S\n\rSagasFinished\x12!.sagawire.v1.SagasFinishedRequest\x1a\x1f.sagawire.v1.SagasFinishedReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sagawire.v1.participant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAGAMODE']._serialized_start=396
-  _globals['_SAGAMODE']._serialized_end=490
-  _globals['_BARRIEROUTCOME']._serialized_start=493
-  _globals['_BARRIEROUTCOME']._serialized_end=640
+  _globals['_SAGAMODE']._serialized_start=410
+  _globals['_SAGAMODE']._serialized_end=504
+  _globals['_BARRIEROUTCOME']._serialized_start=507
+  _globals['_BARRIEROUTCOME']._serialized_end=654
   _globals['_STEPREQUEST']._serialized_start=81
-  _globals['_STEPREQUEST']._serialized_end=217
-  _globals['_STEPREPLY']._serialized_start=219
-  _globals['_STEPREPLY']._serialized_end=314
-  _globals['_SAGASFINISHEDREQUEST']._serialized_start=316
-  _globals['_SAGASFINISHEDREQUEST']._serialized_end=356
-  _globals['_SAGASFINISHEDREPLY']._serialized_start=358
-  _globals['_SAGASFINISHEDREPLY']._serialized_end=394
-  _globals['_PARTICIPANT']._serialized_start=643
-  _globals['_PARTICIPANT']._serialized_end=866
+  _globals['_STEPREQUEST']._serialized_end=231
+  _globals['_STEPREPLY']._serialized_start=233
+  _globals['_STEPREPLY']._serialized_end=328
+  _globals['_SAGASFINISHEDREQUEST']._serialized_start=330
+  _globals['_SAGASFINISHEDREQUEST']._serialized_end=370
+  _globals['_SAGASFINISHEDREPLY']._serialized_start=372
+  _globals['_SAGASFINISHEDREPLY']._serialized_end=408
+  _globals['_PARTICIPANT']._serialized_start=657
+  _globals['_PARTICIPANT']._serialized_end=880
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,7 @@ class StepRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    SAGA_FIELD_NUMBER: _builtins.int
     saga_id: _builtins.str
     step: _builtins.str
     """The step's name in the saga definition; part of the idempotency key."""
@@ -78,6 +79,10 @@ class StepRequest(_message.Message):
     """The action (Execute) or compensation (Compensate) to run, e.g. "reserve"."""
     mode: Global___SagaMode.ValueType
     """How the saga was started; reactions of choreography ignore orchestrated sagas."""
+    saga: _builtins.str
+    """The saga definition the step belongs to, e.g. "place_order"; its events carry it on,
+    so the services know which flow to follow. Empty: "place_order".
+    """
     @_builtins.property
     def payload(self) -> _any_pb2.Any:
         """The saga's data, e.g. a sagawire.v1.OrderSagaData."""
@@ -90,10 +95,11 @@ class StepRequest(_message.Message):
         action: _builtins.str = ...,
         payload: _any_pb2.Any | None = ...,
         mode: Global___SagaMode.ValueType = ...,
+        saga: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "mode", b"mode", "payload", b"payload", "saga_id", b"saga_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "mode", b"mode", "payload", b"payload", "saga", b"saga", "saga_id", b"saga_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
