@@ -1,4 +1,5 @@
-"""``sagawire demo``: start the local stack and place the orders that show every saga outcome.
+"""``sagawire demo``: start the local stack, place the orders that show every saga outcome, and
+return some of them (the second saga type, return_order).
 
 The demo is a client like any other: it starts the stack with the same supervisor as
 ``sagawire up`` (in the background of this command, children's logs going to files),
@@ -156,6 +157,35 @@ async def wait_ended(clients: Clients, saga_id: str) -> coordinator_pb2.Saga:
         await asyncio.sleep(0.05)
 
 
+async def _start(
+    clients: Clients, scenario: Scenario, key: str, placed: Mapping[str, Outcome]
+) -> tuple[str, str]:
+    """Start the scenario's saga and wait for it: an order placed, or an earlier one
+    returned. Its saga id and order id."""
+    if scenario.returns:
+        order = placed[scenario.returns].order
+        assert order is not None  # the order scenario it returns found its order
+        returned = await clients.coordinator.ReturnOrder(
+            coordinator_pb2.ReturnOrderRequest(
+                order_id=order.order_id,
+                customer_id=scenario.customer,
+                idempotency_key=key,
+                wait=True,
+            ),
+            timeout=_SAGA_DEADLINE,
+        )
+        return returned.saga_id, order.order_id
+    request = coordinator_pb2.PlaceOrderRequest(
+        customer_id=scenario.customer,
+        items=[common_pb2.LineItem(sku=s, quantity=q) for s, q in scenario.items],
+        destination=scenario.destination,
+        idempotency_key=key,
+        wait=True,
+    )
+    reply = await clients.coordinator.PlaceOrder(request, timeout=_SAGA_DEADLINE)
+    return reply.saga_id, reply.order_id
+
+
 async def play_scenario(
     clients: Clients,
     scenario: Scenario,
@@ -163,43 +193,42 @@ async def play_scenario(
     skus: list[str],
     customers: list[str],
     mode: Mode | None,
+    placed: Mapping[str, Outcome],
 ) -> Outcome:
     outcome = Outcome(scenario, await read_holdings(clients, skus, customers))
-    request = coordinator_pb2.PlaceOrderRequest(
-        customer_id=scenario.customer,
-        items=[common_pb2.LineItem(sku=s, quantity=q) for s, q in scenario.items],
-        destination=scenario.destination,
-        idempotency_key=f"demo-{run_id}-{scenario.name}",
-        wait=True,
-    )
     try:
         calls_before = await _call_counts(clients, scenario.faults)
         await _set_faults(clients, scenario.faults)
         try:
-            placed = await clients.coordinator.PlaceOrder(request, timeout=_SAGA_DEADLINE)
+            saga_id, order_id = await _start(
+                clients, scenario, f"demo-{run_id}-{scenario.name}", placed
+            )
         finally:
             await _set_faults(clients, scenario.faults, clear=True)
-        outcome.saga = saga = await wait_ended(clients, placed.saga_id)
+        outcome.saga = saga = await wait_ended(clients, saga_id)
         calls_after = await _call_counts(clients, scenario.faults)
         outcome.calls = {k: calls_after[k] - calls_before[k] for k in calls_after}
-        order_id = placed.order_id
         outcome.order = await _maybe(
             lambda: clients.order.GetOrder(order_pb2.GetOrderRequest(order_id=order_id))
         )
+        # What the order's own saga reserved and charged (a return acts on those).
+        if scenario.returns:
+            outcome.placed_by = placed[scenario.returns].saga
+        placing = outcome.placed_by or saga
         outcome.reservation = await _maybe(
             lambda: clients.inventory.GetReservation(
-                inventory_pb2.GetReservationRequest(saga_id=saga.saga_id)
+                inventory_pb2.GetReservationRequest(saga_id=placing.saga_id)
             )
         )
         outcome.charges = await every_page(
             lambda token: clients.payment.ListCharges(
-                payment_pb2.ListChargesRequest(saga_id=saga.saga_id, page_token=token)
+                payment_pb2.ListChargesRequest(saga_id=placing.saga_id, page_token=token)
             ),
             lambda reply: reply.charges,
         )
         outcome.shipment = await _maybe(
             lambda: clients.shipping.GetShipmentBySaga(
-                shipping_pb2.GetShipmentBySagaRequest(saga_id=saga.saga_id)
+                shipping_pb2.GetShipmentBySagaRequest(saga_id=placing.saga_id)
             )
         )
         outcome.after = await read_holdings(clients, skus, customers)
@@ -218,10 +247,11 @@ async def play(
     customers = sorted({s.customer for s in scenarios})
     run_id = uuid.uuid4().hex[:8]
     start = await read_holdings(clients, skus, customers)
-    outcomes = []
+    outcomes: list[Outcome] = []
     for number, scenario in enumerate(scenarios, 1):
         view.scenario_header(console, number, scenario.title, scenario.story)
-        outcome = await play_scenario(clients, scenario, run_id, skus, customers, mode)
+        placed = {o.scenario.name: o for o in outcomes}
+        outcome = await play_scenario(clients, scenario, run_id, skus, customers, mode, placed)
         view.print_outcome(console, outcome)
         outcomes.append(outcome)
     end = await read_holdings(clients, skus, customers)
@@ -313,8 +343,10 @@ async def run_demo(options: StackOptions, console: Console) -> int:
 
 
 def show_trace(console: Console, data_dir: Path, outcomes: list[Outcome]) -> None:
-    """Draw the trace of the most eventful saga (the last compensated one) as a waterfall."""
-    compensated = [o for o in outcomes if o.saga and o.saga.status == _COMPENSATED]
+    """Draw the trace of the most eventful saga (the last compensated order) as a waterfall."""
+    compensated = [
+        o for o in outcomes if o.saga and o.saga.status == _COMPENSATED and not o.scenario.returns
+    ]
     if not compensated:
         return
     saga = compensated[-1].saga

@@ -31,7 +31,8 @@ class Fault:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One order, and what its saga must end as."""
+    """One order (or the return of an earlier scenario's order), and what its saga must
+    end as."""
 
     name: str
     title: str
@@ -44,7 +45,12 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     # Effects the scenario exists to show: "released", "refunded", "retried".
     shows: tuple[str, ...] = ()
+    # The scenario whose order this one returns (a return_order saga; ``items`` are that
+    # order's); empty: this one places an order (place_order).
+    returns: str = ""
 
+
+_ALICE_FIRST = (("SKU-BOOK", 2), ("SKU-MUG", 1))
 
 SCENARIOS = (
     Scenario(
@@ -52,7 +58,7 @@ SCENARIOS = (
         "An order that completes",
         "alice orders two books and a mug to Berlin: every step succeeds.",
         "alice",
-        (("SKU-BOOK", 2), ("SKU-MUG", 1)),
+        _ALICE_FIRST,
         "Berlin",
         Status.SAGA_STATUS_COMPLETED,
     ),
@@ -103,6 +109,41 @@ SCENARIOS = (
         faults=(Fault("payment", "charge", fail_next=2),),
         shows=("retried",),
     ),
+    Scenario(
+        "returned",
+        "A completed order returned (the return_order saga)",
+        "alice returns her first order: the order service accepts the return, payment "
+        "refunds the charge, inventory puts the units back, the order is closed as returned.",
+        "alice",
+        _ALICE_FIRST,
+        "",
+        Status.SAGA_STATUS_COMPLETED,
+        returns="completes",
+    ),
+    Scenario(
+        "returned twice",
+        "The same order returned again",
+        "alice returns that order once more: the order service refuses, nothing is refunded "
+        "or restocked twice.",
+        "alice",
+        _ALICE_FIRST,
+        "",
+        Status.SAGA_STATUS_COMPENSATED,
+        reason="ALREADY_RETURNED",
+        returns="completes",
+    ),
+    Scenario(
+        "not returnable",
+        "An order that was never approved cannot be returned",
+        "bob returns the order inventory rejected: it was cancelled, so there is nothing to "
+        "take back.",
+        "bob",
+        (("SKU-RARE", 5),),
+        "",
+        Status.SAGA_STATUS_COMPENSATED,
+        reason="ORDER_NOT_RETURNABLE",
+        returns="out of stock",
+    ),
 )
 
 
@@ -123,6 +164,9 @@ class Outcome:
     before: Holdings
     saga: coordinator_pb2.Saga | None = None
     order: order_pb2.OrderRecord | None = None
+    # A return: the saga that placed the returned order (its reservation and charge
+    # are the ones read here).
+    placed_by: coordinator_pb2.Saga | None = None
     reservation: inventory_pb2.Reservation | None = None
     charges: list[payment_pb2.Charge] = field(default_factory=list)
     shipment: shipping_pb2.Shipment | None = None
@@ -158,6 +202,8 @@ def judge(o: Outcome, mode: str | None = None) -> list[Check]:
         got = f"{f.reason or f.code or 'no reason'} at {f.step or '?'}"
         checks.append((f.reason == s.reason, f"failure {got} (expected {s.reason})"))
     completed = s.expected == Status.SAGA_STATUS_COMPLETED
+    if s.returns:
+        return checks + _returned(o, o.after, completed)
     checks.append(_order_finished(o, completed))
     checks += _paid_once(o, o.after) if completed else _restored(o, o.after)
     if "released" in s.shows:
@@ -169,6 +215,31 @@ def judge(o: Outcome, mode: str | None = None) -> list[Check]:
         checks.append((refunded, "the charge was captured, then refunded"))
     if "retried" in s.shows:
         checks.append(_retried(o))
+    return checks
+
+
+def _returned(o: Outcome, after: Holdings, completed: bool) -> list[Check]:
+    """A return that went through: the order returned, its total refunded, its units back
+    in stock. One that was refused: no refund, no stock moved."""
+    if o.order is None:
+        return [(False, "order missing")]
+    customer, total = o.scenario.customer, o.order.total.amount_minor
+    refunded = after.balances[customer] - o.before.balances[customer]
+    name = order_pb2.OrderStatus.Name(o.order.status).removeprefix("ORDER_STATUS_").lower()
+    if not completed:
+        checks = [(refunded == 0, f"{customer}'s balance unchanged: nothing refunded")]
+        checks += [
+            (o.before.stock[sku] == after.stock[sku], f"{sku}: stock unchanged")
+            for sku, _ in o.scenario.items
+        ]
+        return checks
+    checks = [(o.order.status == order_pb2.ORDER_STATUS_RETURNED, f"order {name}")]
+    text = f"{customer} refunded {money(refunded, after.currency)}, the order's total"
+    refund = any(c.status == payment_pb2.CHARGE_STATUS_REFUNDED for c in o.charges)
+    checks.append((refunded == total and refund, text))
+    for sku, quantity in o.scenario.items:
+        back = after.stock[sku][0] - o.before.stock[sku][0]
+        checks.append((back == quantity, f"{sku}: {back} back in stock"))
     return checks
 
 

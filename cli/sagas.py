@@ -32,7 +32,7 @@ from protos.sagawire.v1 import coordinator_pb2 as pb
 console = Console()
 errors = Console(stderr=True)
 
-order_app = typer.Typer(no_args_is_help=True, help="Place orders.")
+order_app = typer.Typer(no_args_is_help=True, help="Place and return orders.")
 saga_app = typer.Typer(no_args_is_help=True, help="See, watch and retry sagas.")
 
 _COLORS = {
@@ -174,6 +174,31 @@ def place(
             _show(api.GetSaga(pb.GetSagaRequest(saga_id=reply.saga_id), timeout=10))
 
 
+@order_app.command("return")
+def return_order(
+    order_id: Annotated[str, typer.Argument(help="The order to return (it must be approved).")],
+    customer: Annotated[str, typer.Option(help="The customer who placed it, e.g. alice.")],
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once logged.")] = False,
+    key: Annotated[str, typer.Option(help="Idempotency key: same key, same saga.")] = "",
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Return a completed order: start a return_order saga (refund, restock, close) and by
+    default wait for its outcome."""
+    request = pb.ReturnOrderRequest(
+        order_id=order_id, customer_id=customer, idempotency_key=key, wait=not no_wait
+    )
+    with _coordinator(coordinator, token) as api:
+        reply = api.ReturnOrder(request, timeout=120)
+        status = _name(pb.SagaStatus.Name(reply.status))
+        again = " (existing saga for this key)" if reply.existing else ""
+        console.print(f"saga {reply.saga_id}  order {reply.order_id}  {_styled(status)}{again}")
+        if reply.failure.code:
+            console.print(f"  failed at {_failure(reply.failure)}")
+        if not no_wait:
+            _show(api.GetSaga(pb.GetSagaRequest(saga_id=reply.saga_id), timeout=10))
+
+
 @saga_app.command("show")
 def show(
     saga_id: Annotated[str, typer.Argument(help="The saga id.")],
@@ -201,6 +226,8 @@ def _show(saga: pb.Saga) -> None:
         console.print(f"  order {data.order_id}: {data.customer_id}, {lines} -> {data.destination}")
         charge, tracking = data.charge_id or "-", data.tracking_number or "-"
         console.print(f"  total {total}  charge {charge}  tracking {tracking}")
+        if data.placed_by_saga_id:
+            console.print(f"  returns the order placed by saga {data.placed_by_saga_id}")
     if saga.failure.code:
         console.print(f"  failure: {_failure(saga.failure)}")
     if saga.trace_id:

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import Message
 
 from common.breakers import BreakerBoard
 from common.bulkhead import Bulkheads
@@ -96,21 +97,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     f"a customer token for {caller.subject!r} places orders only as"
                     f" {caller.subject!r}, not {request.customer_id!r}"
                 )
-            self._refuse_if_first_participant_down(request.saga or requests.DEFAULT_SAGA)
-            record, created = await self._engine.start(
-                request.saga or requests.DEFAULT_SAGA,
-                data,
-                idempotency_key=request.idempotency_key,
-                request_hash=fingerprint,
-                # The saga's trace, which GetSaga returns: this call's when it waits for
-                # the outcome, else one of the saga's own, linked with this call.
-                trace_id=saga_trace_id(waits=request.wait),
+            saga = request.saga or requests.DEFAULT_SAGA
+            record, created, logged = await self._start(
+                saga, data, request.idempotency_key, fingerprint, request.wait
             )
-            link_to_saga(record)
-            if request.wait and record.status not in SETTLED:
-                record = await self._engine.wait_settled(record.saga_id)
-            definition = self._definitions.get(record.definition)
-            logged = saga_data(definition, record) if definition is not None else data
             return pb.PlaceOrderResponse(
                 saga_id=record.saga_id,
                 order_id=getattr(logged, "order_id", ""),
@@ -120,6 +110,53 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
 
         return await grpc_edge(context, body)
+
+    async def ReturnOrder(
+        self, request: pb.ReturnOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReturnOrderResponse:
+        async def body() -> pb.ReturnOrderResponse:
+            caller = await self._auth.caller(context, "ReturnOrder")
+            data, fingerprint = requests.return_order(request)
+            if not caller.acts_for(request.customer_id):
+                raise PermissionDenied(
+                    f"a customer token for {caller.subject!r} returns orders only as"
+                    f" {caller.subject!r}, not {request.customer_id!r}"
+                )
+            saga = request.saga or requests.RETURN_SAGA
+            record, created, _ = await self._start(
+                saga, data, request.idempotency_key, fingerprint, request.wait
+            )
+            return pb.ReturnOrderResponse(
+                saga_id=record.saga_id,
+                order_id=request.order_id,
+                status=SAGA_STATUS[record.status],
+                failure=failure_message(record.failure),
+                existing=not created,
+            )
+
+        return await grpc_edge(context, body)
+
+    async def _start(
+        self, saga: str, data: Message, key: str, fingerprint: str, wait: bool
+    ) -> tuple[SagaRecord, bool, Message]:
+        """Start a saga (or find the one the idempotency key started), wait for its outcome
+        if asked; the saga as logged, whether it is new, and its data now."""
+        self._refuse_if_first_participant_down(saga)
+        record, created = await self._engine.start(
+            saga,
+            data,
+            idempotency_key=key,
+            request_hash=fingerprint,
+            # The saga's trace, which GetSaga returns: this call's when it waits for
+            # the outcome, else one of the saga's own, linked with this call.
+            trace_id=saga_trace_id(waits=wait),
+        )
+        link_to_saga(record)
+        if wait and record.status not in SETTLED:
+            record = await self._engine.wait_settled(record.saga_id)
+        definition = self._definitions.get(record.definition)
+        logged = saga_data(definition, record) if definition is not None else data
+        return record, created, logged
 
     def _refuse_if_first_participant_down(self, saga: str) -> None:
         """Load shedding at the door: while the breaker of a participant the saga calls

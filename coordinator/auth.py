@@ -8,6 +8,7 @@ else is looked at. Then one table:
 method           customer (``sub`` = the customer id)        operator
 ===============  ==========================================  ===================
 PlaceOrder       as itself only (else PERMISSION_DENIED)     for any customer
+ReturnOrder      as itself only (else PERMISSION_DENIED)     for any customer
 GetSaga          its own sagas (another's: NOT_FOUND)        every saga
 WatchSaga        its own sagas (another's: NOT_FOUND)        every saga
 ListSagas        its own sagas only                          every saga
@@ -20,8 +21,10 @@ ListDefinitions  yes (what its own sagas show anyway)        yes
 A customer asking for another customer's saga gets the same NOT_FOUND as for a saga
 that does not exist, so saga ids tell nobody whose orders exist. A saga belongs to
 the customer its data names (``customer_id`` of the saga's input); a saga whose data
-names none is an operator's only. With ``SAGAWIRE_AUTH=off`` every caller is an
-operator.
+names none is an operator's only. A customer returns only its own orders: the API lets
+it name only itself, and the order service refuses to return an order to anyone but
+the customer who placed it (ORDER_NOT_FOUND, as for an order that does not exist).
+With ``SAGAWIRE_AUTH=off`` every caller is an operator.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ _OPERATOR = frozenset({Role.OPERATOR})
 # Who may call each method at all; what a customer then sees is scoped by ownership.
 METHODS: Mapping[str, frozenset[Role]] = {
     "PlaceOrder": _ANYONE,
+    "ReturnOrder": _ANYONE,
     "GetSaga": _ANYONE,
     "WatchSaga": _ANYONE,
     "ListSagas": _ANYONE,

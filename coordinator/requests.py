@@ -15,6 +15,7 @@ from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_saga_pb2
 
 DEFAULT_SAGA = "place_order"
+RETURN_SAGA = "return_order"
 MAX_ID_LENGTH = 128
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
@@ -60,6 +61,24 @@ def place_order(request: pb.PlaceOrderRequest) -> tuple[order_saga_pb2.OrderSaga
         items=request.items,
         destination=request.destination,
     )
+    return data, hashlib.sha256(fingerprint).hexdigest()
+
+
+def return_order(request: pb.ReturnOrderRequest) -> tuple[order_saga_pb2.OrderSagaData, str]:
+    """The return saga's data for a valid request (the order and its customer: the order
+    service fills in the rest), and the request's fingerprint, as for an order."""
+    _text(request.order_id, "order_id")
+    _text(request.customer_id, "customer_id")
+    if len(request.idempotency_key) > MAX_ID_LENGTH:
+        raise InvalidArgument("idempotency_key", f"must be at most {MAX_ID_LENGTH} characters")
+    if len(request.saga) > MAX_ID_LENGTH:
+        raise InvalidArgument("saga", f"must be at most {MAX_ID_LENGTH} characters")
+    fingerprint = pb.ReturnOrderRequest(
+        order_id=request.order_id,
+        customer_id=request.customer_id,
+        saga=request.saga or RETURN_SAGA,
+    ).SerializeToString(deterministic=True)
+    data = order_saga_pb2.OrderSagaData(order_id=request.order_id, customer_id=request.customer_id)
     return data, hashlib.sha256(fingerprint).hexdigest()
 
 

@@ -64,6 +64,8 @@ class ServiceSpec:
     # Full gRPC name and registration of the service's query API.
     query_service_name: str
     register_queries: Callable[[grpc.aio.Server, Database], None]
+    # Brings a store made by an older version up to date (idempotent), at every start.
+    migrate: Callable[[sqlite3.Connection], None] | None = None
 
     @property
     def action_names(self) -> frozenset[str]:
@@ -178,6 +180,8 @@ class DomainService:
         service_metrics().watch_streams(self.spec.name, self.stream_positions)
         await self.db.open()
         await self.db.transaction(barrier.migrate)  # a file from before fingerprints
+        if self.spec.migrate is not None:
+            await self.db.transaction(self.spec.migrate)
         with self.settings.seed_file.open("rb") as f:
             seed = tomllib.load(f)
         await self.db.transaction(lambda conn: self._seed_once(conn, seed))

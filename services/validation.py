@@ -1,4 +1,4 @@
-"""Edge validation of the place_order saga's data, shared by all four services."""
+"""Edge validation of the saga data (place_order, return_order), shared by all four services."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ MAX_AMOUNT_MINOR = 10**15
 # the requests of one step (its retries, its compensation, the events of either mode).
 PLACED_ORDER = ("order_id", "customer_id", "items", "destination")
 PRICED_ORDER = (*PLACED_ORDER, "total")
+# A return: the order and customer its request names, and, for every step after
+# accept_return, the order as that step found it (its items, total, placing saga).
+RETURN_REQUEST = ("order_id", "customer_id")
+RETURNED_ORDER = (*RETURN_REQUEST, "items", "total", "placed_by_saga_id")
 
 
 def validate_items(data: order_saga_pb2.OrderSagaData) -> None:
@@ -37,6 +41,11 @@ def validate_items(data: order_saga_pb2.OrderSagaData) -> None:
 def validate_order(data: order_saga_pb2.OrderSagaData) -> None:
     """What every step needs: the order id."""
     require_id(data.order_id, "payload.order_id")
+
+
+def validate_placed_by(data: order_saga_pb2.OrderSagaData) -> None:
+    """A return's later steps act on what the saga that placed the order did."""
+    require_id(data.placed_by_saga_id, "payload.placed_by_saga_id")
 
 
 def validate_total(data: order_saga_pb2.OrderSagaData) -> None:

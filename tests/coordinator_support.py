@@ -157,6 +157,15 @@ class Stack:
         reply: pb.PlaceOrderResponse = await self.api.PlaceOrder(request, timeout=timeout)
         return reply
 
+    async def return_order(
+        self, order_id: str, customer: str = "alice", wait: bool = True, key: str = ""
+    ) -> pb.ReturnOrderResponse:
+        request = pb.ReturnOrderRequest(
+            order_id=order_id, customer_id=customer, wait=wait, idempotency_key=key
+        )
+        reply: pb.ReturnOrderResponse = await self.api.ReturnOrder(request, timeout=30)
+        return reply
+
     async def saga(self, saga_id: str) -> pb.Saga:
         found: pb.Saga = await self.api.GetSaga(pb.GetSagaRequest(saga_id=saga_id), timeout=10)
         return found

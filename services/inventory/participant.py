@@ -1,4 +1,5 @@
-"""Inventory's saga actions: reserve stock for an order, release it again."""
+"""Inventory's saga actions: reserve stock for an order, release it again; put a returned
+order's units back in stock."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import sqlite3
 from common.participant import Action, StepContext, refuse_second_step
 from protos.sagawire.v1 import order_saga_pb2
 from services.inventory import domain, store
-from services.validation import PRICED_ORDER, validate_items, validate_order
+from services.validation import (
+    PRICED_ORDER,
+    RETURNED_ORDER,
+    validate_items,
+    validate_order,
+    validate_placed_by,
+)
 
 Data = order_saga_pb2.OrderSagaData
 
@@ -53,4 +60,32 @@ RESERVE = Action(
     binds=PRICED_ORDER,
 )
 
-ACTIONS = (RESERVE,)
+
+def _validate_restock(data: Data) -> None:
+    _validate(data)
+    validate_placed_by(data)
+
+
+def _restock(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    # The units the order's own saga reserved (and kept, the order being completed), as
+    # recorded, go back to available stock; nothing to do if they already did.
+    placed_by = data.placed_by_saga_id
+    lines = [
+        line for line, status in store.reservation_lines(conn, placed_by) if status == "reserved"
+    ]
+    if lines:
+        current = store.levels(conn, (line.sku for line in lines))
+        store.save_levels(conn, domain.release(current, lines))
+        store.mark_released(conn, placed_by)
+    return Data()
+
+
+RESTOCK = Action(
+    name="restock",
+    payload_type=Data,
+    validate=_validate_restock,
+    execute=_restock,
+    binds=RETURNED_ORDER,
+)
+
+ACTIONS = (RESERVE, RESTOCK)

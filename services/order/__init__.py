@@ -1,4 +1,4 @@
-"""The order service: orders created, approved or cancelled by sagas."""
+"""The order service: orders created, approved or cancelled by sagas, and returned."""
 
 from services.order import participant, queries, store
 from services.runtime import ServiceSpec
@@ -10,4 +10,5 @@ SPEC = ServiceSpec(
     load_seed=store.load_seed,
     query_service_name="sagawire.v1.Order",
     register_queries=queries.register,
+    migrate=store.migrate,
 )

@@ -1,6 +1,8 @@
-"""Order rules: price an order, and move it PENDING -> APPROVED or PENDING -> CANCELLED.
+"""Order rules: price an order, move it PENDING -> APPROVED or PENDING -> CANCELLED, and
+take an approved one back: APPROVED -> RETURNED.
 
-A finished order (approved or cancelled) never changes again. Pure: no I/O.
+A cancelled or returned order never changes again; an approved one only by a return,
+once. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ class Status(Enum):
     PENDING = "pending"
     APPROVED = "approved"
     CANCELLED = "cancelled"
+    RETURNED = "returned"
 
 
 def price(prices: Mapping[str, int], lines: Sequence[tuple[str, int]]) -> int:
@@ -48,3 +51,27 @@ def cancel(status: Status) -> Status:
     if status is not Status.PENDING:
         raise BusinessRejection("ORDER_FINISHED", f"a {status.value} order cannot be cancelled")
     return Status.CANCELLED
+
+
+def check_returnable(status: Status) -> None:
+    """Only an approved order can be returned, and only once.
+
+    Raises:
+        BusinessRejection: ALREADY_RETURNED, or ORDER_NOT_RETURNABLE for an order that
+            was never approved.
+    """
+    if status is Status.RETURNED:
+        raise BusinessRejection("ALREADY_RETURNED", "the order was already returned")
+    if status is not Status.APPROVED:
+        raise BusinessRejection(
+            "ORDER_NOT_RETURNABLE",
+            f"a {status.value} order cannot be returned, only an approved one",
+        )
+
+
+def mark_returned(status: Status) -> Status:
+    """APPROVED -> RETURNED (the end of an accepted return)."""
+    if status is Status.RETURNED:
+        return status
+    check_returnable(status)
+    return Status.RETURNED

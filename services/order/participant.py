@@ -1,7 +1,9 @@
-"""Order's saga actions: create the order (cancel it to compensate), approve it at the end.
+"""Order's saga actions: create the order (cancel it to compensate), approve it at the end;
+accept a return of an approved order (withdraw it to compensate), close it at the end.
 
 Cancel and approve act on the order this saga created, as recorded, never on the
-order id a request names: a request naming another saga's order is refused.
+order id a request names: a request naming another saga's order is refused. Likewise
+withdraw and close act on the return this saga accepted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from services.order import domain, store
 from services.validation import (
     PLACED_ORDER,
     PRICED_ORDER,
+    RETURN_REQUEST,
+    RETURNED_ORDER,
     validate_destination,
     validate_items,
     validate_order,
@@ -92,4 +96,85 @@ APPROVE = Action(
     binds=PRICED_ORDER,
 )
 
-ACTIONS = (CREATE, APPROVE)
+
+def _validate_return(data: Data) -> None:
+    validate_order(data)
+    require_id(data.customer_id, "payload.customer_id")
+
+
+def _accept_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    if store.return_of_saga(conn, ctx.saga_id) is not None:
+        refuse_second_step(ctx, "a return")
+    row = store.order(conn, data.order_id)
+    if row is None or row["customer_id"] != data.customer_id:
+        # The same answer whether the order does not exist or is someone else's.
+        raise BusinessRejection(
+            "ORDER_NOT_FOUND",
+            f"no order {data.order_id} of customer {data.customer_id}",
+            order_id=data.order_id,
+        )
+    domain.check_returnable(domain.Status(row["status"]))
+    if store.open_return(conn, data.order_id) is not None:
+        raise BusinessRejection(
+            "ALREADY_RETURNED", f"order {data.order_id} is already being returned"
+        )
+    store.add_return(conn, ctx.saga_id, data.order_id)
+    placed = Data.FromString(row["items"])
+    return Data(
+        items=placed.items,
+        total=common_pb2.Money(amount_minor=row["total_minor"], currency=row["currency"]),
+        placed_by_saga_id=row["saga_id"],
+    )
+
+
+def _saga_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> sqlite3.Row:
+    """The return this saga accepted; the request must name its order."""
+    row = store.return_of_saga(conn, ctx.saga_id)
+    if row is None:
+        raise NotFound(f"saga {ctx.saga_id} accepted no return")
+    if row["order_id"] != data.order_id:
+        raise RequestMismatch(
+            f"order {data.order_id} is not the order saga {ctx.saga_id} takes back; refused"
+        )
+    return row
+
+
+def _withdraw_return(
+    conn: sqlite3.Connection, ctx: StepContext, data: Data, accepted: Data
+) -> None:
+    row = _saga_return(conn, ctx, data)
+    if row["status"] == "accepted":
+        store.set_return_status(conn, ctx.saga_id, "withdrawn", data.cancel_reason or "withdrawn")
+
+
+def _close_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    returned = _saga_return(conn, ctx, data)
+    order = store.order(conn, returned["order_id"])
+    assert order is not None  # a return is only accepted for an existing order
+    current = domain.Status(order["status"])
+    closed = domain.mark_returned(current)
+    if closed is not current:
+        store.set_status(conn, order["order_id"], closed.value)
+    store.set_return_status(conn, ctx.saga_id, "closed")
+    return Data()
+
+
+ACCEPT_RETURN = Action(
+    name="accept_return",
+    compensation="withdraw_return",
+    payload_type=Data,
+    validate=_validate_return,
+    execute=_accept_return,
+    compensate=_withdraw_return,
+    binds=RETURN_REQUEST,
+)
+
+CLOSE_RETURN = Action(
+    name="close_return",
+    payload_type=Data,
+    validate=_validate_return,
+    execute=_close_return,
+    binds=RETURNED_ORDER,
+)
+
+ACTIONS = (CREATE, APPROVE, ACCEPT_RETURN, CLOSE_RETURN)

@@ -17,6 +17,7 @@ _STATUS = {
     "pending": order_pb2.ORDER_STATUS_PENDING,
     "approved": order_pb2.ORDER_STATUS_APPROVED,
     "cancelled": order_pb2.ORDER_STATUS_CANCELLED,
+    "returned": order_pb2.ORDER_STATUS_RETURNED,
 }
 _STATUS_NAME = {v: k for k, v in _STATUS.items()}
 

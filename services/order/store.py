@@ -9,13 +9,8 @@ from typing import Any
 from common.store import utc_now
 from protos.sagawire.v1 import order_saga_pb2
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS price (
-    sku        TEXT PRIMARY KEY,
-    unit_minor INTEGER NOT NULL CHECK (unit_minor > 0),
-    currency   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS orders (
+_ORDERS = """
+CREATE TABLE IF NOT EXISTS {name} (
     order_id     TEXT PRIMARY KEY,
     saga_id      TEXT NOT NULL UNIQUE,
     customer_id  TEXT NOT NULL,
@@ -23,13 +18,56 @@ CREATE TABLE IF NOT EXISTS orders (
     items        BLOB NOT NULL,
     total_minor  INTEGER NOT NULL CHECK (total_minor >= 0),
     currency     TEXT NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'cancelled')),
+    status       TEXT NOT NULL
+                 CHECK (status IN ('pending', 'approved', 'cancelled', 'returned')),
     reason       TEXT NOT NULL DEFAULT '',
     created_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS orders_by_time ON orders (created_at, order_id);
 """
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS price (
+    sku        TEXT PRIMARY KEY,
+    unit_minor INTEGER NOT NULL CHECK (unit_minor > 0),
+    currency   TEXT NOT NULL
+);
+"""
+    + _ORDERS.format(name="orders")
+    + """
+CREATE INDEX IF NOT EXISTS orders_by_time ON orders (created_at, order_id);
+-- Returns of approved orders, one row per return_order saga: accepted, then closed (the
+-- order is returned) or withdrawn (the saga turned back). An order has at most one
+-- return that is not withdrawn.
+CREATE TABLE IF NOT EXISTS order_return (
+    saga_id    TEXT PRIMARY KEY,
+    order_id   TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('accepted', 'closed', 'withdrawn')),
+    reason     TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS order_return_open
+    ON order_return (order_id) WHERE status != 'withdrawn';
+"""
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Let an orders table made before returns hold the 'returned' status; idempotent.
+
+    SQLite cannot change a CHECK constraint in place: the table is copied into one made
+    with the current constraint, in the caller's transaction.
+    """
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'orders'").fetchone()
+    if row is None or "'returned'" in row["sql"]:
+        return
+    conn.execute(_ORDERS.format(name="orders_migrated"))
+    conn.execute("INSERT INTO orders_migrated SELECT * FROM orders")
+    conn.execute("DROP TABLE orders")
+    conn.execute("ALTER TABLE orders_migrated RENAME TO orders")
+    conn.execute("CREATE INDEX IF NOT EXISTS orders_by_time ON orders (created_at, order_id)")
 
 
 def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
@@ -111,3 +149,37 @@ def list_orders(
         f"SELECT * FROM orders {where} ORDER BY created_at DESC, order_id DESC LIMIT ?",
         [*args, limit],
     ).fetchall()
+
+
+def open_return(conn: sqlite3.Connection, order_id: str) -> sqlite3.Row | None:
+    """The order's return that is not withdrawn (accepted or closed), if any."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM order_return WHERE order_id = ? AND status != 'withdrawn'", (order_id,)
+    ).fetchone()
+    return row
+
+
+def add_return(conn: sqlite3.Connection, saga_id: str, order_id: str) -> None:
+    now = utc_now().isoformat()
+    conn.execute(
+        "INSERT INTO order_return (saga_id, order_id, status, created_at, updated_at)"
+        " VALUES (?, ?, 'accepted', ?, ?)",
+        (saga_id, order_id, now, now),
+    )
+
+
+def return_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
+    """The return a return_order saga accepted (one at most)."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM order_return WHERE saga_id = ?", (saga_id,)
+    ).fetchone()
+    return row
+
+
+def set_return_status(
+    conn: sqlite3.Connection, saga_id: str, status: str, reason: str = ""
+) -> None:
+    conn.execute(
+        "UPDATE order_return SET status = ?, reason = ?, updated_at = ? WHERE saga_id = ?",
+        (status, reason, utc_now().isoformat(), saga_id),
+    )

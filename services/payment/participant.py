@@ -1,14 +1,22 @@
-"""Payment's saga actions: charge the order's total, refund it again."""
+"""Payment's saga actions: charge the order's total, refund it again; refund a returned
+order's charge (revoke that refund to compensate)."""
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
 
+from common.errors import BusinessRejection
 from common.participant import Action, StepContext, refuse_second_step, require_id
 from protos.sagawire.v1 import order_saga_pb2
 from services.payment import domain, store
-from services.validation import PRICED_ORDER, validate_order, validate_total
+from services.validation import (
+    PRICED_ORDER,
+    RETURNED_ORDER,
+    validate_order,
+    validate_placed_by,
+    validate_total,
+)
 
 Data = order_saga_pb2.OrderSagaData
 
@@ -58,4 +66,53 @@ CHARGE = Action(
     binds=PRICED_ORDER,
 )
 
-ACTIONS = (CHARGE,)
+
+def _validate_return(data: Data) -> None:
+    _validate(data)
+    validate_placed_by(data)
+
+
+def _refund_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+    if store.return_refund_of_saga(conn, ctx.saga_id) is not None:
+        refuse_second_step(ctx, "a refund")
+    # The charge the order's own saga made, as recorded: its amount, its customer.
+    row = store.charge_of_saga(conn, data.placed_by_saga_id)
+    if row is None or row["customer_id"] != data.customer_id:
+        raise BusinessRejection(
+            "NOTHING_TO_REFUND", f"no charge of customer {data.customer_id} for this order"
+        )
+    if row["status"] != "captured":
+        raise BusinessRejection("ALREADY_REFUNDED", f"charge {row['charge_id']} was refunded")
+    acct = store.account(conn, row["customer_id"])
+    assert acct is not None  # a charge always references an account (foreign key)
+    store.save_account(conn, domain.refund(acct, row["amount_minor"]))
+    store.mark_refunded(conn, row["charge_id"])
+    store.add_return_refund(conn, ctx.saga_id, row)
+    return Data(charge_id=row["charge_id"])
+
+
+def _revoke_refund(conn: sqlite3.Connection, ctx: StepContext, data: Data, refunded: Data) -> None:
+    # Take back what this saga refunded, as recorded; the charge is captured again.
+    row = store.return_refund_of_saga(conn, ctx.saga_id)
+    if row is None or row["status"] != "refunded":
+        return
+    acct = store.account(conn, row["customer_id"])
+    assert acct is not None
+    store.save_account(
+        conn, domain.charge(acct, row["customer_id"], row["amount_minor"], acct.currency)
+    )
+    store.mark_captured(conn, row["charge_id"])
+    store.mark_refund_revoked(conn, ctx.saga_id)
+
+
+REFUND_RETURN = Action(
+    name="refund_return",
+    compensation="revoke_refund",
+    payload_type=Data,
+    validate=_validate_return,
+    execute=_refund_return,
+    compensate=_revoke_refund,
+    binds=RETURNED_ORDER,
+)
+
+ACTIONS = (CHARGE, REFUND_RETURN)

@@ -26,6 +26,16 @@ CREATE TABLE IF NOT EXISTS charge (
 );
 CREATE INDEX IF NOT EXISTS charge_by_customer ON charge (customer_id, created_at);
 CREATE INDEX IF NOT EXISTS charge_by_time ON charge (created_at, charge_id);
+-- Refunds of returned orders, one per return_order saga: the charge it gave back
+-- (marked refunded), or revoked again if the return turned back.
+CREATE TABLE IF NOT EXISTS return_refund (
+    saga_id      TEXT PRIMARY KEY,
+    charge_id    TEXT NOT NULL REFERENCES charge (charge_id),
+    customer_id  TEXT NOT NULL REFERENCES account (customer_id),
+    amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+    status       TEXT NOT NULL CHECK (status IN ('refunded', 'revoked')),
+    created_at   TEXT NOT NULL
+);
 """
 
 
@@ -86,6 +96,35 @@ def charge_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None
 
 def mark_refunded(conn: sqlite3.Connection, charge_id: str) -> None:
     conn.execute("UPDATE charge SET status = 'refunded' WHERE charge_id = ?", (charge_id,))
+
+
+def mark_captured(conn: sqlite3.Connection, charge_id: str) -> None:
+    conn.execute("UPDATE charge SET status = 'captured' WHERE charge_id = ?", (charge_id,))
+
+
+def add_return_refund(conn: sqlite3.Connection, saga_id: str, charge: sqlite3.Row) -> None:
+    conn.execute(
+        "INSERT INTO return_refund (saga_id, charge_id, customer_id, amount_minor, status,"
+        " created_at) VALUES (?, ?, ?, ?, 'refunded', ?)",
+        (
+            saga_id,
+            charge["charge_id"],
+            charge["customer_id"],
+            charge["amount_minor"],
+            utc_now().isoformat(),
+        ),
+    )
+
+
+def return_refund_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM return_refund WHERE saga_id = ?", (saga_id,)
+    ).fetchone()
+    return row
+
+
+def mark_refund_revoked(conn: sqlite3.Connection, saga_id: str) -> None:
+    conn.execute("UPDATE return_refund SET status = 'revoked' WHERE saga_id = ?", (saga_id,))
 
 
 def charges(

@@ -47,6 +47,9 @@ def every_method(
 ) -> dict[str, Callable[[], Awaitable[Any]]]:
     return {
         "PlaceOrder": lambda: api.PlaceOrder(order("alice")),
+        "ReturnOrder": lambda: api.ReturnOrder(
+            pb.ReturnOrderRequest(order_id="order-1", customer_id="alice")
+        ),
         "GetSaga": lambda: api.GetSaga(pb.GetSagaRequest(saga_id=saga_id)),
         "ListSagas": lambda: api.ListSagas(pb.ListSagasRequest()),
         "WatchSaga": lambda: watched(api, saga_id),

@@ -57,6 +57,20 @@ async def test_place_show_list_watch_and_breakers(tmp_path: Path) -> None:
         assert (await stack.saga(saga_id)).status == pb.SAGA_STATUS_COMPLETED
 
 
+async def test_return_an_order(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        placed = await stack.place("alice", [("SKU-MUG", 1)], "Berlin")
+        returned = await run(stack, "order", "return", placed.order_id, "--customer", "alice")
+        assert returned.exit_code == 0, returned.output
+        assert "completed" in returned.output and "return_order" in returned.output
+        assert "refund_payment (pivot)" in returned.output
+        assert f"returns the order placed by saga {placed.saga_id}" in returned.output
+        again = await run(stack, "order", "return", placed.order_id, "--customer", "alice")
+        assert again.exit_code == 0, again.output
+        assert "compensated" in again.output
+        assert "failed at accept_return: ALREADY_RETURNED" in again.output
+
+
 async def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack:
         bad = await run(stack, "saga", "show", "not-a-saga")

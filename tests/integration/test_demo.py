@@ -30,12 +30,18 @@ def test_demo_shows_every_outcome_and_exits_zero(tmp_path: Path, mode: str) -> N
         ("declined", "COMPENSATED (INSUFFICIENT_FUNDS)"),
         ("unshippable", "COMPENSATED (UNSERVICEABLE_DESTINATION)"),
         ("retried", "COMPLETED"),
+        ("returned", "COMPLETED"),
+        ("returned twice", "COMPENSATED (ALREADY_RETURNED)"),
+        ("not returnable", "COMPENSATED (ORDER_NOT_RETURNABLE)"),
     ]:
-        line = next(line for line in summary.splitlines() if line.strip().startswith(scenario))
-        assert ended in line and "as expected" in line and "NOT" not in line, line
+        line = next(
+            line for line in summary.splitlines() if line.strip().startswith(f"{scenario}  ")
+        )
+        assert ended in line and "as expected" in line and "NOT as expected" not in line, line
     assert "✗" not in output, output
     assert "the reservation was made, then released" in output
     assert "the charge was captured, then refunded" in output
+    assert "order returned" in output and "back in stock" in output
     assert f"ran in {mode} mode" in output
     assert "stack stopped cleanly" in output
     assert (tmp_path / "demo" / "logs" / "payment.log").is_file()

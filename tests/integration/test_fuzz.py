@@ -142,6 +142,7 @@ def _targets() -> list[Target]:
     saga_id = "00000000-0000-4000-8000-000000000000"
     api: list[tuple[str, Message, bool]] = [
         ("PlaceOrder", place, False),
+        ("ReturnOrder", pb.ReturnOrderRequest(order_id="o-1", customer_id="alice"), False),
         ("GetSaga", pb.GetSagaRequest(saga_id=saga_id), False),
         ("ListSagas", pb.ListSagasRequest(page_size=5, status=pb.SAGA_STATUS_COMPLETED), False),
         ("ListSagas", pb.ListSagasRequest(filter=FILTER), False),

@@ -30,7 +30,7 @@ from coordinator.definitions import (
     load_definitions,
     parse_definitions,
 )
-from protos.sagawire.v1 import events_pb2
+from protos.sagawire.v1 import events_pb2, order_saga_pb2
 from services import choreography, saga_events
 from services.choreography import (
     Heard,
@@ -42,6 +42,7 @@ from services.choreography import (
 
 SHIPPED = load_definitions()
 PLACE = SHIPPED.sagas["place_order"]
+RETURN = SHIPPED.sagas["return_order"]
 
 
 def _serial_definitions() -> SagaDefinition:
@@ -145,8 +146,9 @@ def test_the_services_follow_the_declared_events() -> None:
     assert saga_events.SHIPMENT_SCHEDULED in order["shipping"]
     assert saga_events.SHIPMENT_FAILED in order["shipping"]  # the saga turned back
     assert {saga_events.STOCK_RELEASED, saga_events.STOCK_REJECTED} <= order["inventory"]
-    assert started_by_events(SHIPPED, "order") == {"approve_order"}
-    assert started_by_events(SHIPPED, "payment") == {"charge"}
+    assert "sagawire.inventory.restocked" in order["inventory"]  # return_order's close
+    assert started_by_events(SHIPPED, "order") == {"approve_order", "close_return"}
+    assert started_by_events(SHIPPED, "payment") == {"charge", "refund_return"}
 
 
 def test_the_event_names_clients_use_are_the_declared_ones() -> None:
@@ -294,9 +296,9 @@ def _check(world: World) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    definition=st.sampled_from([PLACE, SERIAL]),
+    definition=st.sampled_from([PLACE, SERIAL, RETURN]),
     rejecting=st.sets(
-        st.sampled_from(["reserve_stock", "charge_payment", "schedule_shipment"]),
+        st.sampled_from(["reserve_stock", "charge_payment", "schedule_shipment", "refund_payment"]),
         max_size=2,
     ),
     data=st.data(),
@@ -314,7 +316,20 @@ def test_each_reaction_is_an_attempt_of_the_step_it_may_move() -> None:
     assert shipping[saga_events.STOCK_RESERVED].span_name == "step schedule_shipment"
     undo = reaction_steps(SHIPPED, "order", "inventory")[saga_events.STOCK_RELEASED]
     assert (undo.step, undo.action, undo.compensate) == ("create_order", "cancel_order", True)
-    assert set(reaction_steps(SHIPPED, "inventory", "payment")) == {saga_events.PAYMENT_DECLINED}
+    from_payment = reaction_steps(SHIPPED, "inventory", "payment")
+    assert saga_events.PAYMENT_DECLINED in from_payment
+    assert saga_events.PAYMENT_CHARGED not in from_payment  # inventory never waits for it
+    assert from_payment["sagawire.payment.return_refunded"].step == "restock_items"
+
+
+def test_a_return_flows_from_acceptance_to_closing() -> None:
+    accepted = heard("accept_return", OK)
+    assert names(moves(RETURN, "payment", [accepted], accepted).execute) == ["refund_payment"]
+    refused = heard("refund_payment", NO, "ALREADY_REFUNDED")
+    assert names(moves(RETURN, "order", [refused], refused).compensate) == ["accept_return"]
+    restocked = heard("restock_items", OK)
+    assert names(moves(RETURN, "order", [restocked], restocked).execute) == ["close_return"]
+    assert order_saga_pb2.OrderSagaData.DESCRIPTOR.fields_by_name["placed_by_saga_id"]
 
 
 async def test_what_was_heard_goes_after_the_barriers_window(tmp_path: Path) -> None:

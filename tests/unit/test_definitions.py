@@ -92,7 +92,8 @@ def test_unknown_participant_and_action_are_named_with_the_known_ones() -> None:
         for p in found
     )
     assert any(
-        "steps[2].action: payment has no action 'charge_twice' (known: charge)" in p for p in found
+        "steps[2].action: payment has no action 'charge_twice' (known: charge, refund_return)" in p
+        for p in found
     )
 
 
@@ -217,6 +218,19 @@ def test_file_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError, match="not valid YAML"):
         load_definitions(bad)
     assert problems([1, 2]) == ["the file must be a mapping with participants and sagas"]
+
+
+def test_the_shipped_return_order() -> None:
+    saga = load_definitions().sagas["return_order"]
+    assert [s.name for s in saga.steps] == [
+        "accept_return",
+        "refund_payment",
+        "restock_items",
+        "close_return",
+    ]
+    assert saga.pivot == "refund_payment"
+    assert saga.forward_only == {"restock_items", "close_return"}
+    assert saga.step("accept_return").compensation == "withdraw_return"
 
 
 def test_each_step_emits_its_actions_declared_events() -> None:

@@ -129,6 +129,21 @@ class TestOrder:
             order.approve(order.Status.CANCELLED)
         assert approved.value.reason == cancelled.value.reason == "ORDER_FINISHED"
 
+    def test_only_an_approved_order_is_returned_and_only_once(self) -> None:
+        assert order.mark_returned(order.Status.APPROVED) is order.Status.RETURNED
+        assert order.mark_returned(order.Status.RETURNED) is order.Status.RETURNED
+        for status, reason in (
+            (order.Status.PENDING, "ORDER_NOT_RETURNABLE"),
+            (order.Status.CANCELLED, "ORDER_NOT_RETURNABLE"),
+            (order.Status.RETURNED, "ALREADY_RETURNED"),
+        ):
+            with pytest.raises(BusinessRejection) as caught:
+                order.check_returnable(status)
+            assert caught.value.reason == reason
+        with pytest.raises(BusinessRejection) as returned:
+            order.cancel(order.Status.RETURNED)
+        assert returned.value.reason == "ORDER_FINISHED"
+
 
 class TestShipping:
     REFUSED = ("Atlantis", "Antarctica")

@@ -177,3 +177,18 @@ def test_the_first_steps_outcomes_are_the_coordinators_to_record() -> None:
     assert ev.ORDER_CREATED not in types and ev.ORDER_REJECTED not in types
     assert {ev.ORDER_CANCELLED, ev.STOCK_RESERVED, ev.PAYMENT_DECLINED} <= set(types)
     assert observe(_event(0, "order", ev.ORDER_CREATED, "create_order", ""), DEFINITIONS) is None
+
+
+def test_an_event_is_read_with_the_definition_it_names() -> None:
+    event = _event(0, "payment", "sagawire.payment.return_refunded", "refund_payment", "")
+    payload = events_pb2.OrderSagaEvent()
+    event.data.Unpack(payload)
+    payload.saga = "return_order"
+    event.data.Pack(payload)
+    seen = observe(event, DEFINITIONS)
+    assert seen is not None
+    assert (seen.step, seen.step_status) == ("refund_payment", StepStatus.SUCCEEDED)
+    # The same event naming a saga that has no such step says nothing.
+    payload.saga = "place_order"
+    event.data.Pack(payload)
+    assert observe(event, DEFINITIONS) is None

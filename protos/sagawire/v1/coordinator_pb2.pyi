@@ -122,6 +122,78 @@ class PlaceOrderRequest(_message.Message):
 Global___PlaceOrderRequest: _TypeAlias = PlaceOrderRequest  # noqa: Y015
 
 @_typing.final
+class ReturnOrderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    SAGA_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order to return, and the customer who placed it (a customer token returns only
+    its own orders; an order that is not the customer's is refused like an unknown one).
+    """
+    customer_id: _builtins.str
+    idempotency_key: _builtins.str
+    """Same key, same saga: a retried request never starts a second return."""
+    wait: _builtins.bool
+    """Wait for the saga's outcome (default false: return as soon as it is logged)."""
+    saga: _builtins.str
+    """Saga definition to run; empty means "return_order"."""
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        wait: _builtins.bool = ...,
+        saga: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "idempotency_key", b"idempotency_key", "order_id", b"order_id", "saga", b"saga", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnOrderRequest: _TypeAlias = ReturnOrderRequest  # noqa: Y015
+
+@_typing.final
+class ReturnOrderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    EXISTING_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    order_id: _builtins.str
+    status: Global___SagaStatus.ValueType
+    existing: _builtins.bool
+    """True when the idempotency key matched an existing saga."""
+    @_builtins.property
+    def failure(self) -> Global___Failure:
+        """Why the return did not go through, e.g. FAILED_PRECONDITION ORDER_NOT_RETURNABLE."""
+
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        status: Global___SagaStatus.ValueType = ...,
+        failure: Global___Failure | None = ...,
+        existing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existing", b"existing", "failure", b"failure", "order_id", b"order_id", "saga_id", b"saga_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnOrderResponse: _TypeAlias = ReturnOrderResponse  # noqa: Y015
+
+@_typing.final
 class Failure(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

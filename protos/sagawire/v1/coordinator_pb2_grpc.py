@@ -40,6 +40,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.PlaceOrderRequest.SerializeToString,
                 response_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.PlaceOrderResponse.FromString,
                 _registered_method=True)
+        self.ReturnOrder = channel.unary_unary(
+                '/sagawire.v1.Coordinator/ReturnOrder',
+                request_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ReturnOrderRequest.SerializeToString,
+                response_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ReturnOrderResponse.FromString,
+                _registered_method=True)
         self.GetSaga = channel.unary_unary(
                 '/sagawire.v1.Coordinator/GetSaga',
                 request_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.GetSagaRequest.SerializeToString,
@@ -83,6 +88,13 @@ class CoordinatorServicer:
 
     def PlaceOrder(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnOrder(self, request, context):
+        """Return a completed order: refund it, restock it, close it (the return_order saga).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -140,6 +152,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.PlaceOrder,
                     request_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.PlaceOrderRequest.FromString,
                     response_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.PlaceOrderResponse.SerializeToString,
+            ),
+            'ReturnOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnOrder,
+                    request_deserializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ReturnOrderRequest.FromString,
+                    response_serializer=protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ReturnOrderResponse.SerializeToString,
             ),
             'GetSaga': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSaga,
@@ -205,6 +222,33 @@ class Coordinator:
             '/sagawire.v1.Coordinator/PlaceOrder',
             protos_dot_sagawire_dot_v1_dot_coordinator__pb2.PlaceOrderRequest.SerializeToString,
             protos_dot_sagawire_dot_v1_dot_coordinator__pb2.PlaceOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sagawire.v1.Coordinator/ReturnOrder',
+            protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ReturnOrderRequest.SerializeToString,
+            protos_dot_sagawire_dot_v1_dot_coordinator__pb2.ReturnOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,

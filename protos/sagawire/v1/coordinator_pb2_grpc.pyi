@@ -34,6 +34,8 @@ class CoordinatorStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CoordinatorAsyncStub: ...
     PlaceOrder: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.PlaceOrderRequest, _coordinator_pb2.PlaceOrderResponse]
+    ReturnOrder: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReturnOrderRequest, _coordinator_pb2.ReturnOrderResponse]
+    """Return a completed order: refund it, restock it, close it (the return_order saga)."""
     GetSaga: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetSagaRequest, _coordinator_pb2.Saga]
     ListSagas: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListSagasRequest, _coordinator_pb2.ListSagasResponse]
     WatchSaga: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.WatchSagaRequest, _coordinator_pb2.SagaTransition]
@@ -52,6 +54,8 @@ class CoordinatorAsyncStub(CoordinatorStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PlaceOrder: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.PlaceOrderRequest, _coordinator_pb2.PlaceOrderResponse]  # type: ignore[assignment]
+    ReturnOrder: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReturnOrderRequest, _coordinator_pb2.ReturnOrderResponse]  # type: ignore[assignment]
+    """Return a completed order: refund it, restock it, close it (the return_order saga)."""
     GetSaga: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetSagaRequest, _coordinator_pb2.Saga]  # type: ignore[assignment]
     ListSagas: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListSagasRequest, _coordinator_pb2.ListSagasResponse]  # type: ignore[assignment]
     WatchSaga: _aio.UnaryStreamMultiCallable[_coordinator_pb2.WatchSagaRequest, _coordinator_pb2.SagaTransition]  # type: ignore[assignment]
@@ -73,6 +77,14 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.PlaceOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.PlaceOrderResponse, _abc.Awaitable[_coordinator_pb2.PlaceOrderResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReturnOrder(
+        self,
+        request: _coordinator_pb2.ReturnOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ReturnOrderResponse, _abc.Awaitable[_coordinator_pb2.ReturnOrderResponse]]:
+        """Return a completed order: refund it, restock it, close it (the return_order saga)."""
 
     @_abc_1.abstractmethod
     def GetSaga(

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos.sagawire.v1 import common_pb2 as protos_dot_sagawire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sagawire/v1/order.proto\x12\x0bsagawire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fprotos/sagawire/v1/common.proto\"\xbd\x02\n\x0bOrderRecord\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12$\n\x05items\x18\x04 \x03(\x0b\x32\x15.sagawire.v1.LineItem\x12\x13\n\x0b\x64\x65stination\x18\x05 \x01(\t\x12!\n\x05total\x18\x06 \x01(\x0b\x32\x12.sagawire.v1.Money\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.sagawire.v1.OrderStatus\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"d\n\x11ListOrdersRequest\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.sagawire.v1.OrderStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x12ListOrdersResponse\x12(\n\x06orders\x18\x01 \x03(\x0b\x32\x18.sagawire.v1.OrderRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*|\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x19\n\x15ORDER_STATUS_APPROVED\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x32\x9a\x01\n\x05Order\x12\x42\n\x08GetOrder\x12\x1c.sagawire.v1.GetOrderRequest\x1a\x18.sagawire.v1.OrderRecord\x12M\n\nListOrders\x12\x1e.sagawire.v1.ListOrdersRequest\x1a\x1f.sagawire.v1.ListOrdersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sagawire/v1/order.proto\x12\x0bsagawire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fprotos/sagawire/v1/common.proto\"\xbd\x02\n\x0bOrderRecord\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12$\n\x05items\x18\x04 \x03(\x0b\x32\x15.sagawire.v1.LineItem\x12\x13\n\x0b\x64\x65stination\x18\x05 \x01(\t\x12!\n\x05total\x18\x06 \x01(\x0b\x32\x12.sagawire.v1.Money\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.sagawire.v1.OrderStatus\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"d\n\x11ListOrdersRequest\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.sagawire.v1.OrderStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x12ListOrdersResponse\x12(\n\x06orders\x18\x01 \x03(\x0b\x32\x18.sagawire.v1.OrderRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x97\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x19\n\x15ORDER_STATUS_APPROVED\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x12\x19\n\x15ORDER_STATUS_RETURNED\x10\x04\x32\x9a\x01\n\x05Order\x12\x42\n\x08GetOrder\x12\x1c.sagawire.v1.GetOrderRequest\x1a\x18.sagawire.v1.OrderRecord\x12M\n\nListOrders\x12\x1e.sagawire.v1.ListOrdersRequest\x1a\x1f.sagawire.v1.ListOrdersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sagawire.v1.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=661
-  _globals['_ORDERSTATUS']._serialized_end=785
+  _globals['_ORDERSTATUS']._serialized_start=662
+  _globals['_ORDERSTATUS']._serialized_end=813
   _globals['_ORDERRECORD']._serialized_start=114
   _globals['_ORDERRECORD']._serialized_end=431
   _globals['_GETORDERREQUEST']._serialized_start=433
@@ -43,6 +43,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTORDERSREQUEST']._serialized_end=570
   _globals['_LISTORDERSRESPONSE']._serialized_start=572
   _globals['_LISTORDERSRESPONSE']._serialized_end=659
-  _globals['_ORDER']._serialized_start=788
-  _globals['_ORDER']._serialized_end=942
+  _globals['_ORDER']._serialized_start=816
+  _globals['_ORDER']._serialized_end=970
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,8 @@ class _OrderStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderStat
     ORDER_STATUS_PENDING: _OrderStatus.ValueType  # 1
     ORDER_STATUS_APPROVED: _OrderStatus.ValueType  # 2
     ORDER_STATUS_CANCELLED: _OrderStatus.ValueType  # 3
+    ORDER_STATUS_RETURNED: _OrderStatus.ValueType  # 4
+    """Approved, then returned by a return_order saga (refunded and restocked)."""
 
 class OrderStatus(_OrderStatus, metaclass=_OrderStatusEnumTypeWrapper): ...
 
@@ -38,6 +40,8 @@ ORDER_STATUS_UNSPECIFIED: OrderStatus.ValueType  # 0
 ORDER_STATUS_PENDING: OrderStatus.ValueType  # 1
 ORDER_STATUS_APPROVED: OrderStatus.ValueType  # 2
 ORDER_STATUS_CANCELLED: OrderStatus.ValueType  # 3
+ORDER_STATUS_RETURNED: OrderStatus.ValueType  # 4
+"""Approved, then returned by a return_order saga (refunded and restocked)."""
 Global___OrderStatus: _TypeAlias = OrderStatus  # noqa: Y015
 
 @_typing.final

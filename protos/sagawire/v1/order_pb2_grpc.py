@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class OrderStub:
-    """Read-only views of the order service's truth. Its saga actions
-    (create_order / cancel_order / approve_order) go through sagawire.v1.Participant.
+    """Read-only views of the order service's truth. Its saga actions (create_order /
+    cancel_order / approve_order; accept_return / withdraw_return / close_return) go
+    through sagawire.v1.Participant.
     """
 
     def __init__(self, channel):
@@ -49,8 +50,9 @@ class OrderStub:
 
 
 class OrderServicer:
-    """Read-only views of the order service's truth. Its saga actions
-    (create_order / cancel_order / approve_order) go through sagawire.v1.Participant.
+    """Read-only views of the order service's truth. Its saga actions (create_order /
+    cancel_order / approve_order; accept_return / withdraw_return / close_return) go
+    through sagawire.v1.Participant.
     """
 
     def GetOrder(self, request, context):
@@ -87,8 +89,9 @@ def add_OrderServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Order:
-    """Read-only views of the order service's truth. Its saga actions
-    (create_order / cancel_order / approve_order) go through sagawire.v1.Participant.
+    """Read-only views of the order service's truth. Its saga actions (create_order /
+    cancel_order / approve_order; accept_return / withdraw_return / close_return) go
+    through sagawire.v1.Participant.
     """
 
     @staticmethod

@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class OrderStub:
-    """Read-only views of the order service's truth. Its saga actions
-    (create_order / cancel_order / approve_order) go through sagawire.v1.Participant.
+    """Read-only views of the order service's truth. Its saga actions (create_order /
+    cancel_order / approve_order; accept_return / withdraw_return / close_return) go
+    through sagawire.v1.Participant.
     """
 
     @_typing.overload
@@ -40,8 +41,9 @@ class OrderStub:
 
 @_typing.type_check_only
 class OrderAsyncStub(OrderStub):
-    """Read-only views of the order service's truth. Its saga actions
-    (create_order / cancel_order / approve_order) go through sagawire.v1.Participant.
+    """Read-only views of the order service's truth. Its saga actions (create_order /
+    cancel_order / approve_order; accept_return / withdraw_return / close_return) go
+    through sagawire.v1.Participant.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -49,8 +51,9 @@ class OrderAsyncStub(OrderStub):
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]  # type: ignore[assignment]
 
 class OrderServicer(metaclass=_abc_1.ABCMeta):
-    """Read-only views of the order service's truth. Its saga actions
-    (create_order / cancel_order / approve_order) go through sagawire.v1.Participant.
+    """Read-only views of the order service's truth. Its saga actions (create_order /
+    cancel_order / approve_order; accept_return / withdraw_return / close_return) go
+    through sagawire.v1.Participant.
     """
 
     @_abc_1.abstractmethod

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.sagawire.v1 import common_pb2 as protos_dot_sagawire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/sagawire/v1/order_saga.proto\x12\x0bsagawire.v1\x1a\x1fprotos/sagawire/v1/common.proto\"\xec\x01\n\rOrderSagaData\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.sagawire.v1.LineItem\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.sagawire.v1.Money\x12\x11\n\tcharge_id\x18\x06 \x01(\t\x12\x13\n\x0bshipment_id\x18\x07 \x01(\t\x12\x17\n\x0ftracking_number\x18\x08 \x01(\t\x12\x15\n\rcancel_reason\x18\t \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/sagawire/v1/order_saga.proto\x12\x0bsagawire.v1\x1a\x1fprotos/sagawire/v1/common.proto\"\x87\x02\n\rOrderSagaData\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.sagawire.v1.LineItem\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.sagawire.v1.Money\x12\x11\n\tcharge_id\x18\x06 \x01(\t\x12\x13\n\x0bshipment_id\x18\x07 \x01(\t\x12\x17\n\x0ftracking_number\x18\x08 \x01(\t\x12\x15\n\rcancel_reason\x18\t \x01(\t\x12\x19\n\x11placed_by_saga_id\x18\n \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.sagawire.v1.order_sa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDERSAGADATA']._serialized_start=86
-  _globals['_ORDERSAGADATA']._serialized_end=322
+  _globals['_ORDERSAGADATA']._serialized_end=349
 # @@protoc_insertion_point(module_scope)

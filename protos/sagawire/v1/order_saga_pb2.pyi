@@ -21,8 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class OrderSagaData(_message.Message):
-    """The data of a place_order saga. Each step reads what it needs and returns
-    the fields it fills in; the coordinator merges those into the saga's data.
+    """The data of a place_order or return_order saga. Each step reads what it needs and
+    returns the fields it fills in; the coordinator merges those into the saga's data.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -36,6 +36,7 @@ class OrderSagaData(_message.Message):
     SHIPMENT_ID_FIELD_NUMBER: _builtins.int
     TRACKING_NUMBER_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    PLACED_BY_SAGA_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     customer_id: _builtins.str
     destination: _builtins.str
@@ -46,6 +47,11 @@ class OrderSagaData(_message.Message):
     tracking_number: _builtins.str
     cancel_reason: _builtins.str
     """Set by whoever starts the compensation: why the order is being cancelled."""
+    placed_by_saga_id: _builtins.str
+    """return_order: the saga that placed the order being returned (filled by
+    accept_return, with the order's items and total); refund and restock act on
+    what that saga charged and reserved.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LineItem]: ...
     @_builtins.property
@@ -64,10 +70,11 @@ class OrderSagaData(_message.Message):
         shipment_id: _builtins.str = ...,
         tracking_number: _builtins.str = ...,
         cancel_reason: _builtins.str = ...,
+        placed_by_saga_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "charge_id", b"charge_id", "customer_id", b"customer_id", "destination", b"destination", "items", b"items", "order_id", b"order_id", "shipment_id", b"shipment_id", "total", b"total", "tracking_number", b"tracking_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "charge_id", b"charge_id", "customer_id", b"customer_id", "destination", b"destination", "items", b"items", "order_id", b"order_id", "placed_by_saga_id", b"placed_by_saga_id", "shipment_id", b"shipment_id", "total", b"total", "tracking_number", b"tracking_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
