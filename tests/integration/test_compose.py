@@ -133,7 +133,8 @@ def test_the_stack_is_the_certificates_the_five_processes_and_their_telemetry(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    assert set(services) == {"jaeger", "otel-collector", "prometheus", "certs", *PROCESSES}
+    by_default = {name for name, service in services.items() if not service.get("profiles")}
+    assert by_default == {"jaeger", "otel-collector", "prometheus", "certs", *PROCESSES}
     jaeger = services["jaeger"]
     assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", jaeger["image"])  # pinned v2
     assert jaeger["ports"] == ["127.0.0.1:16686:16686"]  # OTLP goes to the collector
@@ -386,7 +387,7 @@ async def test_the_health_check_fails_when_nobody_listens(inventory: RunningServ
     code, output = await _run(
         [sys.executable, "-m", "cli.main", "health", address, "--timeout", "1"]
     )
-    assert code == 1
+    assert code == 6  # could not reach it
     assert output.strip() in {
         f"{address} (server): UNAVAILABLE",
         f"{address} (server): DEADLINE_EXCEEDED",

@@ -1,0 +1,77 @@
+"""The compose file's ``scale`` profile: PostgreSQL and two coordinator replicas sharing
+their saga log in it (static checks, as in test_compose.py: this machine has no engine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from coordinator.postgres_log import is_postgres_url
+from coordinator.settings import CoordinatorSettings
+from tests.integration.test_compose import COMPOSE_FILE, environment, load_compose
+
+REPLICAS = ("coordinator-a", "coordinator-b")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_accepts_the_scale_profile() -> None:
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "--profile", "scale", "config", "-q"],
+        env={k: v for k, v in os.environ.items() if k != "SAGAWIRE_MODE"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_profile_is_postgres_and_two_replicas_on_one_log(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    scaled = {name for name, s in services.items() if "scale" in (s.get("profiles") or [])}
+    assert scaled == {"postgres", *REPLICAS}
+    logs = {environment(services[name])["SAGAWIRE_SAGA_LOG"] for name in REPLICAS}
+    (url,) = logs  # one log for both
+    assert is_postgres_url(url) and "@postgres:5432/" in url
+    assert "ports" not in services["postgres"]  # the compose network only
+    names = {environment(services[name])["SAGAWIRE_REPLICA_ID"] for name in REPLICAS}
+    assert names == set(REPLICAS)  # stable names: a restarted replica takes its sagas back
+    published = [port for name in REPLICAS for port in services[name]["ports"]]
+    assert published == ["127.0.0.1:50060:50050", "127.0.0.1:50061:50050"]
+    first = services["coordinator-a"]
+    assert first["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert services["coordinator-b"]["depends_on"]["coordinator-a"]["condition"] == (
+        "service_healthy"
+    )
+    # One data dir (and so one token signing key) for both; the coordinator's certificate.
+    for name in REPLICAS:
+        volumes = services[name]["volumes"]
+        assert "coordinator-replicas-data:/data" in volumes, name
+        assert "certs-coordinator:/certs:ro" in volumes, name
+        assert environment(services[name])["SAGAWIRE_TLS_IDENTITY"] == "coordinator"
+
+
+@pytest.mark.parametrize("name", REPLICAS)
+def test_each_replica_s_settings_accept_the_compose_environment(
+    compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("SAGAWIRE_")]:
+        monkeypatch.delenv(key)
+    for key, value in environment(compose["services"][name]).items():
+        if key.startswith("SAGAWIRE_"):
+            monkeypatch.setenv(key, value)
+    try:
+        settings = CoordinatorSettings()
+    except ValidationError as error:  # pragma: no cover - the message is the point
+        pytest.fail(f"{name}: the compose environment is refused: {error}")
+    assert settings.saga_log and settings.replica_id == name
