@@ -1,17 +1,23 @@
 """Settings for every Sagawire process, read from ``SAGAWIRE_*`` environment variables.
 
 Every setting has a default that works with no configuration at all; a bad value
-fails at start with a message naming the variable.
+fails at start with a message naming the variable: :class:`BadSetting`, which a process's
+entry point prints as one line before it exits with status 2 (:func:`exit_on_bad_settings`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 SERVICE_NAMES = ("order", "inventory", "payment", "shipping")
 DEFAULT_PORTS = {
@@ -25,6 +31,109 @@ _S = TypeVar("_S", bound=BaseSettings)
 SEED_FILE = Path(__file__).resolve().parent.parent / "services" / "seed.toml"
 # The saga definitions: the coordinator runs them, the services react by them.
 DEFINITIONS_FILE = Path(__file__).resolve().parent.parent / "coordinator" / "sagas.yaml"
+ENV_PREFIX = "SAGAWIRE_"
+# Exit status of a process refused at start for a bad setting or argument.
+BAD_SETTING_STATUS = 2
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+
+
+class BadSetting(SystemExit):
+    """A setting or command-line option a process cannot start with.
+
+    ``name`` is what the person set: ``SAGAWIRE_FAULTS``, or ``--port``. The exit status is
+    2; the entry point prints ``str(error)`` as one line first (:func:`exit_on_bad_settings`).
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(BAD_SETTING_STATUS)
+        self.name = name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.message}"
+
+
+def env_name(field: str) -> str:
+    """The variable of a settings field: ``max_streams`` -> ``SAGAWIRE_MAX_STREAMS``."""
+    return f"{ENV_PREFIX}{field}".upper()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).replace("Value error, ", "").split())
+
+
+def bad_setting_of(
+    error: ValidationError | SettingsError, names: dict[str, str] | None = None
+) -> BadSetting:
+    """The :class:`BadSetting` of a settings class's failure, naming every bad variable.
+
+    ``names`` maps a field to what the person used instead of its variable (``--port``).
+    """
+    names = names or {}
+    if isinstance(error, SettingsError):
+        match = re.search(r'field "(\w+)"', str(error))
+        field = match.group(1) if match else ""
+        cause = error.__cause__
+        detail = f"not valid JSON ({cause})" if isinstance(cause, ValueError) else str(error)
+        return BadSetting(names.get(field) or env_name(field or "settings"), _one_line(detail))
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        where = names.get(field) or env_name(field)
+        inner = ".".join(str(p) for p in item["loc"][1:])
+        problems.append((where, f"{inner + ': ' if inner else ''}{_one_line(item['msg'])}"))
+    first, message = problems[0]
+    rest = "; ".join(f"{where}: {text}" for where, text in problems[1:])
+    return BadSetting(first, message + (f"; {rest}" if rest else ""))
+
+
+@contextmanager
+def exit_on_bad_settings(process: str) -> Iterator[None]:
+    """Around a process's start: a bad setting or argument ends it with one line on stderr,
+    ``<process>: <SETTING>: <what is wrong>``, and exit status 2."""
+    try:
+        yield
+    except BadSetting as error:
+        print(f"{process}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(BAD_SETTING_STATUS) from None
+    except (ValidationError, SettingsError) as error:
+        print(f"{process}: {bad_setting_of(error)}", file=sys.stderr, flush=True)
+        raise SystemExit(BAD_SETTING_STATUS) from None
+
+
+def usable_directory(path: Path, name: str) -> Path:
+    """``path`` as a directory this process can write to, made if missing; else BadSetting."""
+    if path.exists() and not path.is_dir():
+        raise BadSetting(name, f"{os.fspath(path)} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadSetting(name, f"cannot create {os.fspath(path)}: {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadSetting(name, f"{os.fspath(path)} is not writable by this process")
+    return path
+
+
+def override_names(port: int | None, data_dir: Path | None) -> dict[str, str]:
+    """What a process's command line calls the settings it gave (``--port``, ``--data``),
+    for :func:`load`'s messages."""
+    return {
+        **({"port": "--port"} if port is not None else {}),
+        **({"data_dir": "--data"} if data_dir is not None else {}),
+    }
+
+
+def check_host(value: str) -> str:
+    """An IP address or a host name (what a server may listen on)."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return value
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(value) or value.replace(".", "").isdigit():
+        raise ValueError(f"expected an IP address or a host name, got {value!r}")
+    return value
 
 
 class ActionFaultConfig(BaseModel):
@@ -61,10 +170,16 @@ class Endpoints(BaseSettings):
     @field_validator("*")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected host:port, got {value!r}")
-        return value
+        return check_address(value)
+
+
+def check_address(value: str) -> str:
+    """``host:port``, as clients dial it; else ValueError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    check_host(host)
+    return value
 
 
 class TlsSettings(BaseSettings):
@@ -204,6 +319,11 @@ class ServerSettings(TlsSettings, RetentionSettings):
     # gRPC server reflection (what grpcurl lists); it describes the API, never data.
     reflection: bool = True
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_host(value)
+
 
 class ServiceSettings(ServerSettings):
     """Settings of a domain service (order, inventory, payment, shipping)."""
@@ -227,14 +347,11 @@ class ServiceSettings(ServerSettings):
         return self.reactions_enabled and self.mode != "orchestration"
 
 
-def load(cls: type[_S], **overrides: object) -> _S:
-    """Build settings, turning a validation error into one readable SystemExit."""
+def load(cls: type[_S], names: dict[str, str] | None = None, **overrides: object) -> _S:
+    """Build settings; a bad value is a :class:`BadSetting` naming its variable (or, for an
+    override, what ``names`` calls it, e.g. ``{"port": "--port"}``)."""
     try:
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         return cls(**given)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"SAGAWIRE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in error.errors()
-        )
-        raise SystemExit(f"invalid configuration: {problems}") from None
+    except (ValidationError, SettingsError) as error:
+        raise bad_setting_of(error, names) from None

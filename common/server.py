@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -23,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.authz import AuthorizationInterceptor
-from common.config import ServerSettings
+from common.config import BadSetting, ServerSettings
 from common.decoding import DecodeGuard
 from common.limits import StreamLimiter, concurrent_rpcs, connection_options
 from common.telemetry import Telemetry, scoped
@@ -167,9 +168,37 @@ async def start_server(
     )
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` already.
+
+    gRPC binds with SO_REUSEPORT, so a second server on a taken port would start
+    "successfully" and share it with the first (each getting some of the connections);
+    a plain bind finds the conflict. Port 0 is never taken.
+    """
+    if port == 0:
+        return False
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # gRPC's own bind reports an address it cannot use
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError:
+            return True
+    return False
+
+
 def _bind(server: grpc.aio.Server, identity: str, settings: ServerSettings) -> int:
     """Add the listening port: TLS with ``identity``'s certificate, or plaintext by name."""
     address = f"{settings.host}:{settings.port}"
+    if port_taken(settings.host, settings.port):
+        raise SystemExit(
+            f"{identity}: port {settings.port} on {settings.host} is taken (another stack?);"
+            " stop it or choose another port (--port, SAGAWIRE_PORT)"
+        )
     if settings.tls:
         try:
             credentials = server_credentials(settings, identity)
@@ -180,7 +209,7 @@ def _bind(server: grpc.aio.Server, identity: str, settings: ServerSettings) -> i
         warn_plaintext()
         port = server.add_insecure_port(address)
     if port == 0:
-        raise SystemExit(f"cannot bind {address}")
+        raise BadSetting("SAGAWIRE_HOST", f"cannot listen on {address}")
     return port
 
 

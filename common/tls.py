@@ -38,11 +38,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from common.certs import IDENTITIES, CertFiles, ensure_certs
-from common.config import TlsSettings
+from common.config import BadSetting, TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,23 @@ ChannelOptions = Sequence[tuple[str, str | int]]
 
 
 class TlsError(Exception):
-    """The TLS material is missing or unreadable; the message says what to do."""
+    """The TLS material is missing or unreadable; the message says what to do.
+
+    ``setting`` names the variable that points at it (``SAGAWIRE_CERTS_DIR``, or the
+    ``SAGAWIRE_TLS_*_FILE`` given explicitly).
+    """
+
+    def __init__(self, message: str, setting: str = "SAGAWIRE_CERTS_DIR") -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+def _setting_of(settings: TlsSettings, path: Path) -> str:
+    """The variable that put ``path`` where it is."""
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        if getattr(settings, name) == path:
+            return f"SAGAWIRE_{name.upper()}"
+    return "SAGAWIRE_CERTS_DIR" if settings.certs_dir is not None else "SAGAWIRE_DATA_DIR"
 
 
 @dataclass(frozen=True)
@@ -79,19 +96,26 @@ def load_material(settings: TlsSettings, identity: str, *, create: bool = False)
         try:
             written = ensure_certs(settings.certs_directory, IDENTITIES)
         except OSError as error:
-            raise TlsError(f"cannot create the certificates: {error}") from None
+            raise TlsError(
+                f"cannot create the certificates: {error}",
+                _setting_of(settings, settings.certs_directory),
+            ) from None
         if written:
             log.info("certificates created dir=%s files=%d", settings.certs_directory, len(written))
     if missing := files.missing():
         raise TlsError(
             f"no TLS material for {identity!r}: missing {', '.join(map(str, missing))}. "
             f"Run `sagawire certs --dir {settings.certs_directory}` (or start the stack "
-            "once), or set SAGAWIRE_TLS=off to run in plaintext"
+            "once), or set SAGAWIRE_TLS=off to run in plaintext",
+            _setting_of(settings, missing[0]),
         )
     try:
         return Material(files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes())
     except OSError as error:
-        raise TlsError(f"cannot read TLS material for {identity!r}: {error}") from None
+        where = Path(error.filename) if error.filename else files.cert
+        raise TlsError(
+            f"cannot read TLS material for {identity!r}: {error}", _setting_of(settings, where)
+        ) from None
 
 
 def server_credentials(settings: TlsSettings, identity: str) -> grpc.ServerCredentials:
@@ -102,6 +126,19 @@ def server_credentials(settings: TlsSettings, identity: str) -> grpc.ServerCrede
         root_certificates=material.ca,
         require_client_auth=settings.tls_client_auth == "require",
     )
+
+
+def check_server_material(settings: TlsSettings, identity: str) -> None:
+    """At a server's start: its TLS material is there (made first with the default paths).
+
+    Raises:
+        BadSetting: naming the variable that points at what is missing or unreadable.
+    """
+    if settings.tls:
+        try:
+            load_material(settings, identity, create=True)
+        except TlsError as error:
+            raise BadSetting(error.setting, str(error)) from None
 
 
 def channel_credentials(settings: TlsSettings, identity: str) -> grpc.ChannelCredentials:

@@ -51,7 +51,7 @@ from typing import Any, TypeVar, cast
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import PermissionDenied, Transient, Unauthenticated
@@ -97,6 +97,22 @@ class Caller:
 UNCHECKED = Caller(subject="(auth off)", role=Role.OPERATOR)
 
 
+# What a JWKS may sign with: public-key algorithms only (a shared secret in a JWKS would
+# let anyone who fetched it mint tokens).
+ASYMMETRIC_ALGORITHMS = (
+    "EdDSA",
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+)
+
+
 class TokenSettings(BaseSettings):
     """How tokens are issued and verified; see the module docstring for each variable."""
 
@@ -112,6 +128,25 @@ class TokenSettings(BaseSettings):
     token_role_claim: str = Field(default="role", min_length=1)
     token_algorithms: tuple[str, ...] = ("EdDSA", "ES256", "RS256")
     token_leeway_seconds: float = Field(default=30.0, ge=0, le=600)
+
+    @field_validator("token_jwks_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("token_algorithms")
+    @classmethod
+    def _asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one algorithm")
+        if unknown := [a for a in value if a not in ASYMMETRIC_ALGORITHMS]:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))}: expected public-key algorithms"
+                f" ({', '.join(ASYMMETRIC_ALGORITHMS)})"
+            )
+        return value
 
     @property
     def key_path(self) -> Path:

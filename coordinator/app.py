@@ -20,14 +20,21 @@ import grpc
 from common.breakers import BreakerBoard, BreakerSettings
 from common.bulkhead import Bulkheads
 from common.certs import COORDINATOR
-from common.config import DEFAULT_PORTS, Endpoints, load
+from common.config import (
+    DEFAULT_PORTS,
+    BadSetting,
+    Endpoints,
+    load,
+    override_names,
+    usable_directory,
+)
 from common.logs import setup_logging
 from common.policy import CallPolicy
 from common.retention import Retention
 from common.server import serve_until_signal, server_options, start_server
 from common.telemetry import saga_metrics, setup_telemetry
-from common.tls import Identity
-from common.tokens import TokenKeyError
+from common.tls import Identity, check_server_material
+from common.tokens import TokenKeyError, ensure_signing_key
 from coordinator import api
 from coordinator.auth import ApiAuth
 from coordinator.clients import Participants
@@ -211,35 +218,67 @@ def participants_of(definitions: Definitions) -> list[str]:
     return sorted({s.participant for d in definitions.sagas.values() for s in d.steps})
 
 
-async def run(settings: CoordinatorSettings) -> None:
+async def run(settings: CoordinatorSettings, definitions: Definitions) -> None:
     """Serve until SIGTERM/SIGINT; traces and metrics are flushed on the way out."""
-    try:
-        definitions = load_definitions(settings.definitions_file, settings.mode)
-        Participants(Endpoints(), participants_of(definitions))  # every address is known
-    except (DefinitionError, ValueError) as error:
-        raise SystemExit(str(error)) from None
     telemetry = setup_telemetry(
         "coordinator", settings.data_dir, trace_file_max_bytes=settings.trace_file_max_mb << 20
     )
-    try:
-        app = CoordinatorApp(
-            settings, client_interceptors=telemetry.client_interceptors(), definitions=definitions
-        )
-    except TokenKeyError as error:
-        raise SystemExit(str(error)) from None
+    app = CoordinatorApp(
+        settings, client_interceptors=telemetry.client_interceptors(), definitions=definitions
+    )
     running = await start_server(app, settings, telemetry=telemetry)
     await serve_until_signal(running)
 
 
-def main(port: int | None = None, data_dir: Path | None = None) -> None:
-    """Entry point shared by ``python -m coordinator`` and ``sagawire serve coordinator``."""
+def configure(
+    port: int | None = None, data_dir: Path | None = None
+) -> tuple[CoordinatorSettings, Definitions]:
+    """The coordinator's settings and definitions, every one checked as far as it can be
+    before serving (``port`` and ``data_dir``: the command line's ``--port``, ``--data``).
+
+    Raises:
+        BadSetting: naming the variable (or option) the coordinator cannot start with.
+    """
     if port is None and "SAGAWIRE_PORT" not in os.environ:
         port = DEFAULT_PORTS["coordinator"]
-    settings = load(CoordinatorSettings, port=port, data_dir=data_dir)
+    names = override_names(port, data_dir)
+    settings = load(CoordinatorSettings, names=names, port=port, data_dir=data_dir)
+    endpoints = load(Endpoints)
+    usable_directory(settings.data_dir, names.get("data_dir", "SAGAWIRE_DATA_DIR"))
+    try:
+        definitions = load_definitions(settings.definitions_file, settings.mode)
+    except DefinitionError as error:
+        raise BadSetting(
+            "SAGAWIRE_DEFINITIONS_FILE", f"{settings.definitions_file}: {'; '.join(error.problems)}"
+        ) from None
+    participants = participants_of(definitions)
+    try:
+        Participants(endpoints, participants)  # every participant has an address
+    except ValueError as error:
+        raise BadSetting("SAGAWIRE_DEFINITIONS_FILE", str(error)) from None
+    if unknown := sorted(set(settings.bulkheads) - set(participants)):
+        raise BadSetting(
+            "SAGAWIRE_BULKHEADS",
+            f"unknown participants {', '.join(map(repr, unknown))}"
+            f" (the definitions call {', '.join(participants)})",
+        )
+    if settings.auth and settings.local_key:
+        try:
+            ensure_signing_key(settings.key_path)
+        except (TokenKeyError, OSError) as error:
+            variable = "SAGAWIRE_TOKEN_KEY_FILE" if settings.token_key_file else "SAGAWIRE_DATA_DIR"
+            raise BadSetting(variable, str(error)) from None
+    check_server_material(settings, COORDINATOR)
+    return settings, definitions
+
+
+def main(port: int | None = None, data_dir: Path | None = None) -> None:
+    """Entry point shared by ``python -m coordinator`` and ``sagawire serve coordinator``."""
+    settings, definitions = configure(port, data_dir)
     setup_logging("coordinator", settings.log_level)
     try:
         import uvloop
 
-        uvloop.run(run(settings))
+        uvloop.run(run(settings, definitions))
     except ImportError:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, definitions))

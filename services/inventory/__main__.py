@@ -1,6 +1,7 @@
-"""Run the inventory service: ``python -m services.inventory`` (or ``sagawire serve inventory``)."""
+"""Run the inventory service: ``python -m services.inventory``, with the options of
+``sagawire serve inventory``."""
 
-from services.launcher import main
+from cli.serve import run_module
 
 if __name__ == "__main__":
-    main("inventory")
+    run_module("inventory")

@@ -1,6 +1,7 @@
-"""Run the order service: ``python -m services.order`` (or ``sagawire serve order``)."""
+"""Run the order service: ``python -m services.order``, with the options of
+``sagawire serve order``."""
 
-from services.launcher import main
+from cli.serve import run_module
 
 if __name__ == "__main__":
-    main("order")
+    run_module("order")

@@ -1,6 +1,7 @@
-"""Run the payment service: ``python -m services.payment`` (or ``sagawire serve payment``)."""
+"""Run the payment service: ``python -m services.payment``, with the options of
+``sagawire serve payment``."""
 
-from services.launcher import main
+from cli.serve import run_module
 
 if __name__ == "__main__":
-    main("payment")
+    run_module("payment")

@@ -1,6 +1,7 @@
-"""Run the shipping service: ``python -m services.shipping`` (or ``sagawire serve shipping``)."""
+"""Run the shipping service: ``python -m services.shipping``, with the options of
+``sagawire serve shipping``."""
 
-from services.launcher import main
+from cli.serve import run_module
 
 if __name__ == "__main__":
-    main("shipping")
+    run_module("shipping")
