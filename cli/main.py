@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cli import bench, certs, chaos, demo, events, health, metrics, sagas, stack, trace
-from cli.console import console
 from cli.oneline import OneLineTyper
 from cli.serve import ServiceName, serve
 from cli.tokens import token_app
@@ -30,7 +29,6 @@ app.command()(metrics.metrics)
 app.command()(bench.bench)
 app.command()(chaos.chaos)
 sagas.register(app)
-app.command()(console)
 
 
 if __name__ == "__main__":

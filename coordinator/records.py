@@ -299,6 +299,9 @@ def _interrupt(attempts: tuple[AttemptRecord, ...], at: datetime) -> tuple[Attem
     )
 
 
+_UNDOING = frozenset({StepStatus.COMPENSATING, StepStatus.COMPENSATED})
+
+
 def _apply_step(step: StepRecord, change: Change, round_: int) -> StepRecord:
     attempts = step.attempts
     moved = change.attempt
@@ -311,9 +314,15 @@ def _apply_step(step: StepRecord, change: Change, round_: int) -> StepRecord:
             else a
             for a in attempts
         )
+    status = change.step_status or step.status
+    if step.status in _UNDOING and status not in _UNDOING:
+        # Once a step is being undone, news of its execute (a replay the runner
+        # recorded after the observer saw the compensation: choreography's streams
+        # race) no longer moves it back; it would never add up to an outcome.
+        status = step.status
     return replace(
         step,
         attempts=attempts,
-        status=change.step_status or step.status,
+        status=status,
         result=change.result if change.result is not None else step.result,
     )

@@ -187,6 +187,20 @@ def test_a_first_step_observed_undone_before_the_rejection_is_the_services_to_ca
     record, _ = apply(record, undone)
     assert record.direction is Direction.FORWARD
     assert carried_by_services(CHOREOGRAPHED, record)
-    # A later step's outcome also shows the first step took effect.
+    # A first step still unconfirmed stays the coordinator's to confirm (the barrier
+    # replays it), however far the services got: the observer does not record it.
     later = succeed(started(fresh(SagaMode.CHOREOGRAPHY), "create_order"), "reserve_stock")
-    assert carried_by_services(CHOREOGRAPHED, later)
+    assert not carried_by_services(CHOREOGRAPHED, later)
+
+
+def test_a_step_being_undone_is_not_moved_back_by_news_of_its_execute() -> None:
+    # The runner records a barrier replay of create_order after the observer recorded
+    # its compensation: the step stays undone, so the saga can still settle.
+    record = started(fresh(SagaMode.CHOREOGRAPHY), "create_order")
+    undone = Change(
+        Kind.COMPENSATION_DONE, T0, step="create_order", step_status=StepStatus.COMPENSATED
+    )
+    record, _ = apply(record, undone)
+    for late in (StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.FAILED):
+        news = Change(Kind.STEP_SUCCEEDED, T0, step="create_order", step_status=late)
+        assert apply(record, news)[0].step("create_order").status is StepStatus.COMPENSATED
