@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import signal
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from cli.bench_sagas import (
 )
 from cli.bench_stack import BenchError, BenchStack, child_env
 from cli.stack import Mode
+from coordinator.postgres_log import drop_schema, is_postgres_url
 
 ORCHESTRATION, CHOREOGRAPHY, DIRECT = "orchestration", "choreography", "choreography-direct"
 MODES = (RAW, ORCHESTRATION, CHOREOGRAPHY, DIRECT)
@@ -77,6 +79,10 @@ class BenchConfig:
     progress: bool = True
     # PlaceOrder's ``saga`` per mode, for a target whose definitions select the mode.
     definitions: dict[str, str] = field(default_factory=dict)
+    # A PostgreSQL saga log: the coordinated modes run again on it, with each of these
+    # numbers of coordinator replicas (own stack only).
+    saga_log: str = ""
+    replicas: tuple[int, ...] = (1,)
 
 
 @dataclass
@@ -97,7 +103,7 @@ def _driver(stack: BenchStack, mode: str, config: BenchConfig) -> Driver:
         return DirectChoreographyDriver(stack.addresses(), rpc_timeout=config.saga_timeout)
     return CoordinatorDriver(
         mode,
-        stack.coordinator_address,
+        stack.coordinator_addresses,
         token=stack.token,
         saga=config.definitions.get(mode, ""),
         rpc_timeout=config.saga_timeout,
@@ -121,7 +127,8 @@ async def _mode_driver(stack: BenchStack, mode: str, config: BenchConfig) -> Asy
 async def _sweep(
     stack: BenchStack, mode: str, driver: Driver, config: BenchConfig, bar: ProgressBars
 ) -> tuple[list[RunRow], list[list[Placed]], list[Placed]]:
-    """Warm-up and measured run at each concurrency; returns rows, each run's sagas, all."""
+    """Warm-up and measured run at each concurrency; returns rows, each run's sagas, all.
+    ``mode`` is the rows' label (e.g. ``orchestration/pg2``)."""
     rows: list[RunRow] = []
     per_run: list[list[Placed]] = []
     everything: list[Placed] = []
@@ -194,6 +201,21 @@ async def _confirm_target_mode(stack: BenchStack, mode: str, driver: Driver) -> 
 
 
 async def _run_mode(
+    stack: BenchStack,
+    mode: str,
+    config: BenchConfig,
+    bar: ProgressBars,
+    result: BenchResult,
+    label: str = "",
+) -> None:
+    """Run ``mode``; its rows say ``label`` (default: the mode)."""
+    added = len(result.rows)
+    await _run_mode_rows(stack, mode, config, bar, result)
+    for row in result.rows[added:]:
+        row.mode = label or mode
+
+
+async def _run_mode_rows(
     stack: BenchStack, mode: str, config: BenchConfig, bar: ProgressBars, result: BenchResult
 ) -> None:
     async with _mode_driver(stack, mode, config) as driver:
@@ -248,8 +270,28 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
             with bar.progress:
                 for mode in config.modes:
                     await _run_mode(stack, mode, config, bar, result)
+                    if config.saga_log and mode in _COORDINATED:
+                        await _run_on_postgres(stack, mode, config, bar, result)
     add_ratios(result.rows)
     return result
+
+
+async def _run_on_postgres(
+    stack: BenchStack, mode: str, config: BenchConfig, bar: ProgressBars, result: BenchResult
+) -> None:
+    """``mode`` again with the saga log on PostgreSQL (a schema of its own, dropped after),
+    once per number of replicas asked for; rows labelled ``<mode>/pg<replicas>``."""
+    for replicas in config.replicas:
+        schema = f"bench_{uuid.uuid4().hex[:12]}"
+        stack.use_saga_log(
+            {"SAGAWIRE_SAGA_LOG": config.saga_log, "SAGAWIRE_SAGA_LOG_SCHEMA": schema}, replicas
+        )
+        try:
+            await _run_mode(stack, mode, config, bar, result, label=f"{mode}/pg{replicas}")
+        finally:
+            stack.use_saga_log({})
+            await stack.stop_coordinator()
+            await drop_schema(config.saga_log, schema)
 
 
 @contextlib.contextmanager
@@ -342,6 +384,17 @@ def bench(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: tty).")
     ] = None,
+    saga_log: Annotated[
+        str,
+        typer.Option(
+            help="A PostgreSQL URL (postgresql://...): the coordinated modes run again with "
+            "the saga log there (a fresh schema, dropped after), beside SQLite."
+        ),
+    ] = "",
+    replicas: Annotated[
+        str,
+        typer.Option(help="With --saga-log: comma-separated numbers of coordinator replicas."),
+    ] = "1",
 ) -> None:
     """Benchmark place_order sagas: raw RPC floor vs orchestration vs choreography."""
     console = Console()
@@ -360,6 +413,16 @@ def bench(
         raise typer.BadParameter("give --duration or --sagas, not both")
     if target is not None and recovery:
         raise typer.BadParameter("needs the bench's own stack (it kills the coordinator)")
+    if saga_log and (target is not None or not is_postgres_url(saga_log)):
+        raise typer.BadParameter(
+            "a postgresql:// URL, with the bench's own stack", param_hint="--saga-log"
+        )
+    try:
+        replica_counts = tuple(int(n) for n in _csv(replicas, "replica count"))
+    except ValueError:
+        raise typer.BadParameter("integers, e.g. 1,2", param_hint="--replicas") from None
+    if any(n < 1 or n > 8 for n in replica_counts):
+        raise typer.BadParameter("between 1 and 8", param_hint="--replicas")
     definitions = dict(s.partition("=")[::2] for s in saga or ())
     config = BenchConfig(
         modes=modes,
@@ -376,6 +439,8 @@ def bench(
         saga_timeout=timeout,
         progress=console.is_terminal if progress is None else progress,
         definitions=definitions,
+        saga_log=saga_log,
+        replicas=replica_counts,
     )
     console.print(f"[dim]machine: {machine()}[/]")
     try:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -277,15 +278,20 @@ class CoordinatorDriver:
     def __init__(
         self,
         label: str,
-        address: str,
+        address: str | Sequence[str],
         *,
         token: str | None,
         saga: str = "",
         rpc_timeout: float = 60.0,
     ) -> None:
         self.label = label
-        self._channel = _channel(address)
-        self._stub = with_token(coordinator_pb2_grpc.CoordinatorStub(self._channel), token)
+        # Several coordinator replicas: each call goes to the next one in turn.
+        addresses = [address] if isinstance(address, str) else list(address)
+        self._channels = [_channel(a) for a in addresses]
+        self._stubs = [
+            with_token(coordinator_pb2_grpc.CoordinatorStub(c), token) for c in self._channels
+        ]
+        self._turn = itertools.cycle(self._stubs)
         self._saga = saga
         self._timeout = rpc_timeout
 
@@ -299,7 +305,7 @@ class CoordinatorDriver:
             saga=self._saga,
         )
         try:
-            reply: coordinator_pb2.PlaceOrderResponse = await self._stub.PlaceOrder(
+            reply: coordinator_pb2.PlaceOrderResponse = await next(self._turn).PlaceOrder(
                 request, timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
@@ -314,7 +320,8 @@ class CoordinatorDriver:
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
 
 def status_name(status: int) -> str:

@@ -146,6 +146,12 @@ class BenchStack:
         self._services: dict[str, Child] = {}
         self._coordinator: Child | None = None
         self.coordinator_mode: Mode | None = None
+        # The coordinator's saga log (environment for it: none is SQLite in the data dir),
+        # how many replicas share it, and the replicas after the first (own ports).
+        self._log_env: dict[str, str] = {}
+        self._replicas = 1
+        self._running_log: tuple[tuple[tuple[str, str], ...], int] | None = None
+        self._more: list[Child] = []
         if target is not None:
             self.endpoints = Endpoints(coordinator_addr=target)
             self.ports: dict[str, int] = {}
@@ -201,7 +207,7 @@ class BenchStack:
 
     def check_alive(self) -> None:
         """BenchError if a process of the bench's own stack has died."""
-        for child in [*self._services.values(), *filter(None, [self._coordinator])]:
+        for child in [*self._services.values(), *filter(None, [self._coordinator]), *self._more]:
             if (code := child.proc.poll()) is not None:
                 raise BenchError(f"{child.name} {describe_exit(code)}:\n{child.tail()}")
 
@@ -228,22 +234,65 @@ class BenchStack:
             saga = await stub.GetSaga(coordinator_pb2.GetSagaRequest(saga_id=saga_id), timeout=10)
         return participant_pb2.SagaMode.Name(saga.mode).removeprefix("SAGA_MODE_").lower()
 
+    def use_saga_log(self, env: Mapping[str, str], replicas: int = 1) -> None:
+        """The saga log the next coordinators start on (``SAGAWIRE_SAGA_LOG...``; empty:
+        SQLite in the data dir), and how many replicas share it (each on its own port)."""
+        self._log_env, self._replicas = dict(env), replicas
+
+    @property
+    def coordinator_addresses(self) -> list[str]:
+        """Every coordinator replica's address (one unless the log is shared)."""
+        if not self.own:
+            return [self.coordinator_address]
+        return [self.coordinator_address, *(c.address for c in self._more)]
+
     async def use_coordinator(self, mode: Mode) -> None:
-        """Make sure a coordinator runs sagas in ``mode`` (own stack: start one if needed)."""
-        if not self.own or (self.coordinator_mode is mode and self._coordinator is not None):
+        """Make sure a coordinator runs sagas in ``mode`` (own stack: start one if needed),
+        on the log and with the replicas :meth:`use_saga_log` asked for."""
+        wanted = (tuple(sorted(self._log_env.items())), self._replicas)
+        if not self.own or (
+            self.coordinator_mode is mode
+            and self._coordinator is not None
+            and self._running_log == wanted
+        ):
             return
         if not coordinator_installed():
             raise BenchError("the coordinator is not installed (no coordinator/__main__.py)")
         await self.stop_coordinator()
-        self._coordinator = self._spawn(COORDINATOR, mode)
+        env, self._env = self._env, {**self._env, **self._log_env}
+        try:
+            self._coordinator = self._spawn(COORDINATOR, mode)
+            self._running_log = wanted
+            names = [f"{COORDINATOR}-{n}" for n in range(2, self._replicas + 1)]
+            for port in free_ports(names).values():
+                self._more.append(self._spawn_replica(mode, port))
+        finally:
+            self._env = env
         self.coordinator_mode = mode
-        await self._coordinator.wait_serving()
+        await asyncio.gather(*(c.wait_serving() for c in [self._coordinator, *self._more]))
+
+    def _spawn_replica(self, mode: Mode, port: int) -> Child:
+        """Another coordinator on the same log and data dir, on its own port."""
+        assert self._data_dir is not None
+        options = StackOptions(
+            data_dir=self._data_dir,
+            ports={**self.ports, COORDINATOR: port},
+            names=(COORDINATOR,),
+            mode=mode,
+            env=self._env,
+            certs_dir=TlsSettings().certs_directory,
+        )
+        return Child(
+            COORDINATOR, options.child_env(COORDINATOR), f"127.0.0.1:{port}", options.operator()
+        )
 
     async def stop_coordinator(self) -> None:
+        more, self._more = self._more, []
         if self._coordinator is not None:
             child, self._coordinator = self._coordinator, None
             self.coordinator_mode = None
-            await child.stop()
+            self._running_log = None
+            await asyncio.gather(child.stop(), *(c.stop() for c in more))
 
     def kill_coordinator(self) -> None:
         """SIGKILL the coordinator: no shutdown code runs, like a crash."""
@@ -290,7 +339,10 @@ class BenchStack:
     def pids(self) -> dict[str, int]:
         """The processes to measure, by name (empty for a target: they are not ours)."""
         children = [*self._services.values(), *filter(None, [self._coordinator])]
-        return {c.name: c.pid for c in children if c.running}
+        pids = {c.name: c.pid for c in children if c.running}
+        # Replicas past the first (same name, the coordinator's certificate) by number.
+        pids.update({f"{c.name}-{n}": c.pid for n, c in enumerate(self._more, 2) if c.running})
+        return pids
 
 
 def child_env(traces: bool) -> dict[str, str]:

@@ -1166,6 +1166,14 @@ def _records(sagas: list[Row], steps: list[Row], attempts: list[Row]) -> dict[st
     return {row["saga_id"]: _saga(row, tuple(steps_of.get(row["saga_id"], ()))) for row in sagas}
 
 
+async def drop_schema(dsn: str, schema: str) -> None:
+    """Remove a saga log's schema and everything in it (a bench's or a test's)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+        )
+
+
 def is_postgres_url(value: str) -> bool:
     """Whether a saga log setting names a PostgreSQL database."""
     return value.startswith(("postgresql://", "postgres://"))
