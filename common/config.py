@@ -283,7 +283,55 @@ class RetentionSettings(BaseSettings):
         return seconds(value)
 
 
-class ServerSettings(TlsSettings, RetentionSettings):
+# A JetStream stream name and the first token of its subjects.
+_EVENTS_PREFIX = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class EventSettings(BaseSettings):
+    """How events travel between processes (common/event_transport.py picks the transport).
+
+    ``grpc`` (the default): each service serves its outbox over ``Subscribe`` streams.
+    ``nats://host:4222`` (or ``tls://``, several comma-separated): a relay in each service
+    publishes its outbox to NATS JetStream and consumers are durable JetStream consumers
+    (common/nats_events.py). Every process of a stack must be given the same value.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")
+
+    events: str = "grpc"
+    # The JetStream stream's name and its subjects' first token ("<prefix>.<producer>...."):
+    # stacks sharing a NATS server keep apart by prefix.
+    events_prefix: str = Field(default="sagawire", pattern=_EVENTS_PREFIX)
+    # A message delivered this many times without being acknowledged (its consumer died
+    # or hung on it each time) is recorded as a poison event and terminated.
+    events_max_deliver: int = Field(default=20, ge=2, le=10_000)
+    # How long the stream keeps a message (the outbox stays the source of truth).
+    events_max_age: float = Field(default=7 * _DAY, gt=0)
+    # A NATS credentials file (user JWT and NKey seed) for an account with permissions.
+    events_credentials: Path | None = None
+
+    @field_validator("events_max_age", mode="before")
+    @classmethod
+    def _max_age(cls, value: object) -> object:
+        return seconds(value)
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: str) -> str:
+        if value in ("", "grpc"):
+            return "grpc"
+        for url in value.split(","):
+            scheme, sep, rest = url.strip().partition("://")
+            if scheme not in ("nats", "tls") or not sep or not rest:
+                raise ValueError(f"expected grpc or nats://host:port (tls://...), got {value!r}")
+        return value
+
+    @property
+    def events_on_nats(self) -> bool:
+        return self.events != "grpc"
+
+
+class ServerSettings(TlsSettings, RetentionSettings, EventSettings):
     """How a Sagawire gRPC process serves: address, TLS, limits, storage, logging."""
 
     model_config = SettingsConfigDict(env_prefix="SAGAWIRE_", extra="ignore")

@@ -4,7 +4,13 @@ A :class:`Consumer` follows one producer's stream and applies each event's
 reaction in a local transaction that also records the event id in the inbox and
 moves the stored offset, so a crash at any instant either keeps the effect *and*
 the offset, or neither, and a redelivered event is skipped. After a disconnect
-it reconnects with backoff (tenacity) and resumes from its offset.
+it reconnects with backoff (tenacity) and resumes from its offset. The events come
+through the process's transport (common/event_transport.py): the producer's gRPC
+stream, or a durable NATS JetStream consumer that acknowledges a batch once
+:meth:`Consumer.apply` returned, and terminates the events it recorded as poison.
+JetStream redelivers an event its follower took and never acknowledged (it crashed)
+after the ack wait, possibly after later ones: over NATS an event below the offset is
+not taken as applied, the inbox alone decides.
 
 Events are applied one at a time, in order, each in its own savepoint of one
 transaction per batch: a happy batch is one commit. When one event fails
@@ -34,6 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from common.errors import Transient
+from common.event_transport import EventTransport, Follow, GrpcEvents
 from common.participant_telemetry import (
     ERROR,
     TRANSIENT,
@@ -43,7 +50,6 @@ from common.participant_telemetry import (
     reaction_retried,
 )
 from common.store import Database, utc_now
-from common.subscriber import Subscriber
 from common.telemetry import service_metrics
 from common.tls import Identity
 from protos.sagawire.v1 import events_pb2
@@ -144,22 +150,29 @@ class Consumer:
         channel_options: Sequence[tuple[str, int]] = (),
         before_apply: BeforeApply | None = None,
         identity: Identity | None = None,
+        transport: EventTransport | None = None,
     ) -> None:
         self._db = db
         self._sub = subscription
         self._name = consumer_name
         self._on_commit = on_commit
         self._before_apply = before_apply
-        self._subscriber = Subscriber(
-            producer=subscription.producer,
-            address=subscription.address,
-            consumer=consumer_name,
-            types=sorted(subscription.reactions),
-            next_sequence=self._next_sequence,
-            handle=self.apply,
-            identity=identity or Identity.from_env(consumer_name),
-            channel_options=channel_options,
-            match_headers=subscription.match_headers,
+        transport = transport or GrpcEvents(
+            identity or Identity.from_env(consumer_name), channel_options
+        )
+        # Whether an event below the offset was surely applied (delivered in order).
+        self._in_order = transport.in_order
+        self._subscriber = transport.follower(
+            Follow(
+                producer=subscription.producer,
+                address=subscription.address,
+                consumer=consumer_name,
+                types=sorted(subscription.reactions),
+                next_sequence=self._next_sequence,
+                handle=self.apply,
+                match_headers=subscription.match_headers,
+                give_up=self.give_up,
+            )
         )
 
     @property
@@ -180,13 +193,15 @@ class Consumer:
         """Follow the producer forever (reconnecting with backoff); ends only when cancelled."""
         await self._subscriber.run()
 
-    async def apply(self, events: Sequence[events_pb2.Event]) -> None:
+    async def apply(self, events: Sequence[events_pb2.Event]) -> set[str]:
         """Apply a batch as the stream delivered it: each event once, in order; returns
-        once every one of them is committed (retrying the one that fails transiently)."""
+        once every one of them is committed (retrying the one that fails transiently),
+        with the ids of those recorded as poison."""
         done = 0
         failures = 0  # in a row, of the event at ``done``
+        poisoned: set[str] = set()
         while done < len(events):
-            applied, reacted, failed = await self._apply_from(events, done, failures + 1)
+            applied, reacted, failed = await self._apply_from(events, done, failures + 1, poisoned)
             if applied:
                 done += applied
                 failures = 0
@@ -195,9 +210,30 @@ class Consumer:
                 continue
             failures += 1
             await asyncio.sleep(failed.delay)
+        return poisoned
+
+    async def give_up(self, event: events_pb2.Event, why: str) -> None:
+        """Record ``event`` as poison without reacting to it (the transport could not
+        decode it, or gave up delivering it), unless it was already handled. The offset
+        stays: the events before it may still come."""
+
+        def record(conn: sqlite3.Connection) -> None:
+            offset = _offset(conn, self._sub.producer)
+            if self._in_order and event.sequence and event.sequence <= offset:
+                return
+            if conn.execute("SELECT 1 FROM inbox WHERE event_id = ?", (event.id,)).fetchone():
+                return
+            self._poisoned(conn, event, why)
+            conn.execute(
+                "INSERT INTO inbox (event_id, producer, sequence, processed_at)"
+                " VALUES (?, ?, ?, ?)",
+                (event.id, self._sub.producer, event.sequence, utc_now().isoformat()),
+            )
+
+        await self._db.transaction(record)
 
     async def _apply_from(
-        self, events: Sequence[events_pb2.Event], start: int, attempt: int
+        self, events: Sequence[events_pb2.Event], start: int, attempt: int, poisoned: set[str]
     ) -> tuple[int, list[events_pb2.Event], _Failed | None]:
         """Apply ``events[start:]`` up to the first that fails transiently, in one
         transaction; how many were applied (and committed), the events reacted to, and
@@ -219,9 +255,10 @@ class Consumer:
         if ready == start:
             return 0, [], failed
         batch = events[start:ready]
+        poisoned_now: list[str] = []  # filled in the transaction, kept once it committed
         try:
             applied, reacted, failure = await self._db.transaction(
-                lambda conn: self._apply_in(conn, batch, attempt, started)
+                lambda conn: self._apply_in(conn, batch, attempt, started, poisoned_now)
             )
         except _TRANSIENT as whole:  # the commit itself failed: nothing was applied
             log.warning(
@@ -231,6 +268,7 @@ class Consumer:
                 whole,
             )
             return 0, [], _Failed(whole, _backoff(attempt))
+        poisoned.update(poisoned_now)
         return applied, reacted, failure or failed
 
     def _refused(
@@ -292,25 +330,29 @@ class Consumer:
         events: Sequence[events_pb2.Event],
         attempt: int,
         started: Mapping[str, int],
+        poisoned: list[str],
     ) -> tuple[int, list[events_pb2.Event], _Failed | None]:
         """Apply events in order up to the first that fails transiently (rolled back);
         move the offset past those applied. How many were applied, those reacted to, and
-        that failure."""
+        that failure; the ids of events recorded as poison are added to ``poisoned``."""
         producer = self._sub.producer
         offset = _offset(conn, producer)
         applied, reacted, failure = 0, [], None
+        poisoned.clear()  # a retried transaction starts afresh
         for event in events:
-            if event.sequence > offset:  # else redelivered below our offset: already applied
+            # In order, an event below the offset was applied: redelivered. Else the
+            # inbox tells (in _apply_one).
+            if event.sequence > offset or not self._in_order:
                 number = attempt if applied == 0 else 1
                 try:
-                    if self._apply_one(conn, event, number, started[event.id]):
+                    if self._apply_one(conn, event, number, started[event.id], poisoned):
                         reacted.append(event)
                 except _Retry as retry:
                     if not conn.in_transaction:
                         raise retry.failed.error from None  # SQLite ended the transaction
                     failure = retry.failed
                     break
-                offset = event.sequence
+                offset = max(offset, event.sequence)
             applied += 1
         if applied:
             conn.execute(
@@ -321,7 +363,12 @@ class Consumer:
         return applied, reacted, failure
 
     def _apply_one(
-        self, conn: sqlite3.Connection, event: events_pb2.Event, number: int, started_ns: int
+        self,
+        conn: sqlite3.Connection,
+        event: events_pb2.Event,
+        number: int,
+        started_ns: int,
+        poisoned: list[str],
     ) -> bool:
         """React to one event and record it in the inbox, in a savepoint of its own: a
         transient failure rolls it back and is raised (the event is retried); any other
@@ -350,7 +397,8 @@ class Consumer:
                 if failed is not None:
                     conn.execute("RELEASE event")
                     raise _Retry(failed) from error
-                self._poisoned(conn, event, error)  # keep the stream moving
+                self._poisoned(conn, event, f"{type(error).__name__}: {error}")
+                poisoned.append(event.id)  # keep the stream moving
         conn.execute(
             "INSERT INTO inbox (event_id, producer, sequence, processed_at) VALUES (?, ?, ?, ?)",
             (event.id, self._sub.producer, event.sequence, utc_now().isoformat()),
@@ -368,9 +416,7 @@ class Consumer:
             error,
         )
 
-    def _poisoned(
-        self, conn: sqlite3.Connection, event: events_pb2.Event, error: Exception
-    ) -> None:
+    def _poisoned(self, conn: sqlite3.Connection, event: events_pb2.Event, error: str) -> None:
         conn.execute(
             "INSERT OR REPLACE INTO poison_event"
             " (producer, sequence, event_id, type, error, recorded_at)"
@@ -380,7 +426,7 @@ class Consumer:
                 event.sequence,
                 event.id,
                 event.type,
-                f"{type(error).__name__}: {error}",
+                error,
                 utc_now().isoformat(),
             ),
         )

@@ -43,7 +43,10 @@ sagawire.reaction.lag (s)         histogram  messaging.destination.name,
 sagawire.consumer.lag             gauge      messaging.destination.name (this service),
                                              messaging.consumer.group.name: events
                                              committed here and not yet delivered to
-                                             that consumer (measured by the producer)
+                                             that consumer (measured by the producer;
+                                             on NATS, JetStream's pending and unacked
+                                             messages plus what the relay has not yet
+                                             published, read every few seconds)
 sagawire.outbox.backlog           gauge      messaging.destination.name: events committed
                                              here that the furthest-behind consumer has
                                              not been delivered
@@ -60,6 +63,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -195,6 +199,15 @@ _MAX_NAME = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+class ConsumerLags(Protocol):
+    """Where a producer's consumer lags come from: its gRPC streams' positions
+    (:class:`StreamPositions`), or JetStream's consumers (common/nats_events.py)."""
+
+    def lags(self) -> dict[str, int]:
+        """Events committed and not yet delivered, by consumer."""
+        ...
+
+
 class StreamPositions:
     """How far a producer has delivered its events to each consumer, and its head.
 
@@ -280,7 +293,7 @@ class ServiceMetrics:
             description="From an event's commit at its producer to its reaction's commit",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._streams: dict[str, StreamPositions] = {}
+        self._streams: dict[str, ConsumerLags] = {}
         self._streams_lock = threading.Lock()
         meter.create_observable_gauge(
             "sagawire.consumer.lag",
@@ -339,7 +352,7 @@ class ServiceMetrics:
         }
         self._reaction_lag.record(max(lag_s, 0.0), attributes)
 
-    def watch_streams(self, producer: str, positions: StreamPositions) -> None:
+    def watch_streams(self, producer: str, positions: ConsumerLags) -> None:
         """Report ``producer``'s consumer lag and backlog from ``positions`` (from now on,
         in place of any positions it had before)."""
         with self._streams_lock:

@@ -1,4 +1,4 @@
-"""Following one producer's event stream: subscribe, hand over batches, reconnect.
+"""Following one producer's event stream over gRPC: subscribe, hand over batches, reconnect.
 
 The subscriber asks where to resume each time it (re)connects, so whoever keeps
 the offset (the inbox of a service, the coordinator's observer) decides what
@@ -18,7 +18,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from common.tls import Identity
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
 
-BatchHandler = Callable[[Sequence[events_pb2.Event]], Awaitable[None]]
+# What it returns is the handler's own (the NATS transport reads it; a stream needs nothing).
+BatchHandler = Callable[[Sequence[events_pb2.Event]], Awaitable[object]]
 
 
 class _StreamEnded(Exception):

@@ -28,6 +28,7 @@ from common.config import (
     override_names,
     usable_directory,
 )
+from common.event_transport import event_transport
 from common.logs import setup_logging
 from common.policy import CallPolicy
 from common.retention import Retention
@@ -134,6 +135,7 @@ class CoordinatorApp:
                 offsets=PostgresOffsets(self.log)
                 if isinstance(self.log, PostgresSagaLog)
                 else None,
+                transport=event_transport(settings, self.tls, server_options(settings)),
             )
             if choreographed
             else None

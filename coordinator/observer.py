@@ -38,9 +38,9 @@ from typing import Protocol
 from common import inbox
 from common.certs import COORDINATOR
 from common.config import SERVICE_NAMES, Endpoints
+from common.event_transport import EventTransport, Follow, GrpcEvents
 from common.outbox import MODE_HEADER
 from common.store import Database, utc_now
-from common.subscriber import Subscriber
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
 from coordinator.definitions import Definitions, SagaMode, load_definitions
@@ -159,6 +159,7 @@ class Observer:
         identity: Identity | None = None,
         definitions: Definitions | None = None,
         offsets: ObserverOffsets | None = None,
+        transport: EventTransport | None = None,
     ) -> None:
         self._log = saga_log
         self._carried = carried if carried is not None else CarriedSpans()
@@ -172,17 +173,21 @@ class Observer:
         self._definitions = definitions if definitions is not None else load_definitions()
         # One lock per saga being recorded, dropped when its last user leaves.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # The services' gRPC streams, or the same events on NATS JetStream.
+        self._transport = transport or GrpcEvents(
+            identity or Identity.from_env(COORDINATOR), channel_options
+        )
         self.subscribers = [
-            Subscriber(
-                producer=name,
-                address=endpoints.of(name),
-                consumer="coordinator-observer",
-                types=observed_types(self._definitions),
-                next_sequence=partial(self._next_sequence, name),
-                handle=partial(self._handle, name),
-                identity=identity or Identity.from_env(COORDINATOR),
-                channel_options=channel_options,
-                match_headers=_CHOREOGRAPHED_ONLY,
+            self._transport.follower(
+                Follow(
+                    producer=name,
+                    address=endpoints.of(name),
+                    consumer="coordinator-observer",
+                    types=observed_types(self._definitions),
+                    next_sequence=partial(self._next_sequence, name),
+                    handle=partial(self._handle, name),
+                    match_headers=_CHOREOGRAPHED_ONLY,
+                )
             )
             for name in SERVICE_NAMES
         ]
@@ -195,6 +200,7 @@ class Observer:
 
     async def start(self) -> None:
         await self._offsets.open()
+        await self._transport.open()
         self._tasks = [
             asyncio.create_task(s.run(), name=f"observe-{s.producer}") for s in self.subscribers
         ]
@@ -207,6 +213,7 @@ class Observer:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._transport.close()
         await self._offsets.close()
         self._carried.end_all()  # exported as they are, not lost
 

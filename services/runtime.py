@@ -2,7 +2,9 @@
 
 Each service supplies its schema, seed loader, action table and query servicer;
 this module wires them to the barrier, the outbox, the event stream, fault
-injection and the common server bootstrap. The saga definitions (the same file as
+injection and the common server bootstrap. Events travel over the transport the
+settings choose (common/event_transport.py): the service's own gRPC stream, or a
+relay to NATS JetStream. The saga definitions (the same file as
 the coordinator's, SAGAWIRE_DEFINITIONS_FILE) say which events the actions publish
 and how the service reacts to the others' in choreography (services/choreography.py).
 """
@@ -25,6 +27,7 @@ from google.protobuf.message import Message
 from common import barrier, inbox, outbox, retention
 from common.admin import AdminServicer, StreamCuts
 from common.config import Endpoints, ServiceSettings
+from common.event_transport import Relay, event_transport
 from common.faults import FaultInjector
 from common.metrics import StreamPositions
 from common.participant import Action, ActionRunner, ParticipantServicer
@@ -99,6 +102,12 @@ class DomainService:
         self.stream_positions = StreamPositions(head=partial(_outbox_head, self.db.path))
         self.faults = FaultInjector(settings.faults)
         self.stream_cuts = StreamCuts(wake=self.outbox.notify)
+        self.transport = event_transport(
+            settings, Identity(spec.name, settings), server_options(settings)
+        )
+        # What publishes the outbox when the transport is not the service's own stream.
+        self.relay: Relay | None = self.transport.relay(spec.name, self.outbox, self.db)
+        self._relay_task: asyncio.Task[None] | None = None
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
         self.runner = ActionRunner(
             self.db,
@@ -130,9 +139,8 @@ class DomainService:
                     ),
                     consumer_name=spec.name,
                     on_commit=self.outbox.notify,
-                    channel_options=server_options(settings),
                     before_apply=self._inject_faults,
-                    identity=Identity(spec.name, settings),
+                    transport=self.transport,
                 )
                 for producer, reactions in self.reactions.by_producer().items()
             ]
@@ -176,8 +184,11 @@ class DomainService:
             )
 
     async def start(self) -> None:
-        # Consumer lag and outbox backlog, from the positions the event stream reports.
-        service_metrics().watch_streams(self.spec.name, self.stream_positions)
+        # Consumer lag and outbox backlog, from the positions the event stream reports
+        # (or, on NATS, from JetStream's consumers).
+        service_metrics().watch_streams(
+            self.spec.name, self.stream_positions if self.relay is None else self.relay.lags
+        )
         await self.db.open()
         await self.db.transaction(barrier.migrate)  # a file from before fingerprints
         if self.spec.migrate is not None:
@@ -185,6 +196,9 @@ class DomainService:
         with self.settings.seed_file.open("rb") as f:
             seed = tomllib.load(f)
         await self.db.transaction(lambda conn: self._seed_once(conn, seed))
+        await self.transport.open()
+        if self.relay is not None:
+            self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
         self._consumer_tasks = [
             asyncio.create_task(c.run(), name=f"consume-{c.producer}") for c in self.consumers
         ]
@@ -203,10 +217,12 @@ class DomainService:
 
     async def stop(self) -> None:
         await self.retention.stop()
-        for task in self._consumer_tasks:
+        tasks = [*self._consumer_tasks, *([self._relay_task] if self._relay_task else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._consumer_tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.transport.close()
         await self.outbox.close()
         await self.db.close()

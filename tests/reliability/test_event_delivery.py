@@ -3,6 +3,8 @@
 The order service (producer) and the inventory service (consumer) run as real
 processes. Every choreographed create_order publishes one order.created event;
 inventory reacts with exactly one reservation and one inventory.reserved event.
+Each test runs over both transports: the producer's gRPC stream, and NATS JetStream
+(the relay's re-published events de-duplicated by the stream, the consumer durable).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from protos.sagawire.v1 import inventory_pb2, inventory_pb2_grpc
 from services import saga_events
 from tests.event_support import create_order_request, execute_until_acked, read_events
+from tests.nats_support import TRANSPORTS, Events, events_over
 from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
 BURST = 500
@@ -31,9 +34,11 @@ class Pair:
     data_dir: Path
     ports: dict[str, int]
     processes: dict[str, Process]
+    events: Events
 
     def env(self) -> dict[str, str]:
-        return {f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in self.ports.items()}
+        addresses = {f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in self.ports.items()}
+        return {**addresses, **self.events.env()}
 
     def start(self, name: str) -> Process:
         process = start_service_process(name, self.data_dir, self.env(), port=self.ports[name])
@@ -45,17 +50,18 @@ class Pair:
         return f"127.0.0.1:{self.ports[name]}"
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    ports = {name: free_port() for name in ("order", "inventory", "payment", "shipping")}
-    running = Pair(tmp_path, ports, {})
-    running.start("order")
-    running.start("inventory")
-    try:
-        yield running
-    finally:
-        for process in running.processes.values():
-            process.stop()
+@pytest.fixture(params=TRANSPORTS)
+async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Pair]:
+    async with events_over(request.param) as events:
+        ports = {name: free_port() for name in ("order", "inventory", "payment", "shipping")}
+        running = Pair(tmp_path, ports, {}, events)
+        running.start("order")
+        running.start("inventory")
+        try:
+            yield running
+        finally:
+            for process in running.processes.values():
+                process.stop()
 
 
 async def _mug_stock(address: str) -> inventory_pb2.Stock:
@@ -103,6 +109,10 @@ async def _assert_exactly_once(pair: Pair, sagas: list[str]) -> None:
     stock = await _mug_stock(pair.address("inventory"))
     assert stock.reserved == len(sagas)  # one unit per saga: no reaction applied twice
     assert stock.available + stock.reserved == total
+    if pair.events.on_nats:
+        # The stream holds each event once, however often a relay published it.
+        counts = await pair.events.message_counts("order.>")
+        assert sum(n for s, n in counts.items() if s.endswith(".order.created")) == len(sagas)
 
 
 async def test_producer_sigkilled_mid_burst_loses_nothing(pair: Pair) -> None:
