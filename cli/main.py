@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cli import bench, certs, chaos, demo, events, health, metrics, sagas, stack, trace
+from cli.console import console
 from cli.oneline import OneLineTyper
 from cli.serve import ServiceName, serve
 from cli.tokens import token_app
@@ -29,6 +30,7 @@ app.command()(metrics.metrics)
 app.command()(bench.bench)
 app.command()(chaos.chaos)
 sagas.register(app)
+app.command()(console)
 
 
 if __name__ == "__main__":
