@@ -210,8 +210,12 @@ class Observer:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # it had ended by itself: say how, once
+                log.exception("observer task %s had stopped by an error", task.get_name())
         self._tasks = []
         await self._transport.close()
         await self._offsets.close()
