@@ -1,6 +1,6 @@
 """The Sagawire web console: every saga drawn as its definition's graph, live.
 
-``sagawire console`` serves it (console/serve.py) on 127.0.0.1:50060 by default. It is
+``sagawire console`` serves it (console/serve.py) on 127.0.0.1:50080 by default. It is
 a client of the coordinator's public gRPC API only, like the CLI (console/coordinator.py),
 with the user's token or, on a loopback address only, an operator credential of its own
 (console/access.py). Its pages — the sagas with counts by status, one saga as a graph

@@ -26,7 +26,7 @@ from console.traces import TraceSource
 
 log = logging.getLogger("console")
 
-DEFAULT_PORT = 50060
+DEFAULT_PORT = 50080
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -175,7 +175,7 @@ def client_of(
 ) -> TestClient:
     credential = HeldCredential(held, mint=lambda: None) if held else None
     app = create_app(lambda: fake, TraceSource(tmp), credential, poll_seconds=0.01)
-    return TestClient(app, base_url="http://127.0.0.1:50060")
+    return TestClient(app, base_url="http://127.0.0.1:50080")
 
 
 @pytest.fixture
@@ -329,7 +329,7 @@ def test_retry_needs_the_consoles_header_and_an_operators_token(
     assert cross.status_code == 403
     assert not any(method == "RetrySaga" for method, _, _ in fake.calls)
     done = console.post(
-        url, headers={"x-sagawire-console": "1", "origin": "http://127.0.0.1:50060"}
+        url, headers={"x-sagawire-console": "1", "origin": "http://127.0.0.1:50080"}
     )
     assert done.status_code == 200 and done.json()["saga_id"] == SAGA_ID
     as_carol = console.post(
@@ -340,10 +340,10 @@ def test_retry_needs_the_consoles_header_and_an_operators_token(
 
 def test_a_console_holding_a_credential_answers_only_as_localhost(fake: FakeCoordinator) -> None:
     with client_of(fake, held=OPERATOR) as client:
-        rebound = client.get("/api/sagas", headers={"host": "attacker.example:50060"})
+        rebound = client.get("/api/sagas", headers={"host": "attacker.example:50080"})
         assert rebound.status_code == 403
-        assert client.get("/api/sagas", headers={"host": "localhost:50060"}).status_code == 200
-        assert client.get("/api/sagas", headers={"host": "[::1]:50060"}).status_code == 200
+        assert client.get("/api/sagas", headers={"host": "localhost:50080"}).status_code == 200
+        assert client.get("/api/sagas", headers={"host": "[::1]:50080"}).status_code == 200
     with client_of(fake) as open_console:  # holds nothing: any name may reach it
         token = {"authorization": f"Bearer {OPERATOR}", "host": "console.example"}
         assert open_console.get("/api/sagas", headers=token).status_code == 200
