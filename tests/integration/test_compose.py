@@ -134,7 +134,7 @@ def test_the_stack_is_the_certificates_the_five_processes_and_their_telemetry(
 ) -> None:
     services = compose["services"]
     by_default = {name for name, service in services.items() if not service.get("profiles")}
-    assert by_default == {"jaeger", "otel-collector", "prometheus", "certs", *PROCESSES}
+    assert by_default == {"jaeger", "otel-collector", "prometheus", "certs", "console", *PROCESSES}
     jaeger = services["jaeger"]
     assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", jaeger["image"])  # pinned v2
     assert jaeger["ports"] == ["127.0.0.1:16686:16686"]  # OTLP goes to the collector
