@@ -12,6 +12,15 @@ if ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command 
     || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose >/dev/null 2>&1; } \
     || echo "could not install docker-compose; its check will be skipped" >&2
 fi
+# The console's browser tests drive Debian's Chromium (no browser download); without it
+# they skip, saying how to get it, except in CI (CI=true), where they fail.
+if [ ! -x /usr/bin/chromium ] && [ -z "${SAGAWIRE_CHROMIUM:-}" ] && [ "$(id -u)" = 0 ] \
+  && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (apt) for the console's browser tests" >&2
+  apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+    || echo "could not install chromium; the browser tests will skip (and fail in CI)" >&2
+fi
 ruff format --check .
 ruff check .
 mypy
