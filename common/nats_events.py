@@ -334,7 +334,7 @@ class NatsRelay:
                         "relay to NATS interrupted producer=%s published=%d error=%s",
                         self._source,
                         self.published,
-                        error or type(error).__name__,
+                        repr(error),
                     )
                     raise
                 except Exception:
@@ -390,8 +390,8 @@ class NatsRelay:
                 js = await self._events.jetstream()
                 infos = await js.consumers_info(self._events.stream)
                 unpublished = max(await self._outbox.last_sequence() - self.published, 0)
-            except RETRIED as error:
-                log.debug("cannot read consumer lag producer=%s: %s", self._source, error)
+            except Exception as error:  # a metric: never worth stopping the relay for
+                log.debug("cannot read consumer lag producer=%s: %r", self._source, error)
                 self.lags.update({})
                 continue
             self.lags.update(
@@ -431,7 +431,7 @@ class NatsFollower:
                     log.warning(
                         "NATS consumer interrupted consumer=%s error=%s",
                         self.durable,
-                        error or type(error).__name__,
+                        repr(error),
                     )
                     raise
 
@@ -461,7 +461,7 @@ class NatsFollower:
             while True:
                 try:
                     messages = await subscription.fetch(BATCH_SIZE, timeout=FETCH_WAIT_SECONDS)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats' own, or asyncio's when the wait ran out
                     continue  # nothing new
                 await self._deliver(messages)
         finally:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -37,6 +38,10 @@ START_HINT = (
 TRANSPORTS = ("grpc", "nats")
 
 
+async def _quiet(error: Exception) -> None:
+    """A probe's connection errors are its answer, not news (nats logs them otherwise)."""
+
+
 def _unavailable(message: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
@@ -46,7 +51,7 @@ def _unavailable(message: str) -> None:
 async def require_nats(url: str = NATS_URL) -> None:
     """Skip (fail in CI) unless the server answers, with JetStream on."""
     try:
-        client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+        client = await nats.connect(url, connect_timeout=2, allow_reconnect=False, error_cb=_quiet)
     except (nats.errors.Error, OSError, TimeoutError) as error:
         _unavailable(f"NATS unreachable at {url} ({error or type(error).__name__}); {START_HINT}")
         return
@@ -70,7 +75,7 @@ class Events:
     def on_nats(self) -> bool:
         return self.transport == "nats"
 
-    def settings(self) -> dict[str, object]:
+    def settings(self) -> dict[str, Any]:
         """Settings overrides for in-process servers (none for gRPC, the default)."""
         if not self.on_nats:
             return {}
@@ -83,7 +88,7 @@ class Events:
     async def message_counts(self, subject_filter: str) -> dict[str, int]:
         """Messages the stream holds, by subject, among those matching ``subject_filter``
         (a pattern after the prefix, e.g. ``order.>``)."""
-        client = await nats.connect(self.url, allow_reconnect=False)
+        client = await nats.connect(self.url, allow_reconnect=False, error_cb=_quiet)
         try:
             info = await client.jetstream().stream_info(
                 self.prefix, subjects_filter=f"{self.prefix}.{subject_filter}"
@@ -106,7 +111,9 @@ async def events_over(transport: str, url: str = NATS_URL) -> AsyncIterator[Even
         yield events
     finally:
         with contextlib.suppress(Exception):
-            client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+            client = await nats.connect(
+                url, connect_timeout=2, allow_reconnect=False, error_cb=_quiet
+            )
             try:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await client.jetstream().delete_stream(events.prefix)
@@ -141,7 +148,9 @@ class PrivateNats:
 
         async def answers() -> bool:
             try:
-                client = await nats.connect(self.url, connect_timeout=1, allow_reconnect=False)
+                client = await nats.connect(
+                    self.url, connect_timeout=1, allow_reconnect=False, error_cb=_quiet
+                )
             except (nats.errors.Error, OSError, TimeoutError):
                 return False
             try:

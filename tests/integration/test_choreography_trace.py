@@ -2,7 +2,8 @@
 
 Five real processes export over OTLP/gRPC (as to Jaeger on 4317) to a test
 receiver; the trace context travels in the events' headers from each PRODUCER
-span to the CONSUMER span that reacts to it.
+span to the CONSUMER span that reacts to it, over the services' gRPC streams and
+over NATS JetStream (as NATS headers) alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from tests.coordinator_support import api_token, write_definitions
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute, orphans
+from tests.nats_support import TRANSPORTS, events_over
 from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
 # SPAN_KIND_PRODUCER and SPAN_KIND_CONSUMER in OTLP's enum.
@@ -33,9 +35,18 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
         await running.stop()
 
 
-async def test_a_choreographed_order_is_one_trace(receiver: OtlpReceiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_choreographed_order_is_one_trace(
+    receiver: OtlpReceiver, tmp_path: Path, transport: str
+) -> None:
+    async with events_over(transport) as events:
+        await _one_trace(receiver, tmp_path, events.env())
+
+
+async def _one_trace(receiver: OtlpReceiver, tmp_path: Path, events_env: dict[str, str]) -> None:
     ports = {name: free_port() for name in SERVICE_NAMES}
     env = {
+        **events_env,
         **{f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()},
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_TRACES_EXPORTER": "otlp",

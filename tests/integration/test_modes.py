@@ -1,7 +1,10 @@
 """Orchestration and choreography: same outcomes, same guarantees, same visibility.
 
 Every scenario runs once per mode through the coordinator's public API with the
-same binary; only the configuration (the SAGAWIRE_MODE override) differs.
+same binary; only the configuration (the SAGAWIRE_MODE override) differs. Each test
+runs over both event transports too: the services' gRPC streams, and NATS JetStream
+(the services' relays and durable consumers, the coordinator's observer on the same
+subjects).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,6 +21,7 @@ import yaml
 from protos.sagawire.v1 import common_pb2, order_pb2, shipping_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from tests.coordinator_support import Stack, running_stack, write_definitions
+from tests.nats_support import TRANSPORTS, Events, events_over
 from tests.support import wait_until
 
 MODES = ("orchestration", "choreography")
@@ -110,9 +115,24 @@ async def _final_state(stack: Stack, scenario: Scenario) -> FinalState:
     )
 
 
+@pytest.fixture(params=TRANSPORTS)
+async def events(request: pytest.FixtureRequest) -> AsyncIterator[Events]:
+    async with events_over(request.param) as chosen:
+        yield chosen
+
+
+def over(events: Events) -> dict[str, Any]:
+    """running_stack's arguments that put the services and the coordinator on ``events``."""
+    return {"services": events.settings(), **events.settings()}
+
+
 @pytest.fixture(params=MODES)
-async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path, mode=request.param, stall_check_seconds=0.2) as running:
+async def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, events: Events
+) -> AsyncIterator[Stack]:
+    async with running_stack(
+        tmp_path, mode=request.param, stall_check_seconds=0.2, **over(events)
+    ) as running:
         yield running
 
 
@@ -141,9 +161,9 @@ async def test_every_scenario_ends_in_the_same_final_state_in_both_modes(
 
 
 async def test_a_choreographed_saga_is_as_visible_as_an_orchestrated_one(
-    tmp_path: Path,
+    tmp_path: Path, events: Events
 ) -> None:
-    async with running_stack(tmp_path, mode="choreography") as stack:
+    async with running_stack(tmp_path, mode="choreography", **over(events)) as stack:
         reply = await stack.place("carol", [("SKU-LAMP", 1)], "Berlin", wait=False)
         watched = [t async for t in stack.api.WatchSaga(pb.WatchSagaRequest(saga_id=reply.saga_id))]
         saga = await stack.saga(reply.saga_id)
@@ -180,10 +200,16 @@ async def test_a_choreographed_saga_is_as_visible_as_an_orchestrated_one(
     assert kinds.index("step_rejected") < kinds.index("saga_compensating")
 
 
-async def test_a_choreographed_saga_with_no_progress_is_flagged_stalled(tmp_path: Path) -> None:
+async def test_a_choreographed_saga_with_no_progress_is_flagged_stalled(
+    tmp_path: Path, events: Events
+) -> None:
     definitions = write_definitions(tmp_path / "sagas.yaml", deadline="1s")
     async with running_stack(
-        tmp_path, definitions=definitions, mode="choreography", stall_check_seconds=0.1
+        tmp_path,
+        definitions=definitions,
+        mode="choreography",
+        stall_check_seconds=0.1,
+        **over(events),
     ) as stack:
         await stack.cluster.servers["inventory"].stop()  # nobody reacts to order.created
         reply = await stack.place(wait=False)
@@ -193,14 +219,16 @@ async def test_a_choreographed_saga_with_no_progress_is_flagged_stalled(tmp_path
     assert [s.saga_id for s in listed.sagas] == [reply.saga_id]
 
 
-async def test_orchestrated_and_choreographed_sagas_side_by_side(tmp_path: Path) -> None:
+async def test_orchestrated_and_choreographed_sagas_side_by_side(
+    tmp_path: Path, events: Events
+) -> None:
     """Two definitions of different modes on one stack: each right, nothing done twice."""
     path = write_definitions(tmp_path / "sagas.yaml")
     raw = yaml.safe_load(path.read_text())
     twin = dict(raw["sagas"]["place_order"], mode="choreography")
     raw["sagas"]["place_order_choreographed"] = twin
     path.write_text(yaml.safe_dump(raw))
-    async with running_stack(tmp_path, definitions=path) as stack:
+    async with running_stack(tmp_path, definitions=path, **over(events)) as stack:
         before = await stack.stock("SKU-MUG")
         balance = await stack.balance("dave")
         sagas = ["place_order", "place_order_choreographed"] * 5
@@ -228,8 +256,8 @@ def _order_request(customer: str, saga: str) -> pb.PlaceOrderRequest:
     )
 
 
-async def test_waiting_for_an_outcome_works_in_choreography(tmp_path: Path) -> None:
-    async with running_stack(tmp_path, mode="choreography") as stack:
+async def test_waiting_for_an_outcome_works_in_choreography(tmp_path: Path, events: Events) -> None:
+    async with running_stack(tmp_path, mode="choreography", **over(events)) as stack:
         reply = await stack.place("alice", [("SKU-MUG", 1)], "Berlin", wait=True)
         assert reply.status == pb.SAGA_STATUS_COMPLETED
 

@@ -1,0 +1,173 @@
+"""Events on NATS JetStream: poison events terminated and recorded, lag reported.
+
+The services run in-process on the machine's NATS server, each test on a stream of its
+own (tests/nats_support.py). Poison events are published straight to the stream under
+the order service's subjects, as only a broken or hostile publisher would.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from google.protobuf.message import Message
+
+from common.config import EventSettings
+from common.nats_events import MSG_ID_HEADER, NatsEvents, encode
+from common.tls import Identity
+from protos.sagawire.v1 import (
+    common_pb2,
+    events_pb2,
+    events_pb2_grpc,
+    inventory_pb2,
+    order_saga_pb2,
+    participant_pb2,
+)
+from services import saga_events
+from services.choreography import CHOREOGRAPHED_ONLY
+from services.runtime import DomainService
+from tests.nats_support import Events, events_over
+from tests.support import Cluster, listing, start_cluster, wait_until
+
+
+@pytest.fixture
+async def events() -> AsyncIterator[Events]:
+    async with events_over("nats") as chosen:
+        yield chosen
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, events: Events) -> AsyncIterator[Cluster]:
+    running = await start_cluster(tmp_path, overrides=events.settings())
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def _order_created(subject: str, data: Message, sequence: int, source: str = "order") -> bytes:
+    event = events_pb2.Event(
+        id=str(uuid.uuid4()),
+        source=source,
+        type=saga_events.ORDER_CREATED,
+        subject=subject,
+        sequence=sequence,
+        headers=CHOREOGRAPHED_ONLY,
+    )
+    event.data.Pack(data)
+    return event.SerializeToString()
+
+
+def _good_order(sku: str, quantity: int) -> events_pb2.OrderSagaEvent:
+    return events_pb2.OrderSagaEvent(
+        data=order_saga_pb2.OrderSagaData(
+            order_id=str(uuid.uuid4()),
+            customer_id="alice",
+            items=[common_pb2.LineItem(sku=sku, quantity=quantity)],
+            destination="Berlin",
+        ),
+        mode=participant_pb2.SAGA_MODE_CHOREOGRAPHY,
+        step="create_order",
+    )
+
+
+async def test_poison_events_are_recorded_terminated_and_the_stream_goes_on(
+    cluster: Cluster, events: Events
+) -> None:
+    subject = f"{events.prefix}.order.choreography.sagawire.order.created"
+    client = await nats.connect(events.url)
+    try:
+        js = client.jetstream()
+        # Not an OrderSagaEvent: the reaction fails for good.
+        wrong_data = events_pb2.Event.FromString(
+            _order_created("saga-poison", common_pb2.Money(), 1)
+        )
+        payload, headers = encode(wrong_data)
+        await js.publish(subject, payload, headers=headers)
+        # Not an event at all.
+        await js.publish(subject, b"\xff\xff not protobuf", headers={MSG_ID_HEADER: "garbage-1"})
+        # Under order's subject, but from someone else.
+        forged = events_pb2.Event.FromString(
+            _order_created("saga-forged", _good_order("SKU-LAMP", 1), 3, source="payment")
+        )
+        payload, headers = encode(forged)
+        await js.publish(subject, payload, headers=headers)
+        good = events_pb2.Event.FromString(
+            _order_created(str(uuid.uuid4()), _good_order("SKU-LAMP", 2), 4)
+        )
+        payload, headers = encode(good)
+        await js.publish(subject, payload, headers=headers)
+
+        stock = inventory_pb2.GetStockRequest(sku="SKU-LAMP")
+
+        async def reserved() -> bool:
+            return (await cluster.inventory.GetStock(stock)).reserved == 2
+
+        await wait_until(reserved, timeout=20, message="the good event after the poison ones")
+        listed = await listing(
+            events_pb2_grpc.EventStreamStub(cluster.channel("inventory")).ListPoisonEvents,
+            events_pb2.ListPoisonEventsRequest(),
+            "events",
+        )
+        by_id = {p.event_id: p for p in listed}
+        assert set(by_id) == {wrong_data.id, "garbage-1", forged.id}
+        assert "OrderSagaEvent" in by_id[wrong_data.id].error
+        assert "not an event" in by_id["garbage-1"].error
+        assert "published by 'payment'" in by_id[forged.id].error
+
+        # Nothing left to deliver or to acknowledge: the poison ones were terminated.
+        async def settled() -> bool:
+            info = await js.consumer_info(events.prefix, "inventory-order")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_until(settled, message="inventory's consumer to have nothing pending")
+    finally:
+        await client.close()
+
+
+async def test_consumer_lag_is_read_from_jetstream(cluster: Cluster) -> None:
+    order = cluster.servers["order"].app
+    assert isinstance(order, DomainService) and order.relay is not None
+
+    def followers() -> set[str]:
+        assert order.relay is not None
+        return set(order.relay.lags.lags())
+
+    # Every service that reacts to order's events has a durable consumer on them.
+    reacting = {
+        name
+        for name, server in cluster.servers.items()
+        if isinstance(server.app, DomainService)
+        and any(c.producer == "order" for c in server.app.consumers)
+    }
+    assert reacting
+    found = await wait_until(
+        lambda: followers() >= reacting,
+        timeout=15,
+        message="the relay to read its consumers' lag",
+    )
+    assert found
+    assert all(lag >= 0 for lag in order.relay.lags.lags().values())
+
+
+async def test_streams_and_consumers_are_created_once_whoever_starts_first(
+    events: Events,
+) -> None:
+    first = NatsEvents(_settings(events), Identity.from_env("order"))
+    second = NatsEvents(_settings(events), Identity.from_env("inventory"))
+    try:
+        js = await first.jetstream()
+        await second.jetstream()  # the same stream again: no error, nothing changed
+        info = await js.stream_info(events.prefix)
+        assert info.config.subjects == [f"{events.prefix}.>"]
+        assert info.config.duplicate_window == 120
+    finally:
+        await first.close()
+        await second.close()
+
+
+def _settings(events: Events) -> EventSettings:
+    return EventSettings(events=events.url, events_prefix=events.prefix)
