@@ -9,6 +9,10 @@ duration or a saga count. Modes:
 - ``choreography-direct``: choreography started at the order service and observed on its
   event stream, with no coordinator at all (a diagnostic).
 
+With ``--events nats://...`` every mode but raw runs again on a second own stack whose
+services carry their events on NATS JetStream (a stream of its own, deleted after), its
+rows labelled ``<mode>/nats``.
+
 After a mode's runs the services' records are checked against the reported outcomes
 (:mod:`cli.bench_check`). ``--soak`` and ``--recovery`` replace the sweep with the
 long-run checks of :mod:`cli.bench_long`.
@@ -53,6 +57,10 @@ from cli.bench_sagas import (
 )
 from cli.bench_stack import BenchError, BenchStack, child_env
 from cli.stack import Mode
+from common.certs import OPERATOR
+from common.config import EventSettings
+from common.nats_events import delete_stream
+from common.tls import Identity
 from coordinator.postgres_log import drop_schema, is_postgres_url
 
 ORCHESTRATION, CHOREOGRAPHY, DIRECT = "orchestration", "choreography", "choreography-direct"
@@ -83,6 +91,9 @@ class BenchConfig:
     # numbers of coordinator replicas (own stack only).
     saga_log: str = ""
     replicas: tuple[int, ...] = (1,)
+    # NATS servers (nats://...): every mode but raw runs again with the services' events
+    # on NATS JetStream (own stack only).
+    events: str = ""
 
 
 @dataclass
@@ -272,8 +283,33 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
                     await _run_mode(stack, mode, config, bar, result)
                     if config.saga_log and mode in _COORDINATED:
                         await _run_on_postgres(stack, mode, config, bar, result)
+        if config.events and data_dir is not None:
+            await _run_on_nats(config, data_dir / "nats", console, result)
     add_ratios(result.rows)
     return result
+
+
+async def _run_on_nats(
+    config: BenchConfig, data_dir: Path, console: Console, result: BenchResult
+) -> None:
+    """Every mode but raw again, on a stack of its own whose services carry their events
+    on NATS JetStream (a stream of its own, deleted after); rows labelled ``<mode>/nats``."""
+    events = EventSettings(events=config.events, events_prefix=f"bench_{uuid.uuid4().hex[:12]}")
+    env = {
+        **child_env(config.traces),
+        "SAGAWIRE_EVENTS": events.events,
+        "SAGAWIRE_EVENTS_PREFIX": events.events_prefix,
+    }
+    stack = BenchStack(data_dir, env=env)
+    bar = ProgressBars(console, config.progress)
+    try:
+        async with stack:
+            with bar.progress:
+                for mode in config.modes:
+                    if mode != RAW:
+                        await _run_mode(stack, mode, config, bar, result, label=f"{mode}/nats")
+    finally:
+        await delete_stream(events, Identity.from_env(OPERATOR))
 
 
 async def _run_on_postgres(
@@ -395,6 +431,13 @@ def bench(
         str,
         typer.Option(help="With --saga-log: comma-separated numbers of coordinator replicas."),
     ] = "1",
+    events: Annotated[
+        str,
+        typer.Option(
+            help="NATS servers (nats://host:4222): every mode but raw runs again with the "
+            "services' events on NATS JetStream (own stack, a fresh stream, deleted after)."
+        ),
+    ] = "",
 ) -> None:
     """Benchmark place_order sagas: raw RPC floor vs orchestration vs choreography."""
     console = Console()
@@ -417,6 +460,16 @@ def bench(
         raise typer.BadParameter(
             "a postgresql:// URL, with the bench's own stack", param_hint="--saga-log"
         )
+    if events:
+        try:
+            on_nats = EventSettings(events=events).events_on_nats
+        except ValueError:
+            on_nats = False
+        if target is not None or not on_nats:
+            raise typer.BadParameter(
+                "nats://host:port (several comma-separated), with the bench's own stack",
+                param_hint="--events",
+            )
     try:
         replica_counts = tuple(int(n) for n in _csv(replicas, "replica count"))
     except ValueError:
@@ -441,6 +494,7 @@ def bench(
         definitions=definitions,
         saga_log=saga_log,
         replicas=replica_counts,
+        events=events,
     )
     console.print(f"[dim]machine: {machine()}[/]")
     try:

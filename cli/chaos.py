@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -42,6 +43,10 @@ from cli.chaos_report import CHAOS, REFERENCE, ModeResult, PassResult, print_rep
 from cli.chaos_schedule import ChaosEvent, draw_schedule
 from cli.chaos_state import Holdings, read_end_state, read_holdings, wait_settled
 from cli.stack import Mode
+from common.certs import OPERATOR
+from common.config import EventSettings
+from common.nats_events import delete_stream
+from common.tls import Identity
 from protos.sagawire.v1 import participant_pb2
 
 _T = TypeVar("_T")
@@ -78,6 +83,9 @@ class ChaosConfig:
     traces: bool = True
     data_dir: Path | None = None
     progress: bool = False
+    # Own stacks: the services' events on NATS JetStream (nats://...; a fresh stream per
+    # pass, deleted after), or on their gRPC streams ("").
+    events: str = ""
 
     def settings(self) -> dict[str, Any]:
         """The run's settings, as the JSON report states them."""
@@ -86,6 +94,7 @@ class ChaosConfig:
         values["reference"] = self.reference.value
         values["data_dir"] = str(self.data_dir) if self.data_dir else None
         values.pop("progress")
+        values["events"] = "nats" if self.events else "grpc"  # no credentials
         return values
 
 
@@ -112,16 +121,27 @@ def _data_dir(config: ChaosConfig, name: str) -> Iterator[Path]:
         yield Path(temp)
 
 
+def _stream_name() -> str:
+    return f"chaos_{uuid.uuid4().hex[:12]}"
+
+
 @contextlib.asynccontextmanager
 async def _stack(config: ChaosConfig, mode: Mode, label: str) -> AsyncIterator[BenchStack]:
     """A fresh own stack for one pass (or the target, for the chaos pass)."""
     target = config.target if label == CHAOS else None
     env = {**child_env(config.traces), "SAGAWIRE_SEED_FILE": str(CHAOS_SEED_FILE)}
+    events = EventSettings(events=config.events or "grpc", events_prefix=_stream_name())
+    if events.events_on_nats and target is None:
+        env.update(SAGAWIRE_EVENTS=events.events, SAGAWIRE_EVENTS_PREFIX=events.events_prefix)
     with _data_dir(config, f"{mode.value}-{label}") as data_dir:
         stack = BenchStack(None if target else data_dir, target=target, env=env)
-        async with stack:
-            await stack.use_coordinator(mode)
-            yield stack
+        try:
+            async with stack:
+                await stack.use_coordinator(mode)
+                yield stack
+        finally:
+            if events.events_on_nats and target is None:
+                await delete_stream(events, Identity.from_env(OPERATOR))
 
 
 async def _beside(driving: Awaitable[_T], blows: Awaitable[None]) -> _T:
@@ -330,6 +350,13 @@ def chaos(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: tty).")
     ] = None,
+    events: Annotated[
+        str,
+        typer.Option(
+            help="Own stacks: the services' events on NATS JetStream (nats://host:4222), a "
+            "fresh stream per pass; default: their gRPC streams."
+        ),
+    ] = "",
 ) -> None:
     """Place seeded orders under faults, kills and stream cuts; check nothing was lost."""
     console = Console()
@@ -339,6 +366,16 @@ def chaos(
         raise typer.BadParameter(
             "kills need the run's own stack: add --kills-coordinator 0 --kills-participant 0"
         )
+    if events:
+        try:
+            on_nats = EventSettings(events=events).events_on_nats
+        except ValueError:
+            on_nats = False
+        if target is not None or not on_nats:
+            raise typer.BadParameter(
+                "nats://host:port (several comma-separated), with the run's own stacks",
+                param_hint="--events",
+            )
     config = ChaosConfig(
         modes=_modes(mode),
         seed=seed,
@@ -356,6 +393,7 @@ def chaos(
         traces=traces,
         data_dir=data,
         progress=console.is_terminal if progress is None else progress,
+        events=events,
     )
     console.print(f"[dim]machine: {machine()}[/]")
     loop = "open loop" if open_loop else f"closed loop, {concurrency} in flight"

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from common.admin import StreamCuts
 from common.config import EventSettings
 from common.metrics import ConsumerLags
 from common.outbox import Outbox
@@ -104,8 +105,12 @@ class EventTransport(Protocol):
 
     def follower(self, follow: Follow) -> Follower: ...
 
-    def relay(self, source: str, outbox: Outbox, db: Database) -> Relay | None:
-        """What publishes ``source``'s outbox, if this transport needs one (gRPC serves it)."""
+    def relay(
+        self, source: str, outbox: Outbox, db: Database, cuts: StreamCuts | None = None
+    ) -> Relay | None:
+        """What publishes ``source``'s outbox, if this transport needs one (gRPC serves it).
+
+        ``cuts``: an operator's Admin.CutStreams restarts it from its stored position."""
         ...
 
 
@@ -138,7 +143,9 @@ class GrpcEvents:
             match_headers=follow.match_headers,
         )
 
-    def relay(self, source: str, outbox: Outbox, db: Database) -> Relay | None:
+    def relay(
+        self, source: str, outbox: Outbox, db: Database, cuts: StreamCuts | None = None
+    ) -> Relay | None:
         return None  # the service's EventStream serves its outbox
 
 

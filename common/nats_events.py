@@ -13,8 +13,8 @@ consumer are created at start if missing, and creating them again is a no-op.
 
 **The relay** (:class:`NatsRelay`, one per producer) reads committed outbox events in
 sequence order, publishes each with ``Nats-Msg-Id`` = the event id and waits for the
-stream's acknowledgements, then moves its position, kept in the producer's own store
-(``outbox_relay``). A relay that dies between a publish and the position's commit
+stream's acknowledgements, then moves its position, stored in the producer's own store
+(``outbox_relay``) in the background. A relay that dies before its position is stored
 publishes those events again after its restart; JetStream drops them as duplicates
 (within the stream's duplicate window), and a consumer that still saw one skips it
 through its inbox. The relay is a reader of the outbox like a stream follower, so
@@ -70,6 +70,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from common.admin import StreamCuts
 from common.config import EventSettings
 from common.errors import Transient
 from common.event_transport import Follow
@@ -224,8 +225,12 @@ class NatsEvents:
                 self._stream_ready = True
             return self._js
 
-    async def _connect(self) -> Client:
+    async def _connect(self, reconnect: bool = True) -> Client:
+        """A connection that waits for the server and reconnects forever; or, without
+        ``reconnect``, one attempt (for a command that does one thing and ends)."""
         options: dict[str, Any] = {}
+        if not reconnect:
+            options.update(allow_reconnect=False, max_reconnect_attempts=0)
         if any(url.startswith("tls://") for url in self.servers):
             options["tls"] = self._tls_context()
         if self._credentials is not None:
@@ -250,11 +255,10 @@ class NatsEvents:
             name=f"sagawire-{self._identity.name}",
             connect_timeout=2,
             reconnect_time_wait=1,
-            max_reconnect_attempts=-1,  # also waits for a server that is not up yet
+            **{"max_reconnect_attempts": -1, **options},  # -1: waits for a server not up yet
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             error_cb=error,
-            **options,
         )
         log.info("connected to NATS servers=%s stream=%s", ",".join(self.servers), self.stream)
         return client
@@ -281,8 +285,10 @@ class NatsEvents:
             # It exists with other limits (another version set them): ours from now on.
             await js.update_stream(config)
 
-    def relay(self, source: str, outbox: Outbox, db: Database) -> NatsRelay:
-        return NatsRelay(self, source, outbox, db)
+    def relay(
+        self, source: str, outbox: Outbox, db: Database, cuts: StreamCuts | None = None
+    ) -> NatsRelay:
+        return NatsRelay(self, source, outbox, db, cuts)
 
     def follower(self, follow: Follow) -> NatsFollower:
         return NatsFollower(self, follow)
@@ -305,13 +311,24 @@ class NatsLags:
 class NatsRelay:
     """Publishes one producer's committed outbox events to the stream, in order."""
 
-    def __init__(self, events: NatsEvents, source: str, outbox: Outbox, db: Database) -> None:
+    def __init__(
+        self,
+        events: NatsEvents,
+        source: str,
+        outbox: Outbox,
+        db: Database,
+        cuts: StreamCuts | None = None,
+    ) -> None:
         self._events = events
         self._source = source
         self._outbox = outbox
         self._db = db
+        # Admin.CutStreams (a chaos drill) restarts the relay from its stored position:
+        # what it publishes again, the stream drops as duplicates.
+        self._cuts = cuts or StreamCuts()
         self.lags = NatsLags()
         self.published = 0  # the last outbox sequence the stream acknowledged
+        self._moved = asyncio.Event()  # ``published`` moved since it was last stored
         self._reader = f"nats-relay-{events.stream}"
 
     async def run(self) -> None:
@@ -320,7 +337,27 @@ class NatsRelay:
         self.published = await self._db.read(self._position)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._keep_publishing(), name=f"relay-{self._source}")
+            tasks.create_task(self._keep_saving(), name=f"relay-position-{self._source}")
             tasks.create_task(self._keep_reading_lags(), name=f"relay-lags-{self._source}")
+
+    async def _keep_saving(self) -> None:
+        """Store the position as it moves, one transaction at a time, off the publishing
+        path (a commit per round would put an fsync before every next event). A position
+        not yet stored when the process dies costs a re-publish the stream drops."""
+        saved = self.published
+        while True:
+            await self._moved.wait()
+            self._moved.clear()
+            position = self.published
+            if position <= saved:
+                continue
+            try:
+                await self._db.transaction(partial(self._save, sequence=position))
+                saved = position
+            except Exception as error:  # a busy store: the next move tries again
+                log.warning("relay position not saved producer=%s: %r", self._source, error)
+                self._moved.set()
+                await asyncio.sleep(1.0)
 
     async def _keep_publishing(self) -> None:
         # Whatever stops it (the broker, the store), a stopped relay would stop every
@@ -357,8 +394,18 @@ class NatsRelay:
 
     async def _publish(self) -> None:
         js = await self._events.jetstream()
-        position = self.published
+        position = self.published = await self._db.read(self._position)
+        generation = self._cuts.generation
+        self._cuts.open += 1
+        try:
+            await self._publish_from(js, position, generation)
+        finally:
+            self._cuts.open -= 1
+
+    async def _publish_from(self, js: JetStreamContext, position: int, generation: int) -> None:
         while not self._outbox.closed:
+            if self._cuts.generation != generation:
+                raise Transient("the relay was cut by an operator")
             seen = self._outbox.stamp()
             events, scanned, complete = await self._outbox.read_notified(
                 position + 1, BATCH_SIZE, reader=self._reader
@@ -375,9 +422,8 @@ class NatsRelay:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                     await asyncio.gather(*pending)
             if scanned > position:
-                position = scanned
-                await self._db.transaction(partial(self._save, sequence=scanned))
-                self.published = position
+                position = self.published = scanned
+                self._moved.set()  # saved in the background: see _keep_saving
             if complete:
                 await self._outbox.wait_for_commit(seen, IDLE_RECHECK_SECONDS)
 
@@ -544,3 +590,15 @@ class NatsFollower:
             for msg in messages:
                 with contextlib.suppress(nats.errors.Error):
                     await msg.in_progress()
+
+
+async def delete_stream(settings: EventSettings, identity: Identity) -> None:
+    """Delete the stream the settings name, with its consumers (a bench's or a chaos
+    pass's own, once its stack stopped); nothing if it is not there."""
+    events = NatsEvents(settings, identity)
+    client = await events._connect(reconnect=False)
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await client.jetstream().delete_stream(events.stream)
+    finally:
+        await client.close()

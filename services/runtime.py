@@ -106,7 +106,9 @@ class DomainService:
             settings, Identity(spec.name, settings), server_options(settings)
         )
         # What publishes the outbox when the transport is not the service's own stream.
-        self.relay: Relay | None = self.transport.relay(spec.name, self.outbox, self.db)
+        self.relay: Relay | None = self.transport.relay(
+            spec.name, self.outbox, self.db, self.stream_cuts
+        )
         self._relay_task: asyncio.Task[None] | None = None
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
         self.runner = ActionRunner(

@@ -19,6 +19,7 @@ from common.config import EventSettings
 from common.nats_events import MSG_ID_HEADER, NatsEvents, encode
 from common.tls import Identity
 from protos.sagawire.v1 import (
+    admin_pb2,
     common_pb2,
     events_pb2,
     events_pb2_grpc,
@@ -29,6 +30,7 @@ from protos.sagawire.v1 import (
 from services import saga_events
 from services.choreography import CHOREOGRAPHED_ONLY
 from services.runtime import DomainService
+from tests.event_support import create_order_request
 from tests.nats_support import Events, events_over
 from tests.support import Cluster, listing, start_cluster, wait_until
 
@@ -171,3 +173,24 @@ async def test_streams_and_consumers_are_created_once_whoever_starts_first(
 
 def _settings(events: Events) -> EventSettings:
     return EventSettings(events=events.url, events_prefix=events.prefix)
+
+
+async def test_a_cut_relay_starts_over_and_the_stream_keeps_each_event_once(
+    cluster: Cluster, events: Events
+) -> None:
+    coordinator = cluster.participant("order")
+    first = create_order_request()
+    await coordinator.Execute(first)
+
+    async def reserved(count: int) -> bool:
+        stock = await cluster.inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-MUG"))
+        return bool(stock.reserved == count)
+
+    await wait_until(lambda: reserved(1), timeout=20, message="the first order's reservation")
+    cut = await cluster.admin("order").CutStreams(admin_pb2.CutStreamsRequest())
+    assert cut.streams >= 1  # the relay counts as one
+    second = create_order_request()
+    await coordinator.Execute(second)
+    await wait_until(lambda: reserved(2), timeout=20, message="the second order's reservation")
+    counts = await events.message_counts("order.>")
+    assert sum(n for s, n in counts.items() if s.endswith(".order.created")) == 2
