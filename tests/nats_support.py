@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import ssl
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,20 +122,44 @@ async def events_over(transport: str, url: str = NATS_URL) -> AsyncIterator[Even
                 await client.close()
 
 
-class PrivateNats:
-    """A nats-server with JetStream of this test's own: it may stop and restart it."""
+@dataclass(frozen=True)
+class ServerTls:
+    """A TLS server's certificate and key, and the CA its clients' certificates must
+    come from (mutual TLS)."""
 
-    def __init__(self, directory: Path, env: Mapping[str, str] | None = None) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class PrivateNats:
+    """A nats-server with JetStream of this test's own: it may stop and restart it.
+
+    With ``tls``, it speaks only mutual TLS (``tls://`` URL)."""
+
+    def __init__(self, directory: Path, tls: ServerTls | None = None) -> None:
         if not Path(NATS_SERVER).exists():
             _unavailable(f"no nats-server at {NATS_SERVER}: apt-get install nats-server")
         self.port = free_port()
         self.store = directory / "nats-store"
         self.log_file = directory / "nats-server.log"
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'tls' if tls else 'nats'}://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """What the probe presents: the server's own certificate will do (same CA)."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(self.tls.cert, self.tls.key)
+        return context
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         args = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        if self.tls is not None:
+            args += ["--tlsverify", "--tlscert", str(self.tls.cert), "--tlskey", str(self.tls.key)]
+            args += ["--tlscacert", str(self.tls.ca)]
         return subprocess.Popen(
             [NATS_SERVER, *args, "-l", str(self.log_file)],
             stdin=subprocess.DEVNULL,
@@ -149,7 +174,11 @@ class PrivateNats:
         async def answers() -> bool:
             try:
                 client = await nats.connect(
-                    self.url, connect_timeout=1, allow_reconnect=False, error_cb=_quiet
+                    self.url,
+                    connect_timeout=1,
+                    allow_reconnect=False,
+                    error_cb=_quiet,
+                    tls=self.client_tls(),
                 )
             except (nats.errors.Error, OSError, TimeoutError):
                 return False

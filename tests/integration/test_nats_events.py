@@ -7,15 +7,18 @@ the order service's subjects, as only a broken or hostile publisher would.
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
 from google.protobuf.message import Message
 
-from common.config import EventSettings
+from common.certs import ensure_certs
+from common.config import EventSettings, TlsSettings
 from common.nats_events import MSG_ID_HEADER, NatsEvents, encode
 from common.tls import Identity
 from protos.sagawire.v1 import (
@@ -31,7 +34,7 @@ from services import saga_events
 from services.choreography import CHOREOGRAPHED_ONLY
 from services.runtime import DomainService
 from tests.event_support import create_order_request
-from tests.nats_support import Events, events_over
+from tests.nats_support import Events, PrivateNats, ServerTls, events_over
 from tests.support import Cluster, listing, start_cluster, wait_until
 
 
@@ -194,3 +197,36 @@ async def test_a_cut_relay_starts_over_and_the_stream_keeps_each_event_once(
     await wait_until(lambda: reserved(2), timeout=20, message="the second order's reservation")
     counts = await events.message_counts("order.>")
     assert sum(n for s, n in counts.items() if s.endswith(".order.created")) == 2
+
+
+async def test_over_tls_each_service_presents_its_own_certificate(tmp_path: Path) -> None:
+    certs = TlsSettings().certs_directory  # the session's CA (tests/conftest.py)
+    ensure_certs(certs, ["nats"])  # the server's certificate, from the same CA
+    tls = ServerTls(certs / "nats.crt", certs / "nats.key", certs / "ca.crt")
+    server = PrivateNats(tmp_path, tls)
+    await server.start()
+    try:
+        assert server.url.startswith("tls://")
+        events = Events("nats", server.url, "tls")
+        cluster = await start_cluster(
+            tmp_path / "services", names=("order", "inventory"), overrides=events.settings()
+        )
+        try:
+            await cluster.participant("order").Execute(create_order_request(sku="SKU-BOOK"))
+            stock = inventory_pb2.GetStockRequest(sku="SKU-BOOK")
+
+            async def reserved() -> bool:
+                return bool((await cluster.inventory.GetStock(stock)).reserved == 1)
+
+            await wait_until(reserved, timeout=20, message="inventory to react over TLS")
+        finally:
+            await cluster.stop()
+        # Without a certificate of the stack's CA, the server refuses the connection.
+        anonymous = ssl.create_default_context(cafile=str(tls.ca))
+        with pytest.raises((nats.errors.Error, OSError, ssl.SSLError)):
+            client = await nats.connect(
+                server.url, tls=anonymous, allow_reconnect=False, connect_timeout=2
+            )
+            await client.jetstream().account_info()
+    finally:
+        server.stop()
