@@ -109,6 +109,9 @@ class Console:
         self._clock = clock
         self._roles: dict[str, _Remembered] = {}
         self._definitions: _Remembered | None = None
+        # Set when the server is asked to stop: every open stream ends, so none holds
+        # the shutdown up (a browser's EventSource would otherwise keep it open).
+        self.stopping = asyncio.Event()
 
     def token(self, request: Request) -> UserToken:
         return user_token(request, self.held)
@@ -238,14 +241,18 @@ class Console:
         await self.coordinator.get_saga(saga_id, token)  # NOT_FOUND before any stream
         return stream(self._follow(saga_id, token))
 
-    async def _follow(self, saga_id: str, token: str | None) -> AsyncIterator[Event]:
+    async def _follow(self, saga_id: str, token: str | None) -> AsyncGenerator[Event]:
         """The saga's transitions and, after each batch of them, the saga; again after a
         broken stream, from where it broke; until the saga is settled."""
-        sent = 0
+        sent, broken = 0, False
         while True:
             ended = False
             try:
-                async for batch in _batches(self.coordinator.watch_saga(saga_id, token)):
+                transitions = self.coordinator.watch_saga(saga_id, token)
+                async for batch in _batches(transitions, self.stopping):
+                    if broken:
+                        broken = False
+                        yield ("resumed", {})
                     if batch is None:
                         yield ("", None)  # nothing for a while: a heartbeat
                         continue
@@ -260,11 +267,18 @@ class Console:
                 yield ("problem", {"error": error.code, "message": error.message})
                 if error.code not in _PASSING:
                     return
+                broken = True
+                # No stream for now (the coordinator restarting, its stream slots taken):
+                # the saga as it stands, read again each time round.
+                with contextlib.suppress(CoordinatorError):
+                    yield ("saga", await self._saga(saga_id, token))
             if ended:
-                yield ("saga", await self._saga(saga_id, token))
-                yield ("end", {"sequence": sent})
+                if not self.stopping.is_set():
+                    yield ("saga", await self._saga(saga_id, token))
+                    yield ("end", {"sequence": sent})
                 return
-            await asyncio.sleep(self.poll_seconds)
+            if await self._pause(self.poll_seconds):
+                return
 
     async def retry(self, request: Request) -> JSONResponse:
         token = self.token(request).token
@@ -298,6 +312,13 @@ class Console:
 
         return stream(self._polled("breakers", read))
 
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``; True if the server is stopping (then at once)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
+        return self.stopping.is_set()
+
     async def _polled(self, name: str, read: Callable[[], Awaitable[Any]]) -> AsyncGenerator[Event]:
         """``read()`` every ``poll_seconds``, sent when it changed; a heartbeat otherwise."""
         last, quiet_since = None, self._clock()
@@ -313,17 +334,19 @@ class Console:
             elif self._clock() - quiet_since > HEARTBEAT_SECONDS:
                 quiet_since = self._clock()
                 yield ("", None)
-            await asyncio.sleep(self.poll_seconds)
+            if await self._pause(self.poll_seconds):
+                return
 
     async def index(self, request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 
 
 async def _batches(
-    transitions: AsyncIterator[pb.SagaTransition],
+    transitions: AsyncIterator[pb.SagaTransition], stopping: asyncio.Event
 ) -> AsyncIterator[list[pb.SagaTransition] | None]:
     """What arrived together, as one list; None after HEARTBEAT_SECONDS of nothing.
-    Raises what the stream raised, once what came before it was given."""
+    Raises what the stream raised, once what came before it was given; ends when the
+    stream does or ``stopping`` is set."""
     queue: asyncio.Queue[pb.SagaTransition | BaseException | None] = asyncio.Queue()
 
     async def pump() -> None:
@@ -334,7 +357,11 @@ async def _batches(
         except Exception as error:  # handed to the reader, who raises it
             await queue.put(error)
 
-    task = asyncio.create_task(pump())
+    async def stop() -> None:
+        await stopping.wait()
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(stop())]
     try:
         while True:
             try:
@@ -355,9 +382,10 @@ async def _batches(
                 if item is None:
                     return
     finally:
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def stream(events: AsyncIterator[Event]) -> StreamingResponse:
@@ -444,11 +472,8 @@ async def _coordinator_error(request: Request, error: Exception) -> Response:
 
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
-    return JSONResponse(
-        {"error": "BAD_REQUEST" if error.status_code == 400 else str(error.status_code),
-         "message": error.detail},
-        status_code=error.status_code,
-    )  # fmt: skip
+    code = "BAD_REQUEST" if error.status_code == 400 else str(error.status_code)
+    return JSONResponse({"error": code, "message": error.detail}, status_code=error.status_code)
 
 
 class _SecurityHeaders:
@@ -486,6 +511,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         console.coordinator = connect()
+        console.stopping = asyncio.Event()  # in the server's event loop
         try:
             yield
         finally:
@@ -509,7 +535,7 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     holds = held is not None and held.present
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(_SecurityHeaders),
@@ -521,3 +547,5 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    app.state.console = console
+    return app

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-NODE_WIDTH = 200
+NODE_WIDTH = 214
 NODE_HEIGHT = 68
 GAP_X = 70
 GAP_Y = 34

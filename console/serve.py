@@ -8,6 +8,7 @@ uvicorn until SIGTERM or Ctrl-C, which close its streams within a second or two.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -15,12 +16,13 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
 from common.tls import Identity
 from console.access import HeldCredential, is_loopback
-from console.app import create_app
+from console.app import Console, create_app
 from console.coordinator import GrpcCoordinator
 from console.traces import TraceSource
 
@@ -118,13 +120,23 @@ def run(settings: ConsoleSettings) -> None:
         proxy_headers=False,
         server_header=False,
     )
-    _Server(config).run(sockets=[sock])
+    _Server(config, app.state.console).run(sockets=[sock])
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, stopped by SIGTERM or Ctrl-C like every Sagawire process: a clean
-    stop exits 0 (uvicorn raises the signal again once it stopped, so the exit status
-    would say "killed")."""
+    """uvicorn's server, stopped by SIGTERM or Ctrl-C like every Sagawire process: open
+    streams end at once (uvicorn would wait for browsers to close them), and a clean stop
+    exits 0 (uvicorn raises the signal again once it stopped, so the exit status would
+    say "killed")."""
+
+    def __init__(self, config: uvicorn.Config, console: Console) -> None:
+        super().__init__(config)
+        self._console = console
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        with contextlib.suppress(RuntimeError):  # no loop running yet, or any more
+            asyncio.get_running_loop().call_soon_threadsafe(self._console.stopping.set)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -74,9 +74,13 @@ def when(stamp: timestamp_pb2.Timestamp) -> datetime | None:
     return stamp.ToDatetime(UTC) if stamp.seconds or stamp.nanos else None
 
 
-def iso(stamp: timestamp_pb2.Timestamp) -> str | None:
-    moment = when(stamp)
+def text(moment: datetime | None) -> str | None:
+    """A time as ISO-8601 UTC with milliseconds (``2026-01-01T12:00:00.000Z``)."""
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
+
+
+def iso(stamp: timestamp_pb2.Timestamp) -> str | None:
+    return text(when(stamp))
 
 
 def millis(start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp) -> float | None:
@@ -207,14 +211,8 @@ def saga_detail(saga: pb.Saga) -> Json:
             {
                 "wave": c.wave,
                 "step": c.step,
-                "started_at": c.started_at.isoformat(timespec="milliseconds").replace(
-                    "+00:00", "Z"
-                ),
-                "finished_at": (
-                    c.finished_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-                    if c.finished_at
-                    else None
-                ),
+                "started_at": text(c.started_at),
+                "finished_at": text(c.finished_at),
             }
             for c in waves
         ],
@@ -281,7 +279,7 @@ def definition(value: pb.Definition) -> Json:
                 "after": list(s.after),
                 "pivot": s.pivot,
                 "forward_only": s.forward_only,
-                "status": "pending",
+                "status": "",
                 "attempts": [],
                 "events": [],
             }

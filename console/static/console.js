@@ -356,12 +356,12 @@ function drawGraph(detail, onPick, picked) {
   }
   for (const node of g.nodes) {
     const step = steps[node.name];
-    const classes = ["node", `status-${step.status}`];
+    const classes = ["node", `status-${step.status || "declared"}`];
     if (step.failed_here) classes.push("failed-here");
     if (node.name === picked) classes.push("selected");
     const group = sv("g", {
       class: classes.join(" "), transform: `translate(${node.x} ${node.y})`,
-      "data-step": node.name, "data-status": step.status, "data-pivot": step.pivot ? "true" : "false",
+      "data-step": node.name, "data-status": step.status || "declared", "data-pivot": step.pivot ? "true" : "false",
       tabindex: 0, onclick: () => onPick && onPick(node.name),
     });
     const tip = [`${step.name}: ${step.participant}.${step.action}`, `status: ${step.status}`];
@@ -374,9 +374,9 @@ function drawGraph(detail, onPick, picked) {
       sv("rect", { class: "node-box", width: node.width, height: node.height, rx: 10 }),
       sv("text", { class: "node-title", x: 12, y: 21 }, step.name),
       sv("text", { class: "node-sub", x: 12, y: 37 },
-        clip(`${step.participant}.${step.action}${step.compensation ? " / " + step.compensation : ""}`, 30)),
-      sv("text", { class: "node-status", x: node.width - 10, y: 56, "text-anchor": "end" },
-        step.status.replaceAll("_", " ")));
+        clip(`${step.participant}.${step.action}${step.compensation ? " / " + step.compensation : ""}`, 34)),
+      step.status ? sv("text", { class: "node-status", x: node.width - 10, y: 56, "text-anchor": "end" },
+        step.status.replaceAll("_", " ")) : null);
     step.attempts.slice(0, 12).forEach((a, i) => {
       const x = 16 + i * 13;
       const cls = `dot o-${a.outcome}`;
@@ -551,13 +551,18 @@ async function sagaView(sagaId) {
         addTransition(t);
       },
       saga: (d) => { detail = d; draw(); },
+      resumed: () => head.querySelector("#stream-problem")?.remove(),
       end: () => {
         live.setAttribute("data-state", "settled");
         live.textContent = "settled";
         // The last spans are flushed a moment after the saga settles.
         setTimeout(loadTrace, traceLoaded ? 0 : 1500);
       },
-      problem: (p) => head.append(el("div", { class: "note" }, `${p.error}: ${p.message}`)),
+      problem: (p) => {
+        head.querySelector("#stream-problem")?.remove();
+        head.append(el("div", { class: "note", id: "stream-problem" },
+          `Live updates interrupted (${p.error}: ${p.message}); trying again.`));
+      },
     }, live);
   }
 

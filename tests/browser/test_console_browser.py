@@ -192,6 +192,9 @@ async def test_retry_is_an_operators_only(tmp_path: Path, browser: BrowserContex
         )
         assert refused == 403
         assert (await stack.saga(stuck.saga_id)).status == pb.SAGA_STATUS_NEEDS_ATTENTION
+        await go(page, "#/breakers")
+        await page.wait_for_selector('[data-problem="PERMISSION_DENIED"]')
+        await go(page, f"#/sagas/{stuck.saga_id}")
 
         # Signed out, the console's own operator credential: the button, and it works.
         await page.click("#signout")
@@ -204,5 +207,11 @@ async def test_retry_is_an_operators_only(tmp_path: Path, browser: BrowserContex
             'g.node[data-step="charge_payment"][data-status="compensated"]'
         )
         assert (await stack.saga(stuck.saga_id)).status == pb.SAGA_STATUS_COMPENSATED
+        # The breakers, live: payment's saw the refunds fail.
+        await go(page, "#/breakers")
+        for participant in ("order", "inventory", "payment", "shipping"):
+            await page.wait_for_selector(
+                f'tr[data-participant="{participant}"][data-state="closed"]'
+            )
         # The browser logs the refused fetch above; nothing else went wrong.
         assert [p for p in problems if "status of 403" not in p] == []

@@ -114,6 +114,8 @@ class FakeCoordinator:
 
     calls: list[tuple[str, str | None, Any]] = field(default_factory=list)
     transitions: list[pb.SagaTransition] = field(default_factory=list)
+    # WatchSaga refused this many times first (UNAVAILABLE), as while the coordinator restarts.
+    watch_refusals: int = 0
     closed: bool = False
 
     def _check(self, method: str, token: str | None, request: Any = None) -> None:
@@ -149,6 +151,10 @@ class FakeCoordinator:
 
     async def watch_saga(self, saga_id: str, token: str | None) -> AsyncIterator[pb.SagaTransition]:
         self._check("WatchSaga", token, saga_id)
+        if self.watch_refusals:
+            self.watch_refusals -= 1
+            yield self.transitions[0]
+            raise CoordinatorError("UNAVAILABLE", "the coordinator is restarting")
         for item in self.transitions:
             yield item
 
@@ -400,6 +406,17 @@ def test_a_saga_streams_its_transitions_then_itself_until_settled(
         "step_succeeded",
     ]
     assert events[-1][1] == {"sequence": 3}
+    # A stream that breaks is opened again: the saga meanwhile, then only what is new.
+    fake.watch_refusals = 2
+    with console.stream("GET", f"/api/sagas/{SAGA_ID}/stream") as answer:
+        events = events_of("".join(answer.iter_text()))
+    kinds = [name for name, _ in events]
+    assert kinds[:4] == ["transition", "saga", "problem", "saga"]
+    assert events[2][1]["error"] == "UNAVAILABLE"
+    assert kinds.count("transition") == 3
+    assert kinds.count("problem") == kinds.count("resumed") == 2
+    assert [d["sequence"] for name, d in events if name == "transition"] == [1, 2, 3]
+    assert kinds[-1] == "end"
     # Not hers: NOT_FOUND before any stream opens.
     alice = {"authorization": f"Bearer {ALICE}"}
     assert console.get(f"/api/sagas/{SAGA_ID}/stream", headers=alice).status_code == 404
