@@ -476,6 +476,8 @@ def bench(
         raise typer.BadParameter("integers, e.g. 1,2", param_hint="--replicas") from None
     if any(n < 1 or n > 8 for n in replica_counts):
         raise typer.BadParameter("between 1 and 8", param_hint="--replicas")
+    if replica_counts != (1,) and not saga_log:
+        raise typer.BadParameter("replicas share a --saga-log", param_hint="--replicas")
     definitions = dict(s.partition("=")[::2] for s in saga or ())
     config = BenchConfig(
         modes=modes,

@@ -259,17 +259,26 @@ class BenchStack:
         if not coordinator_installed():
             raise BenchError("the coordinator is not installed (no coordinator/__main__.py)")
         await self.stop_coordinator()
-        env, self._env = self._env, {**self._env, **self._log_env}
+        env = self._env
         try:
+            self._env = self._replica_env(1)
             self._coordinator = self._spawn(COORDINATOR, mode)
             self._running_log = wanted
             names = [f"{COORDINATOR}-{n}" for n in range(2, self._replicas + 1)]
-            for port in free_ports(names).values():
+            for number, port in enumerate(free_ports(names).values(), 2):
+                self._env = self._replica_env(number)
                 self._more.append(self._spawn_replica(mode, port))
         finally:
             self._env = env
         self.coordinator_mode = mode
         await asyncio.gather(*(c.wait_serving() for c in [self._coordinator, *self._more]))
+
+    def _replica_env(self, number: int) -> dict[str, str]:
+        """The environment of coordinator replica ``number``: the log's, and on a shared
+        log a stable name, so a replica restarted after a kill takes its sagas back at once."""
+        if not self._log_env:
+            return dict(self._env)
+        return {**self._env, **self._log_env, "SAGAWIRE_REPLICA_ID": f"{COORDINATOR}-{number}"}
 
     def _spawn_replica(self, mode: Mode, port: int) -> Child:
         """Another coordinator on the same log and data dir, on its own port."""
@@ -301,12 +310,23 @@ class BenchStack:
         self._coordinator.kill()
 
     async def restart_coordinator(self) -> None:
-        """After :meth:`kill_coordinator`: start it again on the same port and store."""
+        """After :meth:`kill_coordinator`: start it again on the same port and store.
+        With replicas, only the first (the one killed) restarts; the others go on."""
         mode = self.coordinator_mode
         if mode is None:
             raise BenchError("no coordinator to restart")
-        await self.stop_coordinator()  # reaps the killed process
-        await self.use_coordinator(mode)
+        if not self._more:
+            await self.stop_coordinator()  # reaps the killed process
+            await self.use_coordinator(mode)
+            return
+        if self._coordinator is not None:
+            await self._coordinator.stop()  # reaps the killed process
+        env, self._env = self._env, self._replica_env(1)
+        try:
+            self._coordinator = self._spawn(COORDINATOR, mode)
+        finally:
+            self._env = env
+        await self._coordinator.wait_serving()
 
     def kill_service(self, name: str) -> None:
         """SIGKILL one domain service of the own stack: no shutdown code runs, like a crash."""

@@ -47,6 +47,7 @@ from common.certs import OPERATOR
 from common.config import EventSettings
 from common.nats_events import delete_stream
 from common.tls import Identity
+from coordinator.postgres_log import drop_schema, is_postgres_url
 from protos.sagawire.v1 import participant_pb2
 
 _T = TypeVar("_T")
@@ -86,6 +87,10 @@ class ChaosConfig:
     # Own stacks: the services' events on NATS JetStream (nats://...; a fresh stream per
     # pass, deleted after), or on their gRPC streams ("").
     events: str = ""
+    # A PostgreSQL saga log shared by this many coordinator replicas (own stacks: a fresh
+    # schema per pass, dropped after); the kills hit the first replica.
+    saga_log: str = ""
+    replicas: int = 1
 
     def settings(self) -> dict[str, Any]:
         """The run's settings, as the JSON report states them."""
@@ -95,6 +100,7 @@ class ChaosConfig:
         values["data_dir"] = str(self.data_dir) if self.data_dir else None
         values.pop("progress")
         values["events"] = "nats" if self.events else "grpc"  # no credentials
+        values["saga_log"] = "postgresql" if self.saga_log else "sqlite"  # no credentials
         return values
 
 
@@ -133,13 +139,21 @@ async def _stack(config: ChaosConfig, mode: Mode, label: str) -> AsyncIterator[B
     events = EventSettings(events=config.events or "grpc", events_prefix=_stream_name())
     if events.events_on_nats and target is None:
         env.update(SAGAWIRE_EVENTS=events.events, SAGAWIRE_EVENTS_PREFIX=events.events_prefix)
+    schema = f"chaos_{uuid.uuid4().hex[:12]}"
     with _data_dir(config, f"{mode.value}-{label}") as data_dir:
         stack = BenchStack(None if target else data_dir, target=target, env=env)
+        if config.saga_log and target is None:
+            stack.use_saga_log(
+                {"SAGAWIRE_SAGA_LOG": config.saga_log, "SAGAWIRE_SAGA_LOG_SCHEMA": schema},
+                config.replicas,
+            )
         try:
             async with stack:
                 await stack.use_coordinator(mode)
                 yield stack
         finally:
+            if config.saga_log and target is None:
+                await drop_schema(config.saga_log, schema)
             if events.events_on_nats and target is None:
                 await delete_stream(events, Identity.from_env(OPERATOR))
 
@@ -201,7 +215,7 @@ async def _pass(
         with bars.task(f"{mode.value} {label}", float(len(plan.orders))) as update:
             placements = await _beside(
                 drive(
-                    stack.coordinator_address,
+                    stack.coordinator_addresses,
                     stack.token,
                     plan,
                     run_id,
@@ -357,6 +371,19 @@ def chaos(
             "fresh stream per pass; default: their gRPC streams."
         ),
     ] = "",
+    saga_log: Annotated[
+        str,
+        typer.Option(
+            help="Own stacks: the coordinator's saga log in PostgreSQL (postgresql://...), "
+            "a fresh schema per pass."
+        ),
+    ] = "",
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, max=8, help="With --saga-log: coordinator replicas (kills hit the first)."
+        ),
+    ] = 1,
 ) -> None:
     """Place seeded orders under faults, kills and stream cuts; check nothing was lost."""
     console = Console()
@@ -376,6 +403,12 @@ def chaos(
                 "nats://host:port (several comma-separated), with the run's own stacks",
                 param_hint="--events",
             )
+    if saga_log and (target is not None or not is_postgres_url(saga_log)):
+        raise typer.BadParameter(
+            "a postgresql:// URL, with the run's own stacks", param_hint="--saga-log"
+        )
+    if replicas > 1 and not saga_log:
+        raise typer.BadParameter("replicas share a --saga-log", param_hint="--replicas")
     config = ChaosConfig(
         modes=_modes(mode),
         seed=seed,
@@ -394,6 +427,8 @@ def chaos(
         data_dir=data,
         progress=console.is_terminal if progress is None else progress,
         events=events,
+        saga_log=saga_log,
+        replicas=replicas,
     )
     console.print(f"[dim]machine: {machine()}[/]")
     loop = "open loop" if open_loop else f"closed loop, {concurrency} in flight"

@@ -16,9 +16,10 @@ clock the chaos schedule runs on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -130,8 +131,24 @@ def _request(order: PlannedOrder, key: str) -> coordinator_pb2.PlaceOrderRequest
     )
 
 
+class _RoundRobin:
+    """Stands for a coordinator stub: each call goes to the next replica in turn, so a
+    retry after a replica died goes to another one."""
+
+    def __init__(self, stubs: Sequence[coordinator_pb2_grpc.CoordinatorStub]) -> None:
+        self._turn = itertools.cycle(stubs)
+
+    def PlaceOrder(
+        self, request: coordinator_pb2.PlaceOrderRequest, timeout: float
+    ) -> Awaitable[coordinator_pb2.PlaceOrderResponse]:
+        reply: Awaitable[coordinator_pb2.PlaceOrderResponse] = next(self._turn).PlaceOrder(
+            request, timeout=timeout
+        )
+        return reply
+
+
 async def place(
-    stub: coordinator_pb2_grpc.CoordinatorStub,
+    stub: coordinator_pb2_grpc.CoordinatorStub | _RoundRobin,
     order: PlannedOrder,
     placement: Placement,
     give_up_after: float,
@@ -170,7 +187,7 @@ async def place(
 
 
 async def drive(
-    coordinator: str,
+    coordinator: str | Sequence[str],
     token: str | None,
     plan: Plan,
     run_id: str,
@@ -182,12 +199,23 @@ async def drive(
 ) -> list[Placement]:
     """Place every order of ``plan``: ``concurrency`` at a time (closed loop), or all at
     once when ``concurrency`` is None (open loop); every call carries ``token`` (the
-    operator's bearer token). Returns one placement per order."""
+    operator's bearer token); several ``coordinator`` addresses (replicas sharing one
+    log) take the calls in turn. Returns one placement per order."""
     placements = [Placement(o.number, order_key(run_id, o.number)) for o in plan.orders]
     numbers = iter(range(len(plan.orders)))
     workers = len(plan.orders) if concurrency is None else min(concurrency, len(plan.orders))
-    async with open_channel(coordinator, "coordinator") as channel:
-        stub = with_token(coordinator_pb2_grpc.CoordinatorStub(channel), token)
+    addresses = [coordinator] if isinstance(coordinator, str) else list(coordinator)
+    async with contextlib.AsyncExitStack() as channels:
+        stubs = [
+            with_token(
+                coordinator_pb2_grpc.CoordinatorStub(
+                    await channels.enter_async_context(open_channel(address, "coordinator"))
+                ),
+                token,
+            )
+            for address in addresses
+        ]
+        stub = stubs[0] if len(stubs) == 1 else _RoundRobin(stubs)
 
         async def worker() -> None:
             for number in numbers:

@@ -46,11 +46,13 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from opentelemetry import metrics as otel_metrics
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from common.errors import NotFound
+from common.telemetry import INSTRUMENTATION_NAME
 from coordinator.pg_migrations import MIGRATIONS, Migration, migrate
 from coordinator.records import (
     TERMINAL,
@@ -226,6 +228,11 @@ class PostgresSagaLog(SagaLog):
         self._releasing: dict[str, tuple[int, bool]] = {}
         self._lost_callbacks: list[Callable[[str], None]] = []
         self.refused = 0  # writes refused because their lease was lost
+        # What leases did, for dashboards: writes refused, leases found lost, sagas taken over.
+        self._lease_events = otel_metrics.get_meter(INSTRUMENTATION_NAME).create_counter(
+            "sagawire.saga_log.lease_events",
+            description="Saga leases: writes refused (lost lease), leases lost, sagas taken over",
+        )
         self.batches = 0
         self.writes = 0
 
@@ -529,6 +536,7 @@ class PostgresSagaLog(SagaLog):
         elif write.role == OBSERVER_ROLE:
             if not observer_ok:
                 self.refused += 1
+                self._lease_events.add(1, {"event": "refused"})
                 log.warning("write refused: not the observer (lease lost) saga_id=%s", saga_id)
                 raise LeaseLost(saga_id, "the observer")
         elif header.owner is None or header.expired or header.owner == self.replica:
@@ -615,8 +623,10 @@ class PostgresSagaLog(SagaLog):
         self._held.pop(saga_id, None)
         if refused:
             self.refused += 1
+            self._lease_events.add(1, {"event": "refused"})
             log.warning("write refused: lease lost saga_id=%s (%s)", saga_id, why)
         else:
+            self._lease_events.add(1, {"event": "lost"})
             log.warning("lease lost saga_id=%s (%s)", saga_id, why)
         for callback in self._lost_callbacks:
             callback(saga_id)
@@ -698,6 +708,7 @@ class PostgresSagaLog(SagaLog):
             return []
         for row in claimed:
             self._held[row["saga_id"]] = row["fence"]
+        self._lease_events.add(len(claimed), {"event": "taken_over"})
         log.info("took over sagas count=%d replica=%s", len(claimed), self.replica)
         records = await self._load_many([row["saga_id"] for row in claimed])
         return [records[row["saga_id"]] for row in claimed if row["saga_id"] in records]

@@ -13,8 +13,11 @@ and fencing token, and a saga's tokens never go back, each token written by one 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -36,9 +39,9 @@ from tests.coordinator_support import (
     stop_process,
     write_definitions,
 )
-from tests.postgres_support import POSTGRES_URL, fresh_schema
+from tests.postgres_support import POSTGRES_URL, fresh_schema, require_postgres
 from tests.reliability.test_crash_recovery import Order, batch, check_invariants, place
-from tests.support import Process, wait_until
+from tests.support import ROOT, Process, wait_until
 
 LEASE_SECONDS = 2.0
 
@@ -246,3 +249,43 @@ async def test_a_paused_replica_past_its_leases_is_fenced_off(replicas: Replicas
         f"r1 after its pause: {output.count('lease lost saga_id=')} leases found lost,"
         f" {output.count('write refused: lease lost')} of them by a refused write"
     )
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("mode", ["orchestration", "choreography"])
+async def test_chaos_with_two_replicas_on_postgres_breaks_no_invariant(
+    mode: str, tmp_path: Path
+) -> None:
+    """``sagawire chaos`` with two replicas on a PostgreSQL log: faults, a kill of a
+    replica and of a participant (and a stream cut), no violation, the same completed
+    orders as the fault-free pass."""
+    await require_postgres()
+    out, sagas = tmp_path / "chaos.json", 120
+    args = [
+        sys.executable, "-m", "cli.main", "chaos",
+        "--mode", mode,
+        "--seed", "3",
+        "--sagas", str(sagas),
+        "--concurrency", "16",
+        "--kills-coordinator", "1",
+        "--kills-participant", "1",
+        "--timeout", "60",
+        "--settle-timeout", "45",
+        "--saga-log", POSTGRES_URL,
+        "--replicas", "2",
+        "--no-progress",
+        "--json", str(out),
+    ]  # fmt: skip
+    run = await asyncio.to_thread(
+        subprocess.run, args, cwd=ROOT, capture_output=True, text=True, timeout=190, check=False
+    )
+    assert out.exists(), f"exit status {run.returncode}\n{run.stdout}{run.stderr}"
+    report = json.loads(out.read_text())
+    (result,) = report["modes"]
+    chaos = result["chaos"]
+    assert sum("kill coordinator" in b for b in chaos["blows"]) == 1, chaos["blows"]
+    assert result["violation_counts"] == {}, run.stdout
+    assert chaos["not_terminal"] == {}, run.stdout
+    assert chaos["placed"] == sagas and chaos["completed"] == result["expected_completed"]
+    assert report["saga_log"] == "postgresql" and report["replicas"] == 2
+    assert run.returncode == 0, run.stdout + run.stderr
