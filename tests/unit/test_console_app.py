@@ -472,3 +472,11 @@ def test_breakers_and_definitions(console: TestClient) -> None:
     counts = console.get("/api/counts").json()
     assert counts["total"] == 1 and counts["by_status"]["compensated"] == 1
     assert counts["by_status"]["running"] == 0
+
+
+def test_traces_come_from_jaeger_when_configured_with_a_link_the_browser_opens() -> None:
+    inside = TraceSource(Path("/data"), "http://jaeger:16686", "http://localhost:16686/")
+    assert inside.describe() == "Jaeger at http://jaeger:16686"
+    assert inside.link("ab" * 16) == f"http://localhost:16686/trace/{'ab' * 16}"
+    local = TraceSource(Path("/data"))
+    assert local.describe() == "/data/*.jsonl" and local.link("ab" * 16) == ""
