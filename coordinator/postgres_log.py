@@ -652,11 +652,15 @@ class PostgresSagaLog(SagaLog):
             return []
         held = dict(self._held)
         async with self._pool.connection() as conn:
+            # Rows locked in saga id order, as the lanes lock theirs: no deadlock with
+            # another replica's observer writing some of these sagas.
             cursor = await conn.execute(
                 "UPDATE sagas AS s SET lease_until = now() + make_interval(secs => %s)"
-                " FROM unnest(%s::text[], %s::bigint[]) AS h(saga_id, fence)"
-                " WHERE s.saga_id = h.saga_id AND s.fence = h.fence AND s.owner = %s"
-                " RETURNING s.saga_id",
+                " FROM (SELECT m.saga_id FROM sagas AS m"
+                "  JOIN unnest(%s::text[], %s::bigint[]) AS h(saga_id, fence)"
+                "  ON m.saga_id = h.saga_id AND m.fence = h.fence"
+                "  WHERE m.owner = %s ORDER BY m.saga_id FOR UPDATE OF m) AS mine"
+                " WHERE s.saga_id = mine.saga_id RETURNING s.saga_id",
                 (self.lease_seconds, list(held), list(held.values()), self.replica),
             )
             renewed = {row["saga_id"] for row in await cursor.fetchall()}
@@ -675,10 +679,13 @@ class PostgresSagaLog(SagaLog):
         async with self._pool.connection() as conn:
             # Let others take it now (expired), or nobody (no owner: nothing to drive).
             await conn.execute(
-                "UPDATE sagas AS s SET lease_until = CASE WHEN h.take_over THEN now() END,"
-                " owner = CASE WHEN h.take_over THEN s.owner END"
-                " FROM unnest(%s::text[], %s::bigint[], %s::bool[]) AS h(saga_id, fence, take_over)"
-                " WHERE s.saga_id = h.saga_id AND s.fence = h.fence AND s.owner = %s",
+                "UPDATE sagas AS s SET lease_until = CASE WHEN mine.take_over THEN now() END,"
+                " owner = CASE WHEN mine.take_over THEN s.owner END"
+                " FROM (SELECT m.saga_id, h.take_over FROM sagas AS m"
+                "  JOIN unnest(%s::text[], %s::bigint[], %s::bool[])"
+                "  AS h(saga_id, fence, take_over) ON m.saga_id = h.saga_id AND m.fence = h.fence"
+                "  WHERE m.owner = %s ORDER BY m.saga_id FOR UPDATE OF m) AS mine"
+                " WHERE s.saga_id = mine.saga_id",
                 (ids, fences, take_over, self.replica),
             )
 
