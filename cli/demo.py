@@ -370,8 +370,13 @@ def demo(
         Mode | None, typer.Option(help="Saga mode for every process (sets SAGAWIRE_MODE).")
     ] = None,
     data: Annotated[
-        Path, typer.Option(help="Directory for the demo's stores and logs (wiped each run).")
-    ] = Path(".sagawire/demo"),
+        Path | None,
+        typer.Option(
+            help="Directory for the demo's stores and logs, wiped each run (default: demo/"
+            " under --data, .sagawire/demo).",
+            show_default=False,
+        ),
+    ] = None,
     base_port: Annotated[
         int | None,
         typer.Option(min=1, max=65531, help="Coordinator's port (default: any free ports)."),
@@ -390,6 +395,7 @@ def demo(
     if busy := busy_ports({n: ports[n] for n in names}):
         console.print(f"[bold red]port already in use:[/] {', '.join(busy)}", soft_wrap=True)
         raise typer.Exit(1)
+    data = data or Path(os.environ.get("SAGAWIRE_DATA_DIR") or ".sagawire") / "demo"
     fresh_data_dir(data)
     options = StackOptions(
         data_dir=data, ports=ports, names=names, mode=mode, startup_timeout=startup_timeout

@@ -1,28 +1,38 @@
-"""``sagawire events``: follow the services' event streams live, and list poison events."""
+"""``sagawire events``: follow the services' event streams live, and list poison events.
+
+Both talk to the services' own ``EventStream`` APIs; where they are comes from
+cli/client.py (``SAGAWIRE_<NAME>_ADDR``, else the coordinator says). ``--output json``
+prints one event per line (protobuf's JSON mapping, the service named in ``source``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated
 
 import grpc
 import typer
-from rich.console import Console
+from rich.text import Text
 
-from common.config import SERVICE_NAMES, Endpoints
-from common.errors import parse_rpc_error
+from cli.client import describe_rpc_error, fail, identity, service_addresses
+from cli.output import Output, OutputOption, clock, console, message_dict, print_json, zone
+from common.config import SERVICE_NAMES
 from common.money import format_money
 from common.paging import MAX_PAGE_SIZE, every_page
-from common.tls import Identity, TlsError
-from protos.sagawire.v1 import events_pb2, events_pb2_grpc
+from protos.sagawire.v1 import events_pb2, events_pb2_grpc, participant_pb2
 
 events_app = typer.Typer(no_args_is_help=True, help="Watch the services' domain events.")
-console = Console(highlight=False)
 
 _COLOURS = {"order": "cyan", "inventory": "magenta", "payment": "green", "shipping": "yellow"}
 
+ServiceOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Only this service (repeatable; default: all four).", show_default=False),
+]
 
-def describe(event: events_pb2.Event) -> str:
+
+def describe(event: events_pb2.Event) -> Text:
     """One readable line for an event: when, who, what, which saga, and the gist."""
     saga_event = events_pb2.OrderSagaEvent()
     gist = ""
@@ -37,38 +47,56 @@ def describe(event: events_pb2.Event) -> str:
             parts.append(f"total={format_money(data.total.amount_minor, data.total.currency)}")
         if data.tracking_number:
             parts.append(f"tracking={data.tracking_number}")
-        mode = "choreography" if saga_event.mode == 2 else "orchestration"
-        parts.append(f"mode={mode}")
+        chosen = participant_pb2.SAGA_MODE_CHOREOGRAPHY
+        parts.append(f"mode={'choreography' if saga_event.mode == chosen else 'orchestration'}")
         gist = " ".join(parts)
-    stamp = event.time.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
-    colour = _COLOURS.get(event.source, "white")
-    return (
-        f"{stamp} [{colour}]{event.source:<9}[/] #{event.sequence:<5} "
-        f"[bold]{event.type}[/] saga={event.subject} {gist}"
-    )
+    line = Text(f"{clock(event.time)} ")
+    line.append(f"{event.source:<9}", style=_COLOURS.get(event.source, ""))
+    line.append(f" #{event.sequence:<5} ")
+    line.append(event.type, style="bold")
+    return line + Text(f" saga={event.subject} {gist}".rstrip())
+
+
+def _services(given: list[str] | None) -> list[str]:
+    services = given or list(SERVICE_NAMES)
+    unknown = sorted(set(services) - set(SERVICE_NAMES))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown service {', '.join(map(repr, unknown))} (one of {', '.join(SERVICE_NAMES)})",
+            param_hint="--service",
+        )
+    return services
 
 
 async def _follow(
-    name: str, address: str, from_sequence: int, types: list[str], printed: asyncio.Queue[str]
+    name: str,
+    address: str,
+    from_sequence: int,
+    types: list[str],
+    printed: asyncio.Queue[events_pb2.Event],
 ) -> None:
-    async with Identity.from_env().aio_channel(address, peer=name) as channel:
+    async with identity().aio_channel(address, peer=name) as channel:
         stream = events_pb2_grpc.EventStreamStub(channel).Subscribe(
             events_pb2.SubscribeRequest(from_sequence=from_sequence, consumer="cli", types=types)
         )
         async for batch in stream:
             for event in batch.events:
-                await printed.put(describe(event))
+                await printed.put(event)
 
 
 async def _tail(
-    services: list[str], from_sequence: int, types: list[str], count: int | None
+    addresses: dict[str, str],
+    from_sequence: int,
+    types: list[str],
+    count: int | None,
+    output: Output,
 ) -> None:
-    endpoints = Endpoints()
-    printed: asyncio.Queue[str] = asyncio.Queue()
-    followers = [
-        asyncio.create_task(_follow(s, endpoints.of(s), from_sequence, types, printed))
-        for s in services
-    ]
+    printed: asyncio.Queue[events_pb2.Event] = asyncio.Queue()
+    followers = {
+        asyncio.create_task(_follow(name, address, from_sequence, types, printed)): name
+        for name, address in addresses.items()
+    }
+    out = console()
     shown = 0
     try:
         while count is None or shown < count:
@@ -76,10 +104,19 @@ async def _tail(
             done, _ = await asyncio.wait([getter, *followers], return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 getter.cancel()
-                for task in done:
-                    task.result()  # a stream failed: raise its error
-                continue
-            console.print(getter.result())
+                for task, name in followers.items():
+                    if task not in done:
+                        continue
+                    try:
+                        task.result()
+                    except grpc.RpcError as error:
+                        fail(*describe_rpc_error(error, name, addresses[name]))
+                    fail(f"{name} at {addresses[name]} ended its stream")
+            event = getter.result()
+            if output is Output.json:
+                print_json(event)
+            else:
+                out.print(describe(event), soft_wrap=True)
             shown += 1
     finally:
         for task in followers:
@@ -89,40 +126,30 @@ async def _tail(
 
 @events_app.command("tail")
 def tail(
-    service: Annotated[
-        list[str] | None, typer.Option(help="Only this service (repeatable).")
-    ] = None,
+    service: ServiceOption = None,
     from_sequence: Annotated[int, typer.Option("--from", help="First sequence (1: all).")] = 1,
     event_type: Annotated[list[str] | None, typer.Option("--type", help="Only this type.")] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    output: OutputOption = Output.table,
 ) -> None:
     """Print every service's events as they happen (the stored backlog first)."""
-    services = service or list(SERVICE_NAMES)
-    unknown = sorted(set(services) - set(SERVICE_NAMES))
-    if unknown:
-        raise typer.BadParameter(f"unknown service {', '.join(unknown)}", param_hint="--service")
-    try:
-        asyncio.run(_tail(services, from_sequence, event_type or [], count))
-    except TlsError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(1) from None
-    except grpc.aio.AioRpcError as error:
-        remote = parse_rpc_error(error)
-        console.print(f"[red]error:[/] {remote.code.name}: {remote.message}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        pass
+    addresses = service_addresses(_services(service))
+    if output is Output.table:
+        console().print(f"events of {', '.join(addresses)} (times {zone()})", style="dim")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_tail(addresses, from_sequence, event_type or [], count, output))
 
 
 @events_app.command("poison")
 def poison(
-    service: Annotated[str, typer.Option(help="The consuming service to ask.")] = "inventory",
+    service: ServiceOption = None,
+    output: OutputOption = Output.table,
 ) -> None:
-    """List the events a service's consumers could not process and skipped."""
+    """List the events each service's consumers could not process and skipped."""
+    addresses = service_addresses(_services(service))
 
-    async def fetch() -> list[events_pb2.PoisonEvent]:
-        address = Endpoints().of(service)
-        async with Identity.from_env().aio_channel(address, peer=service) as channel:
+    async def fetch(name: str) -> list[events_pb2.PoisonEvent]:
+        async with identity().aio_channel(addresses[name], peer=name) as channel:
             stub = events_pb2_grpc.EventStreamStub(channel)
             return await every_page(
                 lambda token: stub.ListPoisonEvents(
@@ -132,16 +159,18 @@ def poison(
                 lambda reply: reply.events,
             )
 
-    try:
-        listed = asyncio.run(fetch())
-    except TlsError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(1) from None
-    except grpc.aio.AioRpcError as error:
-        remote = parse_rpc_error(error)
-        console.print(f"[red]error:[/] {remote.code.name}: {remote.message}")
-        raise typer.Exit(1) from None
-    if not listed:
-        console.print(f"no poison events at {service}")
-    for item in listed:
-        console.print(f"{item.producer} #{item.sequence} {item.type} {item.event_id}: {item.error}")
+    out = console()
+    for name in addresses:
+        try:
+            listed = asyncio.run(fetch(name))
+        except grpc.RpcError as error:
+            fail(*describe_rpc_error(error, name, addresses[name]))
+        if output is Output.json:
+            for item in listed:
+                print_json({"service": name, **message_dict(item)})
+            continue
+        if not listed:
+            out.print(f"{name}: no poison events", markup=False)
+        for item in listed:
+            where = f"{item.producer} #{item.sequence} {item.type} {item.event_id}"
+            out.print(f"{name}: {where}: {item.error}", markup=False, soft_wrap=True)

@@ -23,6 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.client import ExitCode
+from cli.output import Output, OutputOption
 from common.metrics_file import metrics_files, read_metrics_file
 
 # A file older than this belongs to a process that has stopped (or hangs).
@@ -113,9 +115,11 @@ def metrics(
         list[str] | None, typer.Option("--service", "-s", help="Only this process (repeatable).")
     ] = None,
     match: Annotated[str, typer.Option(help="Only metrics whose name contains this.")] = "",
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --output json.")] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Print the current metrics of the local stack's processes (from DATA/metrics-*.json)."""
+    as_json = as_json or output is Output.json
     files = metrics_files(data)
     lines: list[MetricLine] = []
     now = time.time_ns()
@@ -130,7 +134,7 @@ def metrics(
         lines.extend(m for m in lines_of(document, process) if _wanted(m, service or (), match))
     if not lines:
         typer.echo(f"no metrics found in {data}/metrics-*.json", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.NOT_FOUND)
     if as_json:
         for line in lines:
             typer.echo(json.dumps({k: v for k, v in asdict(line).items() if v is not None}))

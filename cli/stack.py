@@ -38,7 +38,7 @@ from rich.text import Text
 
 from cli.child import Child, StackError, StackLog, describe_exit
 from common.certs import OPERATOR, ensure_certs
-from common.config import DEFAULT_PORTS, SERVICE_NAMES, TlsSettings
+from common.config import DEFAULT_PORTS, SERVICE_NAMES, BadSetting, TlsSettings
 from common.tls import Identity
 
 __all__ = [
@@ -426,13 +426,38 @@ async def _up(options: StackOptions, console: Console) -> int:
     return await stack.run()
 
 
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def _address_port() -> int | None:
+    """The coordinator's port from ``--address`` / ``SAGAWIRE_COORDINATOR_ADDR``, if set:
+    the stack this machine runs is then the one the other verbs reach."""
+    address = os.environ.get("SAGAWIRE_COORDINATOR_ADDR")
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    if host not in _LOCAL_HOSTS or not port.isdigit() or not 1 <= int(port) <= 65531:
+        raise BadSetting(
+            "SAGAWIRE_COORDINATOR_ADDR",
+            f"{address}: sagawire up runs the stack on this machine, on 127.0.0.1 and a port"
+            " up to 65531 (or pass --base-port)",
+        )
+    return int(port)
+
+
 def up(
-    data: Annotated[Path, typer.Option(help="Directory for every process's store.")] = Path(
-        ".sagawire"
-    ),
+    data: Annotated[
+        Path,
+        typer.Option(envvar="SAGAWIRE_DATA_DIR", help="Directory for every process's store."),
+    ] = Path(".sagawire"),
     base_port: Annotated[
         int | None,
-        typer.Option(min=1, max=65531, help="Coordinator's port; the services take the next four."),
+        typer.Option(
+            min=1,
+            max=65531,
+            help="Coordinator's port; the services take the next four (default: the port of"
+            " --address, else 50050).",
+        ),
     ] = None,
     mode: Annotated[
         Mode | None, typer.Option(help="Saga mode for every process (sets SAGAWIRE_MODE).")
@@ -449,7 +474,7 @@ def up(
 ) -> None:
     """Run the whole stack locally (four services + coordinator), supervised, until Ctrl-C."""
     console = Console()
-    ports = ports_from_base(base_port)
+    ports = ports_from_base(base_port if base_port is not None else _address_port())
     names = default_names()
     if busy := busy_ports({n: ports[n] for n in names}):
         console.print(

@@ -21,8 +21,10 @@ import re
 from pathlib import Path
 from typing import Annotated
 
+import jwt
 import typer
 
+from common.config import BadSetting
 from common.tokens import Role, TokenKeyError, TokenSettings, ensure_signing_key, issue_token
 
 token_app = typer.Typer(no_args_is_help=True)
@@ -55,8 +57,20 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def cli_token(given: str | None = None) -> str | None:
-    """The token a command sends to the coordinator (see the module docstring)."""
-    return given or os.environ.get(TOKEN_ENV) or _local_operator(TokenSettings())
+    """The token a command sends to the coordinator (see the module docstring).
+
+    Raises:
+        BadSetting: a given token (``--token`` or ``SAGAWIRE_TOKEN``) that is not a JWT.
+    """
+    token = given or os.environ.get(TOKEN_ENV)
+    if token:
+        try:
+            jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            where = TOKEN_ENV if token == os.environ.get(TOKEN_ENV) else "--token"
+            raise BadSetting(where, "not a JWT (header.payload.signature)") from None
+        return token
+    return _local_operator(TokenSettings())
 
 
 def stack_token(data_dir: Path) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 from google.protobuf.message import Message
@@ -66,6 +66,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         auth: ApiAuth,
         watch_poll_seconds: float = 1.0,
         shed_at_door: bool = True,
+        addresses: Mapping[str, str] | None = None,
     ) -> None:
         self._engine = engine
         self._log = saga_log
@@ -75,6 +76,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._auth = auth
         self._shed_at_door = shed_at_door
         self._poll = watch_poll_seconds
+        # Where each participant is called (ListBreakers tells the CLI).
+        self._addresses = dict(addresses or {})
 
     def _message(self, record: SagaRecord) -> pb.Saga:
         return saga_message(self._definitions.get(record.definition), record)
@@ -280,7 +283,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await self._auth.caller(context, "ListBreakers")
             return pb.ListBreakersResponse(
                 breakers=[
-                    breaker_message(v, self._bulkheads.view(v.participant))
+                    breaker_message(
+                        v,
+                        self._bulkheads.view(v.participant),
+                        self._addresses.get(v.participant, ""),
+                    )
                     for v in self._breakers.views()
                 ]
             )

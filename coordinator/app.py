@@ -154,6 +154,7 @@ class CoordinatorApp:
             self.bulkheads,
             ApiAuth.from_settings(settings),
             shed_at_door=settings.shed_at_door,
+            addresses={name: self.participants.address(name) for name in participants},
         )
         # Retention: participants hear which sagas finished; finished sagas leave the log.
         self.finished = FinishedNotifier(

@@ -184,10 +184,11 @@ def counts_message(counts: Mapping[SagaStatus, int]) -> pb.CountSagasResponse:
     )
 
 
-def breaker_message(view: BreakerView, bulkhead: BulkheadView) -> pb.Breaker:
-    """A participant's breaker, with its bulkhead beside it."""
+def breaker_message(view: BreakerView, bulkhead: BulkheadView, address: str = "") -> pb.Breaker:
+    """A participant's breaker, with its bulkhead and the address it is called at."""
     return pb.Breaker(
         participant=view.participant,
+        address=address,
         state=view.state,
         failure_count=view.window_failures,
         opened_at=timestamp(view.opened_at),

@@ -224,6 +224,11 @@ async def test_queries_validate_and_page(tmp_path: Path) -> None:
             ("payment", "closed"),
             ("shipping", "closed"),
         ]
+        # Where the coordinator calls each one: how the CLI finds the services.
+        assert {b.participant: b.address for b in breakers.breakers} == {
+            name: stack.cluster.address(name)
+            for name in ("inventory", "order", "payment", "shipping")
+        }
 
 
 async def test_many_concurrent_sagas_all_settle(tmp_path: Path) -> None:

@@ -109,4 +109,4 @@ async def test_sagawire_metrics_prints_what_the_local_stack_measured(tmp_path: P
     }
 
     empty = CliRunner().invoke(cli_app, ["metrics", "--data", str(tmp_path / "nothing")])
-    assert empty.exit_code == 1
+    assert empty.exit_code == 5  # not found

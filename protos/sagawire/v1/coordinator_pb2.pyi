@@ -694,6 +694,7 @@ class Breaker(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     BULKHEAD_LIMIT_FIELD_NUMBER: _builtins.int
     WAITING_FOR_BULKHEAD_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     participant: _builtins.str
     state: _builtins.str
     """"closed", "open" or "half-open"."""
@@ -715,6 +716,10 @@ class Breaker(_message.Message):
     """
     bulkhead_limit: _builtins.int
     waiting_for_bulkhead: _builtins.int
+    address: _builtins.str
+    """Where the coordinator calls this participant (host:port as it dials it, e.g.
+    "payment:50053" in compose): how the CLI finds the services' own APIs.
+    """
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -738,10 +743,11 @@ class Breaker(_message.Message):
         in_flight: _builtins.int = ...,
         bulkhead_limit: _builtins.int = ...,
         waiting_for_bulkhead: _builtins.int = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulkhead_limit", b"bulkhead_limit", "failure_count", b"failure_count", "failure_rate_threshold", b"failure_rate_threshold", "in_flight", b"in_flight", "minimum_calls", b"minimum_calls", "opened_at", b"opened_at", "participant", b"participant", "reset_timeout_seconds", b"reset_timeout_seconds", "state", b"state", "transitions", b"transitions", "waiting_for_breaker", b"waiting_for_breaker", "waiting_for_bulkhead", b"waiting_for_bulkhead", "window_calls", b"window_calls", "window_seconds", b"window_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bulkhead_limit", b"bulkhead_limit", "failure_count", b"failure_count", "failure_rate_threshold", b"failure_rate_threshold", "in_flight", b"in_flight", "minimum_calls", b"minimum_calls", "opened_at", b"opened_at", "participant", b"participant", "reset_timeout_seconds", b"reset_timeout_seconds", "state", b"state", "transitions", b"transitions", "waiting_for_breaker", b"waiting_for_breaker", "waiting_for_bulkhead", b"waiting_for_bulkhead", "window_calls", b"window_calls", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
