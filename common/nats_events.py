@@ -87,6 +87,9 @@ SEQUENCE_HEADER = "Sagawire-Sequence"
 BATCH_SIZE = 256
 # A fetch with nothing to deliver ends after this long, and is asked again.
 FETCH_WAIT_SECONDS = 5.0
+# Once a message came, what else is already there is taken with it, waiting no longer
+# than this for more (a fetch of many waits for all of them, or for its expiry).
+GATHER_SECONDS = 0.01
 # Unacknowledged messages are redelivered after this long; a follower still working
 # on them says so every third of it.
 ACK_WAIT_SECONDS = 10.0
@@ -505,10 +508,15 @@ class NatsFollower:
         self.connected.set()
         try:
             while True:
+                # One message, as soon as there is one; then whatever else is waiting. A
+                # single fetch of a whole batch would hold the first message until the
+                # batch filled or the fetch expired.
                 try:
-                    messages = await subscription.fetch(BATCH_SIZE, timeout=FETCH_WAIT_SECONDS)
+                    messages = await subscription.fetch(1, timeout=FETCH_WAIT_SECONDS)
                 except TimeoutError:  # nats' own, or asyncio's when the wait ran out
                     continue  # nothing new
+                with contextlib.suppress(TimeoutError):
+                    messages += await subscription.fetch(BATCH_SIZE - 1, timeout=GATHER_SECONDS)
                 await self._deliver(messages)
         finally:
             self.connected.clear()
