@@ -70,9 +70,7 @@ async def test_a_nats_restart_mid_run_loses_no_saga_and_doubles_no_effect(
                     else order_pb2.ORDER_STATUS_CANCELLED
                 )
             completed = sum(1 for _, completes in placed if completes)
-            totals = [
-                (await stack.order(r.order_id)).total.amount_minor for r, c in placed if c
-            ]
+            totals = [(await stack.order(r.order_id)).total.amount_minor for r, c in placed if c]
             stock_after = await stack.stock("SKU-MUG")
             # One unit per completed saga, once; released for every compensated one.
             assert stock_before[0] - stock_after[0] == completed
