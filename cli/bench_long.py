@@ -35,7 +35,7 @@ from cli.bench_load import BENCH_PROCESS, Placed, ProcessWatch, Stop, closed_loo
 from cli.bench_report import RunRow, row_of
 from cli.bench_sagas import Driver, Mix, Outcome, saga_spec, status_name
 from cli.bench_stack import BenchError, BenchStack
-from common.errors import TRANSIENT_CODES
+from common.grpc_errors import TRANSIENT_CODES
 from common.tls import Identity
 from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, order_saga_pb2

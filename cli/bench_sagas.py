@@ -29,7 +29,7 @@ from typing import Protocol
 import grpc
 
 from common.certs import COORDINATOR, OPERATOR
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.participant import pack
 from common.tls import Identity
 from common.tokens import with_token

@@ -32,7 +32,7 @@ from tenacity import (
 
 from cli.bench_sagas import status_name
 from cli.chaos_plan import Plan, PlannedOrder
-from common.errors import TRANSIENT_CODES, parse_rpc_error
+from common.grpc_errors import TRANSIENT_CODES, parse_rpc_error
 from common.tls import Identity
 from common.tokens import with_token
 from protos.sagawire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc

@@ -22,7 +22,7 @@ import grpc
 
 from cli.bench_sagas import status_name
 from cli.chaos_drive import open_channel as _channel
-from common.errors import TRANSIENT_CODES
+from common.grpc_errors import TRANSIENT_CODES
 from common.paging import every_page
 from common.tokens import with_token
 from protos.sagawire.v1 import (

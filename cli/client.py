@@ -38,7 +38,7 @@ import grpc
 
 from cli.tokens import cli_token
 from common.config import DEFAULT_PORTS, BadSetting, Endpoints, env_name, load
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.tls import Identity, TlsError, load_material
 from common.tokens import with_token
 from protos.sagawire.v1 import coordinator_pb2 as pb

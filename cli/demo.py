@@ -43,7 +43,7 @@ from cli.stack import (
     stack_table,
 )
 from cli.tokens import stack_token
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.paging import every_page
 from common.tls import Identity
 from common.tokens import with_token

@@ -8,7 +8,7 @@ import grpc
 from pydantic import ValidationError
 
 from common.config import FaultConfig
-from common.errors import InvalidArgument, grpc_edge
+from common.errors import InvalidArgument
 from common.faults import FaultInjector
 from protos.sagawire.v1 import admin_pb2, admin_pb2_grpc
 
@@ -104,11 +104,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def SetFaults(
         self, request: admin_pb2.FaultPlan, context: grpc.aio.ServicerContext
     ) -> admin_pb2.FaultPlan:
-        async def body() -> admin_pb2.FaultPlan:
-            self._faults.configure(plan_to_config(request, self._actions))
-            return config_to_plan(self._faults.config)
-
-        return await grpc_edge(context, body)
+        self._faults.configure(plan_to_config(request, self._actions))
+        return config_to_plan(self._faults.config)
 
     async def GetFaults(
         self, request: admin_pb2.GetFaultsRequest, context: grpc.aio.ServicerContext

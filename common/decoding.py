@@ -23,7 +23,8 @@ from typing import Any
 
 import grpc
 
-from common.errors import InvalidArgument, abort
+from common.errors import InvalidArgument
+from common.grpc_errors import abort
 from common.handlers import guarded
 from common.logs import Throttle
 

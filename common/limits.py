@@ -33,7 +33,8 @@ import grpc
 
 from common.authz import peer_identity
 from common.config import ServerSettings
-from common.errors import Transient, abort
+from common.errors import Transient, TransientKind
+from common.grpc_errors import abort
 from common.handlers import Guard, guarded
 from common.logs import Throttle
 
@@ -134,6 +135,6 @@ class StreamLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
             context,
             Transient(
                 f"too many open streams ({limit}); retry later",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                TransientKind.OVERLOADED,
             ),
         )

@@ -28,7 +28,6 @@ from common.errors import (
     InvalidArgument,
     RequestMismatch,
     SagaExpired,
-    grpc_edge,
 )
 from common.faults import FaultInjector
 from common.logs import printable
@@ -359,53 +358,42 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):
     async def Execute(
         self, request: participant_pb2.StepRequest, context: grpc.aio.ServicerContext
     ) -> participant_pb2.StepReply:
-        async def body() -> participant_pb2.StepReply:
-            action, ctx, payload = self._parse(request, self._runner.by_action)
-            if ctx.mode == participant_pb2.SAGA_MODE_CHOREOGRAPHY and (
-                action.name in self._started_by_events
-            ):
-                raise InvalidArgument(
-                    "mode",
-                    f"in choreography {action.name!r} runs only as a reaction to an event;"
-                    " a choreographed saga starts at its first step",
-                )
-            with counted_call(action.name, EXECUTE, MODE_NAMES.get(ctx.mode, "")):
-                await self._faults.before_call(action.name)
-                guarded = await self._runner.execute(action, ctx, payload)
-                if guarded.rejection is not None:
-                    raise guarded.rejection
-            return participant_pb2.StepReply(
-                result=any_pb2.Any.FromString(guarded.result), outcome=_OUTCOMES[guarded.outcome]
+        action, ctx, payload = self._parse(request, self._runner.by_action)
+        if ctx.mode == participant_pb2.SAGA_MODE_CHOREOGRAPHY and (
+            action.name in self._started_by_events
+        ):
+            raise InvalidArgument(
+                "mode",
+                f"in choreography {action.name!r} runs only as a reaction to an event;"
+                " a choreographed saga starts at its first step",
             )
-
-        return await grpc_edge(context, body)
+        with counted_call(action.name, EXECUTE, MODE_NAMES.get(ctx.mode, "")):
+            await self._faults.before_call(action.name)
+            guarded = await self._runner.execute(action, ctx, payload)
+            if guarded.rejection is not None:
+                raise guarded.rejection
+        return participant_pb2.StepReply(
+            result=any_pb2.Any.FromString(guarded.result), outcome=_OUTCOMES[guarded.outcome]
+        )
 
     async def Compensate(
         self, request: participant_pb2.StepRequest, context: grpc.aio.ServicerContext
     ) -> participant_pb2.StepReply:
-        async def body() -> participant_pb2.StepReply:
-            action, ctx, payload = self._parse(request, self._runner.by_compensation)
-            with counted_call(request.action, COMPENSATE, MODE_NAMES.get(ctx.mode, "")):
-                await self._faults.before_call(request.action)
-                guarded = await self._runner.compensate(action, ctx, payload)
-            return participant_pb2.StepReply(outcome=_OUTCOMES[guarded.outcome])
-
-        return await grpc_edge(context, body)
+        action, ctx, payload = self._parse(request, self._runner.by_compensation)
+        with counted_call(request.action, COMPENSATE, MODE_NAMES.get(ctx.mode, "")):
+            await self._faults.before_call(request.action)
+            guarded = await self._runner.compensate(action, ctx, payload)
+        return participant_pb2.StepReply(outcome=_OUTCOMES[guarded.outcome])
 
     async def SagasFinished(
         self, request: participant_pb2.SagasFinishedRequest, context: grpc.aio.ServicerContext
     ) -> participant_pb2.SagasFinishedReply:
-        async def body() -> participant_pb2.SagasFinishedReply:
-            if len(request.saga_ids) > MAX_FINISHED_PER_CALL:
-                raise InvalidArgument(
-                    "saga_ids", f"must list at most {MAX_FINISHED_PER_CALL} sagas"
-                )
-            for number, saga_id in enumerate(request.saga_ids):
-                require_id(saga_id, f"saga_ids[{number}]")
-            now = utc_now()
-            marked = await self._runner.db.transaction(
-                lambda conn: barrier.mark_finished(conn, request.saga_ids, now)
-            )
-            return participant_pb2.SagasFinishedReply(marked=marked)
-
-        return await grpc_edge(context, body)
+        if len(request.saga_ids) > MAX_FINISHED_PER_CALL:
+            raise InvalidArgument("saga_ids", f"must list at most {MAX_FINISHED_PER_CALL} sagas")
+        for number, saga_id in enumerate(request.saga_ids):
+            require_id(saga_id, f"saga_ids[{number}]")
+        now = utc_now()
+        marked = await self._runner.db.transaction(
+            lambda conn: barrier.mark_finished(conn, request.saga_ids, now)
+        )
+        return participant_pb2.SagasFinishedReply(marked=marked)

@@ -42,6 +42,7 @@ from opentelemetry.trace import Span, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from common.errors import Aborted, BusinessRejection, RequestMismatch, Transient
+from common.grpc_errors import status_code_for
 from common.telemetry import consumer_span, saga_metrics, service_metrics, tracer
 from protos.sagawire.v1 import events_pb2
 
@@ -78,12 +79,14 @@ class ReactionStep:
 
 
 def error_reason(error: BaseException) -> str:
-    """An error as an attempt's ``saga.error_reason``: its reason, its code, or its type."""
+    """An error as an attempt's ``saga.error_reason``: its reason, a transient error's
+    status code, or its type."""
     reason = getattr(error, "reason", "")
     if reason:
         return str(reason)
-    code = getattr(getattr(error, "code", None), "name", "")
-    return str(code) if code else type(error).__name__
+    if isinstance(error, Transient):
+        return str(status_code_for(error).name)
+    return type(error).__name__
 
 
 class StepAttempt:

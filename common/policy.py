@@ -8,7 +8,7 @@
           BreakerBoard.admit(name)     waits while the breaker is open (not an attempt)
             scope(number)              the caller's attempt: logged before, recorded after
               BreakerBoard.counted     the breaker counts the outcome (rate window)
-                translate_rpc_errors() AioRpcError -> the error tree (common.errors)
+                translate_rpc_errors() AioRpcError -> the error tree (common.grpc_errors)
                   rpc(attempt_timeout) the call itself, with its per-attempt deadline
 
 Only :class:`~common.errors.Transient` errors are retried. A retry budget is spent
@@ -34,7 +34,8 @@ from tenacity.wait import WaitBaseT
 
 from common.breakers import BreakerBoard
 from common.bulkhead import Bulkheads
-from common.errors import Transient, translate_rpc_errors
+from common.errors import Transient
+from common.grpc_errors import translate_rpc_errors
 from common.retrying import attempt_then_retry
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ Mutual TLS with the app's own certificate and the per-method authorisation table
 health (SERVING only once the app's store is open, NOT_SERVING on shutdown),
 reflection (SAGAWIRE_REFLECTION), message-size and concurrency limits, keepalive for
 long-lived streams, caps on streams and connections (common/limits.py), INVALID_ARGUMENT
-for a request that does not decode (common/decoding.py), and an ordered, idempotent
-shutdown on SIGTERM/SIGINT: stop accepting -> finish in-flight calls within the grace
-period -> close the app.
+for a request that does not decode (common/decoding.py), the status of what a servicer
+raised (common/grpc_errors.py), and an ordered, idempotent shutdown on SIGTERM/SIGINT:
+stop accepting -> finish in-flight calls within the grace period -> close the app.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from common.authz import AuthorizationInterceptor
 from common.config import BadSetting, ServerSettings
 from common.decoding import DecodeGuard
+from common.grpc_errors import ErrorStatus
 from common.limits import StreamLimiter, concurrent_rpcs, connection_options
 from common.telemetry import Telemetry, scoped
 from common.tls import TlsError, server_credentials, warn_plaintext
@@ -130,11 +131,12 @@ async def start_server(
     traced = [telemetry.server_interceptor()] if telemetry is not None else []
     # After tracing, so a refused call is traced too; then the stream caps, so a caller
     # that may not call holds no stream slot; then the decode check, so it learns that it
-    # may not call whatever it sent; before the app's own interceptors.
+    # may not call whatever it sent; before the app's own interceptors. Innermost, the
+    # error edge: what a servicer raised becomes its status (common/grpc_errors.py).
     authorised = AuthorizationInterceptor(enforce=settings.tls)
     streams = StreamLimiter(settings.max_streams, settings.max_streams_per_peer)
     server = grpc.aio.server(
-        interceptors=[*traced, authorised, streams, DecodeGuard(), *interceptors],
+        interceptors=[*traced, authorised, streams, DecodeGuard(), *interceptors, ErrorStatus()],
         options=[*server_options(settings), *connection_options(settings)],
         maximum_concurrent_rpcs=concurrent_rpcs(settings),
     )

@@ -16,7 +16,7 @@ import grpc
 
 from common import paging
 from common.admin import StreamCuts
-from common.errors import InvalidArgument, Transient, abort, grpc_edge
+from common.errors import InvalidArgument, Transient
 from common.logs import printable
 from common.metrics import StreamPositions
 from common.outbox import MODE_HEADER, Outbox
@@ -54,10 +54,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
     async def Subscribe(
         self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.EventBatch]:
-        try:
-            _validate(request)
-        except InvalidArgument as error:
-            await abort(context, error)
+        _validate(request)
         types = frozenset(request.types)
         headers = dict(request.headers)
         next_sequence = max(request.from_sequence, 1)
@@ -72,7 +69,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
             while not self._outbox.closed:
                 if self._cuts.generation != generation:
                     log.info("stream cut consumer=%s", consumer)
-                    await abort(context, Transient("the event stream was cut by an operator"))
+                    raise Transient("the event stream was cut by an operator")
                 seen = self._outbox.stamp(mode)
                 events, scanned, complete = await self._outbox.read_notified(
                     next_sequence, BATCH_SIZE, types, headers, reader=request.consumer
@@ -94,38 +91,35 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
     async def ListPoisonEvents(
         self, request: events_pb2.ListPoisonEventsRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.ListPoisonEventsResponse:
-        async def body() -> events_pb2.ListPoisonEventsResponse:
-            size = paging.page_size(request.page_size)
-            after = paging.decode_token(request.page_token, "poison", (str, str, int))
+        size = paging.page_size(request.page_size)
+        after = paging.decode_token(request.page_token, "poison", (str, str, int))
 
-            def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-                where = "WHERE (recorded_at, producer, sequence) > (?, ?, ?)" if after else ""
-                return conn.execute(
-                    f"SELECT * FROM poison_event {where}"
-                    " ORDER BY recorded_at, producer, sequence LIMIT ?",
-                    [*(after or ()), size + 1],
-                ).fetchall()
+        def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            where = "WHERE (recorded_at, producer, sequence) > (?, ?, ?)" if after else ""
+            return conn.execute(
+                f"SELECT * FROM poison_event {where}"
+                " ORDER BY recorded_at, producer, sequence LIMIT ?",
+                [*(after or ()), size + 1],
+            ).fetchall()
 
-            rows = await self._db.read(query)
-            page, token = paging.cut(
-                rows, size, "poison", lambda r: (r["recorded_at"], r["producer"], r["sequence"])
-            )
-            return events_pb2.ListPoisonEventsResponse(
-                events=[
-                    events_pb2.PoisonEvent(
-                        producer=r["producer"],
-                        sequence=r["sequence"],
-                        event_id=r["event_id"],
-                        type=r["type"],
-                        error=r["error"],
-                        recorded_at=to_timestamp(r["recorded_at"]),
-                    )
-                    for r in page
-                ],
-                next_page_token=token,
-            )
-
-        return await grpc_edge(context, body)
+        rows = await self._db.read(query)
+        page, token = paging.cut(
+            rows, size, "poison", lambda r: (r["recorded_at"], r["producer"], r["sequence"])
+        )
+        return events_pb2.ListPoisonEventsResponse(
+            events=[
+                events_pb2.PoisonEvent(
+                    producer=r["producer"],
+                    sequence=r["sequence"],
+                    event_id=r["event_id"],
+                    type=r["type"],
+                    error=r["error"],
+                    recorded_at=to_timestamp(r["recorded_at"]),
+                )
+                for r in page
+            ],
+            next_page_token=token,
+        )
 
 
 def _validate(request: events_pb2.SubscribeRequest) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 import grpc
 from google.protobuf.message import Message
 
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.tls import Identity
 from common.tokens import with_token
 from protos.sagawire.v1 import coordinator_pb2 as pb

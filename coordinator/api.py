@@ -3,7 +3,7 @@
 Every call first names its caller from its bearer token (coordinator/auth.py: who may
 call what, and whose sagas a customer sees). Requests are validated next
 (INVALID_ARGUMENT names the field) and nothing is written for a bad one. Errors leave
-through the one table of common.errors.
+through the one table of common.grpc_errors (its interceptor, on every server).
 """
 
 from __future__ import annotations
@@ -17,14 +17,7 @@ from google.protobuf.message import Message
 
 from common.breakers import BreakerBoard
 from common.bulkhead import Bulkheads
-from common.errors import (
-    BreakerOpen,
-    NotFound,
-    PermissionDenied,
-    SagawireError,
-    abort,
-    grpc_edge,
-)
+from common.errors import BreakerOpen, NotFound, PermissionDenied
 from common.tokens import Caller
 from coordinator import requests
 from coordinator.auth import ApiAuth, may_see
@@ -92,52 +85,46 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.PlaceOrderResponse:
-        async def body() -> pb.PlaceOrderResponse:
-            caller = await self._auth.caller(context, "PlaceOrder")
-            data, fingerprint = requests.place_order(request)
-            if not caller.acts_for(request.customer_id):
-                raise PermissionDenied(
-                    f"a customer token for {caller.subject!r} places orders only as"
-                    f" {caller.subject!r}, not {request.customer_id!r}"
-                )
-            saga = request.saga or requests.DEFAULT_SAGA
-            record, created, logged = await self._start(
-                saga, data, request.idempotency_key, fingerprint, request.wait
+        caller = await self._auth.caller(context, "PlaceOrder")
+        data, fingerprint = requests.place_order(request)
+        if not caller.acts_for(request.customer_id):
+            raise PermissionDenied(
+                f"a customer token for {caller.subject!r} places orders only as"
+                f" {caller.subject!r}, not {request.customer_id!r}"
             )
-            return pb.PlaceOrderResponse(
-                saga_id=record.saga_id,
-                order_id=getattr(logged, "order_id", ""),
-                status=SAGA_STATUS[record.status],
-                failure=failure_message(record.failure),
-                existing=not created,
-            )
-
-        return await grpc_edge(context, body)
+        saga = request.saga or requests.DEFAULT_SAGA
+        record, created, logged = await self._start(
+            saga, data, request.idempotency_key, fingerprint, request.wait
+        )
+        return pb.PlaceOrderResponse(
+            saga_id=record.saga_id,
+            order_id=getattr(logged, "order_id", ""),
+            status=SAGA_STATUS[record.status],
+            failure=failure_message(record.failure),
+            existing=not created,
+        )
 
     async def ReturnOrder(
         self, request: pb.ReturnOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReturnOrderResponse:
-        async def body() -> pb.ReturnOrderResponse:
-            caller = await self._auth.caller(context, "ReturnOrder")
-            data, fingerprint = requests.return_order(request)
-            if not caller.acts_for(request.customer_id):
-                raise PermissionDenied(
-                    f"a customer token for {caller.subject!r} returns orders only as"
-                    f" {caller.subject!r}, not {request.customer_id!r}"
-                )
-            saga = request.saga or requests.RETURN_SAGA
-            record, created, _ = await self._start(
-                saga, data, request.idempotency_key, fingerprint, request.wait
+        caller = await self._auth.caller(context, "ReturnOrder")
+        data, fingerprint = requests.return_order(request)
+        if not caller.acts_for(request.customer_id):
+            raise PermissionDenied(
+                f"a customer token for {caller.subject!r} returns orders only as"
+                f" {caller.subject!r}, not {request.customer_id!r}"
             )
-            return pb.ReturnOrderResponse(
-                saga_id=record.saga_id,
-                order_id=request.order_id,
-                status=SAGA_STATUS[record.status],
-                failure=failure_message(record.failure),
-                existing=not created,
-            )
-
-        return await grpc_edge(context, body)
+        saga = request.saga or requests.RETURN_SAGA
+        record, created, _ = await self._start(
+            saga, data, request.idempotency_key, fingerprint, request.wait
+        )
+        return pb.ReturnOrderResponse(
+            saga_id=record.saga_id,
+            order_id=request.order_id,
+            status=SAGA_STATUS[record.status],
+            failure=failure_message(record.failure),
+            existing=not created,
+        )
 
     async def _start(
         self, saga: str, data: Message, key: str, fingerprint: str, wait: bool
@@ -178,46 +165,39 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def GetSaga(
         self, request: pb.GetSagaRequest, context: grpc.aio.ServicerContext
     ) -> pb.Saga:
-        async def body() -> pb.Saga:
-            caller = await self._auth.caller(context, "GetSaga")
-            record = await self._load(requests.saga_id(request.saga_id), caller)
-            message = self._message(record)
-            if record.mode == SagaMode.CHOREOGRAPHY.value:
-                observed = await self._log.history(record.saga_id)
-                for step in message.steps:
-                    step.events.extend(
-                        t.detail.removeprefix(OBSERVED)
-                        for t in observed
-                        if t.step == step.name
-                        and t.detail.startswith(OBSERVED)
-                        and t.kind
-                        in (Kind.STEP_SUCCEEDED, Kind.STEP_REJECTED, Kind.COMPENSATION_DONE)
-                    )
-            return message
-
-        return await grpc_edge(context, body)
+        caller = await self._auth.caller(context, "GetSaga")
+        record = await self._load(requests.saga_id(request.saga_id), caller)
+        message = self._message(record)
+        if record.mode == SagaMode.CHOREOGRAPHY.value:
+            observed = await self._log.history(record.saga_id)
+            for step in message.steps:
+                step.events.extend(
+                    t.detail.removeprefix(OBSERVED)
+                    for t in observed
+                    if t.step == step.name
+                    and t.detail.startswith(OBSERVED)
+                    and t.kind in (Kind.STEP_SUCCEEDED, Kind.STEP_REJECTED, Kind.COMPENSATION_DONE)
+                )
+        return message
 
     async def ListSagas(
         self, request: pb.ListSagasRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSagasResponse:
-        async def body() -> pb.ListSagasResponse:
-            caller = await self._auth.caller(context, "ListSagas")
-            status = requests.status_filter(request.status)
-            size = requests.page_size(request.page_size)
-            before = requests.decode_cursor(request.page_token)
-            where = requests.saga_filter(request.filter)
-            if caller.operator:
-                found = await self._log.list_sagas(status, before, size + 1, where)
-                page = found[:size]
-                after = (page[-1].created_at, page[-1].saga_id) if len(found) > size else None
-            else:
-                page, after = await self._own_page(caller, status, before, size, where)
-            return pb.ListSagasResponse(
-                sagas=[self._message(r) for r in page],
-                next_page_token=requests.encode_cursor(after) if after else "",
-            )
-
-        return await grpc_edge(context, body)
+        caller = await self._auth.caller(context, "ListSagas")
+        status = requests.status_filter(request.status)
+        size = requests.page_size(request.page_size)
+        before = requests.decode_cursor(request.page_token)
+        where = requests.saga_filter(request.filter)
+        if caller.operator:
+            found = await self._log.list_sagas(status, before, size + 1, where)
+            page = found[:size]
+            after = (page[-1].created_at, page[-1].saga_id) if len(found) > size else None
+        else:
+            page, after = await self._own_page(caller, status, before, size, where)
+        return pb.ListSagasResponse(
+            sagas=[self._message(r) for r in page],
+            next_page_token=requests.encode_cursor(after) if after else "",
+        )
 
     async def _own_page(
         self,
@@ -246,12 +226,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def WatchSaga(
         self, request: pb.WatchSagaRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SagaTransition]:
-        try:
-            caller = await self._auth.caller(context, "WatchSaga")
-            saga_id = requests.saga_id(request.saga_id)
-            await self._load(saga_id, caller)
-        except SagawireError as error:
-            await abort(context, error)
+        caller = await self._auth.caller(context, "WatchSaga")
+        saga_id = requests.saga_id(request.saga_id)
+        await self._load(saga_id, caller)
         seen = 0
         with self._log.listen(saga_id) as listener:
             while True:
@@ -270,52 +247,38 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def RetrySaga(
         self, request: pb.RetrySagaRequest, context: grpc.aio.ServicerContext
     ) -> pb.Saga:
-        async def body() -> pb.Saga:
-            await self._auth.caller(context, "RetrySaga")
-            return self._message(await self._engine.retry(requests.saga_id(request.saga_id)))
-
-        return await grpc_edge(context, body)
+        await self._auth.caller(context, "RetrySaga")
+        return self._message(await self._engine.retry(requests.saga_id(request.saga_id)))
 
     async def ListBreakers(
         self, request: pb.ListBreakersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBreakersResponse:
-        async def body() -> pb.ListBreakersResponse:
-            await self._auth.caller(context, "ListBreakers")
-            return pb.ListBreakersResponse(
-                breakers=[
-                    breaker_message(
-                        v,
-                        self._bulkheads.view(v.participant),
-                        self._addresses.get(v.participant, ""),
-                    )
-                    for v in self._breakers.views()
-                ]
-            )
-
-        return await grpc_edge(context, body)
+        await self._auth.caller(context, "ListBreakers")
+        return pb.ListBreakersResponse(
+            breakers=[
+                breaker_message(
+                    v,
+                    self._bulkheads.view(v.participant),
+                    self._addresses.get(v.participant, ""),
+                )
+                for v in self._breakers.views()
+            ]
+        )
 
     async def CountSagas(
         self, request: pb.CountSagasRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountSagasResponse:
-        async def body() -> pb.CountSagasResponse:
-            await self._auth.caller(context, "CountSagas")
-            where = requests.saga_filter(request.filter)
-            return counts_message(await self._log.count_sagas(where))
-
-        return await grpc_edge(context, body)
+        await self._auth.caller(context, "CountSagas")
+        where = requests.saga_filter(request.filter)
+        return counts_message(await self._log.count_sagas(where))
 
     async def ListDefinitions(
         self, request: pb.ListDefinitionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListDefinitionsResponse:
-        async def body() -> pb.ListDefinitionsResponse:
-            await self._auth.caller(context, "ListDefinitions")
-            return pb.ListDefinitionsResponse(
-                definitions=[
-                    definition_message(d) for _, d in sorted(self._definitions.sagas.items())
-                ]
-            )
-
-        return await grpc_edge(context, body)
+        await self._auth.caller(context, "ListDefinitions")
+        return pb.ListDefinitionsResponse(
+            definitions=[definition_message(d) for _, d in sorted(self._definitions.sagas.items())]
+        )
 
 
 def register(server: grpc.aio.Server, servicer: CoordinatorServicer) -> None:

@@ -23,13 +23,12 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-import grpc
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from tenacity import wait_exponential, wait_random
 from tenacity.wait import wait_base
 
-from common.errors import InvalidArgument, NotFound, Transient
+from common.errors import InvalidArgument, NotFound, Transient, TransientKind
 from common.retrying import attempt_then_retry
 from common.saga_ids import new_saga_id
 from common.store import utc_now
@@ -134,7 +133,7 @@ class SagaEngine:
         if len(self._tasks) >= self._max_pending:
             raise Transient(
                 f"{len(self._tasks)} sagas in progress; try again later",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                TransientKind.OVERLOADED,
             )
         now = utc_now()
         new = NewSaga(

@@ -13,8 +13,8 @@ from common.errors import (
     BusinessRejection,
     SagawireError,
     Transient,
-    status_code_for,
 )
+from common.grpc_errors import status_code_for
 from coordinator.records import (
     AttemptChange,
     Change,

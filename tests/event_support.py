@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import grpc
 
 from common.certs import COORDINATOR
-from common.errors import TRANSIENT_CODES
+from common.grpc_errors import TRANSIENT_CODES
 from common.participant import pack
 from protos.sagawire.v1 import (
     common_pb2,

@@ -7,7 +7,7 @@ import sqlite3
 import grpc
 
 from common import paging
-from common.errors import InvalidArgument, NotFound, grpc_edge
+from common.errors import InvalidArgument, NotFound
 from common.participant import require_id
 from common.store import Database, to_timestamp
 from protos.sagawire.v1 import common_pb2, order_pb2, order_pb2_grpc, order_saga_pb2
@@ -44,34 +44,26 @@ class OrderQueries(order_pb2_grpc.OrderServicer):
     async def GetOrder(
         self, request: order_pb2.GetOrderRequest, context: grpc.aio.ServicerContext
     ) -> order_pb2.OrderRecord:
-        async def body() -> order_pb2.OrderRecord:
-            require_id(request.order_id, "order_id")
-            row = await self._db.read(lambda conn: store.order(conn, request.order_id))
-            if row is None:
-                raise NotFound(f"no order {request.order_id}")
-            return _order_msg(row)
-
-        return await grpc_edge(context, body)
+        require_id(request.order_id, "order_id")
+        row = await self._db.read(lambda conn: store.order(conn, request.order_id))
+        if row is None:
+            raise NotFound(f"no order {request.order_id}")
+        return _order_msg(row)
 
     async def ListOrders(
         self, request: order_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext
     ) -> order_pb2.ListOrdersResponse:
-        async def body() -> order_pb2.ListOrdersResponse:
-            if request.status and request.status not in _STATUS_NAME:
-                raise InvalidArgument("status", f"unknown order status {request.status}")
-            size = paging.page_size(request.page_size)
-            before = paging.decode_token(request.page_token, "orders", (str, str))
-            key = (str(before[0]), str(before[1])) if before else None
-            status = _STATUS_NAME.get(request.status)
-            rows = await self._db.read(lambda conn: store.list_orders(conn, status, key, size + 1))
-            page, token = paging.cut(
-                rows, size, "orders", lambda r: (r["created_at"], r["order_id"])
-            )
-            return order_pb2.ListOrdersResponse(
-                orders=[_order_msg(r) for r in page], next_page_token=token
-            )
-
-        return await grpc_edge(context, body)
+        if request.status and request.status not in _STATUS_NAME:
+            raise InvalidArgument("status", f"unknown order status {request.status}")
+        size = paging.page_size(request.page_size)
+        before = paging.decode_token(request.page_token, "orders", (str, str))
+        key = (str(before[0]), str(before[1])) if before else None
+        status = _STATUS_NAME.get(request.status)
+        rows = await self._db.read(lambda conn: store.list_orders(conn, status, key, size + 1))
+        page, token = paging.cut(rows, size, "orders", lambda r: (r["created_at"], r["order_id"]))
+        return order_pb2.ListOrdersResponse(
+            orders=[_order_msg(r) for r in page], next_page_token=token
+        )
 
 
 def register(server: grpc.aio.Server, db: Database) -> None:

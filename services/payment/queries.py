@@ -7,7 +7,7 @@ import sqlite3
 import grpc
 
 from common import paging
-from common.errors import NotFound, grpc_edge
+from common.errors import NotFound
 from common.participant import require_id
 from common.store import Database, to_timestamp
 from protos.sagawire.v1 import common_pb2, payment_pb2, payment_pb2_grpc
@@ -45,51 +45,40 @@ class PaymentQueries(payment_pb2_grpc.PaymentServicer):
     async def GetAccount(
         self, request: payment_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
     ) -> payment_pb2.Account:
-        async def body() -> payment_pb2.Account:
-            require_id(request.customer_id, "customer_id")
-            acct = await self._db.read(lambda conn: store.account(conn, request.customer_id))
-            if acct is None:
-                raise NotFound(f"no account for customer {request.customer_id}")
-            return _account_msg(acct)
-
-        return await grpc_edge(context, body)
+        require_id(request.customer_id, "customer_id")
+        acct = await self._db.read(lambda conn: store.account(conn, request.customer_id))
+        if acct is None:
+            raise NotFound(f"no account for customer {request.customer_id}")
+        return _account_msg(acct)
 
     async def ListAccounts(
         self, request: payment_pb2.ListAccountsRequest, context: grpc.aio.ServicerContext
     ) -> payment_pb2.ListAccountsResponse:
-        async def body() -> payment_pb2.ListAccountsResponse:
-            size = paging.page_size(request.page_size)
-            after = paging.decode_token(request.page_token, "accounts", (str,))
-            found = await self._db.read(
-                lambda conn: store.list_accounts(conn, str(after[0]) if after else None, size + 1)
-            )
-            page, token = paging.cut(found, size, "accounts", lambda a: (a.customer_id,))
-            return payment_pb2.ListAccountsResponse(
-                accounts=[_account_msg(a) for a in page], next_page_token=token
-            )
-
-        return await grpc_edge(context, body)
+        size = paging.page_size(request.page_size)
+        after = paging.decode_token(request.page_token, "accounts", (str,))
+        found = await self._db.read(
+            lambda conn: store.list_accounts(conn, str(after[0]) if after else None, size + 1)
+        )
+        page, token = paging.cut(found, size, "accounts", lambda a: (a.customer_id,))
+        return payment_pb2.ListAccountsResponse(
+            accounts=[_account_msg(a) for a in page], next_page_token=token
+        )
 
     async def ListCharges(
         self, request: payment_pb2.ListChargesRequest, context: grpc.aio.ServicerContext
     ) -> payment_pb2.ListChargesResponse:
-        async def body() -> payment_pb2.ListChargesResponse:
-            size = paging.page_size(request.page_size)
-            before = paging.decode_token(request.page_token, "charges", (str, str))
+        size = paging.page_size(request.page_size)
+        before = paging.decode_token(request.page_token, "charges", (str, str))
 
-            def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-                key = (str(before[0]), str(before[1])) if before else None
-                return store.charges(conn, request.customer_id, request.saga_id, key, size + 1)
+        def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            key = (str(before[0]), str(before[1])) if before else None
+            return store.charges(conn, request.customer_id, request.saga_id, key, size + 1)
 
-            rows = await self._db.read(query)
-            page, token = paging.cut(
-                rows, size, "charges", lambda r: (r["created_at"], r["charge_id"])
-            )
-            return payment_pb2.ListChargesResponse(
-                charges=[_charge_msg(r) for r in page], next_page_token=token
-            )
-
-        return await grpc_edge(context, body)
+        rows = await self._db.read(query)
+        page, token = paging.cut(rows, size, "charges", lambda r: (r["created_at"], r["charge_id"]))
+        return payment_pb2.ListChargesResponse(
+            charges=[_charge_msg(r) for r in page], next_page_token=token
+        )
 
 
 def register(server: grpc.aio.Server, db: Database) -> None:

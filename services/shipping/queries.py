@@ -7,7 +7,7 @@ import sqlite3
 import grpc
 
 from common import paging
-from common.errors import NotFound, grpc_edge
+from common.errors import NotFound
 from common.participant import require_id
 from common.store import Database, to_timestamp
 from protos.sagawire.v1 import shipping_pb2, shipping_pb2_grpc
@@ -45,29 +45,26 @@ class ShippingQueries(shipping_pb2_grpc.ShippingServicer):
     async def GetShipment(
         self, request: shipping_pb2.GetShipmentRequest, context: grpc.aio.ServicerContext
     ) -> shipping_pb2.Shipment:
-        return await grpc_edge(context, lambda: self._one("shipment_id", request.shipment_id))
+        return await self._one("shipment_id", request.shipment_id)
 
     async def GetShipmentBySaga(
         self, request: shipping_pb2.GetShipmentBySagaRequest, context: grpc.aio.ServicerContext
     ) -> shipping_pb2.Shipment:
-        return await grpc_edge(context, lambda: self._one("saga_id", request.saga_id))
+        return await self._one("saga_id", request.saga_id)
 
     async def ListShipments(
         self, request: shipping_pb2.ListShipmentsRequest, context: grpc.aio.ServicerContext
     ) -> shipping_pb2.ListShipmentsResponse:
-        async def body() -> shipping_pb2.ListShipmentsResponse:
-            size = paging.page_size(request.page_size)
-            before = paging.decode_token(request.page_token, "shipments", (str, str))
-            key = (str(before[0]), str(before[1])) if before else None
-            rows = await self._db.read(lambda conn: store.list_shipments(conn, key, size + 1))
-            page, token = paging.cut(
-                rows, size, "shipments", lambda r: (r["created_at"], r["shipment_id"])
-            )
-            return shipping_pb2.ListShipmentsResponse(
-                shipments=[_shipment_msg(r) for r in page], next_page_token=token
-            )
-
-        return await grpc_edge(context, body)
+        size = paging.page_size(request.page_size)
+        before = paging.decode_token(request.page_token, "shipments", (str, str))
+        key = (str(before[0]), str(before[1])) if before else None
+        rows = await self._db.read(lambda conn: store.list_shipments(conn, key, size + 1))
+        page, token = paging.cut(
+            rows, size, "shipments", lambda r: (r["created_at"], r["shipment_id"])
+        )
+        return shipping_pb2.ListShipmentsResponse(
+            shipments=[_shipment_msg(r) for r in page], next_page_token=token
+        )
 
 
 def register(server: grpc.aio.Server, db: Database) -> None:

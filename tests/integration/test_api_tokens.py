@@ -13,7 +13,7 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import RemoteError, parse_rpc_error
+from common.grpc_errors import RemoteError, parse_rpc_error
 from common.tokens import Role, TokenSettings, ensure_signing_key
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import coordinator_pb2_grpc

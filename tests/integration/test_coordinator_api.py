@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from coordinator.records import Kind
 from coordinator.sqlite_log import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.participant import pack
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import (

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from common import outbox
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.store import Database
 from protos.sagawire.v1 import (
     admin_pb2,

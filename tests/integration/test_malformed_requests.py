@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from common.certs import COORDINATOR, OPERATOR
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc, participant_pb2
 from tests.coordinator_support import api_token, running_stack

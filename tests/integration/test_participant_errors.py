@@ -21,7 +21,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.participant import StepContext
 from protos.sagawire.v1 import common_pb2, participant_pb2
 from services.runtime import DomainService

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.errors import parse_rpc_error
+from common.grpc_errors import parse_rpc_error
 from common.tokens import Role
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import (

@@ -191,7 +191,7 @@ async def test_a_bug_is_an_error_span_and_its_log_line_carries_the_trace(
     actions["reserve"] = dataclasses.replace(actions["reserve"], execute=broken)
     lines = io.StringIO()
     handler = log_handler("inventory", lines)
-    logger = logging.getLogger("common.errors")
+    logger = logging.getLogger("common.grpc_errors")
     logger.addHandler(handler)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -207,7 +207,7 @@ async def test_a_bug_is_an_error_span_and_its_log_line_carries_the_trace(
     logged = [line for line in lines.getvalue().splitlines() if "unhandled error" in line]
     assert logged, lines.getvalue()
     assert f" trace_id={trace_id(server):032x} span_id={span_id(server):016x} " in logged[0]
-    assert " level=ERROR service=inventory logger=common.errors trace_id=" in logged[0]
+    assert " level=ERROR service=inventory logger=common.grpc_errors trace_id=" in logged[0]
 
 
 def test_log_lines_outside_a_span_have_no_trace_fields() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import grpc
 import pytest
 
-from common import errors
+from common import grpc_errors
 from common.errors import (
     Aborted,
     BreakerOpen,
@@ -17,13 +20,14 @@ from common.errors import (
     RequestMismatch,
     SagawireError,
     Transient,
+    TransientKind,
     Unauthenticated,
 )
 
 
 def as_failed_call(error: SagawireError) -> grpc.aio.AioRpcError:
     """What a client receives when a servicer aborts with ``rich_status(error)``."""
-    code, message, trailers = errors.rich_status(error)
+    code, message, trailers = grpc_errors.rich_status(error)
     return grpc.aio.AioRpcError(
         code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details=message
     )
@@ -40,15 +44,17 @@ def as_failed_call(error: SagawireError) -> grpc.aio.AioRpcError:
         (Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED),
         (PermissionDenied("not yours"), grpc.StatusCode.PERMISSION_DENIED),
         (Transient("flaky"), grpc.StatusCode.UNAVAILABLE),
-        (Transient("slow", grpc.StatusCode.DEADLINE_EXCEEDED), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (Transient("slow", TransientKind.TIMED_OUT), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (Transient("busy", TransientKind.OVERLOADED), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (Transient("stopping", TransientKind.CANCELLED), grpc.StatusCode.CANCELLED),
         (BreakerOpen("open"), grpc.StatusCode.UNAVAILABLE),
         (Internal("bug"), grpc.StatusCode.INTERNAL),
         (SagawireError("not in the table"), grpc.StatusCode.INTERNAL),
     ],
 )
 def test_every_error_has_its_status_code(error: SagawireError, code: grpc.StatusCode) -> None:
-    assert errors.status_code_for(error) == code
-    assert errors.rich_status(error)[0] == code
+    assert grpc_errors.status_code_for(error) == code
+    assert grpc_errors.rich_status(error)[0] == code
 
 
 def test_only_transient_codes_are_retryable() -> None:
@@ -57,30 +63,32 @@ def test_only_transient_codes_are_retryable() -> None:
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.CANCELLED,  # by a server shutting down, not by the caller
-    } == errors.TRANSIENT_CODES
-    for error_class, code in errors.STATUS_CODES:
-        assert (code in errors.TRANSIENT_CODES) == issubclass(error_class, Transient)
+    } == grpc_errors.TRANSIENT_CODES
+    for error_class, code in grpc_errors.STATUS_CODES:
+        assert (code in grpc_errors.TRANSIENT_CODES) == issubclass(error_class, Transient)
 
 
 def test_invalid_argument_round_trips_with_its_field() -> None:
-    remote = errors.parse_rpc_error(as_failed_call(InvalidArgument("payload.total", "too big")))
-    assert remote == errors.RemoteError(
+    remote = grpc_errors.parse_rpc_error(
+        as_failed_call(InvalidArgument("payload.total", "too big"))
+    )
+    assert remote == grpc_errors.RemoteError(
         code=grpc.StatusCode.INVALID_ARGUMENT,
         reason="",
         message="payload.total: too big",
         field="payload.total",
     )
-    back = errors.error_from_remote(remote)
+    back = grpc_errors.error_from_remote(remote)
     assert isinstance(back, InvalidArgument)
     assert back.field == "payload.total"
 
 
 def test_business_rejection_round_trips_with_its_reason() -> None:
     rejection = BusinessRejection("INSUFFICIENT_STOCK", "SKU-RARE: 2 requested", sku="SKU-RARE")
-    remote = errors.parse_rpc_error(as_failed_call(rejection))
+    remote = grpc_errors.parse_rpc_error(as_failed_call(rejection))
     assert remote.code == grpc.StatusCode.FAILED_PRECONDITION
     assert (remote.reason, remote.message) == ("INSUFFICIENT_STOCK", "SKU-RARE: 2 requested")
-    back = errors.error_from_remote(remote)
+    back = grpc_errors.error_from_remote(remote)
     assert isinstance(back, BusinessRejection)
     assert back.reason == "INSUFFICIENT_STOCK"
 
@@ -100,25 +108,35 @@ def test_business_rejection_round_trips_with_its_reason() -> None:
 def test_other_errors_round_trip_into_the_same_class(
     error: SagawireError, expected_class: type[SagawireError], reason: str
 ) -> None:
-    remote = errors.parse_rpc_error(as_failed_call(error))
+    remote = grpc_errors.parse_rpc_error(as_failed_call(error))
     assert remote.reason == reason
     assert remote.message == error.message
-    assert type(errors.error_from_remote(remote)) is expected_class
+    assert type(grpc_errors.error_from_remote(remote)) is expected_class
 
 
-def test_transient_keeps_its_code_through_the_round_trip() -> None:
-    slow = Transient("slow", grpc.StatusCode.RESOURCE_EXHAUSTED)
-    back = errors.error_from_remote(errors.parse_rpc_error(as_failed_call(slow)))
+@pytest.mark.parametrize("kind", list(TransientKind))
+def test_transient_keeps_its_kind_through_the_round_trip(kind: TransientKind) -> None:
+    busy = Transient("busy", kind)
+    remote = grpc_errors.parse_rpc_error(as_failed_call(busy))
+    assert remote.reason == "TRANSIENT"
+    back = grpc_errors.error_from_remote(remote)
     assert isinstance(back, Transient)
-    assert back.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert back.kind is kind
+
+
+def test_the_error_tree_does_not_load_grpc() -> None:
+    """Domain code raises these errors without loading the transport (STYLE rule 9)."""
+    script = "import sys, common.errors; print('grpc' in sys.modules)"
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert ran.stdout.strip() == "False"
 
 
 def test_internal_error_details_never_leave_the_process() -> None:
     secret = "sqlite3.IntegrityError: UNIQUE constraint failed: charge.saga_id"
-    code, message, trailers = errors.rich_status(Internal(secret))
+    code, message, trailers = grpc_errors.rich_status(Internal(secret))
     assert (code, message) == (grpc.StatusCode.INTERNAL, "internal error")
     assert all(b"sqlite" not in value and b"UNIQUE" not in value for _, value in trailers)
-    remote = errors.parse_rpc_error(as_failed_call(Internal(secret)))
+    remote = grpc_errors.parse_rpc_error(as_failed_call(Internal(secret)))
     assert (remote.message, remote.reason) == ("internal error", "INTERNAL")
 
 
@@ -133,11 +151,11 @@ def test_internal_error_details_never_leave_the_process() -> None:
 )
 def test_a_message_quoting_a_huge_request_leaves_cut_short(error: SagawireError) -> None:
     """Within a caller's default metadata limit (8 KiB), even in multi-byte characters."""
-    code, message, trailers = errors.rich_status(error)
-    assert len(message) <= errors.MAX_MESSAGE_CHARS + 40
+    code, message, trailers = grpc_errors.rich_status(error)
+    assert len(message) <= grpc_errors.MAX_MESSAGE_CHARS + 40
     percent_encoded = sum(3 * len(c.encode()) if ord(c) > 126 else 1 for c in message)
     assert percent_encoded + sum(len(value) * 4 // 3 for _, value in trailers) < 8 * 1024
-    remote = errors.parse_rpc_error(as_failed_call(error))
+    remote = grpc_errors.parse_rpc_error(as_failed_call(error))
     assert (remote.code, remote.message) == (code, message)
 
 
@@ -145,14 +163,14 @@ def test_a_call_without_rich_details_still_parses() -> None:
     bare = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
     )
-    remote = errors.parse_rpc_error(bare)
-    assert remote == errors.RemoteError(grpc.StatusCode.UNAVAILABLE, "", "down")
-    assert isinstance(errors.error_from_remote(remote), Transient)
+    remote = grpc_errors.parse_rpc_error(bare)
+    assert remote == grpc_errors.RemoteError(grpc.StatusCode.UNAVAILABLE, "", "down")
+    assert isinstance(grpc_errors.error_from_remote(remote), Transient)
 
 
 def test_translate_rpc_errors_raises_the_matching_error() -> None:
     failed = as_failed_call(BusinessRejection("UNKNOWN_CUSTOMER", "no account for mallory"))
-    with pytest.raises(BusinessRejection) as caught, errors.translate_rpc_errors():
+    with pytest.raises(BusinessRejection) as caught, grpc_errors.translate_rpc_errors():
         raise failed
     assert caught.value.reason == "UNKNOWN_CUSTOMER"
     assert caught.value.__cause__ is failed
@@ -163,5 +181,5 @@ def test_a_call_cancelled_by_a_server_shutting_down_is_retried() -> None:
     cancelled = grpc.aio.AioRpcError(
         grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Cancelled"
     )
-    error = errors.error_from_remote(errors.parse_rpc_error(cancelled))
-    assert isinstance(error, Transient) and error.code == grpc.StatusCode.CANCELLED
+    error = grpc_errors.error_from_remote(grpc_errors.parse_rpc_error(cancelled))
+    assert isinstance(error, Transient) and error.kind is TransientKind.CANCELLED
