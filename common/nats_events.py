@@ -577,12 +577,21 @@ class NatsFollower:
     async def _handle(self, run: Sequence[tuple[Msg, events_pb2.Event]]) -> None:
         if not run:
             return
-        async with asyncio.TaskGroup() as tasks:
-            keeping = tasks.create_task(self._keep_in_progress([m for m, _ in run]))
-            try:
-                poisoned: Collection[str] = await self._follow.handle([e for _, e in run]) or ()
-            finally:
-                keeping.cancel()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                keeping = tasks.create_task(self._keep_in_progress([m for m, _ in run]))
+                try:
+                    poisoned: Collection[str] = await self._follow.handle([e for _, e in run]) or ()
+                finally:
+                    keeping.cancel()
+        except asyncio.CancelledError:
+            # Stopping mid-batch: hand the messages back now rather than after the ack
+            # wait, so the next follower (this service restarted) has them at once. What
+            # was committed is in the inbox.
+            for msg, _ in run:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            raise
         for msg, event in run:
             if event.id in poisoned:
                 await msg.term()

@@ -6,10 +6,13 @@ hand it, and the test reads what was handled, acknowledged and terminated.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+
+import pytest
 
 from common.config import EventSettings
 from common.event_transport import Follow
@@ -45,6 +48,9 @@ class FakeMsg:
 
     async def in_progress(self) -> None:
         self.answers.append("in_progress")
+
+    async def nak(self) -> None:
+        self.answers.append("nak")
 
 
 def message(
@@ -156,3 +162,22 @@ async def test_given_up_events_are_recorded_after_the_ones_before_them_were_hand
     assert reasons[1].startswith("not an event")
     assert "published by 'payment'" in reasons[2]
     assert [m.answers for m in batch] == [["ack"], ["term"], ["term"], ["term"], ["ack"]]
+
+
+async def test_a_follower_stopped_mid_batch_hands_the_messages_back_at_once() -> None:
+    started = asyncio.Event()
+
+    async def never_done(events: Sequence[events_pb2.Event]) -> set[str]:
+        started.set()
+        await asyncio.Event().wait()
+        return set()
+
+    recorder = Recorder()
+    recorder.handle = never_done  # type: ignore[method-assign]
+    batch = [message(1), message(2)]
+    delivering = asyncio.create_task(follower(recorder)._deliver(batch))  # type: ignore[arg-type]
+    await started.wait()
+    delivering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await delivering
+    assert [m.answers for m in batch] == [["nak"], ["nak"]]
