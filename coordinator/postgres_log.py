@@ -163,6 +163,12 @@ _UPDATE_SAGA = (
     " lease_until = CASE WHEN %s THEN now() + make_interval(secs => %s) ELSE lease_until END"
     " WHERE saga_id = %s"
 )
+_LOCK_HEADERS = (
+    "SELECT saga_id, status, last_seq, round, owner, fence,"
+    " (lease_until IS NULL OR lease_until < now()) AS expired"
+    " FROM sagas WHERE saga_id = ANY(%s) ORDER BY saga_id FOR UPDATE"
+)
+_ROLE_ROW = "SELECT owner, fence FROM leases WHERE name = %s FOR SHARE"
 _INSERT_TRANSITION = (
     "INSERT INTO transitions (saga_id, seq, kind, step, attempt, at, status, detail, writer,"
     " fence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -357,34 +363,62 @@ class PostgresSagaLog(SagaLog):
                 await conn.close()
 
     async def _commit(self, conn: AsyncConnection[Row], batch: list[_Write]) -> None:
+        """One transaction for the batch, in two round trips (three when a create meets a
+        key already taken): open it, insert the new sagas and lock the others' rows; then
+        every write, the notification and the commit. Refused writes are decided between
+        the two, before anything of theirs is sent."""
+        creates = [w for w in batch if w.new is not None]
+        inserting = _first_of_each_key(creates)
+        appended = sorted({w.saga_id for w in batch if w.new is None})
+        check_role = OBSERVER_ROLE in self._roles and any(w.role == OBSERVER_ROLE for w in batch)
+        inserts = conn.cursor()
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            if inserting:
+                params = [
+                    _saga_params(w.new, self.replica, self.lease_seconds)
+                    for w in inserting
+                    if w.new is not None
+                ]
+                await inserts.executemany(_INSERT_SAGA, params, returning=True)
+            headers_found = await conn.execute(_LOCK_HEADERS, (appended,)) if appended else None
+            role_found = await conn.execute(_ROLE_ROW, (OBSERVER_ROLE,)) if check_role else None
+        inserted: set[str] = set()
+        if inserting:
+            while True:
+                row = await inserts.fetchone()
+                if row is not None:
+                    inserted.add(row["saga_id"])
+                if not inserts.nextset():
+                    break
+        headers = _headers(await headers_found.fetchall()) if headers_found else {}
+        observer_ok = False
+        if role_found is not None:
+            row = await role_found.fetchone()
+            observer_ok = row is not None and (row["owner"], row["fence"]) == (
+                self.replica,
+                self._roles.get(OBSERVER_ROLE),
+            )
+        found = await self._found(conn, creates, inserting, inserted)
         outcomes: list[tuple[_Write, Any, BaseException | None]] = []
         plan = _Batch()
-        async with conn.transaction():
-            found = await self._insert_sagas(conn, batch)
-            appended = {w.saga_id for w in batch if w.new is None}
-            headers = await self._lock_headers(conn, appended)
-            observer_ok = OBSERVER_ROLE in self._roles and any(
-                w.role == OBSERVER_ROLE for w in batch
-            )
-            if observer_ok:
-                observer_ok = await self._role_is_ours(conn, OBSERVER_ROLE)
-            for write in batch:
-                try:
-                    if write.new is not None:
-                        value: Any = self._plan_create(write, found, plan)
-                    else:
-                        value = self._plan_append(write, headers, observer_ok, plan)
-                except (
-                    NotFound,
-                    StatusConflict,
-                    IdempotencyConflict,
-                    LeaseLost,
-                    OwnedElsewhere,
-                ) as refused:
-                    outcomes.append((write, None, refused))
+        for write in batch:
+            try:
+                if write.new is not None:
+                    value: Any = self._plan_create(write, found, plan)
                 else:
-                    outcomes.append((write, value, None))
-            await self._send(conn, plan)
+                    value = self._plan_append(write, headers, observer_ok, plan)
+            except (
+                NotFound,
+                StatusConflict,
+                IdempotencyConflict,
+                LeaseLost,
+                OwnedElsewhere,
+            ) as refused:
+                outcomes.append((write, None, refused))
+            else:
+                outcomes.append((write, value, None))
+        await self._send(conn, plan)
         self.batches += 1
         self.writes += len(batch)
         self._held.update(plan.claimed)
@@ -398,38 +432,16 @@ class PostgresSagaLog(SagaLog):
         for saga_id, status in plan.heard:
             self._notify(saga_id, status)
 
-    async def _insert_sagas(
-        self, conn: AsyncConnection[Row], batch: list[_Write]
+    async def _found(
+        self,
+        conn: AsyncConnection[Row],
+        creates: list[_Write],
+        inserting: list[_Write],
+        inserted: set[str],
     ) -> dict[str, _Found]:
-        """Insert the batch's new sagas; what each create found: (saga id, created now),
-        the saga its key names (created earlier), or the conflict of a different request
-        under that key. An empty id: the key's saga was pruned meanwhile."""
-        creates = [w for w in batch if w.new is not None]
-        if not creates:
-            return {}
-        firsts: dict[str, _Write] = {}
-        inserting: list[_Write] = []
-        for write in creates:
-            assert write.new is not None
-            key = write.new.idempotency_key
-            if key and key in firsts:
-                continue  # the same key twice in one batch: the second finds the first
-            if key:
-                firsts[key] = write
-            inserting.append(write)
-        inserted: set[str] = set()
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                _INSERT_SAGA,
-                [_saga_params(w.new, self.replica, self.lease_seconds) for w in inserting if w.new],
-                returning=True,
-            )
-            while True:
-                row = await cur.fetchone()
-                if row is not None:
-                    inserted.add(row["saga_id"])
-                if not cur.nextset():
-                    break
+        """What each create found: (saga id, created now), the saga its key names (created
+        earlier, or by an earlier create of the batch), or the conflict of a different
+        request under that key. An empty id: the key's saga was pruned meanwhile."""
         taken = [
             w.new.idempotency_key
             for w in creates
@@ -443,52 +455,28 @@ class PostgresSagaLog(SagaLog):
                 (taken,),
             )
             by_key = {row["idempotency_key"]: row for row in await cursor.fetchall()}
+        firsts = {w.new.idempotency_key: w for w in inserting if w.new and w.new.idempotency_key}
         found: dict[str, _Found] = {}
         for write in creates:
-            assert write.new is not None
+            new = write.new
+            assert new is not None
             if write.saga_id in inserted:
                 found[write.saga_id] = (write.saga_id, True)
                 continue
-            row = by_key.get(write.new.idempotency_key)
-            if row is None:
-                first = firsts.get(write.new.idempotency_key)
-                if first is not None and first.saga_id in inserted:
-                    row = {"saga_id": first.saga_id, "request_hash": first.new.request_hash}  # type: ignore[union-attr]
+            row = by_key.get(new.idempotency_key)
+            first = firsts.get(new.idempotency_key)
+            if row is None and first is not None and first.new and first.saga_id in inserted:
+                row = {"saga_id": first.saga_id, "request_hash": first.new.request_hash}
             if row is None:
                 found[write.saga_id] = ("", False)  # pruned meanwhile: create() tries again
-            elif row["request_hash"] != write.new.request_hash:
-                found[write.saga_id] = IdempotencyConflict(write.new.idempotency_key)
+            elif row["request_hash"] != new.request_hash:
+                found[write.saga_id] = IdempotencyConflict(new.idempotency_key)
             else:
                 found[write.saga_id] = (str(row["saga_id"]), False)
         return found
 
-    async def _lock_headers(
-        self, conn: AsyncConnection[Row], saga_ids: set[str]
-    ) -> dict[str, _Header]:
-        if not saga_ids:
-            return {}
-        cursor = await conn.execute(
-            "SELECT saga_id, status, last_seq, round, owner, fence,"
-            " (lease_until IS NULL OR lease_until < now()) AS expired"
-            " FROM sagas WHERE saga_id = ANY(%s) ORDER BY saga_id FOR UPDATE",
-            (sorted(saga_ids),),
-        )
-        return {
-            row["saga_id"]: _Header(
-                status=SagaStatus(row["status"]),
-                last_seq=row["last_seq"],
-                round=row["round"],
-                owner=row["owner"],
-                fence=row["fence"],
-                expired=row["expired"],
-            )
-            for row in await cursor.fetchall()
-        }
-
     async def _role_is_ours(self, conn: AsyncConnection[Row], role: str) -> bool:
-        cursor = await conn.execute(
-            "SELECT owner, fence FROM leases WHERE name = %s FOR SHARE", (role,)
-        )
+        cursor = await conn.execute(_ROLE_ROW, (role,))
         row = await cursor.fetchone()
         return row is not None and (row["owner"], row["fence"]) == (
             self.replica,
@@ -596,15 +584,13 @@ class PostgresSagaLog(SagaLog):
         return transitions
 
     async def _send(self, conn: AsyncConnection[Row], plan: _Batch) -> None:
-        """Every statement of the batch in one pipeline, then one NOTIFY (still inside the
-        transaction, so it leaves with the commit)."""
+        """Every statement of the batch, then one NOTIFY (it leaves with the commit), then
+        the commit: one pipeline, one round trip."""
         headers = [
             _header_params(saga_id, h, self.lease_seconds)
             for saga_id, h in plan.headers.items()
             if h.updated_at is not None
         ]
-        if not (plan.steps or plan.statements or headers or plan.transitions):
-            return
         async with conn.pipeline(), conn.cursor() as cur:
             if plan.steps:
                 await cur.executemany(_INSERT_STEP, plan.steps)
@@ -616,6 +602,7 @@ class PostgresSagaLog(SagaLog):
                 await cur.executemany(_INSERT_TRANSITION, plan.transitions)
             for payload in _payloads(self.replica, plan.heard):
                 await cur.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+            await cur.execute("COMMIT")
 
     def _lost(self, saga_id: str, why: str, refused: bool = True) -> None:
         """A write (``refused``) or a renewal found the lease of a saga this replica drove
@@ -977,6 +964,36 @@ class PostgresOffsets:
 
     async def save(self, producer: str, sequence: int) -> None:
         await self._log.save_observer_offset(producer, sequence)
+
+
+def _first_of_each_key(creates: list[_Write]) -> list[_Write]:
+    """The creates to insert: all but a second one with a key already in the batch (it
+    finds the first one's saga)."""
+    keys: set[str] = set()
+    inserting: list[_Write] = []
+    for write in creates:
+        assert write.new is not None
+        key = write.new.idempotency_key
+        if key and key in keys:
+            continue
+        if key:
+            keys.add(key)
+        inserting.append(write)
+    return inserting
+
+
+def _headers(rows: list[Row]) -> dict[str, _Header]:
+    return {
+        row["saga_id"]: _Header(
+            status=SagaStatus(row["status"]),
+            last_seq=row["last_seq"],
+            round=row["round"],
+            owner=row["owner"],
+            fence=row["fence"],
+            expired=row["expired"],
+        )
+        for row in rows
+    }
 
 
 def _filter(where: SagaFilter) -> tuple[list[str], list[Any]]:
