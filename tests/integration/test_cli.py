@@ -236,3 +236,20 @@ def test_an_unfinished_saga_shows_placeholders_and_watch_waits_for_its_outcome(
         stack.run("faults", "clear")
     watched = stack.run("saga", "watch", saga_id)
     assert watched.returncode == OK and "saga_completed" in watched.stdout
+
+
+def test_trace_waits_until_the_saga_spans_are_written(stack: Stack) -> None:
+    (placed,) = stack.json_lines("order", "place", "--customer", "alice", "--item", "SKU-MUG:1",
+                                 "--to", "Madrid")  # fmt: skip
+    saga_id = placed["saga_id"]
+    # At once: the processes export their spans in batches, seconds apart.
+    drawn = stack.run("trace", saga_id)
+    assert drawn.returncode == OK, drawn.stderr
+    assert "incomplete" not in drawn.stderr and "no trace" not in drawn.stderr
+    for line in ("saga place_order", "step charge_payment #1", "step approve_order #1"):
+        assert line in drawn.stdout, drawn.stdout
+    spans = stack.json_lines("trace", saga_id)
+    assert {"coordinator", "order", "inventory", "payment", "shipping"} <= {
+        s["service"] for s in spans
+    }
+    assert sum(s["kind"] == "SERVER" and s["service"] == "payment" for s in spans) == 1

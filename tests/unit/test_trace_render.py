@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -257,11 +258,59 @@ def test_a_trace_id_finds_the_same_trace(tmp_path: Path) -> None:
     assert result.output == GOLDEN.read_text(encoding="utf-8")
 
 
-def test_an_unknown_saga_is_an_error(tmp_path: Path) -> None:
+def test_an_unknown_saga_is_not_found(tmp_path: Path) -> None:
     _write_trace_files(tmp_path)
-    result = CliRunner().invoke(app, ["trace", "nope", "--data", str(tmp_path)])
-    assert result.exit_code == 1
+    result = CliRunner().invoke(app, ["trace", "nope", "--data", str(tmp_path), "--wait", "0"])
+    assert result.exit_code == 5
     assert "no trace found for nope" in result.output
+
+
+def test_it_waits_for_spans_still_being_written(tmp_path: Path) -> None:
+    """The payment service's batch of spans lands a moment after the coordinator's."""
+    records = _file_records()
+    early = [r for r in records if r["service"] != "payment"]
+    (tmp_path / "traces.jsonl").write_text("".join(json.dumps(r) + "\n" for r in early))
+
+    def late_batch() -> None:
+        time.sleep(1.0)
+        with (tmp_path / "traces.jsonl").open("a") as out:
+            out.write("".join(json.dumps(r) + "\n" for r in records if r not in early))
+
+    writer = threading.Thread(target=late_batch)
+    writer.start()
+    try:
+        result = CliRunner().invoke(app, ["trace", SAGA_ID, "--data", str(tmp_path)])
+    finally:
+        writer.join()
+    assert result.exit_code == 0, result.output
+    assert result.stdout == GOLDEN.read_text(encoding="utf-8")
+    assert result.stderr.splitlines() == [
+        f"waiting up to 15 s for the spans of {SAGA_ID} (11 spans so far, missing the server"
+        " span of coordinator's call /sagawire.v1.Participant/Execute)"
+    ]
+
+
+def test_an_incomplete_trace_is_shown_with_what_it_lacks(tmp_path: Path) -> None:
+    records = [r for r in _file_records() if r["span_id"] != "b000000000000001"]
+    (tmp_path / "traces.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = CliRunner().invoke(app, ["trace", SAGA_ID, "--data", str(tmp_path), "--wait", "1"])
+    assert result.exit_code == 0, result.output
+    assert "saga place_order" in result.stdout
+    assert result.stderr.splitlines()[-1] == (
+        "the trace may be incomplete after 1 s: missing the server span of coordinator's call"
+        " /sagawire.v1.Participant/Execute"
+    )
+
+
+def test_the_waterfall_fits_the_terminal(tmp_path: Path) -> None:
+    _write_trace_files(tmp_path)
+    result = CliRunner().invoke(
+        app, ["trace", SAGA_ID, "--data", str(tmp_path)], env={"COLUMNS": "100"}
+    )
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines[1:]) <= 100, result.stdout
+    assert len(lines) == len(GOLDEN.read_text(encoding="utf-8").splitlines())
+    assert "step charge_payment #1" in result.stdout
 
 
 class _FakeJaeger(BaseHTTPRequestHandler):
@@ -317,8 +366,98 @@ def test_renders_the_same_trace_from_jaeger(jaeger_url: str, lookup: str) -> Non
 
 def test_an_unreachable_jaeger_is_reported() -> None:
     result = CliRunner().invoke(app, ["trace", SAGA_ID, "--jaeger", "http://127.0.0.1:9"])
-    assert result.exit_code == 2
+    assert result.exit_code == 6
     assert "cannot read traces from Jaeger" in result.output
+
+
+def _otlp_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}  # int64: a string in protobuf's JSON
+    return {"stringValue": str(value)}
+
+
+def _otlp_document() -> dict[str, Any]:
+    """The same trace as Jaeger's API v3 returns it: OTLP JSON, one resource per service."""
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for span_id, parent, service, kind, name, start, end, status, attributes in _SPANS:
+        by_service.setdefault(service, []).append(
+            {
+                "traceId": TRACE_ID,
+                "spanId": span_id,
+                **({"parentSpanId": parent} if parent else {}),
+                "name": name,
+                "kind": f"SPAN_KIND_{kind}",
+                "startTimeUnixNano": str(T0 + int(start * MS)),
+                "endTimeUnixNano": str(T0 + int(end * MS)),
+                "status": {"code": "STATUS_CODE_ERROR"} if status == "ERROR" else {},
+                "attributes": [{"key": k, "value": _otlp_value(v)} for k, v in attributes.items()],
+            }
+        )
+    return {
+        "result": {
+            "resourceSpans": [
+                {
+                    "resource": {
+                        "attributes": [{"key": "service.name", "value": {"stringValue": name}}]
+                    },
+                    "scopeSpans": [{"scope": {"name": "sagawire"}, "spans": spans}],
+                }
+                for name, spans in by_service.items()
+            ]
+        }
+    }
+
+
+class _FakeJaegerV2(BaseHTTPRequestHandler):
+    """Jaeger v2's API v3, as far as ``sagawire trace`` uses it (no v1 API at all)."""
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        status, body = 200, None
+        if url.path == f"/api/v3/traces/{TRACE_ID}":
+            body = _otlp_document()
+        elif url.path.startswith("/api/v3/traces/"):
+            status, body = 404, {"error": {"httpCode": 404, "message": "trace not found"}}
+        elif url.path == "/api/v3/services":
+            body = {"services": ["payment", "coordinator", "inventory"]}
+        elif url.path == "/api/v3/traces":
+            wanted = json.loads(query["query.attributes"][0]).get("saga.id")
+            assert query["query.start_time_min"] and query["query.start_time_max"]
+            found = query["query.service_name"] == ["coordinator"] and wanted == SAGA_ID
+            status, body = (200, _otlp_document()) if found else (404, {"error": {}})
+        else:
+            self.send_error(404)
+            return
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("lookup", [TRACE_ID, SAGA_ID])
+def test_jaeger_v2_is_read_through_its_api_v3(lookup: str) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeJaegerV2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = CliRunner().invoke(app, ["trace", lookup, "--jaeger", url])
+        missing = CliRunner().invoke(app, ["trace", OTHER_TRACE_ID, "--jaeger", url, "--wait", "0"])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == GOLDEN.read_text(encoding="utf-8") + f"Jaeger: {url}/trace/{TRACE_ID}\n"
+    assert missing.exit_code == 5
 
 
 def _span(span_id: str, parent: str | None, start: int) -> SpanRecord:
