@@ -57,6 +57,7 @@ from protos.sagawire.v1 import (
     inventory_pb2_grpc,
     order_pb2,
     order_pb2_grpc,
+    participant_pb2,
     payment_pb2,
     payment_pb2_grpc,
     shipping_pb2,
@@ -72,6 +73,11 @@ _SETTLED = frozenset(
 _SAGA_DEADLINE = 45.0
 _MARKER = ".sagawire-demo"
 _INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
+# How long the demo waits for the services' spans of a choreographed saga's attempts.
+_ATTEMPTS_WAIT = 5.0
+# The demo's processes export their spans at once (the SDK's default batches every 5 s),
+# so the services' attempts of a choreographed saga can be shown as it ends.
+_DEMO_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 
 class Clients:
@@ -239,8 +245,39 @@ async def play_scenario(
     return outcome
 
 
+async def reaction_attempts(data_dir: Path, saga: coordinator_pb2.Saga) -> list[trace.SpanRecord]:
+    """The services' attempts at a choreographed saga's steps, from the local trace files
+    (not in the saga log: the coordinator only sees their events). Spans are written in
+    batches, so they are waited for until every step the services ran (each succeeded
+    step but the first, which the coordinator's call runs) has a successful attempt, for a
+    few seconds at most."""
+    succeeded = coordinator_pb2.STEP_STATUS_SUCCEEDED
+    ran = {step.name for step in saga.steps if step.status == succeeded and step.after}
+    deadline = time.monotonic() + _ATTEMPTS_WAIT
+    while True:
+        spans = await asyncio.to_thread(trace.load_local, data_dir, saga.saga_id)
+        attempts = sorted(
+            (
+                s
+                for s in spans
+                if s.service != COORDINATOR
+                and s.attributes.get("saga.phase") == "execute"
+                and isinstance(s.attributes.get("saga.attempt"), int)
+            ),
+            key=lambda s: s.start_ns,
+        )
+        done = {s.attributes.get("saga.step") for s in attempts if s.status_label == "ok"}
+        if ran <= done or time.monotonic() >= deadline:
+            return attempts
+        await asyncio.sleep(0.1)
+
+
 async def play(
-    console: Console, clients: Clients, scenarios: tuple[Scenario, ...], mode: Mode | None
+    console: Console,
+    clients: Clients,
+    scenarios: tuple[Scenario, ...],
+    mode: Mode | None,
+    data_dir: Path | None = None,
 ) -> list[Outcome]:
     """Run every scenario in turn, printing each saga, then the services' final state."""
     skus = sorted({sku for s in scenarios for sku, _ in s.items})
@@ -253,6 +290,13 @@ async def play(
         placed = {o.scenario.name: o for o in outcomes}
         outcome = await play_scenario(clients, scenario, run_id, skus, customers, mode, placed)
         view.print_outcome(console, outcome)
+        saga = outcome.saga
+        choreographed = saga is not None and saga.mode == participant_pb2.SAGA_MODE_CHOREOGRAPHY
+        if saga is not None and choreographed and data_dir and "retried" in scenario.shows:
+            # The retries happened in the services: show each attempt, the failed ones too.
+            view.print_reaction_attempts(
+                console, await reaction_attempts(data_dir, saga), saga.saga_id
+            )
         outcomes.append(outcome)
     end = await read_holdings(clients, skus, customers)
     view.print_final_state(console, start, end, outcomes)
@@ -324,7 +368,9 @@ async def run_demo(options: StackOptions, console: Console) -> int:
     outcomes: list[Outcome] | None = None
     interrupted = False
     try:
-        outcomes = await stack.guard(play(console, clients, SCENARIOS, options.mode))
+        outcomes = await stack.guard(
+            play(console, clients, SCENARIOS, options.mode, options.data_dir)
+        )
     except StackError as error:
         interrupted = stack.failure is None
         console.print(f"[bold red]demo stopped:[/] {error}", highlight=False)
@@ -398,6 +444,11 @@ def demo(
     data = data or Path(os.environ.get("SAGAWIRE_DATA_DIR") or ".sagawire") / "demo"
     fresh_data_dir(data)
     options = StackOptions(
-        data_dir=data, ports=ports, names=names, mode=mode, startup_timeout=startup_timeout
+        data_dir=data,
+        ports=ports,
+        names=names,
+        mode=mode,
+        startup_timeout=startup_timeout,
+        env={k: v for k, v in _DEMO_ENV.items() if k not in os.environ},
     )
     raise typer.Exit(asyncio.run(run_demo(options, console)))

@@ -100,8 +100,9 @@ SCENARIOS = (
     Scenario(
         "retried",
         "Survives transient failures",
-        "payment is told to fail its next 2 charges with UNAVAILABLE; the coordinator "
-        "retries with backoff and the order completes.",
+        "payment is told to fail its next 2 charges with UNAVAILABLE; the charge is retried "
+        "with backoff (by the coordinator in orchestration, by payment's event consumer in "
+        "choreography) and the order completes.",
         "alice",
         (("SKU-MUG", 2),),
         "Madrid",

@@ -26,6 +26,7 @@ from protos.sagawire.v1 import (
 if TYPE_CHECKING:
     from cli.demo_scenarios import Holdings, Outcome
     from cli.stack import StackOptions
+    from cli.trace import SpanRecord
 
 _STATUS_STYLE = {
     "COMPLETED": "bold green",
@@ -175,6 +176,39 @@ def print_outcome(console: Console, o: Outcome) -> None:
         console.print(f"[bold red]✗ {o.error}[/]", highlight=False)
     for ok, text in o.checks:
         console.print(Text(f"{'✓' if ok else '✗'} {text}", style="green" if ok else "bold red"))
+
+
+def print_reaction_attempts(console: Console, attempts: Sequence[SpanRecord], saga_id: str) -> None:
+    """A choreographed saga's step attempts as the services ran them (from its trace)."""
+    if not attempts:
+        console.print(
+            f"the services' attempts are in the saga's trace: sagawire trace {saga_id}",
+            style="dim",
+        )
+        return
+    t0 = min(s.start_ns for s in attempts)
+    table = Table(
+        title="attempts by the services' event consumers (from the trace)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("service", "step", "#", "outcome", "error"):
+        table.add_column(column)
+    table.add_column("start", justify="right")
+    table.add_column("took", justify="right")
+    for span in attempts:
+        outcome = str(span.attributes.get("saga.outcome") or "ok")
+        table.add_row(
+            span.service,
+            str(span.attributes.get("saga.step", "")),
+            str(span.attributes.get("saga.attempt", "")),
+            Text(outcome, style=_OUTCOME_STYLE.get(outcome, "")),
+            str(span.attributes.get("saga.error_reason") or ""),
+            f"+{(span.start_ns - t0) // 1_000_000} ms",
+            f"{(span.end_ns - span.start_ns) // 1_000_000} ms",
+        )
+    console.print(table)
 
 
 def print_final_state(

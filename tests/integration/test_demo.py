@@ -43,5 +43,12 @@ def test_demo_shows_every_outcome_and_exits_zero(tmp_path: Path, mode: str) -> N
     assert "the charge was captured, then refunded" in output
     assert "order returned" in output and "back in stock" in output
     assert f"ran in {mode} mode" in output
+    # Who retries the charge: the coordinator, or payment's event consumer, whose failed
+    # attempts are shown from the trace.
+    assert "the coordinator retries" not in output
+    if mode == "choreography":
+        attempts = output[output.index("attempts by the services' event consumers") :]
+        lines = attempts.splitlines()[:12]
+        assert any("charge_payment" in line and "transient" in line for line in lines), lines
     assert "stack stopped cleanly" in output
     assert (tmp_path / "demo" / "logs" / "payment.log").is_file()
