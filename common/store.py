@@ -95,7 +95,6 @@ class Database:
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{path.stem}")
         self._read_conn: sqlite3.Connection | None = None
-        self.batches = 0
         self.writes = 0
 
     async def open(self) -> None:
@@ -200,7 +199,6 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(item, None, failure) for item in batch]
-        self.batches += 1
         self.writes += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
         for item, value, outcome in results:

@@ -1,4 +1,8 @@
-"""gRPC clients of the participants: one channel and stub per participant name.
+"""The participants as the coordinator calls them: a port and its gRPC adapter.
+
+:class:`ParticipantClient` is what the runner and the finished notifier need of the
+participants, so unit tests drive them with a fake (tests/unit/fakes.py).
+:class:`Participants` is the real one: one channel and stub per participant name.
 
 Addresses come from :class:`common.config.Endpoints` (``SAGAWIRE_<NAME>_ADDR``).
 Every channel presents the coordinator's certificate and accepts only a server whose
@@ -9,6 +13,7 @@ gRPC's own retries are off: the call policy (common.policy) is the one retry lay
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import grpc
 
@@ -31,8 +36,28 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class Participants:
-    """Execute / Compensate on any participant, by name.
+class ParticipantClient(Protocol):
+    """Execute / Compensate / SagasFinished on any participant, by name.
+
+    ``deadline`` is the call's deadline in seconds. A failed call raises what the
+    transport raises; the call policy translates it into the error tree.
+    """
+
+    async def execute(
+        self, participant: str, request: participant_pb2.StepRequest, deadline: float
+    ) -> participant_pb2.StepReply: ...
+
+    async def compensate(
+        self, participant: str, request: participant_pb2.StepRequest, deadline: float
+    ) -> participant_pb2.StepReply: ...
+
+    async def sagas_finished(
+        self, participant: str, saga_ids: Sequence[str], deadline: float
+    ) -> participant_pb2.SagasFinishedReply: ...
+
+
+class Participants(ParticipantClient):
+    """Execute / Compensate on any participant, by name, over gRPC.
 
     ``deadline`` is the call's gRPC deadline in seconds (sent to the participant too).
     """

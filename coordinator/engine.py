@@ -98,11 +98,6 @@ class SagaEngine:
         self._closed: asyncio.Future[None] | None = None
 
     @property
-    def in_progress(self) -> int:
-        """Sagas being driven or waiting for a slot."""
-        return len(self._tasks)
-
-    @property
     def room(self) -> int:
         """How many more sagas it takes (none once shutdown began)."""
         return 0 if self._closing else max(self._max_pending - len(self._tasks), 0)

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 import grpc
 
 from common.retention import Pruning
-from coordinator.clients import Participants
+from coordinator.clients import ParticipantClient
 from coordinator.definitions import Definitions
 from coordinator.store import SagaLog
 
@@ -46,7 +46,7 @@ class FinishedNotifier:
         self,
         saga_log: SagaLog,
         definitions: Definitions,
-        participants: Participants,
+        participants: ParticipantClient,
         every_participant: Sequence[str],
         interval: float = 1.0,
         batch: int = BATCH,

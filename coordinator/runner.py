@@ -53,7 +53,7 @@ from common.errors import BusinessRejection, SagawireError
 from common.policy import AttemptSlot, CallPolicy
 from common.store import utc_now
 from coordinator.choreography_start import start_choreography
-from coordinator.clients import Participants
+from coordinator.clients import ParticipantClient
 from coordinator.compensation import compensate_all
 from coordinator.crash import NO_CRASH, CrashHook
 from coordinator.definitions import Definitions, SagaDefinition, SagaMode, Step
@@ -108,7 +108,7 @@ class SagaRunner:
         self,
         saga_log: SagaLog,
         definitions: Definitions,
-        participants: Participants,
+        participants: ParticipantClient,
         policy: CallPolicy,
         crash: CrashHook = NO_CRASH,
         clock: Callable[[], datetime] = utc_now,
