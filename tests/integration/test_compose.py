@@ -4,8 +4,9 @@ The compose file is validated by ``docker-compose config -q`` when the binary is
 installed, and by a structural check always; then it is checked against the code:
 every process it starts is a ``sagawire serve`` target, every ``SAGAWIRE_*``
 variable is a setting that accepts its value, ports and addresses agree with the
-ports the processes listen on, and the health-check command works against a
-real server.
+ports the processes listen on (all published on 127.0.0.1, the services' too), one
+image is built once and run by every Sagawire container, Jaeger has a health check,
+and the processes' health-check command works against a real server and costs little.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import importlib
 import importlib.util
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -264,13 +266,18 @@ def test_ports_and_addresses_agree_with_where_processes_listen(compose: dict[str
     ports = {name: listen_port(name, services[name]) for name in PROCESSES}
     for name in PROCESSES:
         test = services[name]["healthcheck"]["test"]
-        assert test[:3] == ["CMD", "sagawire", "health"], name
-        assert test[3] == f"127.0.0.1:{ports[name]}", name
+        assert test[:4] == ["CMD", "python", "-m", "common.health_probe"], name
+        assert test[4:] == [f"127.0.0.1:{ports[name]}"], name
         for key, value in environment(services[name]).items():
             if match := re.fullmatch(r"SAGAWIRE_(\w+)_ADDR", key):
                 target = match.group(1).lower()
                 assert value == f"{target}:{ports[target]}", (name, key, value)
     assert services["coordinator"]["ports"] == [f"127.0.0.1:50050:{ports['coordinator']}"]
+    # The services' own APIs too (events tail, poison, faults from the host), each on its
+    # own port: the coordinator names them by their compose host names, which the CLI
+    # replaces by the coordinator's host (127.0.0.1) when it cannot resolve them.
+    for name in SERVICE_NAMES:
+        assert services[name]["ports"] == [f"127.0.0.1:{ports[name]}:{ports[name]}"], name
     dependencies = services["coordinator"]["depends_on"]
     for name in SERVICE_NAMES:
         assert dependencies[name] == {"condition": "service_healthy"}
@@ -325,6 +332,44 @@ def test_the_mode_is_one_variable_away(monkeypatch: pytest.MonkeyPatch) -> None:
         assert any(expected in settings.values() for settings in loaded), (key, loaded)
 
 
+def _starts_after(services: dict[str, Any], name: str, first: str) -> bool:
+    """Whether ``name`` waits, directly or through its dependencies, for ``first``."""
+    waits_for = list(services[name].get("depends_on") or {})
+    return first in waits_for or any(_starts_after(services, d, first) for d in waits_for)
+
+
+def test_one_image_is_built_once_and_run_by_every_sagawire_container(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    ours = {
+        name: service
+        for name, service in services.items()
+        if service.get("image") == "sagawire:dev" or "build" in service
+    }
+    assert set(PROCESSES) | {"certs"} <= set(ours)
+    builders = [name for name, service in ours.items() if "build" in service]
+    assert builders == ["certs"]  # it starts first: every other service waits for it
+    assert ours["certs"]["build"] == "." and ours["certs"]["image"] == "sagawire:dev"
+    for name, service in ours.items():
+        assert service["image"] == "sagawire:dev", name
+        if name != "certs":
+            # Never pulled (no registry has it), never built twice.
+            assert service["pull_policy"] == "never", name
+            assert _starts_after(services, name, "certs"), name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "sagawire:dev" in dockerfile
+
+
+def test_jaeger_has_a_health_check_and_the_collector_waits_for_it(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    test = services["jaeger"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and "http://127.0.0.1:13133/status" in test
+    assert services["otel-collector"]["depends_on"]["jaeger"] == {"condition": "service_healthy"}
+
+
 def test_the_image_is_slim_non_root_and_installs_the_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
@@ -350,35 +395,62 @@ async def inventory(tmp_path: Path) -> AsyncIterator[RunningServer]:
         await running.stop()
 
 
-async def _run(args: list[str]) -> tuple[int, str]:
+async def _run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, output.decode()
 
 
-def _as_local_command(test: list[str], port: int) -> Iterator[str]:
+def _as_local_command(test: list[str], port: int) -> list[str]:
     """The compose health check as this machine runs it: same arguments, the test's port."""
-    assert test[:2] == ["CMD", "sagawire"]
-    yield from (sys.executable, "-m", "cli.main")
-    for arg in test[2:]:
-        yield re.sub(r"^127\.0\.0\.1:\d+$", f"127.0.0.1:{port}", arg)
+    assert test[:2] == ["CMD", "python"]
+    return [
+        sys.executable,
+        *(re.sub(r"^127\.0\.0\.1:\d+$", f"127.0.0.1:{port}", arg) for arg in test[2:]),
+    ]
+
+
+def _probe_env(compose: dict[str, Any], name: str) -> dict[str, str]:
+    """The container's identity as compose gives it (the session's certificates)."""
+    identity = environment(compose["services"][name])["SAGAWIRE_TLS_IDENTITY"]
+    return {**os.environ, "SAGAWIRE_TLS_IDENTITY": identity}
 
 
 async def test_the_compose_health_check_command_works_against_a_real_server(
     compose: dict[str, Any], inventory: RunningServer
 ) -> None:
     test = compose["services"]["inventory"]["healthcheck"]["test"]
-    code, output = await _run(list(_as_local_command(test, inventory.port)))
-    assert (code, output.strip()) == (0, f"{inventory.address} (server): SERVING")
+    command = _as_local_command(test, inventory.port)
+    env = _probe_env(compose, "inventory")
+    code, output = await _run(command, env)
+    assert (code, output.strip()) == (0, f"{inventory.address}: SERVING")
 
     assert await asyncio.to_thread(check, inventory.address, "sagawire.v1.Inventory") == "SERVING"
     assert await asyncio.to_thread(check, inventory.address, "no.such.Service") == "NOT_FOUND"
     await inventory.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    code, output = await _run(list(_as_local_command(test, inventory.port)))
-    assert (code, output.strip()) == (1, f"{inventory.address} (server): NOT_SERVING")
+    code, output = await _run(command, env)
+    assert (code, output.strip()) == (1, f"{inventory.address}: NOT_SERVING")
+
+
+async def test_the_health_check_is_cheap(compose: dict[str, Any], inventory: RunningServer) -> None:
+    """Five containers checked every few seconds: each check must cost little CPU."""
+    command = _as_local_command(
+        compose["services"]["inventory"]["healthcheck"]["test"], inventory.port
+    )
+    env = _probe_env(compose, "inventory")
+
+    def cpu_seconds() -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert done.returncode == 0, done.stdout
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    spent = min([await asyncio.to_thread(cpu_seconds) for _ in range(3)])
+    assert spent < 0.2, f"a health check costs {spent:.2f} CPU-s"
 
 
 async def test_the_health_check_fails_when_nobody_listens(inventory: RunningServer) -> None:
@@ -392,3 +464,6 @@ async def test_the_health_check_fails_when_nobody_listens(inventory: RunningServ
         f"{address} (server): UNAVAILABLE",
         f"{address} (server): DEADLINE_EXCEEDED",
     }
+    code, output = await _run([sys.executable, "-m", "common.health_probe", address, "1"])
+    assert code == 1
+    assert output.strip() in {f"{address}: UNAVAILABLE", f"{address}: DEADLINE_EXCEEDED"}
