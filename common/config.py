@@ -124,6 +124,17 @@ def override_names(port: int | None, data_dir: Path | None) -> dict[str, str]:
     }
 
 
+def readable_file(path: Path | None, name: str) -> None:
+    """A file a setting names must be there and readable (None: not set, nothing to read)."""
+    if path is None:
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise BadSetting(name, f"cannot read {os.fspath(path)}: {error.strerror}") from None
+
+
 def check_host(value: str) -> str:
     """An IP address or a host name (what a server may listen on)."""
     try:

@@ -26,6 +26,7 @@ from common.config import (
     Endpoints,
     load,
     override_names,
+    readable_file,
     usable_directory,
 )
 from common.event_transport import event_transport
@@ -248,6 +249,7 @@ def configure(
     settings = load(CoordinatorSettings, names=names, port=port, data_dir=data_dir)
     endpoints = load(Endpoints)
     usable_directory(settings.data_dir, names.get("data_dir", "SAGAWIRE_DATA_DIR"))
+    readable_file(settings.events_credentials, "SAGAWIRE_EVENTS_CREDENTIALS")
     try:
         definitions = load_definitions(settings.definitions_file, settings.mode)
     except DefinitionError as error:

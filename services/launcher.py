@@ -22,6 +22,7 @@ from common.config import (
     ServiceSettings,
     load,
     override_names,
+    readable_file,
     usable_directory,
 )
 from common.logs import setup_logging
@@ -68,6 +69,7 @@ def configure(name: str, port: int | None = None, data_dir: Path | None = None) 
     load(Endpoints)  # the producers a reacting service follows
     usable_directory(settings.data_dir, "--data" if data_dir else "SAGAWIRE_DATA_DIR")
     check_seed_file(settings.seed_file)
+    readable_file(settings.events_credentials, "SAGAWIRE_EVENTS_CREDENTIALS")
     try:
         load_definitions(settings.definitions_file)  # the service reacts by them
     except DefinitionError as error:

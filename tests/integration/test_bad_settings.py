@@ -51,6 +51,7 @@ EXPLICIT = {
     "SAGAWIRE_BULKHEADS": '{"nobody": 2}',
     "SAGAWIRE_SAGA_LOG": "mysql://db.example/sagas",
     "SAGAWIRE_EVENTS": "carrier-pigeon://loft",
+    "SAGAWIRE_EVENTS_CREDENTIALS": "{missing}",
 }
 
 
