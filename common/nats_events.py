@@ -87,9 +87,9 @@ SEQUENCE_HEADER = "Sagawire-Sequence"
 BATCH_SIZE = 256
 # A fetch with nothing to deliver ends after this long, and is asked again.
 FETCH_WAIT_SECONDS = 5.0
-# Once a message came, what else is already there is taken with it, waiting no longer
-# than this for more (a fetch of many waits for all of them, or for its expiry).
-GATHER_SECONDS = 0.01
+# Once a message came, the ones the stream already holds behind it (its metadata says
+# how many) are fetched with it; this long at most.
+GATHER_SECONDS = 1.0
 # Unacknowledged messages are redelivered after this long; a follower still working
 # on them says so every third of it.
 ACK_WAIT_SECONDS = 10.0
@@ -99,6 +99,10 @@ IDLE_RECHECK_SECONDS = 5.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
 # JetStream drops a re-published message id seen within this window.
 DUPLICATE_WINDOW_SECONDS = 120.0
+# The relay stores its position at most this often: a write (and an fsync) per published
+# round would cost more than the publishing; what a crash makes it publish again, the
+# stream drops as duplicates.
+POSITION_SAVE_SECONDS = 1.0
 # How often each relay reads its consumers' lag from JetStream.
 LAG_POLL_SECONDS = 5.0
 # Errors after which a relay or follower starts over (from the outbox position, or from
@@ -344,9 +348,9 @@ class NatsRelay:
             tasks.create_task(self._keep_reading_lags(), name=f"relay-lags-{self._source}")
 
     async def _keep_saving(self) -> None:
-        """Store the position as it moves, one transaction at a time, off the publishing
-        path (a commit per round would put an fsync before every next event). A position
-        not yet stored when the process dies costs a re-publish the stream drops."""
+        """Store the position as it moves, at most once a second, off the publishing path
+        (a commit per round would put an fsync before every next event). A position not
+        yet stored when the process dies costs a re-publish the stream drops."""
         saved = self.published
         while True:
             await self._moved.wait()
@@ -360,7 +364,7 @@ class NatsRelay:
             except Exception as error:  # a busy store: the next move tries again
                 log.warning("relay position not saved producer=%s: %r", self._source, error)
                 self._moved.set()
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(POSITION_SAVE_SECONDS)
 
     async def _keep_publishing(self) -> None:
         # Whatever stops it (the broker, the store), a stopped relay would stop every
@@ -508,15 +512,17 @@ class NatsFollower:
         self.connected.set()
         try:
             while True:
-                # One message, as soon as there is one; then whatever else is waiting. A
+                # One message, as soon as there is one; then those already behind it. A
                 # single fetch of a whole batch would hold the first message until the
                 # batch filled or the fetch expired.
                 try:
                     messages = await subscription.fetch(1, timeout=FETCH_WAIT_SECONDS)
                 except TimeoutError:  # nats' own, or asyncio's when the wait ran out
                     continue  # nothing new
-                with contextlib.suppress(TimeoutError):
-                    messages += await subscription.fetch(BATCH_SIZE - 1, timeout=GATHER_SECONDS)
+                behind = min(messages[-1].metadata.num_pending or 0, BATCH_SIZE - 1)
+                if behind:
+                    with contextlib.suppress(TimeoutError):
+                        messages += await subscription.fetch(behind, timeout=GATHER_SECONDS)
                 await self._deliver(messages)
         finally:
             self.connected.clear()
