@@ -18,12 +18,14 @@ are renewed in batches (:meth:`PostgresSagaLog.renew_leases`) and by every write
 saga; lease times are the database's clock, so replicas' clocks never race. Each
 transition keeps its writer and the token it was written under.
 
-**Group commit.** Writes go to a few lanes (a saga always to the same one, so its writes
-stay in order); each lane is one connection that takes every write waiting, checks them
-all against the sagas' rows (one ``SELECT ... FOR UPDATE``), and sends all their
-statements in one pipeline, one transaction, one commit, then answers the callers. A
-refused write (not found, a required status, a lost lease) is decided before anything is
-sent and fails alone.
+**Group commit.** Writes go to a lane (a saga always to the same one, so its writes stay
+in order); a lane is one connection that takes every write waiting, checks them all
+against the sagas' rows (one ``SELECT ... FOR UPDATE``), and sends all their statements
+in one pipeline, one transaction, one commit, then answers the callers. A refused write
+(not found, a required status, a lost lease) is decided before anything is sent and
+fails alone. One lane by default: measured here, more lanes make smaller batches, so
+more commits (fsyncs) for the same writes; 64 sagas at once wrote as fast through one
+lane as through four, and 8 sagas at once twice as fast.
 
 **Notifications.** Each commit sends one ``NOTIFY`` listing the sagas it changed; every
 replica listens and wakes its own ``WatchSaga`` streams and ``PlaceOrder(wait)`` calls, so
@@ -202,7 +204,7 @@ class PostgresSagaLog(SagaLog):
         schema: str = "sagawire",
         replica: str = "",
         lease_seconds: float = 10.0,
-        lanes: int = 2,
+        lanes: int = 1,
         max_batch: int = 256,
         pool_size: int = 4,
         migrations: tuple[Migration, ...] = MIGRATIONS,
