@@ -26,7 +26,8 @@ in stream order, to its handler (the inbox's :class:`common.inbox.Consumer`, whi
 applies each event exactly once and retries a transiently failing one in place, or the
 coordinator's observer) and acknowledges the batch only after the handler returned,
 that is after the effects committed; while the handler works, the messages are kept
-from redelivery (``in_progress``). An event the handler recorded as poison is
+from redelivery (``in_progress``), and a follower stopped mid-batch hands them back
+(``nak``) for its successor to have at once. An event the handler recorded as poison is
 terminated (``term``) instead of acknowledged; so is one that cannot be decoded, and
 one delivered ``SAGAWIRE_EVENTS_MAX_DELIVER`` times without an acknowledgement (its
 follower died or hung on it each time): those two are recorded as poison first.
@@ -91,8 +92,10 @@ FETCH_WAIT_SECONDS = 5.0
 # how many) are fetched with it; this long at most.
 GATHER_SECONDS = 1.0
 # Unacknowledged messages are redelivered after this long; a follower still working
-# on them says so every third of it.
-ACK_WAIT_SECONDS = 10.0
+# on them says so every quarter of it. It is how long the messages a follower held when
+# it died (SIGKILL) wait for its successor: short, since a redelivery costs only an
+# inbox look-up.
+ACK_WAIT_SECONDS = 4.0
 # An idle relay re-reads the outbox this often, a safety net for a missed wake-up.
 IDLE_RECHECK_SECONDS = 5.0
 # How long the relay waits for a round's acknowledgements before starting over.
@@ -609,7 +612,7 @@ class NatsFollower:
         """While the handler works (a transient failure may be retried for long), keep
         JetStream from redelivering the messages."""
         while True:
-            await asyncio.sleep(ACK_WAIT_SECONDS / 3)
+            await asyncio.sleep(ACK_WAIT_SECONDS / 4)
             for msg in messages:
                 with contextlib.suppress(nats.errors.Error):
                     await msg.in_progress()

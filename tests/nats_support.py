@@ -17,7 +17,7 @@ import shutil
 import ssl
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,20 +132,68 @@ class ServerTls:
     ca: Path
 
 
+def permissions_config(prefix: str, passwords: Mapping[str, str]) -> str:
+    """A nats-server configuration with one user per process of a stack, each allowed to
+    publish events on its own subjects only (``<prefix>.<name>.>``), to use the stream's
+    JetStream API and consumers, and to hear replies; ``coordinator`` publishes no event.
+    The README's "Events on NATS JetStream" shows it for the prefix ``sagawire``."""
+    shared = [
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{prefix}",
+        f"$JS.API.STREAM.CREATE.{prefix}",
+        f"$JS.API.STREAM.UPDATE.{prefix}",
+        f"$JS.API.CONSUMER.LIST.{prefix}",
+        f"$JS.API.CONSUMER.INFO.{prefix}.>",
+        f"$JS.API.CONSUMER.CREATE.{prefix}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{prefix}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{prefix}.>",
+        f"$JS.ACK.{prefix}.>",
+    ]
+    users = []
+    for name, password in passwords.items():
+        own = [] if name == "coordinator" else [f"{prefix}.{name}.>"]
+        allowed = ", ".join(f'"{subject}"' for subject in [*own, *shared])
+        users.append(
+            f'      {{user: "{name}", password: "{password}", permissions: {{\n'
+            f"        publish: {{allow: [{allowed}]}},\n"
+            f'        subscribe: {{allow: ["_INBOX.>"]}}}}}}'
+        )
+    return (
+        "accounts {\n  SAGAWIRE {\n    jetstream: enabled\n    users: [\n"
+        + ",\n".join(users)
+        + "\n    ]\n  }\n}\n"
+    )
+
+
 class PrivateNats:
     """A nats-server with JetStream of this test's own: it may stop and restart it.
 
-    With ``tls``, it speaks only mutual TLS (``tls://`` URL)."""
+    With ``tls``, it speaks only mutual TLS (``tls://`` URL). With ``config`` (e.g.
+    :func:`permissions_config`), it runs with that configuration; ``probe`` is the user
+    and password it is checked with."""
 
-    def __init__(self, directory: Path, tls: ServerTls | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        tls: ServerTls | None = None,
+        config: str = "",
+        probe: tuple[str, str] | None = None,
+    ) -> None:
         if not Path(NATS_SERVER).exists():
             _unavailable(f"no nats-server at {NATS_SERVER}: apt-get install nats-server")
         self.port = free_port()
         self.store = directory / "nats-store"
         self.log_file = directory / "nats-server.log"
+        self.config_file = directory / "nats-server.conf"
+        if config:
+            self.config_file.write_text(config)
         self.tls = tls
         self.url = f"{'tls' if tls else 'nats'}://127.0.0.1:{self.port}"
+        self._probe = self.url_as(*probe) if probe else self.url
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def url_as(self, user: str, password: str) -> str:
+        return f"{'tls' if self.tls else 'nats'}://{user}:{password}@127.0.0.1:{self.port}"
 
     def client_tls(self) -> ssl.SSLContext | None:
         """What the probe presents: the server's own certificate will do (same CA)."""
@@ -157,6 +205,8 @@ class PrivateNats:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         args = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        if self.config_file.exists():
+            args += ["-c", str(self.config_file)]
         if self.tls is not None:
             args += ["--tlsverify", "--tlscert", str(self.tls.cert), "--tlskey", str(self.tls.key)]
             args += ["--tlscacert", str(self.tls.ca)]
@@ -174,7 +224,7 @@ class PrivateNats:
         async def answers() -> bool:
             try:
                 client = await nats.connect(
-                    self.url,
+                    self._probe,
                     connect_timeout=1,
                     allow_reconnect=False,
                     error_cb=_quiet,

@@ -18,12 +18,14 @@ import pytest
 from google.protobuf.message import Message
 
 from common.certs import ensure_certs
-from common.config import EventSettings, TlsSettings
+from common.config import SERVICE_NAMES, Endpoints, EventSettings, TlsSettings
 from common.nats_events import MSG_ID_HEADER, NatsEvents, encode
+from common.server import start_server
 from common.tls import Identity
 from protos.sagawire.v1 import (
     admin_pb2,
     common_pb2,
+    coordinator_pb2,
     events_pb2,
     events_pb2_grpc,
     inventory_pb2,
@@ -32,10 +34,19 @@ from protos.sagawire.v1 import (
 )
 from services import saga_events
 from services.choreography import CHOREOGRAPHED_ONLY
+from services.launcher import spec_of
 from services.runtime import DomainService
+from tests.coordinator_support import Stack, start_coordinator, write_definitions
 from tests.event_support import create_order_request
-from tests.nats_support import Events, PrivateNats, ServerTls, events_over
-from tests.support import Cluster, listing, start_cluster, wait_until
+from tests.nats_support import Events, PrivateNats, ServerTls, events_over, permissions_config
+from tests.support import (
+    Cluster,
+    free_port,
+    listing,
+    service_settings,
+    start_cluster,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -230,3 +241,64 @@ async def test_over_tls_each_service_presents_its_own_certificate(tmp_path: Path
             await client.jetstream().account_info()
     finally:
         server.stop()
+
+
+async def test_with_nats_permissions_each_service_publishes_only_as_itself(
+    tmp_path: Path,
+) -> None:
+    passwords = {name: f"pw-{name}" for name in (*SERVICE_NAMES, "coordinator")}
+    server = PrivateNats(
+        tmp_path,
+        config=permissions_config("sagawire", passwords),
+        probe=("coordinator", passwords["coordinator"]),
+    )
+    await server.start()
+    try:
+        ports = {name: free_port() for name in SERVICE_NAMES}
+        endpoints = Endpoints(**{f"{n}_addr": f"127.0.0.1:{p}" for n, p in ports.items()})
+        servers = {}
+        for name in SERVICE_NAMES:
+            settings = service_settings(
+                tmp_path / "services",
+                port=ports[name],
+                events=server.url_as(name, passwords[name]),
+                events_prefix="sagawire",
+            )
+            app = DomainService(spec_of(name), settings, endpoints)
+            servers[name] = await start_server(app, settings)
+        cluster = Cluster(servers)
+        running, app_ = await start_coordinator(
+            cluster,
+            tmp_path / "coordinator",
+            write_definitions(tmp_path / "sagas.yaml"),
+            mode="choreography",
+            events=server.url_as("coordinator", passwords["coordinator"]),
+            events_prefix="sagawire",
+        )
+        stack = Stack(cluster, running.address, running, app_)
+        try:
+            reply = await stack.place("alice", [("SKU-MUG", 1)], "Berlin", wait=True)
+            assert reply.status == coordinator_pb2.SAGA_STATUS_COMPLETED
+        finally:
+            await stack.stop_coordinator()
+            await cluster.stop()
+        # Inventory's user may not publish under order's subjects: nothing is stored.
+        client = await nats.connect(
+            server.url_as("inventory", passwords["inventory"]), error_cb=_quiet
+        )
+        try:
+            js = client.jetstream()
+            forged = f"sagawire.order.choreography.{saga_events.ORDER_CREATED}"
+            before = (await js.stream_info("sagawire", subjects_filter=forged)).state.messages
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await js.publish(forged, b"forged", timeout=1)
+            after = (await js.stream_info("sagawire", subjects_filter=forged)).state.messages
+            assert after == before
+        finally:
+            await client.close()
+    finally:
+        server.stop()
+
+
+async def _quiet(error: Exception) -> None:
+    """The permission violation is the point of the test, not news."""
