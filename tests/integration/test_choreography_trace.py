@@ -127,13 +127,15 @@ async def _one_trace(receiver: OtlpReceiver, tmp_path: Path, events_env: dict[st
         for s in spans
         if attribute(s.span.attributes, "saga.step") is not None and s.span.kind == 1
     }
-    assert steps == {
-        ("coordinator", "step create_order", "ok"),
-        ("inventory", "step reserve_stock", "ok"),
-        ("payment", "step charge_payment", "ok"),
-        ("shipping", "step schedule_shipment", "ok"),
-        ("order", "step approve_order", "ok"),
+    assert {(service, name) for service, name, outcome in steps if outcome == "ok"} == {
+        ("coordinator", "step create_order"),
+        ("inventory", "step reserve_stock"),
+        ("payment", "step charge_payment"),
+        ("shipping", "step schedule_shipment"),
+        ("order", "step approve_order"),
     }
+    # A loaded machine may make an attempt time out: it shows as a retried attempt.
+    assert {outcome for _, _, outcome in steps} <= {"ok", "transient"}
     assert not orphans(receiver.spans())
     # Every process exported its metrics (flushed when it stopped): the services the
     # steps they ran, as the coordinator does in orchestration.
