@@ -55,6 +55,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from common.errors import NotFound
 from common.telemetry import INSTRUMENTATION_NAME
+from coordinator.log_rows import attempt_from_row, filter_clauses, saga_from_row
 from coordinator.pg_migrations import MIGRATIONS, Migration, migrate
 from coordinator.records import (
     TERMINAL,
@@ -62,12 +63,10 @@ from coordinator.records import (
     AttemptRecord,
     Change,
     Direction,
-    ErrorDetail,
     Failure,
     Kind,
     NewSaga,
     Outcome,
-    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
@@ -852,7 +851,7 @@ class PostgresSagaLog(SagaLog):
         limit: int,
         where: SagaFilter = EVERY_SAGA,
     ) -> list[SagaRecord]:
-        clauses, args = _filter(where)
+        clauses, args = filter_clauses(where, "%s", _as_is)
         if status is not None:
             clauses.append("status = %s")
             args.append(status.value)
@@ -864,10 +863,10 @@ class PostgresSagaLog(SagaLog):
             f"SELECT * FROM sagas {condition} ORDER BY created_at DESC, saga_id DESC LIMIT %s",
             (*args, limit),
         )
-        return [_saga(row, ()) for row in rows]
+        return [saga_from_row(row, (), _as_is) for row in rows]
 
     async def count_sagas(self, where: SagaFilter = EVERY_SAGA) -> dict[SagaStatus, int]:
-        clauses, args = _filter(where)
+        clauses, args = filter_clauses(where, "%s", _as_is)
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetch(
             f"SELECT status, count(*) AS n FROM sagas {condition} GROUP BY status", args
@@ -998,25 +997,6 @@ def _headers(rows: list[Row]) -> dict[str, _Header]:
     }
 
 
-def _filter(where: SagaFilter) -> tuple[list[str], list[Any]]:
-    """The SQL conditions (and their parameters) of ``where``."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    if where.definition:
-        clauses.append("definition = %s")
-        args.append(where.definition)
-    if where.mode:
-        clauses.append("mode = %s")
-        args.append(where.mode)
-    if where.created_after is not None:
-        clauses.append("created_at >= %s")
-        args.append(where.created_after)
-    if where.created_before is not None:
-        clauses.append("created_at < %s")
-        args.append(where.created_before)
-    return clauses, args
-
-
 def _saga_params(new: NewSaga, replica: str, lease_seconds: float) -> tuple[Any, ...]:
     return (
         new.saga_id,
@@ -1141,55 +1121,15 @@ def _payloads(writer: str, heard: list[tuple[str, SagaStatus]]) -> list[str]:
     return payloads
 
 
-def _saga(row: Row, steps: tuple[StepRecord, ...]) -> SagaRecord:
-    failure = None
-    if row["failure_code"] is not None:
-        failure = Failure(
-            step=row["failure_step"],
-            code=row["failure_code"],
-            reason=row["failure_reason"],
-            message=row["failure_message"],
-        )
-    return SagaRecord(
-        saga_id=row["saga_id"],
-        definition=row["definition"],
-        mode=row["mode"],
-        status=SagaStatus(row["status"]),
-        direction=Direction(row["direction"]),
-        data=row["data"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        deadline=row["deadline"],
-        steps=steps,
-        idempotency_key=row["idempotency_key"] or "",
-        request_hash=row["request_hash"],
-        failure=failure,
-        round=row["round"],
-        finished_at=row["finished_at"],
-        trace_id=row["trace_id"],
-        last_seq=row["last_seq"],
-    )
-
-
-def _attempt(row: Row) -> AttemptRecord:
-    error = None
-    if row["error_code"] is not None:
-        error = ErrorDetail(row["error_code"], row["error_reason"], row["error_message"])
-    return AttemptRecord(
-        phase=Phase(row["phase"]),
-        number=row["number"],
-        round=row["round"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
-        error=error,
-    )
+def _as_is(value: Any) -> Any:
+    """PostgreSQL's times are datetimes already (``timestamptz``)."""
+    return value
 
 
 def _records(sagas: list[Row], steps: list[Row], attempts: list[Row]) -> dict[str, SagaRecord]:
     by_step: dict[tuple[str, str], list[AttemptRecord]] = {}
     for a in attempts:
-        by_step.setdefault((a["saga_id"], a["step"]), []).append(_attempt(a))
+        by_step.setdefault((a["saga_id"], a["step"]), []).append(attempt_from_row(a, _as_is))
     steps_of: dict[str, list[StepRecord]] = {}
     for s in steps:
         steps_of.setdefault(s["saga_id"], []).append(
@@ -1200,7 +1140,10 @@ def _records(sagas: list[Row], steps: list[Row], attempts: list[Row]) -> dict[st
                 attempts=tuple(by_step.get((s["saga_id"], s["name"]), ())),
             )
         )
-    return {row["saga_id"]: _saga(row, tuple(steps_of.get(row["saga_id"], ()))) for row in sagas}
+    return {
+        row["saga_id"]: saga_from_row(row, tuple(steps_of.get(row["saga_id"], ())), _as_is)
+        for row in sagas
+    }
 
 
 async def drop_schema(dsn: str, schema: str) -> None:

@@ -19,19 +19,16 @@ from pathlib import Path
 
 from common.errors import NotFound
 from common.store import Database
+from coordinator.log_rows import attempt_from_row, filter_clauses, saga_from_row
 from coordinator.record_cache import RecordCache
 from coordinator.records import (
     TERMINAL,
     UNFINISHED,
     AttemptRecord,
     Change,
-    Direction,
-    ErrorDetail,
-    Failure,
     Kind,
     NewSaga,
     Outcome,
-    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
@@ -419,62 +416,11 @@ def _append(conn: sqlite3.Connection, saga_id: str, change: Change) -> Transitio
     return transition
 
 
-def _saga(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> SagaRecord:
-    failure = None
-    if row["failure_code"] is not None:
-        failure = Failure(
-            step=row["failure_step"],
-            code=row["failure_code"],
-            reason=row["failure_reason"],
-            message=row["failure_message"],
-        )
-    created = _time(row["created_at"])
-    updated = _time(row["updated_at"])
-    deadline = _time(row["deadline"])
-    assert created and updated and deadline  # NOT NULL columns
-    return SagaRecord(
-        saga_id=row["saga_id"],
-        definition=row["definition"],
-        mode=row["mode"],
-        status=SagaStatus(row["status"]),
-        direction=Direction(row["direction"]),
-        data=row["data"],
-        created_at=created,
-        updated_at=updated,
-        deadline=deadline,
-        steps=steps,
-        idempotency_key=row["idempotency_key"] or "",
-        request_hash=row["request_hash"],
-        failure=failure,
-        round=row["round"],
-        finished_at=_time(row["finished_at"]),
-        trace_id=row["trace_id"],
-        last_seq=row["last_seq"],
-    )
-
-
-def _attempt(row: sqlite3.Row) -> AttemptRecord:
-    started = _time(row["started_at"])
-    assert started is not None
-    error = None
-    if row["error_code"] is not None:
-        error = ErrorDetail(row["error_code"], row["error_reason"], row["error_message"])
-    return AttemptRecord(
-        phase=Phase(row["phase"]),
-        number=row["number"],
-        round=row["round"],
-        started_at=started,
-        finished_at=_time(row["finished_at"]),
-        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
-        error=error,
-    )
-
-
 def _steps(steps: Sequence[sqlite3.Row], attempts: Sequence[sqlite3.Row]) -> tuple[StepRecord, ...]:
     """One saga's steps (rows in position order) with their attempts (in rowid order)."""
     by_step: dict[str, list[AttemptRecord]] = {}
     for a in attempts:
-        by_step.setdefault(a["step"], []).append(_attempt(a))
+        by_step.setdefault(a["step"], []).append(attempt_from_row(a, _time))
     return tuple(
         StepRecord(
             name=s["name"],
@@ -497,7 +443,7 @@ def _load(conn: sqlite3.Connection, saga_id: str) -> SagaRecord | None:
         "SELECT saga_id, name, status, result FROM steps WHERE saga_id = ? ORDER BY position",
         (saga_id,),
     ).fetchall()
-    return _saga(row, _steps(steps, attempts))
+    return saga_from_row(row, _steps(steps, attempts), _time)
 
 
 def _load_unfinished(conn: sqlite3.Connection) -> list[SagaRecord]:
@@ -520,32 +466,15 @@ def _load_unfinished(conn: sqlite3.Connection) -> list[SagaRecord]:
     ):
         steps.setdefault(s["saga_id"], []).append(s)
     return [
-        _saga(row, _steps(steps.get(row["saga_id"], []), attempts.get(row["saga_id"], [])))
+        saga_from_row(
+            row, _steps(steps.get(row["saga_id"], []), attempts.get(row["saga_id"], [])), _time
+        )
         for row in rows
     ]
 
 
-def _filter(where: SagaFilter) -> tuple[list[str], list[object]]:
-    """The SQL conditions (and their parameters) of ``where``."""
-    clauses: list[str] = []
-    args: list[object] = []
-    if where.definition:
-        clauses.append("definition = ?")
-        args.append(where.definition)
-    if where.mode:
-        clauses.append("mode = ?")
-        args.append(where.mode)
-    if where.created_after is not None:
-        clauses.append("created_at >= ?")
-        args.append(_iso(where.created_after))
-    if where.created_before is not None:
-        clauses.append("created_at < ?")
-        args.append(_iso(where.created_before))
-    return clauses, args
-
-
 def _count(conn: sqlite3.Connection, where: SagaFilter) -> dict[SagaStatus, int]:
-    clauses, args = _filter(where)
+    clauses, args = filter_clauses(where, "?", _iso)
     condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         f"SELECT status, COUNT(*) FROM sagas {condition} GROUP BY status", args
@@ -560,7 +489,7 @@ def _list(
     limit: int,
     where: SagaFilter = EVERY_SAGA,
 ) -> list[SagaRecord]:
-    clauses, args = _filter(where)
+    clauses, args = filter_clauses(where, "?", _iso)
     if status is not None:
         clauses.append("status = ?")
         args.append(status.value)
@@ -583,7 +512,7 @@ def _list(
             [row["saga_id"] for row in rows],
         ):
             steps.setdefault(s["saga_id"], []).append(s)
-    return [_saga(row, _steps(steps.get(row["saga_id"], []), ())) for row in rows]
+    return [saga_from_row(row, _steps(steps.get(row["saga_id"], []), ()), _time) for row in rows]
 
 
 _PRUNABLE = "told_at IS NOT NULL AND finished_at < ?"
