@@ -30,9 +30,9 @@ import grpc
 
 from common.certs import COORDINATOR, OPERATOR
 from common.grpc_errors import parse_rpc_error
-from common.participant import pack
 from common.tls import Identity
 from common.tokens import with_token
+from contract.messages import pack
 from protos.sagawire.v1 import (
     common_pb2,
     coordinator_pb2,

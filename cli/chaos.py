@@ -47,14 +47,10 @@ from common.certs import OPERATOR
 from common.config import EventSettings
 from common.nats_events import delete_stream
 from common.tls import Identity
+from contract.modes import wire_mode
 from coordinator.postgres_log import drop_schema, is_postgres_url
-from protos.sagawire.v1 import participant_pb2
 
 _T = TypeVar("_T")
-_SAGA_MODE = {
-    Mode.orchestration: participant_pb2.SAGA_MODE_ORCHESTRATION,
-    Mode.choreography: participant_pb2.SAGA_MODE_CHOREOGRAPHY,
-}
 
 
 class Reference(StrEnum):
@@ -234,7 +230,7 @@ async def _pass(
         settled = await wait_settled(stack.coordinator_address, stack.token, config.settle_timeout)
         settle_seconds = time.perf_counter() - drove
         end = await read_end_state(stack.coordinator_address, stack.token, addresses, run_id)
-    wrong_mode = [s.saga_id for s in end.sagas if s.mode != _SAGA_MODE[mode]]
+    wrong_mode = [s.saga_id for s in end.sagas if s.mode != wire_mode(mode.value)]
     if wrong_mode:
         raise BenchError(
             f"{len(wrong_mode)} sagas did not run in {mode.value} mode (e.g. {wrong_mode[0]}): "

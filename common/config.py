@@ -30,7 +30,7 @@ DEFAULT_PORTS = {
 _S = TypeVar("_S", bound=BaseSettings)
 SEED_FILE = Path(__file__).resolve().parent.parent / "services" / "seed.toml"
 # The saga definitions: the coordinator runs them, the services react by them.
-DEFINITIONS_FILE = Path(__file__).resolve().parent.parent / "coordinator" / "sagas.yaml"
+DEFINITIONS_FILE = Path(__file__).resolve().parent.parent / "contract" / "sagas.yaml"
 ENV_PREFIX = "SAGAWIRE_"
 # Exit status of a process refused at start for a bad setting or argument.
 BAD_SETTING_STATUS = 2

@@ -39,6 +39,8 @@ from common.participant_telemetry import (
 )
 from common.store import Database, utc_now
 from common.telemetry import producer_span
+from contract.messages import pack
+from contract.modes import MODE_NAMES
 from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -148,18 +150,8 @@ def unpack_payload(packed: any_pb2.Any, payload_type: type[_P], field: str = "pa
     return message
 
 
-def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 # Every event says how its saga runs, so consumers can ask producers for one mode only.
 MODE_HEADER = outbox.MODE_HEADER
-MODE_NAMES: dict[int, str] = {
-    participant_pb2.SAGA_MODE_ORCHESTRATION: "orchestration",
-    participant_pb2.SAGA_MODE_CHOREOGRAPHY: "choreography",
-}
 
 _SAGA_MODES = frozenset(participant_pb2.SagaMode.values())
 EXECUTE, COMPENSATE = "execute", "compensate"

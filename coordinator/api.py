@@ -19,9 +19,9 @@ from common.breakers import BreakerBoard
 from common.bulkhead import Bulkheads
 from common.errors import BreakerOpen, NotFound, PermissionDenied
 from common.tokens import Caller
+from contract.definitions import Definitions, SagaMode
 from coordinator import requests
 from coordinator.auth import ApiAuth, may_see
-from coordinator.definitions import Definitions, SagaMode
 from coordinator.engine import SagaEngine
 from coordinator.observation import OBSERVED
 from coordinator.payloads import saga_data

@@ -37,11 +37,11 @@ from common.server import serve_until_signal, server_options, start_server
 from common.telemetry import saga_metrics, setup_telemetry
 from common.tls import Identity, check_server_material
 from common.tokens import TokenKeyError, ensure_signing_key
+from contract.definitions import DefinitionError, Definitions, SagaMode, load_definitions
 from coordinator import api
 from coordinator.auth import ApiAuth
 from coordinator.clients import Participants
 from coordinator.crash import CrashHook
-from coordinator.definitions import DefinitionError, Definitions, SagaMode, load_definitions
 from coordinator.engine import Redrive, SagaEngine
 from coordinator.finished import FinishedNotifier, saga_log_task
 from coordinator.observer import Observer

@@ -45,7 +45,7 @@ from common.tokens import (
     TokenVerifier,
     bearer_token,
 )
-from coordinator.definitions import Definitions
+from contract.definitions import Definitions
 from coordinator.records import SagaRecord
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from common.errors import SagawireError
-from coordinator.definitions import Step
+from contract.definitions import Step
 from coordinator.outcomes import needs_compensation
 from coordinator.plan import descendants
 from coordinator.records import Change, Kind, Outcome, Phase, SagaStatus, StepStatus

@@ -33,9 +33,9 @@ from common.retrying import attempt_then_retry
 from common.saga_ids import new_saga_id
 from common.store import utc_now
 from common.telemetry import saga_metrics
-from coordinator.definitions import Definitions
+from contract.definitions import Definitions
+from contract.messages import pack
 from coordinator.observation import settlement
-from coordinator.payloads import pack
 from coordinator.plan import carried_by_services, first_intents
 from coordinator.records import (
     RETRYABLE,

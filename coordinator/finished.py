@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 import grpc
 
 from common.retention import Pruning
+from contract.definitions import Definitions
 from coordinator.clients import ParticipantClient
-from coordinator.definitions import Definitions
 from coordinator.store import SagaLog
 
 log = logging.getLogger(__name__)

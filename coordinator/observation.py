@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import any_pb2
 
-from coordinator.definitions import DEFAULT_SAGA, Definitions, EventKind
+from contract.definitions import DEFAULT_SAGA, Definitions, EventKind
 from coordinator.records import (
     TERMINAL,
     AttemptChange,

@@ -43,7 +43,7 @@ from common.outbox import MODE_HEADER
 from common.store import Database, utc_now
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
-from coordinator.definitions import Definitions, SagaMode, load_definitions
+from contract.definitions import Definitions, SagaMode, load_definitions
 from coordinator.observation import (
     OPEN,
     Observation,

@@ -1,35 +1,19 @@
-"""The saga's data: its input with every succeeded step's result merged over it.
-
-Each step returns only the fields it fills in (a total, a charge id...); the
-request of the next step carries the merged data as its payload. A choreographed
-step's result is the whole data its event carried, so results are laid over the
-input field by field: a field a result sets replaces the input's (protobuf's
-``MergeFrom`` would append repeated fields: the order's items, once per step).
-"""
+"""The saga's data: its input with every succeeded step's result laid over it
+(contract/messages.py), and the request of a step built from it."""
 
 from __future__ import annotations
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from coordinator.definitions import SagaDefinition, Step
+from contract.definitions import SagaDefinition, Step
+from contract.messages import overlay, pack
+from contract.modes import WIRE_MODES
 from coordinator.records import Phase, SagaRecord, StepStatus
 from protos.sagawire.v1 import participant_pb2
 
-# The wire value of a saga's mode: participants' reactions act only on choreographed sagas.
-MODES = {
-    "orchestration": participant_pb2.SAGA_MODE_ORCHESTRATION,
-    "choreography": participant_pb2.SAGA_MODE_CHOREOGRAPHY,
-}
-
 # Statuses of a step whose execute returned a result.
 _WITH_RESULT = frozenset({StepStatus.SUCCEEDED, StepStatus.COMPENSATING, StepStatus.COMPENSATED})
-
-
-def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def saga_data(definition: SagaDefinition, record: SagaRecord) -> Message:
@@ -42,18 +26,6 @@ def saga_data(definition: SagaDefinition, record: SagaRecord) -> Message:
             if any_pb2.Any.FromString(step.result).Unpack(result):
                 overlay(data, result)
     return data
-
-
-def overlay(data: Message, result: Message) -> None:
-    """Set every field ``result`` sets on ``data``, replacing what was there."""
-    for field, value in result.ListFields():
-        if field.is_repeated:  # lists and maps
-            data.ClearField(field.name)
-            getattr(data, field.name).MergeFrom(value)
-        elif field.message_type is not None:
-            getattr(data, field.name).CopyFrom(value)
-        else:
-            setattr(data, field.name, value)
 
 
 def step_request(
@@ -70,7 +42,7 @@ def step_request(
         step=step.name,
         action=action,
         payload=pack(data),
-        mode=MODES[record.mode],
+        mode=WIRE_MODES[record.mode],
         # The services' events carry it on: in choreography, the flow they follow.
         saga=definition.name,
     )

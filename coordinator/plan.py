@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from coordinator.definitions import SagaDefinition, SagaMode, Step
+from contract.definitions import SagaDefinition, SagaMode, Step
 from coordinator.records import (
     AttemptChange,
     Change,

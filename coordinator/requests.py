@@ -8,9 +8,10 @@ import uuid
 from datetime import UTC, datetime
 
 from common.errors import InvalidArgument
+from contract.modes import MODE_NAMES
 from coordinator.records import SagaStatus
 from coordinator.store import Cursor, SagaFilter
-from coordinator.views import MODE, STATUS_OF
+from coordinator.views import STATUS_OF
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_saga_pb2
 
@@ -101,18 +102,15 @@ def status_filter(value: int) -> SagaStatus | None:
     return status
 
 
-_MODE_OF = {int(v): k for k, v in MODE.items()}
-
-
 def saga_filter(value: pb.SagaFilter) -> SagaFilter:
     """The log's filter for a request's ``filter`` (an unset field matches every saga)."""
     if len(value.saga) > MAX_ID_LENGTH:
         raise InvalidArgument("filter.saga", f"must be at most {MAX_ID_LENGTH} characters")
     mode = ""
     if value.mode:
-        if value.mode not in _MODE_OF:
+        if value.mode not in MODE_NAMES:
             raise InvalidArgument("filter.mode", f"unknown saga mode {value.mode}")
-        mode = _MODE_OF[value.mode]
+        mode = MODE_NAMES[value.mode]
     return SagaFilter(
         value.saga,
         mode,

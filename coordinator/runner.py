@@ -52,11 +52,11 @@ from opentelemetry.context import Context
 from common.errors import BusinessRejection, SagawireError
 from common.policy import AttemptSlot, CallPolicy
 from common.store import utc_now
+from contract.definitions import Definitions, SagaDefinition, SagaMode, Step
 from coordinator.choreography_start import start_choreography
 from coordinator.clients import ParticipantClient
 from coordinator.compensation import compensate_all
 from coordinator.crash import NO_CRASH, CrashHook
-from coordinator.definitions import Definitions, SagaDefinition, SagaMode, Step
 from coordinator.outcomes import (
     StepFailed,
     barrier_outcome,

@@ -61,7 +61,7 @@ from common.telemetry import (
     tracer,
     with_span_id,
 )
-from coordinator.definitions import Step
+from contract.definitions import Step
 from coordinator.outcomes import error_detail
 from coordinator.records import AttemptChange, Outcome, Phase, SagaRecord, SagaStatus
 

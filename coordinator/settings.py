@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from common.config import ServerSettings
 from common.tokens import TokenSettings
-from coordinator.definitions import DEFAULT_FILE
+from contract.definitions import DEFAULT_FILE
 from coordinator.postgres_log import is_postgres_url
 
 

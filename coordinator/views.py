@@ -10,8 +10,10 @@ from google.protobuf.message import Message
 
 from common.breakers import BreakerView
 from common.bulkhead import BulkheadView
-from coordinator.definitions import SagaDefinition, SagaMode
-from coordinator.payloads import pack, saga_data
+from contract.definitions import SagaDefinition
+from contract.messages import pack
+from contract.modes import wire_mode
+from coordinator.payloads import saga_data
 from coordinator.records import (
     AttemptRecord,
     Failure,
@@ -20,7 +22,7 @@ from coordinator.records import (
     StepStatus,
     Transition,
 )
-from protos.sagawire.v1 import common_pb2, participant_pb2
+from protos.sagawire.v1 import common_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
 
 SAGA_STATUS = {
@@ -41,11 +43,6 @@ STEP_STATUS = {
     StepStatus.FAILED: pb.STEP_STATUS_FAILED,
     StepStatus.COMPENSATING: pb.STEP_STATUS_COMPENSATING,
     StepStatus.COMPENSATED: pb.STEP_STATUS_COMPENSATED,
-}
-
-MODE = {
-    SagaMode.ORCHESTRATION.value: participant_pb2.SAGA_MODE_ORCHESTRATION,
-    SagaMode.CHOREOGRAPHY.value: participant_pb2.SAGA_MODE_CHOREOGRAPHY,
 }
 
 
@@ -122,7 +119,7 @@ def saga_message(definition: SagaDefinition | None, record: SagaRecord) -> pb.Sa
     return pb.Saga(
         saga_id=record.saga_id,
         saga=record.definition,
-        mode=MODE.get(record.mode, participant_pb2.SAGA_MODE_UNSPECIFIED),
+        mode=wire_mode(record.mode),
         status=SAGA_STATUS[record.status],
         data=packed,
         steps=steps,
@@ -154,7 +151,7 @@ def definition_message(definition: SagaDefinition) -> pb.Definition:
     """A saga definition as ListDefinitions shows it: its steps in a dependency order."""
     return pb.Definition(
         name=definition.name,
-        mode=MODE[definition.mode.value],
+        mode=wire_mode(definition.mode.value),
         data_type=definition.data_type,
         deadline_seconds=definition.deadline,
         steps=[

@@ -1,7 +1,7 @@
 """How the services carry a choreographed saga on: reactions built from the saga definitions.
 
 There is no flow table here. Each service loads the same definitions as the
-coordinator (SAGAWIRE_DEFINITIONS_FILE, coordinator/sagas.yaml) and reacts to the
+coordinator (SAGAWIRE_DEFINITIONS_FILE, contract/sagas.yaml) and reacts to the
 events the participants' catalogue declares, as the steps' ``after:`` lists say:
 
 - **Forward.** A step of this service runs once every step it comes ``after`` has
@@ -58,8 +58,8 @@ from common.participant import MODE_HEADER, Action, ActionRunner, StepContext
 from common.participant_telemetry import ReactionStep
 from common.retention import Pruning, delete_oldest
 from common.store import Database, utc_now
-from coordinator.definitions import DEFAULT_SAGA, Definitions, EventKind, SagaDefinition, Step
-from coordinator.payloads import overlay
+from contract.definitions import DEFAULT_SAGA, Definitions, EventKind, SagaDefinition, Step
+from contract.messages import overlay
 from protos.sagawire.v1 import events_pb2, order_saga_pb2, participant_pb2
 
 log = logging.getLogger(__name__)

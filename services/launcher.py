@@ -29,7 +29,7 @@ from common.logs import setup_logging
 from common.server import serve_until_signal, start_server
 from common.telemetry import setup_telemetry
 from common.tls import check_server_material
-from coordinator.definitions import DefinitionError, load_definitions
+from contract.definitions import DefinitionError, load_definitions
 from services.runtime import DomainService, ServiceSpec
 
 

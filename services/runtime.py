@@ -36,7 +36,7 @@ from common.store import Database
 from common.stream import EventStreamServicer
 from common.telemetry import service_metrics
 from common.tls import Identity
-from coordinator.definitions import load_definitions
+from contract.definitions import load_definitions
 from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, participant_pb2_grpc
 from services import choreography
 from services.choreography import CHOREOGRAPHED_ONLY, Reactions, started_by_events

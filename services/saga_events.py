@@ -2,7 +2,7 @@
 
 Which event type an action publishes when it succeeds, is rejected or is compensated
 is declared once, in the participants' catalogue of the saga definitions
-(coordinator/sagas.yaml); :class:`SagaEvents` reads it there. Every event carries an
+(contract/sagas.yaml); :class:`SagaEvents` reads it there. Every event carries an
 :class:`~protos.sagawire.v1.events_pb2.OrderSagaEvent`: the saga's data as the step
 left it, the saga's mode and definition, the step, and for a rejection its reason.
 
@@ -18,8 +18,8 @@ from google.protobuf.message import Message
 
 from common.errors import BusinessRejection
 from common.participant import Emitted, StepContext
-from coordinator.definitions import DEFAULT_SAGA, ActionEvents, Definitions, EventKind
-from coordinator.payloads import overlay
+from contract.definitions import DEFAULT_SAGA, ActionEvents, Definitions, EventKind
+from contract.messages import overlay
 from protos.sagawire.v1 import events_pb2, order_saga_pb2, participant_pb2
 
 ORDER_CREATED = "sagawire.order.created"
@@ -41,7 +41,7 @@ Data = order_saga_pb2.OrderSagaData
 
 def merged(payload: Message, result: Message | None) -> Data:
     """The saga's data after a step: its payload with the fields the step's result sets
-    laid over it (as the coordinator merges results: coordinator/payloads.py)."""
+    laid over it (as the coordinator merges results: contract/messages.py)."""
     data = Data()
     overlay(data, payload)
     if result is not None:

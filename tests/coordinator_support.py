@@ -2,7 +2,7 @@
 
 ``running_stack`` starts the services in-process and the coordinator in-process
 (or, with :func:`start_coordinator_process`, as a subprocess that tests can
-SIGKILL). Definitions are the shipped ``coordinator/sagas.yaml`` with timings
+SIGKILL). Definitions are the shipped ``contract/sagas.yaml`` with timings
 shrunk for tests by :func:`write_definitions`.
 """
 
@@ -21,8 +21,8 @@ import yaml
 from common.config import Endpoints
 from common.server import RunningServer, start_server
 from common.tokens import Role, TokenSettings, local_token, with_token
+from contract.definitions import DEFAULT_FILE
 from coordinator.app import CoordinatorApp
-from coordinator.definitions import DEFAULT_FILE
 from coordinator.settings import CoordinatorSettings
 from protos.sagawire.v1 import (
     admin_pb2,

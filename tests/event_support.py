@@ -10,7 +10,7 @@ import grpc
 
 from common.certs import COORDINATOR
 from common.grpc_errors import TRANSIENT_CODES
-from common.participant import pack
+from contract.messages import pack
 from protos.sagawire.v1 import (
     common_pb2,
     events_pb2,

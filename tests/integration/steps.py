@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import grpc
 
 from common.grpc_errors import RemoteError, parse_rpc_error
-from common.participant import pack
+from contract.messages import pack
 from protos.sagawire.v1 import (
     common_pb2,
     inventory_pb2,

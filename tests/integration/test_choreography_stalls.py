@@ -16,10 +16,10 @@ import pytest
 
 from common.server import start_server
 from common.store import utc_now
+from contract.definitions import load_definitions
+from contract.messages import pack
 from coordinator import requests
 from coordinator.app import LOG_FILE
-from coordinator.definitions import load_definitions
-from coordinator.payloads import pack
 from coordinator.plan import first_intents
 from coordinator.records import (
     AttemptChange,

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from common.grpc_errors import parse_rpc_error
-from common.participant import pack
+from contract.messages import pack
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import (
     order_pb2,

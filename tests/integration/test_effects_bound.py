@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from common.config import ServiceSettings
-from common.participant import pack
+from contract.messages import pack
 from protos.sagawire.v1 import (
     common_pb2,
     order_pb2,

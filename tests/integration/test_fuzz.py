@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from common.certs import COORDINATOR, OPERATOR
 from common.config import SEED_FILE, SERVICE_NAMES
-from common.participant import pack
+from contract.messages import pack
 from protos.sagawire.v1 import (
     common_pb2,
     events_pb2,

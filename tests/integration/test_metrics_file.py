@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from cli.main import app as cli_app
 from common.certs import COORDINATOR
 from common.metrics_file import metrics_file, read_metrics_file
-from common.participant import pack
+from contract.messages import pack
 from protos.sagawire.v1 import common_pb2, order_saga_pb2, participant_pb2, participant_pb2_grpc
 from tests.support import open_channel, start_service_process, wait_until
 

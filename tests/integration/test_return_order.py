@@ -2,7 +2,7 @@
 
 A completed order is returned: the order service accepts the return (an approved order,
 once, the customer's own), payment refunds the order's charge, inventory puts the units
-back, the order is closed as returned. The definition (coordinator/sagas.yaml) is all
+back, the order is closed as returned. The definition (contract/sagas.yaml) is all
 that makes it a saga: the coordinator's runner runs it in orchestration, the services'
 reactions in choreography, with no code of its own in either.
 """

@@ -18,9 +18,9 @@ import grpc
 import pytest
 
 from common.certs import COORDINATOR
-from common.participant import pack
 from common.server import RunningServer, start_server
 from common.telemetry import Telemetry
+from contract.messages import pack
 from protos.sagawire.v1 import (
     admin_pb2,
     admin_pb2_grpc,

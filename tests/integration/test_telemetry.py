@@ -31,7 +31,7 @@ from cli.main import app as cli_app
 from common import telemetry
 from common.certs import COORDINATOR
 from common.logs import log_handler
-from common.participant import StepContext, pack
+from common.participant import StepContext
 from common.server import RunningServer, start_server
 from common.telemetry import (
     Telemetry,
@@ -44,6 +44,7 @@ from common.telemetry import (
     span_exporters_from_env,
 )
 from common.trace_file import JsonLinesSpanExporter
+from contract.messages import pack
 from protos.sagawire.v1 import (
     common_pb2,
     events_pb2,

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from common.config import RetentionSettings
 from common.store import Database
-from coordinator.definitions import (
+from contract.definitions import (
     DEFAULT_FILE,
     EventKind,
     SagaDefinition,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator.definitions import (
+from contract.definitions import (
     DEFAULT_FILE,
     DefinitionError,
     EventKind,
@@ -17,7 +17,7 @@ from coordinator.definitions import (
     load_definitions,
     parse_definitions,
 )
-from coordinator.yaml_fields import parse_duration
+from contract.yaml_fields import parse_duration
 from services.launcher import spec_of
 
 SHIPPED: dict[str, Any] = yaml.safe_load(DEFAULT_FILE.read_text())

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.definitions import load_definitions
+from contract.definitions import load_definitions
 from coordinator.observation import observe, observed_types, plan
 from coordinator.records import (
     TERMINAL,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import any_pb2
 
-from coordinator.definitions import SagaDefinition, load_definitions
+from contract.definitions import SagaDefinition, load_definitions
 from coordinator.payloads import saga_data, step_request
 from coordinator.records import (
     AttemptChange,

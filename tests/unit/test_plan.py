@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coordinator.definitions import SagaMode, load_definitions
+from contract.definitions import SagaMode, load_definitions
 from coordinator.plan import (
     carried_by_services,
     first_intents,

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from common.breakers import BreakerBoard, BreakerSettings
 from common.policy import CallPolicy, RetryPolicy
-from coordinator.definitions import Definitions, SagaDefinition, load_definitions
-from coordinator.payloads import pack
+from contract.definitions import Definitions, SagaDefinition, load_definitions
+from contract.messages import pack
 from coordinator.plan import first_intents
 from coordinator.records import NewSaga, SagaRecord, SagaStatus
 from coordinator.runner import SagaRunner

@@ -15,7 +15,7 @@ from opentelemetry.trace import StatusCode
 
 from common.policy import RetryPolicy
 from common.telemetry import Telemetry, activated, create_telemetry
-from coordinator.definitions import Step
+from contract.definitions import Step
 from coordinator.records import NewSaga, Phase, SagaRecord, SagaStatus, new_record
 from coordinator.saga_telemetry import (
     CarriedSpans,

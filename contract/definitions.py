@@ -37,8 +37,8 @@ from google.protobuf.message import Message
 
 from common.config import DEFINITIONS_FILE
 from common.policy import RetryPolicy
-from coordinator import yaml_fields as fields
-from coordinator.dag import ancestors, find_cycle, topological
+from contract import yaml_fields as fields
+from contract.dag import ancestors, find_cycle, topological
 
 # Registers the saga data types with the default descriptor pool.
 from protos.sagawire.v1 import order_saga_pb2  # noqa: F401
