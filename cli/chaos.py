@@ -10,7 +10,7 @@ the stack holds is read through its public APIs only (:mod:`cli.chaos_state`) an
 checked (:mod:`cli.chaos_check`): one terminal saga per order, records that match,
 stock and money conserved, and the same completed orders as the fault-free run.
 
-The stacks are the benchmark's (:class:`cli.bench_stack.BenchStack`): the same
+The stacks are the benchmark's (:class:`bench.stack_under_test.BenchStack`): the same
 processes as ``sagawire up``, on free ports, in a temporary directory, seeded with
 ``cli/chaos_seed.toml``. ``--target`` runs the chaos pass against a running stack
 instead (faults and stream cuts through its Admin API, no kills).
@@ -32,9 +32,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from cli.bench import _stopped_by_signals
-from cli.bench_report import ProgressBars, machine
-from cli.bench_stack import BenchError, BenchStack, child_env
+from bench.command import _stopped_by_signals
+from bench.report import ProgressBars, machine
+from bench.stack_under_test import BenchError, BenchStack, child_env
 from cli.chaos_check import REFERENCE_DIFFERS, Violation, check_run, compare
 from cli.chaos_drive import Progress, drive
 from cli.chaos_faults import Blow, Saboteur

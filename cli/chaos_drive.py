@@ -30,7 +30,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from cli.bench_sagas import status_name
+from bench.drivers import status_name
 from cli.chaos_plan import Plan, PlannedOrder
 from common.grpc_errors import TRANSIENT_CODES, parse_rpc_error
 from common.tls import Identity

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 import grpc
 
-from cli.bench_stack import BenchError, BenchStack
+from bench.stack_under_test import BenchError, BenchStack
 from cli.chaos_drive import Progress, open_channel
 from cli.chaos_schedule import COORDINATOR, Action, ChaosEvent, fault_plan
 from protos.sagawire.v1 import admin_pb2, admin_pb2_grpc

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cli.bench_load import percentile
+from bench.closed_loop import percentile
 from cli.chaos_check import Verdict, Violation
 from cli.chaos_drive import Placement
 from cli.chaos_faults import Blow

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import grpc
 
-from cli.bench_sagas import status_name
+from bench.drivers import status_name
 from cli.chaos_drive import open_channel as _channel
 from common.grpc_errors import TRANSIENT_CODES
 from common.paging import every_page

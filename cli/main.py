@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cli import bench, certs, chaos, demo, events, health, metrics, sagas, stack, trace
+from bench import command as bench_command
+from cli import certs, chaos, demo, events, health, metrics, sagas, stack, trace
 from cli.console import console
 from cli.faults import faults_app
 from cli.oneline import OneLineTyper
@@ -73,7 +74,7 @@ app.command()(health.health)
 app.command()(certs.certs)
 app.command()(trace.trace)
 app.command()(metrics.metrics)
-app.command()(bench.bench)
+app.command()(bench_command.bench)
 app.command()(chaos.chaos)
 sagas.register(app)
 app.command()(console)

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from cli.bench_report import RunRow
+from bench.report import RunRow
 
 SAGAWIRE = Path(sys.executable).parent / "sagawire"
 MODES = ("raw", "orchestration", "choreography")

@@ -14,7 +14,7 @@ import tomllib
 
 from tests.support import ROOT
 
-RUNTIME_PACKAGES = ("common", "coordinator", "services", "cli", "console", "protos")
+RUNTIME_PACKAGES = ("common", "coordinator", "services", "cli", "bench", "console", "protos")
 ENTRY_MODULES = (
     "cli.main",
     "coordinator.app",

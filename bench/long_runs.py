@@ -30,11 +30,11 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from cli.bench_check import snapshot, verify
-from cli.bench_load import BENCH_PROCESS, Placed, ProcessWatch, Stop, closed_loop
-from cli.bench_report import RunRow, row_of
-from cli.bench_sagas import Driver, Mix, Outcome, saga_spec, status_name
-from cli.bench_stack import BenchError, BenchStack
+from bench.closed_loop import BENCH_PROCESS, Placed, ProcessWatch, Stop, closed_loop
+from bench.consistency import snapshot, verify
+from bench.drivers import Driver, Mix, Outcome, saga_spec, status_name
+from bench.report import RunRow, row_of
+from bench.stack_under_test import BenchError, BenchStack
 from common.grpc_errors import TRANSIENT_CODES
 from common.tls import Identity
 from common.tokens import with_token

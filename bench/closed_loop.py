@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from cli.bench_sagas import Driver, Mix, Outcome, SagaSpec, saga_spec
+from bench.drivers import Driver, Mix, Outcome, SagaSpec, saga_spec
 
 BENCH_PROCESS = "bench"
 _SAMPLE_EVERY = 0.25

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.bench_load import BENCH_PROCESS, LoadResult, percentile
+from bench.closed_loop import BENCH_PROCESS, LoadResult, percentile
 
 RAW = "raw"
 _MB = 1024 * 1024

@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cli.bench_load import Placed
-from cli.bench_sagas import COMPENSATED, COMPLETED
+from bench.closed_loop import Placed
+from bench.drivers import COMPENSATED, COMPLETED
 from common.paging import every_page
 from common.tls import Identity
 from protos.sagawire.v1 import (

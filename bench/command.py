@@ -3,7 +3,7 @@
 For each mode and each concurrency: a warm-up, then a measured closed-loop run for a
 duration or a saga count. Modes:
 
-- ``raw``: the bench calls the participants itself (the floor, see :mod:`cli.bench_sagas`);
+- ``raw``: the bench calls the participants itself (the floor, see :mod:`bench.drivers`);
 - ``orchestration`` / ``choreography``: ``PlaceOrder`` with ``wait`` on a coordinator
   running sagas in that mode;
 - ``choreography-direct``: choreography started at the order service and observed on its
@@ -14,8 +14,8 @@ services carry their events on NATS JetStream (a stream of its own, deleted afte
 rows labelled ``<mode>/nats``.
 
 After a mode's runs the services' records are checked against the reported outcomes
-(:mod:`cli.bench_check`). ``--soak`` and ``--recovery`` replace the sweep with the
-long-run checks of :mod:`cli.bench_long`.
+(:mod:`bench.consistency`). ``--soak`` and ``--recovery`` replace the sweep with the
+long-run checks of :mod:`bench.long_runs`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from cli import bench_long
-from cli.bench_check import Snapshot, snapshot, verify
-from cli.bench_load import Placed, ProcessWatch, Stop, closed_loop
-from cli.bench_report import (
+from bench import long_runs
+from bench.closed_loop import Placed, ProcessWatch, Stop, closed_loop
+from bench.consistency import Snapshot, snapshot, verify
+from bench.drivers import (
+    CoordinatorDriver,
+    DirectChoreographyDriver,
+    Driver,
+    Mix,
+    RawDriver,
+)
+from bench.report import (
     RAW,
     ProgressBars,
     RunRow,
@@ -48,14 +55,7 @@ from cli.bench_report import (
     row_of,
     write_json,
 )
-from cli.bench_sagas import (
-    CoordinatorDriver,
-    DirectChoreographyDriver,
-    Driver,
-    Mix,
-    RawDriver,
-)
-from cli.bench_stack import BenchError, BenchStack, child_env
+from bench.stack_under_test import BenchError, BenchStack, child_env
 from cli.stack import Mode
 from common.certs import OPERATOR
 from common.config import EventSettings
@@ -238,7 +238,7 @@ async def _run_mode_rows(
             per_run: list[list[Placed]] = []
             everything: list[Placed] = []
             if config.soak_sagas:
-                row, placed = await bench_long.soak(
+                row, placed = await long_runs.soak(
                     stack,
                     mode,
                     driver,
@@ -253,7 +253,7 @@ async def _run_mode_rows(
             await _check(stack, before, rows, per_run, everything, result, mode)
             result.rows.extend(rows)
             if config.recovery and mode in _COORDINATED:
-                check = await bench_long.recovery(stack, mode, config.mix, config.recovery)
+                check = await long_runs.recovery(stack, mode, config.mix, config.recovery)
                 result.checks.append(check)
                 if check["unexpected"]:
                     result.problems.append(f"{mode} recovery: {check['unexpected']} unexpected")
@@ -510,9 +510,9 @@ def bench(
     print_report(console, result.rows)
     for row in result.rows:
         if row.kind == "soak":
-            bench_long.print_soak(console, row)
+            long_runs.print_soak(console, row)
     for check in result.checks:
-        bench_long.print_check(console, check)
+        long_runs.print_check(console, check)
     for problem in result.problems:
         console.print(f"[bold red]inconsistent:[/] {problem}")
     if json_file is not None:
