@@ -61,7 +61,7 @@ from common.certs import OPERATOR
 from common.config import EventSettings
 from common.nats_events import delete_stream
 from common.tls import Identity
-from coordinator.postgres_log import drop_schema, is_postgres_url
+from coordinator.log.postgres import drop_schema, is_postgres_url
 
 ORCHESTRATION, CHOREOGRAPHY, DIRECT = "orchestration", "choreography", "choreography-direct"
 MODES = (RAW, ORCHESTRATION, CHOREOGRAPHY, DIRECT)

@@ -48,7 +48,7 @@ from common.config import EventSettings
 from common.nats_events import delete_stream
 from common.tls import Identity
 from contract.modes import wire_mode
-from coordinator.postgres_log import drop_schema, is_postgres_url
+from coordinator.log.postgres import drop_schema, is_postgres_url
 
 _T = TypeVar("_T")
 

@@ -16,7 +16,7 @@ sagawire.v1.Order, Inventory, Payment,         coordinator, operator
 Shipping (the services' read APIs)
 sagawire.v1.Admin (fault injection)            operator
 sagawire.v1.Coordinator (the public API)       any caller the transport admitted; the bearer
-                                               token decides what it may do (coordinator/api.py)
+                                               token decides what it may do (coordinator/api/)
 grpc.health.v1.Health, server reflection       any caller
 =============================================  ==============================================
 

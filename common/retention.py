@@ -11,7 +11,7 @@ logged and the next one runs on time: the job never stops by itself.
 
 Why each removal is safe is written beside the table it prunes: the barrier
 (common/barrier.py), the outbox (common/outbox.py), the saga log
-(coordinator/finished.py). The inbox and poison rows are pruned here, by age:
+(coordinator/engine/finished.py). The inbox and poison rows are pruned here, by age:
 
 - **inbox** (common/inbox.py): a consumer skips every event at or below its stored
   offset before it looks at the inbox, and it moves the offset in the transaction that

@@ -28,7 +28,7 @@ the local key is neither made nor read.
 
 **A token** is a JWT with ``iss``, ``aud``, ``exp`` and ``sub`` (all required) and the
 role claim. For a customer, ``sub`` is the customer id: the coordinator lets it place
-orders as that customer only and read only that customer's sagas (coordinator/auth.py).
+orders as that customer only and read only that customer's sagas (coordinator/api/auth.py).
 """
 
 from __future__ import annotations

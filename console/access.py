@@ -1,7 +1,7 @@
 """Whose token each of the console's calls carries, and which requests it takes at all.
 
 The coordinator decides what a caller may read or do from its bearer token
-(coordinator/auth.py); the console only chooses which token to send:
+(coordinator/api/auth.py); the console only chooses which token to send:
 
 1. the user's own: ``Authorization: Bearer <token>`` on the request, or the token the
    user signed in with (``POST /api/session``), kept in an HttpOnly, SameSite=Strict

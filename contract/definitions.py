@@ -5,10 +5,10 @@ deadline, retry policy) and their ``after:`` dependencies, so independent steps
 run in parallel. The participants' catalogue says what each action publishes
 (:class:`ActionEvents`): on success, on a business rejection, when compensated.
 
-The one definition drives both modes: :mod:`coordinator.runner` interprets it in
+The one definition drives both modes: :mod:`coordinator.engine.runner` interprets it in
 orchestration; in choreography the services build their reactions from it
 (services/choreography.py) and the observer maps their events back onto its steps
-(coordinator/observation.py). The services load the same file.
+(coordinator/choreography/observation.py). The services load the same file.
 
 Loading fails with every problem found, each naming where it is: unknown
 participants or actions, unknown or cyclic dependencies, a step with no

@@ -38,21 +38,21 @@ from common.telemetry import saga_metrics, setup_telemetry
 from common.tls import Identity, check_server_material
 from common.tokens import TokenKeyError, ensure_signing_key
 from contract.definitions import DefinitionError, Definitions, SagaMode, load_definitions
-from coordinator import api
-from coordinator.auth import ApiAuth
-from coordinator.clients import Participants
-from coordinator.crash import CrashHook
-from coordinator.engine import Redrive, SagaEngine
-from coordinator.finished import FinishedNotifier, saga_log_task
-from coordinator.observer import Observer
-from coordinator.postgres_log import PostgresOffsets, PostgresSagaLog
-from coordinator.recovery import recover
-from coordinator.replicas import ReplicaDuties
-from coordinator.runner import SagaRunner
-from coordinator.saga_telemetry import CarriedSpans, breaker_changed
+from coordinator.api import service as api
+from coordinator.api.auth import ApiAuth
+from coordinator.choreography.observer import Observer
+from coordinator.engine.crash import CrashHook
+from coordinator.engine.finished import FinishedNotifier, saga_log_task
+from coordinator.engine.participants import Participants
+from coordinator.engine.recovery import recover
+from coordinator.engine.replicas import ReplicaDuties
+from coordinator.engine.runner import SagaRunner
+from coordinator.engine.scheduler import Redrive, SagaEngine
+from coordinator.engine.telemetry import CarriedSpans, breaker_changed
+from coordinator.log.postgres import PostgresOffsets, PostgresSagaLog
+from coordinator.log.saga_log import SagaLog
+from coordinator.log.sqlite import SqliteSagaLog
 from coordinator.settings import CoordinatorSettings
-from coordinator.sqlite_log import SqliteSagaLog
-from coordinator.store import SagaLog
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from common.config import ServerSettings
 from common.tokens import TokenSettings
 from contract.definitions import DEFAULT_FILE
-from coordinator.postgres_log import is_postgres_url
+from coordinator.log.postgres import is_postgres_url
 
 
 class CoordinatorSettings(ServerSettings, TokenSettings):
@@ -49,7 +49,7 @@ class CoordinatorSettings(ServerSettings, TokenSettings):
     stall_check_seconds: float = Field(default=1.0, gt=0, le=3600)
     # The saga log: "" keeps it in a SQLite file of the data dir (one coordinator);
     # "postgresql://user@host:port/database" keeps it in PostgreSQL, shared by every
-    # coordinator replica given the same URL and schema (coordinator/postgres_log.py).
+    # coordinator replica given the same URL and schema (coordinator/log/postgres.py).
     saga_log: str = ""
     saga_log_schema: str = Field(default="sagawire", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     # This replica's name as the owner of leases ("": host, pid and a random part, new at
@@ -59,7 +59,7 @@ class CoordinatorSettings(ServerSettings, TokenSettings):
     # How long a lease on a saga (and on the observer's role) lasts unrenewed: how soon
     # another replica takes over the sagas of one that died; renewed every third of it.
     lease_seconds: float = Field(default=10.0, ge=0.5, le=3600)
-    # Test-only crash hook, e.g. "after_intent:charge_payment" (see coordinator/crash.py).
+    # Test-only crash hook, e.g. "after_intent:charge_payment" (see coordinator/engine/crash.py).
     crash_at: str = ""
 
     @field_validator("saga_log")

@@ -107,8 +107,7 @@ def moves(definition: SagaDefinition, service: str, heard: Sequence[Heard], late
     """What ``service`` does for a saga now that it heard ``latest``.
 
     ``heard`` is everything the service heard of the saga, ``latest`` included. Pure:
-    the same rules as the runner's (coordinator/runner.py, coordinator/compensation.py),
-    read off the same definition.
+    the same rules as the runner's (coordinator/engine/), read off the same definition.
     """
     compensable = {s.name for s in definition.compensable}
     failed = [h.step for h in heard if h.kind is EventKind.REJECTED and h.step in compensable]

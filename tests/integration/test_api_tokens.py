@@ -1,5 +1,5 @@
 """Bearer tokens at the coordinator's public API, against a real stack: who may call
-what, and whose sagas a customer sees (coordinator/auth.py)."""
+what, and whose sagas a customer sees (coordinator/api/auth.py)."""
 
 from __future__ import annotations
 

@@ -18,10 +18,10 @@ from common.server import start_server
 from common.store import utc_now
 from contract.definitions import load_definitions
 from contract.messages import pack
-from coordinator import requests
+from coordinator.api import requests
 from coordinator.app import LOG_FILE
-from coordinator.plan import first_intents
-from coordinator.records import (
+from coordinator.engine.plan import first_intents
+from coordinator.log.records import (
     AttemptChange,
     Change,
     Kind,
@@ -31,7 +31,7 @@ from coordinator.records import (
     SagaStatus,
     StepStatus,
 )
-from coordinator.sqlite_log import SqliteSagaLog
+from coordinator.log.sqlite import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_pb2, participant_pb2
 from services.launcher import spec_of

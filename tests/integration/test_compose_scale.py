@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from coordinator.postgres_log import is_postgres_url
+from coordinator.log.postgres import is_postgres_url
 from coordinator.settings import CoordinatorSettings
 from tests.integration.test_compose import COMPOSE_FILE, environment, load_compose
 

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from common.grpc_errors import parse_rpc_error
-from coordinator.records import Kind
-from coordinator.sqlite_log import SqliteSagaLog
+from coordinator.log.records import Kind
+from coordinator.log.sqlite import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_pb2, order_saga_pb2, participant_pb2
 from tests.coordinator_support import SETTLED, line, running_stack

@@ -19,8 +19,8 @@ import yaml
 
 from common.server import start_server
 from coordinator.app import CoordinatorApp
-from coordinator.records import Change, Kind, NewSaga, SagaRecord, Transition
-from coordinator.sqlite_log import SqliteSagaLog
+from coordinator.log.records import Change, Kind, NewSaga, SagaRecord, Transition
+from coordinator.log.sqlite import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_pb2, order_saga_pb2, shipping_pb2
 from tests.coordinator_support import (
@@ -302,7 +302,7 @@ async def test_recovery_leaves_a_saga_of_an_unloaded_definition_unfinished_and_s
         )
     )
     await retired.close()
-    caplog.set_level(logging.ERROR, logger="coordinator.engine")
+    caplog.set_level(logging.ERROR, logger="coordinator.engine.scheduler")
     async with running_stack(tmp_path) as stack:
         saga = await stack.saga(saga_id)
         assert saga.status == pb.SAGA_STATUS_RUNNING

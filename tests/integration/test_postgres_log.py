@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from coordinator.pg_migrations import MIGRATIONS, Migration
-from coordinator.postgres_log import OBSERVER_ROLE, PostgresSagaLog
-from coordinator.records import Change, Kind, NewSaga, SagaStatus
-from coordinator.store import IdempotencyConflict, LeaseLost, OwnedElsewhere
+from coordinator.log.postgres import OBSERVER_ROLE, PostgresSagaLog
+from coordinator.log.postgres_migrations import MIGRATIONS, Migration
+from coordinator.log.records import Change, Kind, NewSaga, SagaStatus
+from coordinator.log.saga_log import IdempotencyConflict, LeaseLost, OwnedElsewhere
 from tests.postgres_support import POSTGRES_URL, fresh_schema
 from tests.support import wait_until
 

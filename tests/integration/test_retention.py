@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
-from coordinator.payloads import step_request
-from coordinator.records import Phase
+from coordinator.engine.payloads import step_request
+from coordinator.log.records import Phase
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import participant_pb2, payment_pb2
 from services.runtime import DomainService

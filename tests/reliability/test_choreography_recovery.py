@@ -18,9 +18,9 @@ import pytest
 
 from common.server import start_server
 from coordinator.app import LOG_FILE, CoordinatorApp
-from coordinator.crash import CRASH_EXIT_CODE
-from coordinator.records import Change, Kind, SagaRecord, StepStatus, Transition
-from coordinator.sqlite_log import SqliteSagaLog
+from coordinator.engine.crash import CRASH_EXIT_CODE
+from coordinator.log.records import Change, Kind, SagaRecord, StepStatus, Transition
+from coordinator.log.sqlite import SqliteSagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_pb2
 from tests.coordinator_support import (

@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from common.config import SEED_FILE
-from coordinator.crash import CRASH_EXIT_CODE
+from coordinator.engine.crash import CRASH_EXIT_CODE
 from protos.sagawire.v1 import admin_pb2, order_pb2, order_saga_pb2, payment_pb2, shipping_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from tests.coordinator_support import (

@@ -1,7 +1,8 @@
 """Fakes at the coordinator's ports, for unit tests of the engine without a network.
 
-:class:`FakeParticipants` is a :class:`~coordinator.clients.ParticipantClient` that answers
-from a script and records every call it was asked to make, in order; :class:`FakeClock`
+:class:`FakeParticipants` is a
+:class:`~coordinator.engine.participants.ParticipantClient` that answers from
+a script and records every call it was asked to make, in order; :class:`FakeClock`
 is a clock that moves only when read (or told to).
 """
 
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from common.errors import BusinessRejection, Transient
-from coordinator.clients import ParticipantClient
+from coordinator.engine.participants import ParticipantClient
 from protos.sagawire.v1 import participant_pb2
 
 

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.definitions import load_definitions
-from coordinator.observation import observe, observed_types, plan
-from coordinator.records import (
+from coordinator.choreography.observation import observe, observed_types, plan
+from coordinator.log.records import (
     TERMINAL,
     AttemptChange,
     Change,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from google.protobuf import any_pb2
 
 from contract.definitions import SagaDefinition, load_definitions
-from coordinator.payloads import saga_data, step_request
-from coordinator.records import (
+from coordinator.engine.payloads import saga_data, step_request
+from coordinator.log.records import (
     AttemptChange,
     Change,
     Failure,

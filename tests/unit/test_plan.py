@@ -1,4 +1,4 @@
-"""coordinator.plan: which steps of place_order start once another succeeded."""
+"""coordinator.engine.plan: which steps of place_order start once another succeeded."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contract.definitions import SagaMode, load_definitions
-from coordinator.plan import (
+from coordinator.engine.plan import (
     carried_by_services,
     first_intents,
     intent,
@@ -15,7 +15,7 @@ from coordinator.plan import (
     ran_past,
     unblocked_by,
 )
-from coordinator.records import (
+from coordinator.log.records import (
     AttemptChange,
     Change,
     Direction,

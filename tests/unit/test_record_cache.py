@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from coordinator.record_cache import RecordCache
-from coordinator.records import Kind, SagaStatus, apply, new_record
-from coordinator.sqlite_log import SqliteSagaLog
+from coordinator.log.cache import RecordCache
+from coordinator.log.records import Kind, SagaStatus, apply, new_record
+from coordinator.log.sqlite import SqliteSagaLog
 from tests.unit.test_saga_log import T0, new_saga, script
 
 

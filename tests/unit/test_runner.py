@@ -20,10 +20,10 @@ from common.breakers import BreakerBoard, BreakerSettings
 from common.policy import CallPolicy, RetryPolicy
 from contract.definitions import Definitions, SagaDefinition, load_definitions
 from contract.messages import pack
-from coordinator.plan import first_intents
-from coordinator.records import NewSaga, SagaRecord, SagaStatus
-from coordinator.runner import SagaRunner
-from coordinator.store import InMemorySagaLog
+from coordinator.engine.plan import first_intents
+from coordinator.engine.runner import SagaRunner
+from coordinator.log.records import NewSaga, SagaRecord, SagaStatus
+from coordinator.log.saga_log import InMemorySagaLog
 from protos.sagawire.v1 import order_saga_pb2
 from tests.unit.fakes import Answer, Call, FakeClock, FakeParticipants
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import NotFound
-from coordinator.postgres_log import PostgresSagaLog
-from coordinator.records import (
+from coordinator.log.postgres import PostgresSagaLog
+from coordinator.log.records import (
     AttemptChange,
     Change,
     Direction,
@@ -30,14 +30,14 @@ from coordinator.records import (
     apply,
     new_record,
 )
-from coordinator.sqlite_log import SqliteSagaLog
-from coordinator.store import (
+from coordinator.log.saga_log import (
     IdempotencyConflict,
     InMemorySagaLog,
     SagaFilter,
     SagaLog,
     StatusConflict,
 )
+from coordinator.log.sqlite import SqliteSagaLog
 from tests.postgres_support import POSTGRES_URL, fresh_schema
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)

@@ -16,13 +16,13 @@ from opentelemetry.trace import StatusCode
 from common.policy import RetryPolicy
 from common.telemetry import Telemetry, activated, create_telemetry
 from contract.definitions import Step
-from coordinator.records import NewSaga, Phase, SagaRecord, SagaStatus, new_record
-from coordinator.saga_telemetry import (
+from coordinator.engine.telemetry import (
     CarriedSpans,
     RunCause,
     SagaTelemetry,
     saga_span_context,
 )
+from coordinator.log.records import NewSaga, Phase, SagaRecord, SagaStatus, new_record
 
 STEP = Step(
     name="reserve_stock",

@@ -1,7 +1,8 @@
 """The saga log on PostgreSQL, shared by coordinator replicas: an adapter of :class:`SagaLog`.
 
 Selected by ``SAGAWIRE_SAGA_LOG=postgresql://...``; the tables live in one schema
-(``SAGAWIRE_SAGA_LOG_SCHEMA``), created and migrated at start (coordinator/pg_migrations.py).
+(``SAGAWIRE_SAGA_LOG_SCHEMA``), created and migrated at start
+(coordinator/log/postgres_migrations.py).
 
 **Leases and fencing.** Each unfinished saga is driven by one replica at a time: the one
 whose lease it is (``sagas.owner``, ``lease_until``), with a fencing token
@@ -55,9 +56,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from common.errors import NotFound
 from common.telemetry import INSTRUMENTATION_NAME
-from coordinator.log_rows import attempt_from_row, filter_clauses, saga_from_row
-from coordinator.pg_migrations import MIGRATIONS, Migration, migrate
-from coordinator.records import (
+from coordinator.log.postgres_migrations import MIGRATIONS, Migration, migrate
+from coordinator.log.records import (
     TERMINAL,
     UNFINISHED,
     AttemptRecord,
@@ -76,7 +76,8 @@ from coordinator.records import (
     first_transition,
     new_record,
 )
-from coordinator.store import (
+from coordinator.log.rows import attempt_from_row, filter_clauses, saga_from_row
+from coordinator.log.saga_log import (
     EVERY_SAGA,
     Cursor,
     IdempotencyConflict,
@@ -949,7 +950,8 @@ class PostgresSagaLog(SagaLog):
 
 class PostgresOffsets:
     """The choreography observer's stream offsets in the shared log, moved only by the
-    replica that holds the observer's role (coordinator/observer.py ``ObserverOffsets``)."""
+    replica that holds the observer's role (``ObserverOffsets`` in
+    coordinator/choreography/observer.py)."""
 
     def __init__(self, saga_log: PostgresSagaLog) -> None:
         self._log = saga_log

@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 from contract.definitions import SagaDefinition, Step
 from contract.messages import overlay, pack
 from contract.modes import WIRE_MODES
-from coordinator.records import Phase, SagaRecord, StepStatus
+from coordinator.log.records import Phase, SagaRecord, StepStatus
 from protos.sagawire.v1 import participant_pb2
 
 # Statuses of a step whose execute returned a result.

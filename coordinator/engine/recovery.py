@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 
-from coordinator.crash import NO_CRASH, CrashHook
-from coordinator.engine import SagaEngine
-from coordinator.store import SagaLog
+from coordinator.engine.crash import NO_CRASH, CrashHook
+from coordinator.engine.scheduler import SagaEngine
+from coordinator.log.saga_log import SagaLog
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 async def recover(saga_log: SagaLog, engine: SagaEngine, crash: CrashHook = NO_CRASH) -> int:
     """Resume the unfinished sagas (in the background); returns how many. With replicas
     sharing the log, those whose lease expired or that this replica's name still holds
-    (coordinator/replicas.py takes the others over as their leases expire)."""
+    (coordinator/engine/replicas.py takes the others over as their leases expire)."""
     unfinished = await saga_log.claim_unfinished()
     if unfinished:
         log.info("recovering sagas count=%d", len(unfinished))

@@ -46,7 +46,7 @@ from common.tokens import (
     bearer_token,
 )
 from contract.definitions import Definitions
-from coordinator.records import SagaRecord
+from coordinator.log.records import SagaRecord
 
 log = logging.getLogger(__name__)
 

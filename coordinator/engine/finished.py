@@ -29,8 +29,8 @@ import grpc
 
 from common.retention import Pruning
 from contract.definitions import Definitions
-from coordinator.clients import ParticipantClient
-from coordinator.store import SagaLog
+from coordinator.engine.participants import ParticipantClient
+from coordinator.log.saga_log import SagaLog
 
 log = logging.getLogger(__name__)
 

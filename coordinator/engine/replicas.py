@@ -1,6 +1,6 @@
 """A coordinator replica's duties towards the others, when they share a PostgreSQL saga log.
 
-Every ``lease_seconds / 3``, one pass (coordinator/postgres_log.py does the SQL):
+Every ``lease_seconds / 3``, one pass (coordinator/log/postgres.py does the SQL):
 
 1. **Renew** the leases of every saga this replica drives, in one statement; a saga
    whose lease was taken over meanwhile (this replica was paused or cut off past its
@@ -31,9 +31,9 @@ import asyncio
 import contextlib
 import logging
 
-from coordinator.engine import SagaEngine
-from coordinator.observer import Observer
-from coordinator.postgres_log import OBSERVER_ROLE, PostgresSagaLog
+from coordinator.choreography.observer import Observer
+from coordinator.engine.scheduler import SagaEngine
+from coordinator.log.postgres import OBSERVER_ROLE, PostgresSagaLog
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ exactly one of them applies what is missing and the others find it done: startin
 coordinator is idempotent. A migration, once released, is never edited: a change to
 the schema is a new migration at the end of :data:`MIGRATIONS`.
 
-The tables mirror the SQLite adapter's (coordinator/sqlite_log.py) with what sharing the
+The tables mirror the SQLite adapter's (coordinator/log/sqlite.py) with what sharing the
 log adds: each saga's lease (``owner``, ``fence``, ``lease_until``), the writer and fencing
 token of each transition (so a test or an operator can check that no stale owner wrote),
 leases of roles held by one replica at a time (``leases``: the choreography observer),

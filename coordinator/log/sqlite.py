@@ -4,9 +4,9 @@ Tables: ``sagas`` (one row each, the current state), ``steps``, ``attempts``
 (projections updated in the same transaction as the change) and
 ``transitions``, the append-only history. Times are ISO-8601 UTC strings.
 ``sagas.told_at`` is when every participant of a finished saga was told it finished
-(coordinator/finished.py); only then, and after the retention window, may the saga
+(coordinator/engine/finished.py); only then, and after the retention window, may the saga
 leave the log (:meth:`SqliteSagaLog.prune_finished`).
-Running sagas once read are served from :class:`coordinator.record_cache.RecordCache`,
+Running sagas once read are served from :class:`coordinator.log.cache.RecordCache`,
 kept in step with the writes made here; every write still goes to the file.
 """
 
@@ -19,9 +19,8 @@ from pathlib import Path
 
 from common.errors import NotFound
 from common.store import Database
-from coordinator.log_rows import attempt_from_row, filter_clauses, saga_from_row
-from coordinator.record_cache import RecordCache
-from coordinator.records import (
+from coordinator.log.cache import RecordCache
+from coordinator.log.records import (
     TERMINAL,
     UNFINISHED,
     AttemptRecord,
@@ -38,7 +37,8 @@ from coordinator.records import (
     first_transition,
     new_record,
 )
-from coordinator.store import (
+from coordinator.log.rows import attempt_from_row, filter_clauses, saga_from_row
+from coordinator.log.saga_log import (
     EVERY_SAGA,
     Cursor,
     IdempotencyConflict,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from coordinator.records import (
+from coordinator.log.records import (
     AttemptRecord,
     Direction,
     ErrorDetail,
@@ -20,7 +20,7 @@ from coordinator.records import (
     SagaStatus,
     StepRecord,
 )
-from coordinator.store import SagaFilter
+from coordinator.log.saga_log import SagaFilter
 
 
 class Row(Protocol):

@@ -62,8 +62,8 @@ from common.telemetry import (
     with_span_id,
 )
 from contract.definitions import Step
-from coordinator.outcomes import error_detail
-from coordinator.records import AttemptChange, Outcome, Phase, SagaRecord, SagaStatus
+from coordinator.engine.outcomes import error_detail
+from coordinator.log.records import AttemptChange, Outcome, Phase, SagaRecord, SagaStatus
 
 SAGA_ID = "saga.id"
 SAGA_TYPE = "saga.type"

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 from common.errors import InvalidArgument
 from contract.modes import MODE_NAMES
-from coordinator.records import SagaStatus
-from coordinator.store import Cursor, SagaFilter
-from coordinator.views import STATUS_OF
+from coordinator.api.views import STATUS_OF
+from coordinator.log.records import SagaStatus
+from coordinator.log.saga_log import Cursor, SagaFilter
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import order_saga_pb2
 

@@ -1,6 +1,6 @@
 """What a saga does next, read off its definition and its record: pure functions.
 
-The runner (coordinator/runner.py) asks these which steps start once one has
+The runner (coordinator/engine/runner.py) asks these which steps start once one has
 succeeded, which intents to log with them, and what ran after a step (so it is
 undone first). Nothing here does I/O.
 """
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from contract.definitions import SagaDefinition, SagaMode, Step
-from coordinator.records import (
+from coordinator.log.records import (
     AttemptChange,
     Change,
     Direction,

@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from coordinator.records import UNFINISHED, Change, SagaRecord, Transition, apply
+from coordinator.log.records import UNFINISHED, Change, SagaRecord, Transition, apply
 
 DEFAULT_SIZE = 4_096
 

@@ -1,7 +1,7 @@
 """How the coordinator starts a choreographed saga: it runs only the first step(s).
 
 The services' reactions to each other's events carry the saga on from there, and
-the observer (coordinator/observer.py) follows the rest and settles the saga.
+the observer (coordinator/choreography/observer.py) follows the rest and settles the saga.
 
 A start never leaves a saga hanging. The first steps are retried until the saga's
 deadline (a saga resumed past it gets one ordinary retry budget). If they are still
@@ -18,13 +18,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from common.errors import Aborted
-from coordinator.observation import settlement
-from coordinator.plan import carried_by_services, failure_of, ran_past
-from coordinator.records import Change, Failure, Kind, SagaRecord, StepStatus, apply
-from coordinator.store import StatusConflict
+from coordinator.choreography.observation import settlement
+from coordinator.engine.plan import carried_by_services, failure_of, ran_past
+from coordinator.log.records import Change, Failure, Kind, SagaRecord, StepStatus, apply
+from coordinator.log.saga_log import StatusConflict
 
 if TYPE_CHECKING:
-    from coordinator.runner import SagaRun
+    from coordinator.engine.runner import SagaRun
 
 log = logging.getLogger(__name__)
 

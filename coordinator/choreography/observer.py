@@ -2,7 +2,7 @@
 
 In choreography the services carry a saga on by reacting to each other's events.
 The observer follows all four event streams and records what each event says
-(:mod:`coordinator.observation`) in the same saga log the runner writes, so
+(:mod:`coordinator.choreography.observation`) in the same saga log the runner writes, so
 ``GetSaga``, ``ListSagas``, ``WatchSaga`` and ``PlaceOrder(wait)`` work the same
 in both modes. A choreographed saga the services carry with no outcome by its
 deadline is marked STALLED rather than left hanging silently; its events, when
@@ -11,14 +11,14 @@ they come, still settle it.
 Two writers record a choreographed saga: the runner (its first step) and the
 observer (the rest). Whichever writes the last fact must see the other's, or the
 saga never settles: the runner reads the saga back after its write
-(coordinator/choreography_start.py), and the observer, when the runner wrote between
+(coordinator/engine/choreography_start.py), and the observer, when the runner wrote between
 its read and its write, reads it back too.
 
 Offsets per producer live in the observer's own SQLite file (with replicas sharing a
 PostgreSQL log, in that log: one replica observes at a time, and the offsets follow the
-role from replica to replica; coordinator/replicas.py) and move only after
+role from replica to replica; coordinator/engine/replicas.py) and move only after
 a batch's changes are durable in the saga log; a batch seen again after a crash
-plans no change (see :func:`coordinator.observation.plan`), so nothing is
+plans no change (see :func:`coordinator.choreography.observation.plan`), so nothing is
 recorded twice.
 """
 
@@ -44,7 +44,7 @@ from common.store import Database, utc_now
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
 from contract.definitions import Definitions, SagaMode, load_definitions
-from coordinator.observation import (
+from coordinator.choreography.observation import (
     OPEN,
     Observation,
     observe,
@@ -52,10 +52,10 @@ from coordinator.observation import (
     plan,
     settlement,
 )
-from coordinator.plan import carried_by_services
-from coordinator.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
-from coordinator.saga_telemetry import CarriedSpans
-from coordinator.store import SagaLog, StatusConflict
+from coordinator.engine.plan import carried_by_services
+from coordinator.engine.telemetry import CarriedSpans
+from coordinator.log.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
+from coordinator.log.saga_log import SagaLog, StatusConflict
 from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)

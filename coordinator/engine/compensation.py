@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from common.errors import SagawireError
 from contract.definitions import Step
-from coordinator.outcomes import needs_compensation
-from coordinator.plan import descendants
-from coordinator.records import Change, Kind, Outcome, Phase, SagaStatus, StepStatus
+from coordinator.engine.outcomes import needs_compensation
+from coordinator.engine.plan import descendants
+from coordinator.log.records import Change, Kind, Outcome, Phase, SagaStatus, StepStatus
 
 if TYPE_CHECKING:
-    from coordinator.runner import SagaRun
+    from coordinator.engine.runner import SagaRun
 
 log = logging.getLogger(__name__)
 

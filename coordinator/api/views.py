@@ -13,8 +13,8 @@ from common.bulkhead import BulkheadView
 from contract.definitions import SagaDefinition
 from contract.messages import pack
 from contract.modes import wire_mode
-from coordinator.payloads import saga_data
-from coordinator.records import (
+from coordinator.engine.payloads import saga_data
+from coordinator.log.records import (
     AttemptRecord,
     Failure,
     SagaRecord,

@@ -13,13 +13,13 @@ transition to the saga log *before* acting on it:
    may have taken effect is compensated, each once all the steps that ran after
    it are undone (reverse dependency order). Compensations are retried within
    their budget; when it runs out the saga *needs attention* and keeps its place
-   for ``RetrySaga``; the other compensations still run (coordinator/compensation.py).
+   for ``RetrySaga``; the other compensations still run (coordinator/engine/compensation.py).
 3. Once every compensable step (the pivot included) succeeded, the
    **forward-only** steps run and are retried until they succeed (forward
    recovery); the deadline no longer applies.
 
 A choreographed saga's run makes only its first step(s) and leaves the rest to the
-services (coordinator/choreography_start.py).
+services (coordinator/engine/choreography_start.py).
 
 The same code resumes a saga after a crash: steps already succeeded are
 skipped, in-flight ones are re-sent with the same key (saga id + step), which
@@ -27,11 +27,11 @@ the participants' barrier turns into a replay.
 
 Fewer, larger writes, each still before the action it allows: a step's intent
 is written together with the result that lets it start (the first steps' with
-the saga itself; coordinator/plan.py says which), and an orchestrated step's
+the saga itself; coordinator/engine/plan.py says which), and an orchestrated step's
 result, unless it is the pivot's, may wait for the saga's next write. A happy
 ``place_order`` takes five writes.
 
-Telemetry (coordinator/saga_telemetry.py): :meth:`SagaRunner.run` opens the saga
+Telemetry (coordinator/engine/telemetry.py): :meth:`SagaRunner.run` opens the saga
 span and records the saga's end; :meth:`SagaRun.attempt`, the one place where a
 step attempt or compensation attempt starts and ends, opens a child span per
 attempt, current while the participant is called, so the gRPC call nests under it.
@@ -53,18 +53,18 @@ from common.errors import BusinessRejection, SagawireError
 from common.policy import AttemptSlot, CallPolicy
 from common.store import utc_now
 from contract.definitions import Definitions, SagaDefinition, SagaMode, Step
-from coordinator.choreography_start import start_choreography
-from coordinator.clients import ParticipantClient
-from coordinator.compensation import compensate_all
-from coordinator.crash import NO_CRASH, CrashHook
-from coordinator.outcomes import (
+from coordinator.engine.choreography_start import start_choreography
+from coordinator.engine.compensation import compensate_all
+from coordinator.engine.crash import NO_CRASH, CrashHook
+from coordinator.engine.outcomes import (
     StepFailed,
     barrier_outcome,
     error_detail,
     failed_attempt,
 )
-from coordinator.payloads import step_request
-from coordinator.plan import (
+from coordinator.engine.participants import ParticipantClient
+from coordinator.engine.payloads import step_request
+from coordinator.engine.plan import (
     all_succeeded,
     carried_by_services,
     failure_of,
@@ -72,7 +72,8 @@ from coordinator.plan import (
     logged_open,
     unblocked_by,
 )
-from coordinator.records import (
+from coordinator.engine.telemetry import CarriedSpans, RunCause, SagaTelemetry
+from coordinator.log.records import (
     UNFINISHED,
     AttemptChange,
     Change,
@@ -86,8 +87,7 @@ from coordinator.records import (
     StepStatus,
     apply,
 )
-from coordinator.saga_telemetry import CarriedSpans, RunCause, SagaTelemetry
-from coordinator.store import SagaLog
+from coordinator.log.saga_log import SagaLog
 from protos.sagawire.v1 import participant_pb2
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """What a choreography event says about its saga, and the log changes that record it.
 
-This is the pure half of the observer (coordinator/observer.py). Each saga event
+This is the pure half of the observer (coordinator/choreography/observer.py). Each saga event
 reports one step's outcome: the event names its saga definition and step, and the
 participants' catalogue of the same definitions says what its type means (success,
 rejection, compensation): no table of its own. :func:`plan` turns it into the same
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from google.protobuf import any_pb2
 
 from contract.definitions import DEFAULT_SAGA, Definitions, EventKind
-from coordinator.records import (
+from coordinator.log.records import (
     TERMINAL,
     AttemptChange,
     Change,

@@ -1,7 +1,7 @@
 """The saga log: the coordinator's write-ahead log of every saga, behind a small interface.
 
-:class:`SagaLog` is the port; :class:`coordinator.sqlite_log.SqliteSagaLog` is the
-embedded adapter, :class:`coordinator.postgres_log.PostgresSagaLog` the one coordinator
+:class:`SagaLog` is the port; :class:`coordinator.log.sqlite.SqliteSagaLog` is the
+embedded adapter, :class:`coordinator.log.postgres.PostgresSagaLog` the one coordinator
 replicas share (with leases and fencing), and :class:`InMemorySagaLog` serves unit
 tests. One contract test suite (``tests/unit/test_saga_log.py``) runs against every adapter.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from common.errors import BusinessRejection, NotFound, Transient
-from coordinator.records import (
+from coordinator.log.records import (
     TERMINAL,
     UNFINISHED,
     Change,
@@ -232,7 +232,7 @@ class SagaLog(ABC):
 
     # -- sharing the log between coordinator replicas -----------------------------------
     # An adapter that one process owns needs none of this; these defaults say so. One
-    # shared by several (coordinator/postgres_log.py) leases each unfinished saga to one
+    # shared by several (coordinator/log/postgres.py) leases each unfinished saga to one
     # replica at a time and fences every write with the lease's token.
 
     # Several coordinator processes write this log (leases, take-overs, notifications).

@@ -35,9 +35,11 @@ from common.store import utc_now
 from common.telemetry import saga_metrics
 from contract.definitions import Definitions
 from contract.messages import pack
-from coordinator.observation import settlement
-from coordinator.plan import carried_by_services, first_intents
-from coordinator.records import (
+from coordinator.choreography.observation import settlement
+from coordinator.engine.plan import carried_by_services, first_intents
+from coordinator.engine.runner import SagaRunner
+from coordinator.engine.telemetry import RunCause
+from coordinator.log.records import (
     RETRYABLE,
     SETTLED,
     UNFINISHED,
@@ -48,9 +50,7 @@ from coordinator.records import (
     SagaRecord,
     SagaStatus,
 )
-from coordinator.runner import SagaRunner
-from coordinator.saga_telemetry import RunCause
-from coordinator.store import LeaseLost, SagaLog, StatusConflict
+from coordinator.log.saga_log import LeaseLost, SagaLog, StatusConflict
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class SagaEngine:
 
         ``trace_id`` is the saga's trace, kept in the log for ``GetSaga``: the current
         span's (the ``PlaceOrder`` call's), whose child the saga's span then is, or one of
-        the saga's own (coordinator/saga_telemetry.py).
+        the saga's own (coordinator/engine/telemetry.py).
 
         Returns:
             The saga as logged, and whether it was created now.

@@ -15,7 +15,7 @@ from common.errors import (
     Transient,
 )
 from common.grpc_errors import status_code_for
-from coordinator.records import (
+from coordinator.log.records import (
     AttemptChange,
     Change,
     ErrorDetail,

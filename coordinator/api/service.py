@@ -1,6 +1,6 @@
 """The public gRPC API, ``sagawire.v1.Coordinator``: a thin edge over the engine and the log.
 
-Every call first names its caller from its bearer token (coordinator/auth.py: who may
+Every call first names its caller from its bearer token (coordinator/api/auth.py: who may
 call what, and whose sagas a customer sees). Requests are validated next
 (INVALID_ARGUMENT names the field) and nothing is written for a bad one. Errors leave
 through the one table of common.grpc_errors (its interceptor, on every server).
@@ -20,15 +20,9 @@ from common.bulkhead import Bulkheads
 from common.errors import BreakerOpen, NotFound, PermissionDenied
 from common.tokens import Caller
 from contract.definitions import Definitions, SagaMode
-from coordinator import requests
-from coordinator.auth import ApiAuth, may_see
-from coordinator.engine import SagaEngine
-from coordinator.observation import OBSERVED
-from coordinator.payloads import saga_data
-from coordinator.records import SETTLED, Kind, SagaRecord, SagaStatus
-from coordinator.saga_telemetry import link_to_saga, saga_trace_id
-from coordinator.store import Cursor, SagaFilter, SagaLog
-from coordinator.views import (
+from coordinator.api import requests
+from coordinator.api.auth import ApiAuth, may_see
+from coordinator.api.views import (
     SAGA_STATUS,
     breaker_message,
     counts_message,
@@ -36,7 +30,13 @@ from coordinator.views import (
     failure_message,
     saga_message,
 )
-from coordinator.views import transition_message as transition
+from coordinator.api.views import transition_message as transition
+from coordinator.choreography.observation import OBSERVED
+from coordinator.engine.payloads import saga_data
+from coordinator.engine.scheduler import SagaEngine
+from coordinator.engine.telemetry import link_to_saga, saga_trace_id
+from coordinator.log.records import SETTLED, Kind, SagaRecord, SagaStatus
+from coordinator.log.saga_log import Cursor, SagaFilter, SagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import coordinator_pb2_grpc
 

@@ -1,0 +1,1 @@
+"""Following choreographed sagas: what each service event says, recorded in the saga log."""

@@ -1,0 +1,1 @@
+"""The saga interpreter: scheduling runs, the forward and backward phases, recovery, replicas."""
