@@ -3,6 +3,8 @@
 For each mode and each concurrency: a warm-up, then a measured closed-loop run for a
 duration or a saga count. Modes:
 
+- ``bare``: the same calls as raw, to participants that do nothing
+  (:mod:`bench.bare_server`): the physical floor of the call graph on this machine;
 - ``raw``: the bench calls the participants itself (the floor, see :mod:`bench.drivers`);
 - ``orchestration`` / ``choreography``: ``PlaceOrder`` with ``wait`` on a coordinator
   running sagas in that mode;
@@ -11,7 +13,10 @@ duration or a saga count. Modes:
 
 With ``--events nats://...`` every mode but raw runs again on a second own stack whose
 services carry their events on NATS JetStream (a stream of its own, deleted after), its
-rows labelled ``<mode>/nats``.
+rows labelled ``<mode>/nats``. With ``--plaintext`` every mode runs again on a second own
+stack started with ``SAGAWIRE_TLS=off``, its rows labelled ``<mode>/plaintext``: what mutual
+TLS costs, in the same run. Every run's ratios to bare and raw, and issue 19's targets,
+are printed after the tables (:mod:`bench.ratios`).
 
 After a mode's runs the services' records are checked against the reported outcomes
 (:mod:`bench.consistency`). ``--soak`` and ``--recovery`` replace the sweep with the
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import signal
 import tempfile
 import uuid
@@ -33,7 +40,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from bench import long_runs
+from bench import long_runs, ratios
 from bench.closed_loop import Placed, ProcessWatch, Stop, closed_loop
 from bench.consistency import Snapshot, snapshot, verify
 from bench.drivers import (
@@ -43,11 +50,10 @@ from bench.drivers import (
     Mix,
     RawDriver,
 )
+from bench.ratios import BARE, PLAINTEXT, RAW
 from bench.report import (
-    RAW,
     ProgressBars,
     RunRow,
-    add_ratios,
     machine,
     markdown,
     plot,
@@ -64,7 +70,8 @@ from common.tls import Identity
 from coordinator.log.postgres import drop_schema, is_postgres_url
 
 ORCHESTRATION, CHOREOGRAPHY, DIRECT = "orchestration", "choreography", "choreography-direct"
-MODES = (RAW, ORCHESTRATION, CHOREOGRAPHY, DIRECT)
+MODES = (BARE, RAW, ORCHESTRATION, CHOREOGRAPHY, DIRECT)
+_DEFAULT_MODES = (BARE, RAW, ORCHESTRATION, CHOREOGRAPHY)
 _COORDINATED = {ORCHESTRATION: Mode.orchestration, CHOREOGRAPHY: Mode.choreography}
 
 
@@ -94,6 +101,8 @@ class BenchConfig:
     # NATS servers (nats://...): every mode but raw runs again with the services' events
     # on NATS JetStream (own stack only).
     events: str = ""
+    # Every mode runs again on an own stack with SAGAWIRE_TLS=off (TLS's cost).
+    plaintext: bool = False
 
 
 @dataclass
@@ -107,7 +116,9 @@ class BenchResult:
         return not self.problems and all(r.ok for r in self.rows)
 
 
-def _driver(stack: BenchStack, mode: str, config: BenchConfig) -> Driver:
+def _driver(stack: BenchStack, mode: str, config: BenchConfig, bare: dict[str, str]) -> Driver:
+    if mode == BARE:
+        return RawDriver(bare, rpc_timeout=config.saga_timeout, label=BARE)
     if mode == RAW:
         return RawDriver(stack.addresses(), rpc_timeout=config.saga_timeout)
     if mode == DIRECT:
@@ -123,16 +134,19 @@ def _driver(stack: BenchStack, mode: str, config: BenchConfig) -> Driver:
 
 @contextlib.asynccontextmanager
 async def _mode_driver(stack: BenchStack, mode: str, config: BenchConfig) -> AsyncIterator[Driver]:
-    """The driver of ``mode``, with the coordinator it needs running (and no other)."""
+    """The driver of ``mode``, with the coordinator it needs running (and no other), or
+    bare mode's participants."""
     if mode in _COORDINATED:
         await stack.use_coordinator(_COORDINATED[mode])
     else:
         await stack.stop_coordinator()
-    driver = _driver(stack, mode, config)
+    bare = await stack.use_bare() if mode == BARE else {}
+    driver = _driver(stack, mode, config, bare)
     try:
         yield driver
     finally:
         await driver.close()
+        await stack.stop_bare()
 
 
 async def _sweep(
@@ -229,6 +243,9 @@ async def _run_mode(
 async def _run_mode_rows(
     stack: BenchStack, mode: str, config: BenchConfig, bar: ProgressBars, result: BenchResult
 ) -> None:
+    if mode == BARE:
+        # Participants that do nothing cannot say no, nor leave records to check.
+        config = dataclasses.replace(config, mix=Mix.happy, verify=False)
     async with _mode_driver(stack, mode, config) as driver:
         if not stack.own and mode in _COORDINATED:
             await _confirm_target_mode(stack, mode, driver)
@@ -285,8 +302,39 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
                         await _run_on_postgres(stack, mode, config, bar, result)
         if config.events and data_dir is not None:
             await _run_on_nats(config, data_dir / "nats", console, result)
-    add_ratios(result.rows)
+        if config.plaintext and data_dir is not None:
+            await _run_in_plaintext(config, data_dir / PLAINTEXT, console, result)
+    ratios.add_ratios(result.rows)
     return result
+
+
+async def _run_in_plaintext(
+    config: BenchConfig, data_dir: Path, console: Console, result: BenchResult
+) -> None:
+    """Every mode again, on a stack of its own started with ``SAGAWIRE_TLS=off``; rows
+    labelled ``<mode>/plaintext``. The bench's own clients take TLS from the environment,
+    as every command of the CLI does, so the variable is set here too while it runs."""
+    env = {**child_env(config.traces), "SAGAWIRE_TLS": "off"}
+    stack = BenchStack(data_dir, env=env)
+    bar = ProgressBars(console, config.progress)
+    with _environment("SAGAWIRE_TLS", "off"):
+        async with stack:
+            with bar.progress:
+                for mode in config.modes:
+                    await _run_mode(stack, mode, config, bar, result, label=f"{mode}/{PLAINTEXT}")
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 async def _run_on_nats(
@@ -306,7 +354,7 @@ async def _run_on_nats(
         async with stack:
             with bar.progress:
                 for mode in config.modes:
-                    if mode != RAW:
+                    if mode not in (BARE, RAW):
                         await _run_mode(stack, mode, config, bar, result, label=f"{mode}/nats")
     finally:
         await delete_stream(events, Identity.from_env(OPERATOR))
@@ -357,8 +405,12 @@ def _csv(value: str, what: str) -> list[str]:
 
 def bench(
     mode: Annotated[
-        str, typer.Option(help=f"Comma-separated modes: {', '.join(MODES)}.")
-    ] = "raw,orchestration,choreography",
+        str | None,
+        typer.Option(
+            help=f"Comma-separated modes: {', '.join(MODES)} (default: bare, raw, "
+            "orchestration, choreography; without bare with --target)."
+        ),
+    ] = None,
     concurrency: Annotated[
         str, typer.Option(help="Comma-separated closed-loop concurrencies.")
     ] = "1,8,32,64",
@@ -438,11 +490,20 @@ def bench(
             "services' events on NATS JetStream (own stack, a fresh stream, deleted after)."
         ),
     ] = "",
+    plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--plaintext",
+            help="Own stack: every mode runs again with SAGAWIRE_TLS=off (TLS's cost, same run).",
+        ),
+    ] = False,
 ) -> None:
-    """Benchmark place_order sagas: raw RPC floor vs orchestration vs choreography."""
+    """Benchmark place_order sagas: bare and raw floors vs orchestration vs choreography."""
     console = Console()
     if not console.is_terminal:  # a file or a pipe: keep the tables whole
         console = Console(width=max(console.width, 180))
+    if mode is None:
+        mode = ",".join(m for m in _DEFAULT_MODES if target is None or m != BARE)
     modes = tuple(_csv(mode, "mode"))
     if unknown := [m for m in modes if m not in MODES]:
         raise typer.BadParameter(f"unknown mode {', '.join(unknown)}", param_hint="--mode")
@@ -454,6 +515,8 @@ def bench(
         raise typer.BadParameter("between 1 and 4096", param_hint="--concurrency")
     if duration is not None and sagas is not None:
         raise typer.BadParameter("give --duration or --sagas, not both")
+    if target is not None and (BARE in modes or plaintext):
+        raise typer.BadParameter("bare mode and --plaintext need the bench's own stack")
     if target is not None and recovery:
         raise typer.BadParameter("needs the bench's own stack (it kills the coordinator)")
     if saga_log and (target is not None or not is_postgres_url(saga_log)):
@@ -497,6 +560,7 @@ def bench(
         saga_log=saga_log,
         replicas=replica_counts,
         events=events,
+        plaintext=plaintext,
     )
     console.print(f"[dim]machine: {machine()}[/]")
     try:
@@ -508,6 +572,10 @@ def bench(
         console.print("[yellow]bench stopped; its stack was stopped[/]")
         raise typer.Exit(130) from None
     print_report(console, result.rows)
+    if any(r.kind == "run" for r in result.rows):
+        console.print(ratios.targets_table(ratios.judge(result.rows)))
+    if costs := ratios.tls_costs(result.rows):
+        console.print(ratios.tls_table(costs))
     for row in result.rows:
         if row.kind == "soak":
             long_runs.print_soak(console, row)
@@ -519,7 +587,7 @@ def bench(
         write_json(json_file, result.rows, result.checks)
         console.print(f"wrote {json_file}")
     if markdown_file is not None:
-        markdown_file.write_text(markdown(result.rows))
+        markdown_file.write_text(markdown(result.rows) + "\n" + ratios.markdown(result.rows))
         console.print(f"wrote {markdown_file}")
     if plot_file is not None and result.rows:
         plot(plot_file, result.rows, title=machine())

@@ -7,7 +7,8 @@ reports how it ended:
 - :class:`RawDriver` — the floor: the bench itself calls the participants in the
   order and parallelism of ``place_order`` (create -> reserve || charge -> schedule
   -> approve; compensations in reverse), with no coordinator, log, retries,
-  breakers or events consumed;
+  breakers or events consumed; pointed at :mod:`bench.bare_server`'s participants
+  that do nothing, the same driver measures ``bare``, the floor under the floor;
 - :class:`CoordinatorDriver` — ``PlaceOrder`` with ``wait`` on a coordinator, in
   whichever mode that coordinator (or the named definition) runs sagas;
 - :class:`DirectChoreographyDriver` — choreography *without* the coordinator: it
@@ -180,9 +181,11 @@ class RawDriver:
     error ends the saga as ``ERROR <code>`` — there are no retries to hide it.
     """
 
-    label = "raw"
-
-    def __init__(self, addresses: Mapping[str, str], rpc_timeout: float = 30.0) -> None:
+    def __init__(
+        self, addresses: Mapping[str, str], rpc_timeout: float = 30.0, label: str = "raw"
+    ) -> None:
+        # "bare" when the addresses are bench.bare_server's do-nothing participants.
+        self.label = label
         names = {s.participant for s in (_CREATE, _RESERVE, _CHARGE, _SCHEDULE)}
         # The bench stands in for the coordinator: only its certificate may call Execute.
         self._channels = {name: _channel(addresses[name], COORDINATOR, peer=name) for name in names}

@@ -81,6 +81,8 @@ class RunRow:
     p99_ms: float
     ratio_to_raw: float | None = None
     p50_ratio_to_raw: float | None = None
+    # Throughput against bare mode's at the same concurrency (bench/ratios.py).
+    ratio_to_bare: float | None = None
     mean_ms: float = 0.0
     max_ms: float = 0.0
     # Sagas that did not end as expected, in total and by what happened instead.
@@ -141,23 +143,6 @@ def row_of(mode: str, concurrency: int, mix: str, result: LoadResult, kind: str 
     )
 
 
-def add_ratios(rows: Sequence[RunRow]) -> None:
-    """Fill ``ratio_to_raw`` (throughput) and ``p50_ratio_to_raw`` from the raw row of the
-    same concurrency and mix; they stay None when raw did not run there."""
-    raw = {(r.concurrency, r.mix): r for r in rows if r.mode == RAW and r.kind == "run"}
-    for row in rows:
-        base = raw.get((row.concurrency, row.mix))
-        if base is None or row.kind != "run":
-            continue
-        if base.sagas_per_s > 0:
-            row.ratio_to_raw = round(row.sagas_per_s / base.sagas_per_s, 3)
-        if base.p50_ms > 0:
-            row.p50_ratio_to_raw = round(row.p50_ms / base.p50_ms, 3)
-    for row in rows:
-        if row.mode == RAW and row.kind == "run":
-            row.ratio_to_raw = row.p50_ratio_to_raw = 1.0
-
-
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -170,6 +155,7 @@ def results_table(rows: Sequence[RunRow], title: str = "Sagawire bench") -> Tabl
     table = Table(title=title, title_justify="left")
     for column in ("mode", "conc", "mix", "sagas", "sagas/s", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(column, justify="left" if column in ("mode", "mix") else "right")
+    table.add_column("sagas/s vs bare", justify="right")
     table.add_column("sagas/s vs raw", justify="right")
     table.add_column("p50 vs raw", justify="right")
     table.add_column("unexpected", justify="right")
@@ -184,6 +170,7 @@ def results_table(rows: Sequence[RunRow], title: str = "Sagawire bench") -> Tabl
             f"{r.p50_ms:.1f}",
             f"{r.p95_ms:.1f}",
             f"{r.p99_ms:.1f}",
+            _ratio(r.ratio_to_bare),
             _ratio(r.ratio_to_raw),
             _ratio(r.p50_ratio_to_raw),
             str(r.unexpected) if not r.unexpected else f"[red]{r.unexpected}[/]",
@@ -279,14 +266,15 @@ def markdown(rows: Sequence[RunRow]) -> str:
     runs = [r for r in rows if r.kind != "recovery"]
     names = _processes(runs)
     lines = [
-        "| mode | conc | mix | sagas | sagas/s | p50 ms | p95 ms | p99 ms | sagas/s vs raw "
-        "| p50 vs raw | unexpected | consistent |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| mode | conc | mix | sagas | sagas/s | p50 ms | p95 ms | p99 ms | sagas/s vs bare "
+        "| sagas/s vs raw | p50 vs raw | unexpected | consistent |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in runs:
         lines.append(
             f"| {r.mode} | {r.concurrency} | {r.mix} | {r.sagas} | {r.sagas_per_s:,.1f} "
-            f"| {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {_ratio(r.ratio_to_raw)} "
+            f"| {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {_ratio(r.ratio_to_bare)} "
+            f"| {_ratio(r.ratio_to_raw)} "
             f"| {_ratio(r.p50_ratio_to_raw)} | {r.unexpected} "
             f"| {_consistent(r.consistent).replace('[red]', '').replace('[/]', '')} |"
         )

@@ -11,6 +11,10 @@ The children are started with :class:`subprocess.Popen` rather than the supervis
 asyncio subprocesses: the bench client runs on uvloop, whose ``subprocess_exec`` does
 not take ``process_group``.
 
+For ``bare`` mode the stack also runs one :mod:`bench.bare_server` per service, on
+ports of their own, with the service's certificate (:meth:`BenchStack.use_bare`); while
+they run they are the processes measured under the services' names.
+
 ``sagawire chaos`` runs on the same stacks: it kills and restarts the coordinator and
 the services (:meth:`BenchStack.kill_service`, :meth:`BenchStack.restart_service`).
 """
@@ -23,7 +27,7 @@ import contextlib
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -56,13 +60,20 @@ class BenchError(Exception):
 class Child:
     """One process of the bench's stack: ``python -m <module>``, output kept, not shown."""
 
-    def __init__(self, name: str, env: Mapping[str, str], address: str, identity: Identity) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        address: str,
+        identity: Identity,
+        command: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.address = address
         self._identity = identity  # the bench's certificate, for health checks
         module = COORDINATOR if name == COORDINATOR else f"services.{name}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [sys.executable, "-m", *(command or [module])],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -144,6 +155,8 @@ class BenchStack:
         self._env = dict(env or {})
         self._data_dir = data_dir
         self._services: dict[str, Child] = {}
+        # bare mode's do-nothing participants, by the service they stand in for.
+        self._bare: dict[str, Child] = {}
         self._coordinator: Child | None = None
         self.coordinator_mode: Mode | None = None
         # The coordinator's saga log (environment for it: none is SQLite in the data dir),
@@ -180,6 +193,35 @@ class BenchStack:
         )
         return Child(name, options.child_env(name), self.endpoints.of(name), options.operator())
 
+    async def use_bare(self) -> dict[str, str]:
+        """Start a do-nothing participant per service (own stack only); their addresses."""
+        if not self.own or self._data_dir is None:
+            raise BenchError("bare mode needs the bench's own stack (not --target)")
+        if not self._bare:
+            ports = free_ports([f"bare-{name}" for name in SERVICE_NAMES])
+            for name in SERVICE_NAMES:
+                port = ports[f"bare-{name}"]
+                options = StackOptions(
+                    data_dir=self._data_dir,
+                    ports={**self.ports, name: port},
+                    names=(name,),
+                    env=self._env,
+                    certs_dir=TlsSettings().certs_directory,
+                )
+                self._bare[name] = Child(
+                    name,
+                    options.child_env(name),
+                    f"127.0.0.1:{port}",
+                    options.operator(),
+                    command=("bench.bare_server", name),
+                )
+            await asyncio.gather(*(c.wait_serving() for c in self._bare.values()))
+        return {name: child.address for name, child in self._bare.items()}
+
+    async def stop_bare(self) -> None:
+        children, self._bare = list(self._bare.values()), {}
+        await asyncio.gather(*(c.stop() for c in children))
+
     async def __aenter__(self) -> BenchStack:
         if self.own:
             try:
@@ -202,12 +244,14 @@ class BenchStack:
     async def close(self) -> None:
         """Stop the coordinator, then the services."""
         await self.stop_coordinator()
+        await self.stop_bare()
         children, self._services = list(self._services.values()), {}
         await asyncio.gather(*(c.stop() for c in children))
 
     def check_alive(self) -> None:
         """BenchError if a process of the bench's own stack has died."""
-        for child in [*self._services.values(), *filter(None, [self._coordinator]), *self._more]:
+        running = [*self._services.values(), *self._bare.values(), *self._more]
+        for child in [*running, *filter(None, [self._coordinator])]:
             if (code := child.proc.poll()) is not None:
                 raise BenchError(f"{child.name} {describe_exit(code)}:\n{child.tail()}")
 
@@ -357,8 +401,10 @@ class BenchStack:
         return sizes
 
     def pids(self) -> dict[str, int]:
-        """The processes to measure, by name (empty for a target: they are not ours)."""
-        children = [*self._services.values(), *filter(None, [self._coordinator])]
+        """The processes to measure, by name (empty for a target: they are not ours).
+        While bare mode's participants run, they are measured under the services' names."""
+        services = self._bare or self._services
+        children = [*services.values(), *filter(None, [self._coordinator])]
         pids = {c.name: c.pid for c in children if c.running}
         # Replicas past the first (same name, the coordinator's certificate) by number.
         pids.update({f"{c.name}-{n}": c.pid for n, c in enumerate(self._more, 2) if c.running})

@@ -18,7 +18,7 @@ import pytest
 from bench.report import RunRow
 
 SAGAWIRE = Path(sys.executable).parent / "sagawire"
-MODES = ("raw", "orchestration", "choreography")
+MODES = ("bare", "raw", "orchestration", "choreography")
 CONCURRENCIES = (1, 4)
 REQUIRED = (
     "mode",
@@ -62,24 +62,46 @@ def test_short_run_prints_the_table_and_writes_json_and_plot(tmp_path: Path) -> 
     for row in rows:
         assert set(REQUIRED) <= set(row), row
         assert set(row) == {f for f in RunRow.__dataclass_fields__}
-        assert row["mix"] == "mixed"
+        # bare's participants cannot say no: it always places the happy saga.
+        assert row["mix"] == ("happy" if row["mode"] == "bare" else "mixed")
         for key in ("sagas", "seconds", "sagas_per_s", "p50_ms", "p95_ms", "p99_ms"):
             assert row[key] > 0, (key, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
         assert row["ratio_to_raw"] > 0
-        # Every saga ended as expected, and the services' records agree.
+        assert row["ratio_to_bare"] > 0
+        # Every saga ended as expected, and the services' records agree (bare keeps none).
         assert row["unexpected"] == 0, row["unexpected_kinds"]
-        assert row["consistent"] is True
-        processes = STACK_PROCESSES | ({"coordinator"} if row["mode"] != "raw" else set())
+        assert row["consistent"] is (None if row["mode"] == "bare" else True)
+        coordinated = row["mode"] not in ("bare", "raw")
+        processes = STACK_PROCESSES | ({"coordinator"} if coordinated else set())
         assert set(row["cpu_s_per_saga"]) == processes
         assert set(row["peak_rss_mb"]) == processes
         assert all(v > 0 for v in row["peak_rss_mb"].values())
     assert all(r["ratio_to_raw"] == 1.0 for r in rows if r["mode"] == "raw")
+    assert all(r["ratio_to_bare"] == 1.0 for r in rows if r["mode"] == "bare")
 
     for mode in MODES:
         assert mode in run.stdout
     assert "sagas/s" in run.stdout and "p99 ms" in run.stdout
+    assert "Against issue 19's targets" in run.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.timeout(90)
+def test_plaintext_runs_every_mode_again_without_tls_and_prints_its_cost(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    args = [
+        str(SAGAWIRE), "bench", "--mode", "bare,raw", "--concurrency", "2", "--sagas", "20",
+        "--warmup", "0", "--no-progress", "--plaintext", "--json", str(out),
+    ]  # fmt: skip
+    run = subprocess.run(args, capture_output=True, text=True, timeout=80, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows: list[dict[str, Any]] = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["bare", "raw", "bare/plaintext", "raw/plaintext"]
+    assert all(r["sagas"] == 20 and r["unexpected"] == 0 for r in rows)
+    # Each variant against its own floors.
+    assert rows[3]["ratio_to_raw"] == 1.0 and rows[3]["ratio_to_bare"] > 0
+    assert "TLS on (shipped) vs off" in run.stdout
 
 
 @pytest.mark.timeout(90)
