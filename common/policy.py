@@ -2,14 +2,13 @@
 
 ::
 
-    CallPolicy.call(participant, retry, rpc, scope)
-      tenacity: exponential backoff with jitter; attempts AND time budget; Transient only
-        Bulkheads.slot(name)           bounded calls in flight per participant (waits)
-          BreakerBoard.admit(name)     waits while the breaker is open (not an attempt)
-            scope(number)              the caller's attempt: logged before, recorded after
-              BreakerBoard.counted     the breaker counts the outcome (rate window)
-                translate_rpc_errors() AioRpcError -> the error tree (common.grpc_errors)
-                  rpc(attempt_timeout) the call itself, with its per-attempt deadline
+    async for attempt in policy.attempts(participant, retry):   # tenacity: backoff with
+        async with attempt:             # jitter, attempts AND time; a bulkhead slot, then
+            log the intent              # the breaker's admission (waits, not attempts)
+            with attempt.counted():     # the breaker counts the outcome (rate window);
+                reply = await rpc(attempt.timeout)  # AioRpcError -> the error tree
+            log the outcome
+            return reply
 
 Only :class:`~common.errors.Transient` errors are retried. A retry budget is spent
 only by real calls, and only once both of its halves are: ``max_attempts`` calls
@@ -23,11 +22,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import TypeVar
 
 from tenacity import wait_exponential_jitter
 from tenacity.wait import WaitBaseT
@@ -36,7 +35,7 @@ from common.breakers import BreakerBoard
 from common.bulkhead import Bulkheads
 from common.errors import Transient
 from common.grpc_errors import translate_rpc_errors
-from common.retrying import attempt_then_retry
+from common.retrying import Attempt, Attempts
 
 log = logging.getLogger(__name__)
 
@@ -66,63 +65,93 @@ class RetryPolicy:
 RetryListener = Callable[[int, float, BaseException | None], None]
 
 
-class AttemptSlot(Generic[_T]):
-    """Where the policy leaves an attempt's reply, for the scope to record on exit."""
+class ParticipantAttempt:
+    """One attempt at a participant. ``async with`` it: the block holds one of the
+    participant's bulkhead slots and the breaker's admission (both waits are not
+    attempts); a Transient error leaving it is retried by the loop if the budget allows.
+    Make the call itself inside :meth:`counted`, with :attr:`timeout` as its deadline."""
 
-    def __init__(self) -> None:
-        self.value: _T | None = None
+    def __init__(
+        self, policy: CallPolicy, participant: str, retry: RetryPolicy, attempt: Attempt, first: int
+    ) -> None:
+        self.number = first + attempt.number - 1
+        self.timeout = retry.attempt_timeout
+        self._policy = policy
+        self._participant = participant
+        self._attempt = attempt
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> ParticipantAttempt:
+        stack = self._stack
+        await stack.enter_async_context(self._attempt)  # outermost: decides on the error
+        try:
+            await stack.enter_async_context(self._policy.bulkheads.slot(self._participant))
+            await stack.enter_async_context(self._policy.breakers.admit(self._participant))
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        return bool(await self._stack.__aexit__(kind, error, traceback))
+
+    @contextmanager
+    def counted(self) -> Iterator[None]:
+        """The call: its outcome counted by the breaker, its gRPC errors translated to
+        the error tree (common.grpc_errors)."""
+        with self._policy.breakers.counted(self._participant), translate_rpc_errors():
+            yield
 
 
-AttemptScope = Callable[[int], AbstractAsyncContextManager[AttemptSlot[_T]]]
+class ParticipantAttempts:
+    """The attempts of one call at a participant (see :meth:`CallPolicy.attempts`)."""
 
+    def __init__(
+        self,
+        policy: CallPolicy,
+        participant: str,
+        retry: RetryPolicy,
+        attempts: Attempts,
+        first_number: int,
+    ) -> None:
+        self._policy = policy
+        self._participant = participant
+        self._retry = retry
+        self._attempts = attempts
+        self._first = first_number
 
-@asynccontextmanager
-async def bare_attempt(number: int) -> AsyncIterator[AttemptSlot[Any]]:
-    """A scope that records nothing."""
-    yield AttemptSlot()
+    def __aiter__(self) -> ParticipantAttempts:
+        return self
+
+    async def __anext__(self) -> ParticipantAttempt:
+        attempt = await self._attempts.__anext__()
+        return ParticipantAttempt(
+            self._policy, self._participant, self._retry, attempt, self._first
+        )
 
 
 class CallPolicy:
-    """Calls a participant under a retry policy and the participant's breaker."""
+    """Calls participants under a retry policy, a bulkhead and the participant's breaker."""
 
     def __init__(self, breakers: BreakerBoard, bulkheads: Bulkheads | None = None) -> None:
         self.breakers = breakers
         self.bulkheads = bulkheads or Bulkheads(default_limit=1_000_000)
 
-    async def call(
+    def attempts(
         self,
         participant: str,
         retry: RetryPolicy,
-        rpc: Callable[[float], Awaitable[_T]],
-        scope: AttemptScope[_T] = bare_attempt,
         first_number: int = 1,
         on_retry: RetryListener | None = None,
-    ) -> _T:
-        """Call ``rpc(attempt_timeout)`` until it succeeds or the policy gives up.
-
-        Each attempt runs inside ``scope(number)``, once the participant's bulkhead
-        and breaker let it through (numbers start at
-        ``first_number``, so a resumed step keeps counting): the caller logs the
-        attempt there before it is made, and on exit records how it ended (the
-        reply is in the slot the scope yields, an error is the exception).
-        ``on_retry`` hears of every retry before its backoff.
-
-        Raises:
-            Transient: the last attempt's transient error once attempts ran out.
-            SagawireError: any other error at once (never retried).
-        """
-
-        async def one(attempt: int) -> _T:
-            number = first_number + attempt - 1
-            async with (
-                self.bulkheads.slot(participant),
-                self.breakers.admit(participant),
-                scope(number) as slot,
-            ):
-                with self.breakers.counted(participant), translate_rpc_errors():
-                    reply = await rpc(retry.attempt_timeout)
-                slot.value = reply
-            return reply
+    ) -> ParticipantAttempts:
+        """The attempts of one call, numbered from ``first_number`` (a resumed step keeps
+        counting); ``on_retry`` hears of every retry before its backoff. The loop raises
+        the last Transient error once the budget is spent, any other error at once."""
 
         def before_retry(attempt: int, delay: float, error: BaseException) -> None:
             number = first_number + attempt - 1  # the coming attempt
@@ -136,15 +165,28 @@ class CallPolicy:
             if on_retry is not None:
                 on_retry(number, delay, error)
 
-        return await attempt_then_retry(
-            one,
+        attempts = Attempts(
             Transient,
             _wait(retry),
             before_retry,
             max_attempts=retry.max_attempts,
             retry_for=retry.retry_for,
-            started=time.monotonic(),
         )
+        return ParticipantAttempts(self, participant, retry, attempts, first_number)
+
+    async def call(
+        self,
+        participant: str,
+        retry: RetryPolicy,
+        rpc: Callable[[float], Awaitable[_T]],
+        first_number: int = 1,
+    ) -> _T:
+        """``rpc(attempt_timeout)`` through :meth:`attempts`, for callers that log nothing."""
+        async for attempt in self.attempts(participant, retry, first_number):
+            async with attempt:
+                with attempt.counted():
+                    return await rpc(attempt.timeout)
+        raise AssertionError("unreachable: the attempts either return or raise")
 
 
 @functools.lru_cache(maxsize=256)
@@ -159,10 +201,9 @@ def _wait(retry: RetryPolicy) -> WaitBaseT:
 
 
 __all__ = [
-    "AttemptScope",
-    "AttemptSlot",
     "CallPolicy",
+    "ParticipantAttempt",
+    "ParticipantAttempts",
     "RetryListener",
     "RetryPolicy",
-    "bare_attempt",
 ]

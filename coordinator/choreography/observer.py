@@ -11,8 +11,8 @@ they come, still settle it.
 Two writers record a choreographed saga: the runner (its first step) and the
 observer (the rest). Whichever writes the last fact must see the other's, or the
 saga never settles: the runner reads the saga back after its write
-(coordinator/engine/choreography_start.py), and the observer, when the runner wrote between
-its read and its write, reads it back too.
+(``SagaRun.start_choreography``), and the observer, when the runner wrote between its
+read and its write, reads it back too.
 
 Offsets per producer live in the observer's own SQLite file (with replicas sharing a
 PostgreSQL log, in that log: one replica observes at a time, and the offsets follow the

@@ -1,25 +1,38 @@
-"""The runner: the only interpreter of saga definitions.
+"""The runner: the only interpreter of saga definitions, read straight through.
 
 It drives one saga from its logged state to a settled one, writing every
-transition to the saga log *before* acting on it:
+transition to the saga log *before* acting on it. One step attempt reads::
 
-1. **Forward, compensable phase** (under the saga's deadline): each step starts
-   once the steps it runs ``after`` succeeded, so independent steps run at the
-   same time (one ``asyncio.TaskGroup``). Each step is one call through the
-   policy (retry around breaker around RPC); every attempt is logged before it
-   is sent and recorded when it ends (:meth:`SagaRun.attempt`).
+    async for attempt in policy.attempts(participant, retry):  # backoff, budget
+        async with attempt:                  # a bulkhead slot, the breaker's admission
+            log the intent                   # before the call
+            with attempt.counted():          # the breaker counts the outcome
+                reply = await participant.execute(request, attempt.timeout)
+            log the result                   # (or the failure, on an error)
+
+1. **Forward, compensable phase** (:meth:`SagaRun.forward`, under the saga's
+   deadline): each step starts once the steps it runs ``after`` succeeded, so
+   independent steps run at the same time (one ``asyncio.TaskGroup``).
 2. A rejection, a step whose retries ran out (its outcome is unknown), or the
-   deadline stops the phase: the saga turns **backwards** and every step that
-   may have taken effect is compensated, each once all the steps that ran after
-   it are undone (reverse dependency order). Compensations are retried within
-   their budget; when it runs out the saga *needs attention* and keeps its place
-   for ``RetrySaga``; the other compensations still run (coordinator/engine/compensation.py).
+   deadline stops the phase: the saga turns **backwards**
+   (:meth:`SagaRun.compensate_all`) and every step that may have taken effect is
+   compensated, each once all the steps that ran after it are undone (reverse
+   dependency order). Compensations are retried within their budget; when it runs
+   out the saga *needs attention* and keeps its place for ``RetrySaga``; the other
+   compensations still run.
 3. Once every compensable step (the pivot included) succeeded, the
    **forward-only** steps run and are retried until they succeed (forward
    recovery); the deadline no longer applies.
 
 A choreographed saga's run makes only its first step(s) and leaves the rest to the
-services (coordinator/engine/choreography_start.py).
+services (:meth:`SagaRun.start_choreography`): the services' reactions carry the
+saga on, and the observer (coordinator/choreography/observer.py) follows the rest
+and settles it. A start never leaves a saga hanging: the first steps are retried
+until the saga's deadline (a saga resumed past it gets one ordinary retry budget);
+if they are still unconfirmed then, the services' events may show they took effect
+anyway (a later step ran: the replies were lost), and the services carry the saga
+on; otherwise the saga compensates them, through the barrier, which turns "never
+arrived" into a null compensation and refuses the execute if it arrives late.
 
 The same code resumes a saga after a crash: steps already succeeded are
 skipped, in-flight ones are re-sent with the same key (saga id + step), which
@@ -32,47 +45,48 @@ result, unless it is the pivot's, may wait for the saga's next write. A happy
 ``place_order`` takes five writes.
 
 Telemetry (coordinator/engine/telemetry.py): :meth:`SagaRunner.run` opens the saga
-span and records the saga's end; :meth:`SagaRun.attempt`, the one place where a
-step attempt or compensation attempt starts and ends, opens a child span per
-attempt, current while the participant is called, so the gRPC call nests under it.
+span and records the saga's end; :meth:`SagaRun.call`, the one place where a step
+attempt or compensation attempt starts and ends, opens a child span per attempt,
+current while the participant is called, so the gRPC call nests under it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
 
 from opentelemetry.context import Context
 
-from common.errors import BusinessRejection, SagawireError
-from common.policy import AttemptSlot, CallPolicy
+from common.errors import Aborted, BusinessRejection, SagawireError
+from common.policy import CallPolicy, ParticipantAttempt, RetryPolicy
 from common.store import utc_now
 from contract.definitions import Definitions, SagaDefinition, SagaMode, Step
-from coordinator.engine.choreography_start import start_choreography
-from coordinator.engine.compensation import compensate_all
+from coordinator.choreography.observation import settlement
 from coordinator.engine.crash import NO_CRASH, CrashHook
 from coordinator.engine.outcomes import (
     StepFailed,
     barrier_outcome,
     error_detail,
     failed_attempt,
+    needs_compensation,
 )
 from coordinator.engine.participants import ParticipantClient
 from coordinator.engine.payloads import step_request
 from coordinator.engine.plan import (
     all_succeeded,
     carried_by_services,
+    descendants,
     failure_of,
     intent,
     logged_open,
+    ran_past,
     unblocked_by,
 )
-from coordinator.engine.telemetry import CarriedSpans, RunCause, SagaTelemetry
+from coordinator.engine.telemetry import AttemptTrace, CarriedSpans, RunCause, SagaTelemetry
 from coordinator.log.records import (
     UNFINISHED,
     AttemptChange,
@@ -87,10 +101,13 @@ from coordinator.log.records import (
     StepStatus,
     apply,
 )
-from coordinator.log.saga_log import SagaLog
+from coordinator.log.saga_log import SagaLog, StatusConflict
 from protos.sagawire.v1 import participant_pb2
 
 log = logging.getLogger(__name__)
+
+# Why a choreographed saga whose first steps stayed unconfirmed is compensated.
+NOT_STARTED = "SAGA_DEADLINE_EXCEEDED"
 
 
 # Runs that pick up a saga whose last run ended early log that first (its open attempts
@@ -166,8 +183,8 @@ class SagaRunner:
 class SagaRun:
     """One saga being driven: its definition and its record, kept in step with the log.
 
-    The forward phase is here; the backward phase and the choreography start are
-    functions of their own modules that drive a run through the same methods."""
+    The only owner of the record while the saga runs: every change is applied here
+    first, then written (:meth:`change`)."""
 
     def __init__(
         self,
@@ -208,7 +225,7 @@ class SagaRun:
     async def drive(self) -> SagaRecord:
         if self.record.direction is Direction.FORWARD:
             choreographed = self.record.mode == SagaMode.CHOREOGRAPHY.value
-            failure = await (start_choreography(self) if choreographed else self.forward())
+            failure = await (self.start_choreography() if choreographed else self.forward())
             if failure is None:
                 return self.record
             await self.change(
@@ -223,7 +240,7 @@ class SagaRun:
                     detail=failure.describe(),
                 )
             )
-        await compensate_all(self)
+        await self.compensate_all()
         return self.record
 
     # -- forward -----------------------------------------------------------------------
@@ -308,19 +325,13 @@ class SagaRun:
         # open attempt as interrupted.)
         opened = bool(attempts) and attempts[-1].outcome is None
         if forward_only:
-            policy = replace(step.retry, max_attempts=0)  # until it succeeds
+            retry = replace(step.retry, max_attempts=0)  # until it succeeds
         else:
             ended = sum(1 for a in attempts if a.outcome not in (None, Outcome.INTERRUPTED))
-            policy = replace(step.retry, max_attempts=max(1, step.retry.max_attempts - ended))
+            retry = replace(step.retry, max_attempts=max(1, step.retry.max_attempts - ended))
+        first = len(attempts) if opened else len(attempts) + 1
         try:
-            await self.runner.policy.call(
-                step.participant,
-                policy,
-                partial(self.send, step, Phase.EXECUTE),
-                scope=partial(self.attempt, step, Phase.EXECUTE),
-                first_number=len(attempts) if opened else len(attempts) + 1,
-                on_retry=partial(self.telemetry.retrying, step, Phase.EXECUTE),
-            )
+            await self.call(step, Phase.EXECUTE, retry, first)
         except BusinessRejection as rejection:
             raise StepFailed(
                 Failure(step.name, "FAILED_PRECONDITION", rejection.reason, rejection.message)
@@ -340,75 +351,294 @@ class SagaRun:
                 )
             raise StepFailed(failure) from None
 
-    async def send(self, step: Step, phase: Phase, deadline: float) -> participant_pb2.StepReply:
-        request = step_request(self.definition, self.record, step, phase)
+    async def call(
+        self, step: Step, phase: Phase, retry: RetryPolicy, first_number: int
+    ) -> participant_pb2.StepReply:
+        """Execute or compensate a step: every attempt logged before it is made and
+        recorded when it ends, its span current while the participant is called."""
+        prefix = "" if phase is Phase.EXECUTE else "compensate_"
+        on_retry = partial(self.telemetry.retrying, step, phase)
+        async for attempt in self.runner.policy.attempts(
+            step.participant, retry, first_number, on_retry
+        ):
+            async with attempt:
+                with self.telemetry.attempt(step, phase, attempt.number) as traced:
+                    if not logged_open(self.record, step.name, phase, attempt.number):
+                        await self.change(intent(step, phase, attempt.number, self.runner.clock()))
+                    self.runner.crash(f"after_{prefix}intent", step.name)
+                    request = step_request(self.definition, self.record, step, phase)
+                    try:
+                        with attempt.counted():
+                            reply = await self.send(step.participant, phase, request, attempt)
+                    except SagawireError as error:
+                        self.runner.crash(f"after_{prefix}call", step.name)
+                        now = self.runner.clock()
+                        failed = failed_attempt(step.name, phase, attempt.number, error, now)
+                        assert failed.attempt is not None
+                        traced.ended(failed.attempt)
+                        await self.change(failed)
+                        raise
+                    self.runner.crash(f"after_{prefix}call", step.name)
+                    await self.record_reply(step, phase, attempt.number, reply, traced)
+                    return reply
+        raise AssertionError("unreachable: the attempts either return or raise")
+
+    async def send(
+        self,
+        participant: str,
+        phase: Phase,
+        request: participant_pb2.StepRequest,
+        attempt: ParticipantAttempt,
+    ) -> participant_pb2.StepReply:
         participants = self.runner.participants
         if phase is Phase.EXECUTE:
-            return await participants.execute(step.participant, request, deadline)
-        return await participants.compensate(step.participant, request, deadline)
+            return await participants.execute(participant, request, attempt.timeout)
+        return await participants.compensate(participant, request, attempt.timeout)
 
-    @asynccontextmanager
-    async def attempt(
-        self, step: Step, phase: Phase, number: int
-    ) -> AsyncIterator[AttemptSlot[participant_pb2.StepReply]]:
-        """One attempt of a step (or of its compensation): logged before, recorded after.
-
-        Its span is current for the whole attempt, the participant's call included.
-        """
+    async def record_reply(
+        self,
+        step: Step,
+        phase: Phase,
+        number: int,
+        reply: participant_pb2.StepReply,
+        traced: AttemptTrace,
+    ) -> None:
+        """Log a step's result (or its compensation's), with the steps it lets start."""
         execute = phase is Phase.EXECUTE
-        prefix = "" if execute else "compensate_"
-        with self.telemetry.attempt(step, phase, number) as traced:
-            if not logged_open(self.record, step.name, phase, number):
-                await self.change(intent(step, phase, number, self.runner.clock()))
-            self.runner.crash(f"after_{prefix}intent", step.name)
-            slot: AttemptSlot[participant_pb2.StepReply] = AttemptSlot()
-            try:
-                yield slot
-            except SagawireError as error:
-                self.runner.crash(f"after_{prefix}call", step.name)
-                failed = failed_attempt(step.name, phase, number, error, self.runner.clock())
-                assert failed.attempt is not None
-                traced.ended(failed.attempt)
-                await self.change(failed)
-                raise
-            self.runner.crash(f"after_{prefix}call", step.name)
-            reply = slot.value
-            assert reply is not None  # the policy fills the slot before a normal exit
-            ended = AttemptChange(phase, number, Outcome.OK)
-            barrier = barrier_outcome(reply)
-            traced.ended(ended, barrier)
-            # An orchestrated step's result can wait for the saga's next change (the
-            # next step's intent, or the outcome), which always follows; if a crash
-            # loses it, recovery re-sends the step and the barrier replays the result.
-            # Not the pivot's: once it succeeded the log must say so at once, or a
-            # recovery past the deadline would compensate it. Nor a choreographed
-            # saga's: the observer reads the log, not this record.
-            defer = execute and not step.pivot and self.record.mode == SagaMode.ORCHESTRATION.value
-            if execute:
-                change = Change(
-                    kind=Kind.STEP_SUCCEEDED,
-                    at=self.runner.clock(),
-                    step=step.name,
-                    attempt=ended,
-                    step_status=StepStatus.SUCCEEDED,
-                    result=reply.result.SerializeToString(),
-                    detail=barrier,
+        ended = AttemptChange(phase, number, Outcome.OK)
+        barrier = barrier_outcome(reply)
+        traced.ended(ended, barrier)
+        # An orchestrated step's result can wait for the saga's next change (the
+        # next step's intent, or the outcome), which always follows; if a crash
+        # loses it, recovery re-sends the step and the barrier replays the result.
+        # Not the pivot's: once it succeeded the log must say so at once, or a
+        # recovery past the deadline would compensate it. Nor a choreographed
+        # saga's: the observer reads the log, not this record.
+        defer = execute and not step.pivot and self.record.mode == SagaMode.ORCHESTRATION.value
+        if execute:
+            change = Change(
+                kind=Kind.STEP_SUCCEEDED,
+                at=self.runner.clock(),
+                step=step.name,
+                attempt=ended,
+                step_status=StepStatus.SUCCEEDED,
+                result=reply.result.SerializeToString(),
+                detail=barrier,
+            )
+        else:
+            change = Change(
+                kind=Kind.COMPENSATION_DONE,
+                at=self.runner.clock(),
+                step=step.name,
+                attempt=ended,
+                step_status=StepStatus.COMPENSATED,
+                detail=barrier,
+            )
+        await self.change(change, defer=True)
+        # The steps this result lets start are logged with it, in the same commit:
+        # they start as soon as this attempt ends.
+        unblocked = unblocked_by(self.definition, self.record, step) if execute else ()
+        for ready in unblocked:
+            next_number = len(self.record.step(ready.name).attempts_of(Phase.EXECUTE)) + 1
+            await self.change(intent(ready, Phase.EXECUTE, next_number, self.runner.clock()), True)
+        if unblocked or not defer:
+            await self.flush()
+
+    # -- backward ----------------------------------------------------------------------
+
+    async def compensate_all(self) -> None:
+        """Compensate what may have taken effect, then log the saga compensated, or needing
+        attention if a compensation could not be done."""
+        undo = [
+            s for s in self.definition.compensable if needs_compensation(self.record.step(s.name))
+        ]
+        names = {s.name for s in undo}
+        loop = asyncio.get_running_loop()
+        results: dict[str, asyncio.Future[bool]] = {s.name: loop.create_future() for s in undo}
+        async with asyncio.TaskGroup() as group:
+            for step in undo:
+                later = [n for n in descendants(self.definition, step.name) if n in names]
+                group.create_task(self.compensate_after(step, later, results))
+        stuck = sorted(name for name, ok in results.items() if not ok.result())
+        now = self.runner.clock()
+        if stuck:
+            await self.change(
+                Change(
+                    kind=Kind.SAGA_NEEDS_ATTENTION,
+                    at=now,
+                    saga_status=SagaStatus.NEEDS_ATTENTION,
+                    detail=f"compensation not done for: {', '.join(stuck)}",
                 )
-            else:
-                change = Change(
+            )
+        else:
+            await self.change(
+                Change(kind=Kind.SAGA_COMPENSATED, at=now, saga_status=SagaStatus.COMPENSATED)
+            )
+
+    async def compensate_after(
+        self, step: Step, later: Sequence[str], results: dict[str, asyncio.Future[bool]]
+    ) -> None:
+        """Compensate ``step`` once every step that ran after it is undone."""
+        for name in later:
+            if not await asyncio.shield(results[name]):
+                log.warning(
+                    "compensation blocked saga_id=%s step=%s waits_for=%s",
+                    self.record.saga_id,
+                    step.name,
+                    name,
+                )
+                results[step.name].set_result(False)
+                return
+        results[step.name].set_result(await self.compensate(step))
+
+    async def compensate(self, step: Step) -> bool:
+        """Compensate within the budget of this round; False if it could not be done."""
+        if self.record.step(step.name).status is StepStatus.COMPENSATED:
+            return True
+        attempts = self.record.step(step.name).attempts_of(Phase.COMPENSATE)
+        ended = sum(
+            1
+            for a in attempts
+            if a.round == self.record.round and a.outcome not in (None, Outcome.INTERRUPTED)
+        )
+        remaining = step.compensation_retry.max_attempts - ended
+        if remaining <= 0:
+            return False
+        try:
+            retry = replace(step.compensation_retry, max_attempts=remaining)
+            await self.call(step, Phase.COMPENSATE, retry, len(attempts) + 1)
+        except SagawireError as error:
+            log.warning(
+                "compensation gave up saga_id=%s step=%s error=%s",
+                self.record.saga_id,
+                step.name,
+                error,
+            )
+            return False
+        return True
+
+    # -- choreography start ------------------------------------------------------------
+
+    async def start_choreography(self) -> Failure | None:
+        """Run the first step(s); a Failure means the saga must compensate.
+
+        The first step is retried until the participant answers, within the saga's
+        deadline: once it took effect the flow runs without us. A refusal ends the saga
+        (nothing took effect anywhere); so does a first step left unconfirmed past the
+        deadline that the services show no sign of (see the module docstring).
+        """
+        if carried_by_services(self.definition, self.record):
+            return None
+        roots = self.definition.roots
+        remaining = (self.record.deadline - self.runner.clock()).total_seconds()
+        if remaining > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    failure = await self.run_steps(roots, forward_only=True)
+            except TimeoutError:
+                return await self.unconfirmed()
+        else:
+            # Resumed (or retried) past the deadline: the first steps were in flight when
+            # the coordinator stopped and may have taken effect, so they are sent again,
+            # once, with an ordinary retry budget; the barrier replays what took effect.
+            failure = await self.run_steps(roots, forward_only=False)
+            if any(self.record.step(s.name).status is StepStatus.FAILED for s in roots):
+                return await self.unconfirmed()
+        if failure is not None and failure.reason != Aborted.reason:
+            return failure  # refused: nothing took effect anywhere
+        if failure is not None:
+            # Re-sent after a restart and refused by the barrier: the services ran the
+            # saga without us and already undid this step.
+            await self.change(
+                Change(
                     kind=Kind.COMPENSATION_DONE,
                     at=self.runner.clock(),
-                    step=step.name,
-                    attempt=ended,
+                    step=failure.step,
                     step_status=StepStatus.COMPENSATED,
-                    detail=barrier,
+                    detail="compensated by the services while the coordinator was down",
                 )
-            await self.change(change, defer=True)
-            # The steps this result lets start are logged with it, in the same commit:
-            # they start as soon as this attempt ends.
-            unblocked = unblocked_by(self.definition, self.record, step) if execute else ()
-            for ready in unblocked:
-                number = len(self.record.step(ready.name).attempts_of(Phase.EXECUTE)) + 1
-                await self.change(intent(ready, Phase.EXECUTE, number, self.runner.clock()), True)
-            if unblocked or not defer:
-                await self.flush()
+            )
+        # The services may have finished the saga while this step was unconfirmed; then
+        # no further event will come to settle it.
+        await self.settle_observed()
+        return None
+
+    async def unconfirmed(self) -> Failure | None:
+        """The first steps are unconfirmed past the deadline: they took effect if the
+        services ran the steps after them (the services carry the saga on), or else the
+        saga compensates them (the Failure returned)."""
+        await self.flush()
+        logged = await self.runner.log.load(self.record.saga_id)
+        assert logged is not None  # sagas are never deleted
+        self.record = logged  # with what the observer recorded meanwhile
+        now = self.runner.clock()
+        unconfirmed = [
+            s
+            for s in self.definition.roots
+            if logged.step(s.name).status not in (StepStatus.SUCCEEDED, StepStatus.REJECTED)
+        ]
+        if all(ran_past(self.definition, logged, s.name) for s in unconfirmed):
+            for step in unconfirmed:
+                await self.change(
+                    Change(
+                        kind=Kind.STEP_SUCCEEDED,
+                        at=now,
+                        step=step.name,
+                        step_status=StepStatus.SUCCEEDED,
+                        interrupt_open_attempts=True,
+                        detail="took effect: the services ran the steps after it",
+                    )
+                )
+            await self.settle_observed()
+            return None
+        first = unconfirmed[0]
+        failure = Failure(
+            step=first.name,
+            code="DEADLINE_EXCEEDED",
+            reason=NOT_STARTED,
+            message=_not_started(self.definition.deadline, logged, first.name),
+        )
+        log.warning(
+            "choreography not started before the deadline saga_id=%s: %s",
+            logged.saga_id,
+            failure.describe(),
+        )
+        for step in unconfirmed:
+            await self.change(
+                Change(
+                    kind=Kind.STEP_FAILED,
+                    at=now,
+                    step=step.name,
+                    step_status=StepStatus.FAILED,
+                    # An attempt the deadline cut short: its outcome is unknown too.
+                    interrupt_open_attempts=True,
+                    detail=f"outcome unknown: {failure.describe()}",
+                )
+            )
+        return failure
+
+    async def settle_observed(self) -> None:
+        """Settle the saga if the events observed so far end it; the run then ends with
+        the saga as logged (the observer's changes too)."""
+        saga_id = self.record.saga_id
+        await self.flush()  # nothing is deferred in choreography; the log is the record
+        logged = await self.runner.log.load(saga_id)
+        assert logged is not None  # sagas are never deleted
+        settled = settlement(logged, self.runner.clock())
+        if settled is not None:
+            try:
+                await self.runner.log.append(saga_id, settled)
+                logged, _ = apply(logged, settled)
+            except StatusConflict:  # the observer settled it first: read what it wrote
+                reloaded = await self.runner.log.load(saga_id)
+                assert reloaded is not None
+                logged = reloaded
+        self.record = logged
+
+
+def _not_started(deadline: float, record: SagaRecord, step: str) -> str:
+    last = failure_of(record, step)
+    why = f"not confirmed within the saga's deadline ({deadline:g}s)"
+    if last.code == "UNKNOWN":  # no attempt ended with an error
+        return why
+    return f"{why}; last error {last.reason or last.code}: {last.message}"

@@ -5,15 +5,14 @@ bounds calls in flight per participant."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 
 import pytest
 
 from common.breakers import BreakerBoard, BreakerSettings
 from common.bulkhead import Bulkheads
 from common.errors import BusinessRejection, Transient
-from common.policy import AttemptScope, AttemptSlot, CallPolicy, RetryPolicy
+from common.policy import CallPolicy, RetryPolicy
 
 FAST = RetryPolicy(
     max_attempts=4, initial_backoff=0.001, max_backoff=0.002, jitter=0.0, retry_for=0.0
@@ -44,24 +43,32 @@ def policy(
     return CallPolicy(BreakerBoard(settings), Bulkheads(bulkhead))
 
 
-def numbered_scope(seen: list[tuple[int, str]]) -> AttemptScope[str]:
-    @asynccontextmanager
-    async def scope(number: int) -> AsyncIterator[AttemptSlot[str]]:
-        slot: AttemptSlot[str] = AttemptSlot()
-        try:
-            yield slot
-        except Transient:
-            seen.append((number, "transient"))
-            raise
-        seen.append((number, f"got {slot.value}"))
-
-    return scope
+async def numbered_call(
+    calls: CallPolicy,
+    participant: str,
+    retry: RetryPolicy,
+    rpc: FakeRpc,
+    seen: list[tuple[int, str]],
+    first_number: int = 1,
+) -> str:
+    """A call as the runner makes one: each attempt noted (as it logs them) by number."""
+    async for attempt in calls.attempts(participant, retry, first_number):
+        async with attempt:
+            try:
+                with attempt.counted():
+                    reply = await rpc(attempt.timeout)
+            except Transient:
+                seen.append((attempt.number, "transient"))
+                raise
+            seen.append((attempt.number, f"got {reply}"))
+            return reply
+    raise AssertionError("unreachable")
 
 
 async def test_transient_errors_are_retried_and_attempts_numbered() -> None:
     seen: list[tuple[int, str]] = []
     rpc = FakeRpc(Transient("down"), Transient("down"))
-    assert await policy().call("p", FAST, rpc, scope=numbered_scope(seen), first_number=3) == "ok"
+    assert await numbered_call(policy(), "p", FAST, rpc, seen, first_number=3) == "ok"
     assert seen == [(3, "transient"), (4, "transient"), (5, "got ok")]
 
 
@@ -117,7 +124,7 @@ async def test_an_open_breaker_makes_callers_wait_then_lets_a_trial_through() ->
     seen: list[tuple[int, str]] = []
     trial = FakeRpc()
     # One attempt allowed: meeting the open breaker does not spend it.
-    assert await calls.call("payment", SINGLE, trial, scope=numbered_scope(seen)) == "ok"
+    assert await numbered_call(calls, "payment", SINGLE, trial, seen) == "ok"
     assert (trial.calls, seen) == (1, [(1, "got ok")])
     view = calls.breakers.views()[0]
     assert (view.state, view.window_failures) == ("closed", 0)
@@ -134,7 +141,7 @@ async def test_only_the_callers_deadline_ends_the_wait_for_an_open_breaker() -> 
         await calls.call("p", SINGLE, FakeRpc(Transient("down")))
     seen: list[tuple[int, str]] = []
     untouched = FakeRpc()
-    waiting = asyncio.create_task(calls.call("p", SINGLE, untouched, scope=numbered_scope(seen)))
+    waiting = asyncio.create_task(numbered_call(calls, "p", SINGLE, untouched, seen))
     await asyncio.sleep(0.05)
     assert calls.breakers.views()[0].waiting == 1
     waiting.cancel()
