@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cli.demo_view import status_name
+from bench.drivers import status_name
 from common.money import format_money as money
 from protos.sagawire.v1 import (
     coordinator_pb2,

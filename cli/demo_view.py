@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bench.drivers import status_name
 from common.money import format_money as money
 from protos.sagawire.v1 import (
     coordinator_pb2,
@@ -47,10 +48,6 @@ def make_console() -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(highlight=False, width=140)
     return console
-
-
-def status_name(status: int) -> str:
-    return coordinator_pb2.SagaStatus.Name(status).removeprefix("SAGA_STATUS_")  # type: ignore[arg-type]
 
 
 def _enum(name: str, prefix: str) -> str:
