@@ -19,7 +19,8 @@ from cli.client import describe_rpc_error, fail, identity, service_addresses
 from cli.output import Output, OutputOption, clock, console, message_dict, print_json, zone
 from common.config import SERVICE_NAMES
 from common.money import format_money
-from common.paging import MAX_PAGE_SIZE, every_page
+from common.paging import every_page
+from contract.limits import MAX_PAGE_SIZE
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc, participant_pb2
 
 events_app = typer.Typer(no_args_is_help=True, help="Watch the services' domain events.")

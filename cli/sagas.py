@@ -36,7 +36,7 @@ from cli.output import (
 from cli.tokens import TokenOption
 from common.config import check_address
 from common.money import format_money
-from common.paging import MAX_PAGE_SIZE
+from contract.limits import MAX_PAGE_SIZE
 from protos.sagawire.v1 import common_pb2, coordinator_pb2_grpc, order_saga_pb2, participant_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
 

@@ -22,11 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from common.errors import InvalidArgument
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
-# Longer than any token a listing issues (a key of a few ids and a timestamp).
-MAX_TOKEN_LENGTH = 1_024
+from contract.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PAGE_TOKEN_LENGTH
 
 Key = tuple[str | int, ...]
 _T = TypeVar("_T")
@@ -60,7 +56,7 @@ def decode_token(token: str, listing: str, kinds: Sequence[type]) -> Key | None:
     if not token:
         return None
     decoded = None
-    if len(token) <= MAX_TOKEN_LENGTH:
+    if len(token) <= MAX_PAGE_TOKEN_LENGTH:
         with contextlib.suppress(ValueError, binascii.Error, RecursionError):
             decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
     if (

@@ -39,13 +39,10 @@ from common.participant_telemetry import (
 )
 from common.store import Database, utc_now
 from common.telemetry import producer_span
+from contract.limits import MAX_FINISHED_PER_CALL, MAX_ID_LENGTH, MAX_PAYLOAD_BYTES
 from contract.messages import pack
 from contract.modes import MODE_NAMES
 from protos.sagawire.v1 import participant_pb2, participant_pb2_grpc
-
-MAX_PAYLOAD_BYTES = 64 * 1024
-MAX_ID_LENGTH = 128
-MAX_FINISHED_PER_CALL = 1_000
 
 _P = TypeVar("_P", bound=Message)
 

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from common.errors import InvalidArgument
 from common.participant import require_id
+from contract.limits import MAX_AMOUNT_MINOR, MAX_DESTINATION_LENGTH, MAX_ITEMS, MAX_QUANTITY
 from protos.sagawire.v1 import order_saga_pb2
-
-MAX_ITEMS = 100
-MAX_QUANTITY = 10_000
-MAX_DESTINATION_LENGTH = 200
-# 10^15 minor units: no sum of a few thousand amounts leaves SQLite's 64-bit integers.
-MAX_AMOUNT_MINOR = 10**15
 
 # What binds a request to its saga's order (Action.binds, the barrier's fingerprint):
 # the order as placed, i.e. the saga's input, and, for every step after create_order,

@@ -24,9 +24,10 @@ import grpc
 
 from common.certs import COORDINATOR, OPERATOR
 from common.config import SERVICE_NAMES, Endpoints, FaultConfig, ServiceSettings
-from common.paging import MAX_PAGE_SIZE, every_page
+from common.paging import every_page
 from common.server import RunningServer, start_server
 from common.tls import Identity
+from contract.limits import MAX_PAGE_SIZE
 from protos.sagawire.v1 import (
     admin_pb2_grpc,
     inventory_pb2_grpc,

@@ -8,6 +8,14 @@ import uuid
 from datetime import UTC, datetime
 
 from common.errors import InvalidArgument
+from contract.limits import (
+    DEFAULT_PAGE_SIZE,
+    MAX_DESTINATION_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_ITEMS,
+    MAX_PAGE_SIZE,
+    MAX_QUANTITY,
+)
 from contract.modes import MODE_NAMES
 from coordinator.api.views import STATUS_OF
 from coordinator.log.records import SagaStatus
@@ -17,12 +25,6 @@ from protos.sagawire.v1 import order_saga_pb2
 
 DEFAULT_SAGA = "place_order"
 RETURN_SAGA = "return_order"
-MAX_ID_LENGTH = 128
-MAX_ITEMS = 100
-MAX_QUANTITY = 10_000
-MAX_DESTINATION_LENGTH = 200
-MAX_PAGE_SIZE = 500
-DEFAULT_PAGE_SIZE = 50
 
 
 def _text(value: str, field: str, limit: int = MAX_ID_LENGTH) -> str:

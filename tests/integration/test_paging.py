@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from common.paging import MAX_PAGE_SIZE
+from contract.limits import MAX_PAGE_SIZE
 from protos.sagawire.v1 import (
     common_pb2,
     events_pb2,

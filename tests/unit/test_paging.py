@@ -8,6 +8,7 @@ import pytest
 
 from common import paging
 from common.errors import InvalidArgument
+from contract.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
 def test_page_tokens_are_opaque_and_checked() -> None:
@@ -29,9 +30,9 @@ def test_page_tokens_are_opaque_and_checked() -> None:
         with pytest.raises(InvalidArgument) as refused:
             paging.decode_token(bad, "charges" if bad != "%%%" else "x", kinds)
         assert refused.value.field == "page_token"
-    assert paging.page_size(0) == paging.DEFAULT_PAGE_SIZE
+    assert paging.page_size(0) == DEFAULT_PAGE_SIZE
     with pytest.raises(InvalidArgument):
-        paging.page_size(paging.MAX_PAGE_SIZE + 1)
+        paging.page_size(MAX_PAGE_SIZE + 1)
     page, next_token = paging.cut([1, 2, 3], 2, "n", lambda n: (n,))
     assert list(page) == [1, 2] and paging.decode_token(next_token, "n", (int,)) == (2,)
     assert paging.cut([1, 2], 2, "n", lambda n: (n,)) == ([1, 2], "")
