@@ -71,7 +71,6 @@ rows are never pruned: there is a fixed number of them.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,7 +80,7 @@ from google.protobuf.message import Message
 
 from common import saga_ids
 from common.errors import Aborted, BusinessRejection, RequestMismatch, SagaExpired
-from common.store import utc_now
+from common.store import Connection, Row, utc_now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS barrier (
@@ -107,7 +106,7 @@ CREATE INDEX IF NOT EXISTS barrier_finished_by_time ON barrier_finished (finishe
 """
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: Connection) -> None:
     """Bring a barrier table made before fingerprints up to date; idempotent."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(barrier)")}
     if "fingerprint" not in columns:
@@ -151,7 +150,7 @@ class Guarded:
     rejection: BusinessRejection | None = None
 
 
-def _rows(conn: sqlite3.Connection, saga_id: str, step: str) -> dict[str, sqlite3.Row]:
+def _rows(conn: Connection, saga_id: str, step: str) -> dict[str, Row]:
     cursor = conn.execute(
         "SELECT phase, outcome, result, reason, message, fingerprint FROM barrier"
         " WHERE saga_id = ? AND step = ?",
@@ -160,13 +159,13 @@ def _rows(conn: sqlite3.Connection, saga_id: str, step: str) -> dict[str, sqlite
     return {row["phase"]: row for row in cursor}
 
 
-def _matches(row: sqlite3.Row, fingerprint: str) -> bool:
+def _matches(row: Row, fingerprint: str) -> bool:
     recorded: str | None = row["fingerprint"]
     return recorded is None or recorded == fingerprint  # NULL: a row from before fingerprints
 
 
 def _record(
-    conn: sqlite3.Connection,
+    conn: Connection,
     saga_id: str,
     step: str,
     phase: str,
@@ -201,7 +200,7 @@ def expired(saga_id: str, horizon: datetime | None) -> bool:
 
 
 def guarded_execute(
-    conn: sqlite3.Connection,
+    conn: Connection,
     saga_id: str,
     step: str,
     action: Callable[[], bytes],
@@ -261,7 +260,7 @@ def guarded_execute(
 
 
 def guarded_compensate(
-    conn: sqlite3.Connection,
+    conn: Connection,
     saga_id: str,
     step: str,
     compensation: Callable[[bytes], bytes],
@@ -299,13 +298,13 @@ def guarded_compensate(
     return Guarded(Outcome.APPLIED, result=result)
 
 
-def was_executed(conn: sqlite3.Connection, saga_id: str, step: str) -> bool:
+def was_executed(conn: Connection, saga_id: str, step: str) -> bool:
     """Whether the step's execute took effect (applied, not rejected)."""
     first = _rows(conn, saga_id, step).get("execute")
     return first is not None and first["outcome"] == "applied"
 
 
-def mark_finished(conn: sqlite3.Connection, saga_id_list: Iterable[str], at: datetime) -> int:
+def mark_finished(conn: Connection, saga_id_list: Iterable[str], at: datetime) -> int:
     """Note that these sagas finished for good (the coordinator said so), from ``at``;
     how many were new. Ids that carry no creation time are left alone: the horizon
     could not refuse their late duplicates, so their rows are kept."""
@@ -314,14 +313,15 @@ def mark_finished(conn: sqlite3.Connection, saga_id_list: Iterable[str], at: dat
         if saga_ids.created_at(saga_id) is None:
             continue
         cursor = conn.execute(
-            "INSERT OR IGNORE INTO barrier_finished (saga_id, finished_at) VALUES (?, ?)",
+            "INSERT INTO barrier_finished (saga_id, finished_at) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
             (saga_id, at.isoformat(timespec="microseconds")),
         )
         marked += cursor.rowcount
     return marked
 
 
-def prune_finished(conn: sqlite3.Connection, finished_before: datetime, limit: int) -> int:
+def prune_finished(conn: Connection, finished_before: datetime, limit: int) -> int:
     """Delete every row of up to ``limit`` sagas that finished before ``finished_before``
     (each saga's rows in one statement); how many sagas."""
     sagas = [

@@ -399,6 +399,28 @@ class ServiceSettings(ServerSettings):
     # off: no saga of the stack is choreographed, so no event may carry one on.
     mode: Literal["", "orchestration", "choreography"] = ""
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    # The store: "" keeps it in a SQLite file of the data dir; "postgresql://host/db"
+    # keeps it in PostgreSQL, in the schema <store_prefix>_<service> (common/pg_store.py),
+    # which several replicas of the service may share (with SAGAWIRE_EVENTS on NATS).
+    store: str = ""
+    store_prefix: str = Field(default="sagawire", pattern=r"^[a-z][a-z0-9_]{0,40}$")
+    # Connections (and threads running transactions) of a service on PostgreSQL.
+    store_pool: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be empty (SQLite in the data dir) or a postgresql:// URL")
+        return value
+
+    @property
+    def store_on_postgres(self) -> bool:
+        return bool(self.store)
+
+    def store_schema(self, service: str) -> str:
+        """The PostgreSQL schema of ``service``'s store."""
+        return f"{self.store_prefix}_{service}"
 
     @property
     def reacts(self) -> bool:

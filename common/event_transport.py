@@ -26,7 +26,7 @@ from common.admin import StreamCuts
 from common.config import EventSettings
 from common.metrics import ConsumerLags
 from common.outbox import Outbox
-from common.store import Database
+from common.store import Store
 from common.subscriber import Subscriber
 from common.tls import Identity
 from protos.sagawire.v1 import events_pb2
@@ -106,7 +106,7 @@ class EventTransport(Protocol):
     def follower(self, follow: Follow) -> Follower: ...
 
     def relay(
-        self, source: str, outbox: Outbox, db: Database, cuts: StreamCuts | None = None
+        self, source: str, outbox: Outbox, db: Store, cuts: StreamCuts | None = None
     ) -> Relay | None:
         """What publishes ``source``'s outbox, if this transport needs one (gRPC serves it).
 
@@ -144,7 +144,7 @@ class GrpcEvents:
         )
 
     def relay(
-        self, source: str, outbox: Outbox, db: Database, cuts: StreamCuts | None = None
+        self, source: str, outbox: Outbox, db: Store, cuts: StreamCuts | None = None
     ) -> Relay | None:
         return None  # the service's EventStream serves its outbox
 

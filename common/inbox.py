@@ -49,7 +49,7 @@ from common.participant_telemetry import (
     reaction_attempt,
     reaction_retried,
 )
-from common.store import Database, utc_now
+from common.store import Connection, Store, StoreConflict, utc_now
 from common.telemetry import service_metrics
 from common.tls import Identity
 from protos.sagawire.v1 import events_pb2
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS poison_event (
 """
 
 # A reaction runs inside the consumer's transaction; it may append to the outbox.
-Reaction = Callable[[sqlite3.Connection, events_pb2.Event], None]
+Reaction = Callable[[Connection, events_pb2.Event], None]
 # Runs before each attempt at an event; may raise Transient (fault injection).
 BeforeApply = Callable[[events_pb2.Event], Awaitable[None]]
 
@@ -114,9 +114,9 @@ class Subscription:
     # The step a reaction runs, when only what was heard before can say (inside the
     # event's transaction; None: it runs none, e.g. the first half of a join). When
     # given, it decides instead of ``steps`` once the event is applied.
-    step_of: Callable[[sqlite3.Connection, events_pb2.Event], ReactionStep | None] | None = None
+    step_of: Callable[[Connection, events_pb2.Event], ReactionStep | None] | None = None
 
-    def step_in(self, conn: sqlite3.Connection, event: events_pb2.Event) -> ReactionStep | None:
+    def step_in(self, conn: Connection, event: events_pb2.Event) -> ReactionStep | None:
         """The step the reaction to ``event`` runs, asked inside its transaction."""
         if self.step_of is not None:
             return self.step_of(conn, event)
@@ -131,7 +131,7 @@ class _Failed:
     delay: float
 
 
-def _offset(conn: sqlite3.Connection, producer: str) -> int:
+def _offset(conn: Connection, producer: str) -> int:
     row = conn.execute(
         "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
     ).fetchone()
@@ -143,7 +143,7 @@ class Consumer:
 
     def __init__(
         self,
-        db: Database,
+        db: Store,
         subscription: Subscription,
         consumer_name: str,
         on_commit: Callable[[], object] | None = None,
@@ -217,7 +217,7 @@ class Consumer:
         decode it, or gave up delivering it), unless it was already handled. The offset
         stays: the events before it may still come."""
 
-        def record(conn: sqlite3.Connection) -> None:
+        def record(conn: Connection) -> None:
             offset = _offset(conn, self._sub.producer)
             if self._in_order and event.sequence and event.sequence <= offset:
                 return
@@ -260,7 +260,7 @@ class Consumer:
             applied, reacted, failure = await self._db.transaction(
                 lambda conn: self._apply_in(conn, batch, attempt, started, poisoned_now)
             )
-        except _TRANSIENT as whole:  # the commit itself failed: nothing was applied
+        except (*_TRANSIENT, StoreConflict) as whole:  # not committed: nothing was applied
             log.warning(
                 "reactions not committed, retrying producer=%s events=%d error=%s",
                 self._sub.producer,
@@ -326,7 +326,7 @@ class Consumer:
 
     def _apply_in(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         events: Sequence[events_pb2.Event],
         attempt: int,
         started: Mapping[str, int],
@@ -364,7 +364,7 @@ class Consumer:
 
     def _apply_one(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         event: events_pb2.Event,
         number: int,
         started_ns: int,
@@ -384,6 +384,8 @@ class Consumer:
                 with reaction_attempt(event, self._name, step, number, started_ns) as attempt:
                     try:
                         reaction(conn, event)
+                    except StoreConflict:
+                        raise  # the whole transaction runs again (common/store.py)
                     except _TRANSIENT as error:
                         failed = self._retrying(event, step, attempt, number, error)
                         raise
@@ -392,6 +394,8 @@ class Consumer:
                             attempt.failed(ERROR, error)
                         self._log_poison(event, error)
                         raise
+            except StoreConflict:
+                raise
             except Exception as error:
                 conn.execute("ROLLBACK TO event")
                 if failed is not None:
@@ -416,11 +420,12 @@ class Consumer:
             error,
         )
 
-    def _poisoned(self, conn: sqlite3.Connection, event: events_pb2.Event, error: str) -> None:
+    def _poisoned(self, conn: Connection, event: events_pb2.Event, error: str) -> None:
         conn.execute(
-            "INSERT OR REPLACE INTO poison_event"
-            " (producer, sequence, event_id, type, error, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO poison_event (producer, sequence, event_id, type, error, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (producer, sequence) DO UPDATE SET"
+            " event_id = excluded.event_id, type = excluded.type, error = excluded.error,"
+            " recorded_at = excluded.recorded_at",
             (
                 self._sub.producer,
                 event.sequence,

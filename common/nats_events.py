@@ -54,7 +54,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import sqlite3
 import ssl
 import time
 from collections.abc import Collection, Sequence
@@ -76,7 +75,7 @@ from common.config import EventSettings
 from common.errors import Transient
 from common.event_transport import Follow
 from common.outbox import MODE_HEADER, Outbox
-from common.store import Database, utc_now
+from common.store import Connection, Store, utc_now
 from common.tls import Identity, load_material
 from protos.sagawire.v1 import events_pb2
 
@@ -296,7 +295,7 @@ class NatsEvents:
             await js.update_stream(config)
 
     def relay(
-        self, source: str, outbox: Outbox, db: Database, cuts: StreamCuts | None = None
+        self, source: str, outbox: Outbox, db: Store, cuts: StreamCuts | None = None
     ) -> NatsRelay:
         return NatsRelay(self, source, outbox, db, cuts)
 
@@ -326,7 +325,7 @@ class NatsRelay:
         events: NatsEvents,
         source: str,
         outbox: Outbox,
-        db: Database,
+        db: Store,
         cuts: StreamCuts | None = None,
     ) -> None:
         self._events = events
@@ -388,13 +387,13 @@ class NatsRelay:
                     log.exception("relay to NATS failed producer=%s", self._source)
                     raise
 
-    def _position(self, conn: sqlite3.Connection) -> int:
+    def _position(self, conn: Connection) -> int:
         row = conn.execute(
             "SELECT sequence FROM outbox_relay WHERE stream = ?", (self._events.stream,)
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _save(self, conn: sqlite3.Connection, sequence: int) -> None:
+    def _save(self, conn: Connection, sequence: int) -> None:
         conn.execute(
             "INSERT INTO outbox_relay (stream, sequence, published_at) VALUES (?, ?, ?)"
             " ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence,"

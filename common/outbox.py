@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from common.event_tail import DEFAULT_SIZE, EventTail, TailEvent
-from common.store import Database, utc_now
+from common.store import Connection, Row, Store, utc_now
 from protos.sagawire.v1 import events_pb2
 
 SCHEMA = """
@@ -56,6 +55,22 @@ CREATE TABLE IF NOT EXISTS outbox_reader (
     seen_at       TEXT NOT NULL
 );
 """
+# On PostgreSQL (common/pg_store.py), where several replicas append at once: a sequence
+# is taken under a lock held to the commit, so sequences commit in order and a reader
+# (the relay) never sees n + 1 before n; every append wakes every replica's readers.
+POSTGRES_SCHEMA = """
+CREATE OR REPLACE FUNCTION outbox_in_commit_order() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('sagawire:' || TG_TABLE_SCHEMA || ':outbox'));
+    NEW.sequence := nextval(pg_get_serial_sequence(
+        quote_ident(TG_TABLE_SCHEMA) || '.outbox', 'sequence'));
+    PERFORM pg_notify('outbox.' || TG_TABLE_SCHEMA, '');
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS outbox_in_commit_order ON outbox;
+CREATE TRIGGER outbox_in_commit_order BEFORE INSERT ON outbox
+    FOR EACH ROW EXECUTE FUNCTION outbox_in_commit_order();
+"""
 # Consumers whose positions are kept in memory between two pruning passes; a flood of
 # names beyond this drops the longest silent.
 MAX_READERS = 256
@@ -75,7 +90,7 @@ _TAIL_MAX_AGE_SECONDS = 1.0
 
 
 def append(
-    conn: sqlite3.Connection,
+    conn: Connection,
     event_type: str,
     subject: str,
     data: Message,
@@ -121,7 +136,7 @@ def _split_mode(headers: Mapping[str, str] | None) -> tuple[str | None, dict[str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _to_event(source: str, row: sqlite3.Row) -> events_pb2.Event:
+def _to_event(source: str, row: Row) -> events_pb2.Event:
     event = events_pb2.Event.FromString(row["headers"])
     event.id = row["event_id"]
     event.source = source
@@ -138,7 +153,7 @@ def _to_event(source: str, row: sqlite3.Row) -> events_pb2.Event:
 
 
 def _prune(
-    conn: sqlite3.Connection,
+    conn: Connection,
     readers: Mapping[str, tuple[int, datetime]],
     older_than: datetime,
     limit: int,
@@ -179,7 +194,7 @@ class Outbox:
     read from the file once per wave of commits however many streams want them.
     """
 
-    def __init__(self, db: Database, source: str, tail_size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, db: Store, source: str, tail_size: int = DEFAULT_SIZE) -> None:
         self._db = db
         self.source = source
         self._closed = False
@@ -258,7 +273,7 @@ class Outbox:
             params.append(mode)
         params.append(limit)
 
-        def query(conn: sqlite3.Connection) -> tuple[list[events_pb2.Event], int, bool]:
+        def query(conn: Connection) -> tuple[list[events_pb2.Event], int, bool]:
             rows = conn.execute(sql, params).fetchall()
             if len(rows) >= limit:
                 scanned, complete = rows[-1]["sequence"], False
@@ -311,7 +326,7 @@ class Outbox:
             version = self.version  # noted first: every commit notified so far is read
             tail = self._tail
 
-            def query(conn: sqlite3.Connection) -> tuple[int, list[TailEvent]]:
+            def query(conn: Connection) -> tuple[int, list[TailEvent]]:
                 if tail is None:
                     return int(conn.execute(_LAST_SEQUENCE).fetchone()[0]), []
                 rows = conn.execute(_NEWEST_AFTER, (tail.end, tail.size)).fetchall()
@@ -346,7 +361,7 @@ class Outbox:
         return await self._db.transaction(lambda conn: _prune(conn, readers, older_than, limit))
 
     async def last_sequence(self) -> int:
-        def query(conn: sqlite3.Connection) -> int:
+        def query(conn: Connection) -> int:
             row = conn.execute(_LAST_SEQUENCE).fetchone()
             return int(row[0])
 

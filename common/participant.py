@@ -11,7 +11,6 @@ definitions' to say, not the action's: the runner asks its :class:`Announcer`
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +36,7 @@ from common.participant_telemetry import (
     barrier_refused,
     counted_call,
 )
-from common.store import Database, utc_now
+from common.store import Connection, Store, utc_now
 from common.telemetry import producer_span
 from contract.limits import MAX_FINISHED_PER_CALL, MAX_ID_LENGTH, MAX_PAYLOAD_BYTES
 from contract.messages import pack
@@ -95,10 +94,10 @@ class Action(Generic[_P]):
     name: str
     payload_type: type[_P]
     validate: Callable[[_P], None]
-    execute: Callable[[sqlite3.Connection, StepContext, _P], _P]
+    execute: Callable[[Connection, StepContext, _P], _P]
     # None for a final action that is never compensated (e.g. approve_order).
     compensation: str | None = None
-    compensate: Callable[[sqlite3.Connection, StepContext, _P, _P], None] | None = None
+    compensate: Callable[[Connection, StepContext, _P, _P], None] | None = None
     binds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -172,7 +171,7 @@ class ActionRunner:
 
     def __init__(
         self,
-        db: Database,
+        db: Store,
         events: outbox.Outbox,
         actions: Mapping[str, Action[Message]],
         horizon: Callable[[], datetime | None] = lambda: None,
@@ -189,7 +188,7 @@ class ActionRunner:
         }
 
     def execute_in(
-        self, conn: sqlite3.Connection, action: Action[Message], ctx: StepContext, payload: Message
+        self, conn: Connection, action: Action[Message], ctx: StepContext, payload: Message
     ) -> barrier.Guarded:
         """Execute inside an open transaction (the reactions add their inbox record to it)."""
 
@@ -226,7 +225,7 @@ class ActionRunner:
 
     def refused_in(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         action: Action[Message],
         ctx: StepContext,
         payload: Message,
@@ -238,7 +237,7 @@ class ActionRunner:
             _emit(conn, ctx, self.announce.rejected(action.name, ctx, payload, refusal))
 
     def compensate_in(
-        self, conn: sqlite3.Connection, action: Action[Message], ctx: StepContext, payload: Message
+        self, conn: Connection, action: Action[Message], ctx: StepContext, payload: Message
     ) -> barrier.Guarded:
         """Compensate inside an open transaction."""
 
@@ -295,7 +294,7 @@ class ActionRunner:
         return guarded
 
 
-def _emit(conn: sqlite3.Connection, ctx: StepContext, emitted: Emitted | None) -> None:
+def _emit(conn: Connection, ctx: StepContext, emitted: Emitted | None) -> None:
     """Publish an event about the saga through the outbox, with the current trace context."""
     if emitted is None:
         return

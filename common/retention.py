@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from datetime import datetime, timedelta
 from common import barrier
 from common.config import RetentionSettings
 from common.outbox import Outbox
-from common.store import Database, utc_now
+from common.store import Connection, Store, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,9 @@ class Retention:
                     if gone < self._limit:
                         break
                     await asyncio.sleep(0)  # let saga writes in between batches
-            except sqlite3.Error as error:
+            except (
+                Exception
+            ) as error:  # a store's error (SQLite or PostgreSQL): logged, the others run
                 log.warning("retention task failed task=%s error=%s", task.name, error)
             removed[task.name] = count
             self.removed[task.name] += count
@@ -129,7 +130,7 @@ class Retention:
 
 
 def delete_oldest(
-    conn: sqlite3.Connection, table: str, time_column: str, older_than: datetime, limit: int
+    conn: Connection, table: str, time_column: str, older_than: datetime, limit: int
 ) -> int:
     """Delete, among the ``limit`` first rows of ``table`` by rowid (the order they were
     written in), those before the first one at or after ``older_than``; how many.
@@ -151,10 +152,10 @@ def delete_oldest(
     return conn.execute(f"DELETE FROM {table} WHERE rowid <= ?", (last,)).rowcount
 
 
-def service_tasks(db: Database, events: Outbox, settings: RetentionSettings) -> list[Pruning]:
+def service_tasks(db: Store, events: Outbox, settings: RetentionSettings) -> list[Pruning]:
     """What a domain service prunes: barrier rows, outbox events, inbox rows, poison events."""
 
-    def in_transaction(work: Callable[[sqlite3.Connection], int]) -> Awaitable[int]:
+    def in_transaction(work: Callable[[Connection], int]) -> Awaitable[int]:
         return db.transaction(work)
 
     def barrier_rows(now: datetime, limit: int) -> Awaitable[int]:

@@ -21,12 +21,12 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -48,6 +48,68 @@ def to_timestamp(iso: str | None) -> timestamp_pb2.Timestamp | None:
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+
+class Row(Protocol):
+    """A result row: by column name or position (sqlite3.Row, and the PostgreSQL store's)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What a piece of work is handed inside a transaction: a sqlite3.Connection, or the
+    PostgreSQL store's connection speaking the same SQL (common/pg_store.py)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+
+class StoreConflict(Exception):
+    """A transaction lost a race with a concurrent one (PostgreSQL's serialization failure
+    or deadlock): nothing of it was kept, and the whole of it runs again. A piece of work
+    must let it through, never handle it in a savepoint."""
+
+
+class Store(Protocol):
+    """A service's durable store: :class:`Database` (SQLite) or the PostgreSQL store."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    writes: int
+
+    async def open(self) -> None: ...
+
+    async def transaction(self, work: Callable[[Connection], _T]) -> _T: ...
+
+    async def read(self, work: Callable[[Connection], _T]) -> _T: ...
+
+    async def while_leader(
+        self, role: str, run: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None: ...
+
+    async def claim(self, role: str) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
 Work = Callable[[sqlite3.Connection], Any]
 _Delivery = tuple[asyncio.Future[Any], Any, BaseException | None]
 
@@ -83,6 +145,8 @@ def _deliver(results: list[_Delivery]) -> None:
 
 class Database:
     """One SQLite file (WAL): batched writes on one thread, reads on another."""
+
+    dialect = "sqlite"
 
     def __init__(
         self, path: Path, schema: str, synchronous: str = "FULL", max_batch: int = 512
@@ -136,6 +200,15 @@ class Database:
             return work(conn)
         finally:
             conn.execute("COMMIT")
+
+    async def while_leader(self, role: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``run`` as the one process of this store that plays ``role``: a SQLite
+        file has one process, so at once."""
+        await run()
+
+    async def claim(self, role: str) -> bool:
+        """Hold ``role`` for this process's life: a SQLite file is one process's."""
+        return True
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections. Idempotent."""

@@ -9,7 +9,6 @@ cleanly when the service shuts down.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,7 +19,7 @@ from common.errors import InvalidArgument, Transient
 from common.logs import printable
 from common.metrics import StreamPositions
 from common.outbox import MODE_HEADER, Outbox
-from common.store import Database, to_timestamp
+from common.store import Connection, Row, Store, to_timestamp
 from protos.sagawire.v1 import events_pb2, events_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
     def __init__(
         self,
         outbox: Outbox,
-        db: Database,
+        db: Store,
         cuts: StreamCuts | None = None,
         positions: StreamPositions | None = None,
     ) -> None:
@@ -94,7 +93,7 @@ class EventStreamServicer(events_pb2_grpc.EventStreamServicer):
         size = paging.page_size(request.page_size)
         after = paging.decode_token(request.page_token, "poison", (str, str, int))
 
-        def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+        def query(conn: Connection) -> list[Row]:
             where = "WHERE (recorded_at, producer, sequence) > (?, ?, ?)" if after else ""
             return conn.execute(
                 f"SELECT * FROM poison_event {where}"

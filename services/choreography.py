@@ -44,7 +44,6 @@ effect is bound to its saga by the barrier's fingerprint.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,7 +56,7 @@ from common.inbox import PoisonEvent, Reaction
 from common.participant import MODE_HEADER, Action, ActionRunner, StepContext
 from common.participant_telemetry import ReactionStep
 from common.retention import Pruning, delete_oldest
-from common.store import Database, utc_now
+from common.store import Connection, Store, utc_now
 from contract.definitions import DEFAULT_SAGA, Definitions, EventKind, SagaDefinition, Step
 from contract.messages import overlay
 from protos.sagawire.v1 import events_pb2, order_saga_pb2, participant_pb2
@@ -223,7 +222,7 @@ def started_by_events(definitions: Definitions, service: str) -> frozenset[str]:
     return frozenset(s.action for s in steps if s.after) - first
 
 
-def pruning(db: Database, settings: RetentionSettings) -> Pruning:
+def pruning(db: Store, settings: RetentionSettings) -> Pruning:
     """Retention of ``saga_progress`` (common/retention.py): what a service heard goes once
     the barrier's window (days; plus the clock skew allowed) has passed since it heard it.
     By then the saga is that far past its deadline (seconds to minutes): a step of it
@@ -241,10 +240,10 @@ def pruning(db: Database, settings: RetentionSettings) -> Pruning:
     return Pruning("saga_progress", batch)
 
 
-def _remember(conn: sqlite3.Connection, saga_id: str, heard: Heard) -> None:
+def _remember(conn: Connection, saga_id: str, heard: Heard) -> None:
     conn.execute(
-        "INSERT OR IGNORE INTO saga_progress (saga_id, step, kind, event, heard_at)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO saga_progress (saga_id, step, kind, event, heard_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (
             saga_id,
             heard.step,
@@ -255,7 +254,7 @@ def _remember(conn: sqlite3.Connection, saga_id: str, heard: Heard) -> None:
     )
 
 
-def _recall(conn: sqlite3.Connection, saga_id: str) -> list[Heard]:
+def _recall(conn: Connection, saga_id: str) -> list[Heard]:
     rows = conn.execute(
         "SELECT step, kind, event FROM saga_progress WHERE saga_id = ? ORDER BY rowid",
         (saga_id,),
@@ -278,7 +277,7 @@ class Reactions:
         once the event is applied)."""
         return reaction_steps(self.definitions, self.service, producer)
 
-    def step_of(self, conn: sqlite3.Connection, event: events_pb2.Event) -> ReactionStep | None:
+    def step_of(self, conn: Connection, event: events_pb2.Event) -> ReactionStep | None:
         """The step the reaction to ``event`` runs now, given what was heard before (inside
         the consumer's transaction, before the reaction): an attempt of that step in traces
         and metrics. None when it runs none (half a join, an undo still waiting) or several."""
@@ -329,7 +328,7 @@ class Reactions:
             raise PoisonEvent(f"{event.type!r} is not an event of step {name}.{step.name}")
         return definition, Heard(step.name, kind, saga_event)
 
-    def react(self, conn: sqlite3.Connection, event: events_pb2.Event) -> None:
+    def react(self, conn: Connection, event: events_pb2.Event) -> None:
         """Hear an event inside the consumer's transaction, and make the moves it allows."""
         found = self._read(event)
         if found is None:
@@ -344,7 +343,7 @@ class Reactions:
         for step in planned.execute:
             self._execute(conn, definition, saga_id, step, heard)
 
-    async def actions_for(self, db: Database, event: events_pb2.Event) -> list[str]:
+    async def actions_for(self, db: Store, event: events_pb2.Event) -> list[str]:
         """The actions an event would call now (fault injection draws for each of them),
         read from a snapshot: what another consumer of this service commits meanwhile
         may change the moves the transaction then makes."""
@@ -370,7 +369,7 @@ class Reactions:
 
     def _execute(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         definition: SagaDefinition,
         saga_id: str,
         step: Step,
@@ -400,7 +399,7 @@ class Reactions:
 
     def _compensate(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         definition: SagaDefinition,
         saga_id: str,
         step: Step,

@@ -15,10 +15,8 @@ import asyncio
 import contextlib
 import sqlite3
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,13 +24,13 @@ from google.protobuf.message import Message
 
 from common import barrier, inbox, outbox, retention
 from common.admin import AdminServicer, StreamCuts
-from common.config import Endpoints, ServiceSettings
+from common.config import BadSetting, Endpoints, ServiceSettings
 from common.event_transport import Relay, event_transport
 from common.faults import FaultInjector
 from common.metrics import StreamPositions
 from common.participant import Action, ActionRunner, ParticipantServicer
 from common.server import server_options
-from common.store import Database
+from common.store import Connection, Database, Store, utc_now
 from common.stream import EventStreamServicer
 from common.telemetry import service_metrics
 from common.tls import Identity
@@ -47,12 +45,38 @@ CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), a
 """
 
 
-def _outbox_head(path: Path) -> int:
-    """The last committed event's sequence (read on the metric reader's thread, from a
-    connection of its own: WAL readers never wait for the writer)."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        row = conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM outbox").fetchone()
-    return int(row[0])
+_LAST_SEQUENCE = "SELECT COALESCE(MAX(sequence), 0) FROM outbox"
+
+
+def _store(
+    spec: ServiceSpec, settings: ServiceSettings, wake: Callable[[], Awaitable[object]]
+) -> Store:
+    """The service's store: a SQLite file of the data dir, or its schema on PostgreSQL
+    (``SAGAWIRE_STORE``), where ``wake`` is called for every outbox commit of any replica."""
+    schema = (
+        barrier.SCHEMA
+        + outbox.SCHEMA
+        + inbox.SCHEMA
+        + choreography.SCHEMA
+        + _SEED_SCHEMA
+        + spec.schema
+    )
+    if not settings.store_on_postgres:
+        return Database(
+            settings.data_dir / f"{spec.name}.db",
+            schema=schema,
+            synchronous=settings.sqlite_synchronous,
+        )
+    from common import pg_dialect  # only a stack on PostgreSQL needs psycopg
+    from common.pg_store import PostgresDatabase
+
+    return PostgresDatabase(
+        settings.store,
+        settings.store_schema(spec.name),
+        pg_dialect.schema(schema) + outbox.POSTGRES_SCHEMA,
+        pool_size=settings.store_pool,
+        on_notify=wake,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,12 +87,12 @@ class ServiceSpec:
     schema: str
     actions: Sequence[Action[Any]]
     # Loads this service's section of the seed file; runs once, at first start.
-    load_seed: Callable[[sqlite3.Connection, Mapping[str, Any]], None]
+    load_seed: Callable[[Connection, Mapping[str, Any]], None]
     # Full gRPC name and registration of the service's query API.
     query_service_name: str
-    register_queries: Callable[[grpc.aio.Server, Database], None]
+    register_queries: Callable[[grpc.aio.Server, Store], None]
     # Brings a store made by an older version up to date (idempotent), at every start.
-    migrate: Callable[[sqlite3.Connection], None] | None = None
+    migrate: Callable[[Connection], None] | None = None
 
     @property
     def action_names(self) -> frozenset[str]:
@@ -88,18 +112,9 @@ class DomainService:
         self.settings = settings
         self.endpoints = endpoints or Endpoints()
         self.definitions = load_definitions(settings.definitions_file)
-        self.db = Database(
-            settings.data_dir / f"{spec.name}.db",
-            schema=barrier.SCHEMA
-            + outbox.SCHEMA
-            + inbox.SCHEMA
-            + choreography.SCHEMA
-            + _SEED_SCHEMA
-            + spec.schema,
-            synchronous=settings.sqlite_synchronous,
-        )
+        self.db: Store = _store(spec, settings, wake=lambda: self.outbox.notify())
         self.outbox = outbox.Outbox(self.db, source=spec.name)
-        self.stream_positions = StreamPositions(head=partial(_outbox_head, self.db.path))
+        self.stream_positions = StreamPositions(head=self._outbox_head)
         self.faults = FaultInjector(settings.faults)
         self.stream_cuts = StreamCuts(wake=self.outbox.notify)
         self.transport = event_transport(
@@ -162,6 +177,20 @@ class DomainService:
         """The service's name: its certificate names it (mutual TLS)."""
         return self.spec.name
 
+    def _outbox_head(self) -> int:
+        """The last committed event's sequence (read on the metric reader's thread, from a
+        connection of its own: WAL readers never wait for the writer)."""
+        if isinstance(self.db, Database):
+            uri = f"file:{self.db.path}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as lite:
+                return int(lite.execute(_LAST_SEQUENCE).fetchone()[0])
+        import psycopg
+
+        options = f"-c search_path={self.settings.store_schema(self.spec.name)}"
+        with psycopg.connect(self.settings.store, options=options) as pg:
+            row = pg.execute(_LAST_SEQUENCE).fetchone()
+        return int(row[0]) if row else 0
+
     async def _inject_faults(self, event: events_pb2.Event) -> None:
         """A reaction is a call of its action, as a participant call is: faults apply,
         drawn for each event, for each action it calls."""
@@ -192,26 +221,38 @@ class DomainService:
             self.spec.name, self.stream_positions if self.relay is None else self.relay.lags
         )
         await self.db.open()
-        await self.db.transaction(barrier.migrate)  # a file from before fingerprints
-        if self.spec.migrate is not None:
-            await self.db.transaction(self.spec.migrate)
+        if isinstance(self.db, Database):  # a file made by an older version
+            await self.db.transaction(barrier.migrate)
+            if self.spec.migrate is not None:
+                await self.db.transaction(self.spec.migrate)
+        elif not self.settings.events_on_nats and not await self.db.claim("event-stream"):
+            raise BadSetting(
+                "SAGAWIRE_EVENTS",
+                f"another replica of {self.spec.name} serves events from this store"
+                f" ({self.settings.store_schema(self.spec.name)}); replicas of a service on"
+                " SAGAWIRE_STORE need SAGAWIRE_EVENTS=nats://... (each serves only its own"
+                " commits on a gRPC stream)",
+            )
         with self.settings.seed_file.open("rb") as f:
             seed = tomllib.load(f)
         await self.db.transaction(lambda conn: self._seed_once(conn, seed))
         await self.transport.open()
         if self.relay is not None:
-            self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
+            # One replica of the service relays its outbox (common/pg_store.py).
+            self._relay_task = asyncio.create_task(
+                self.db.while_leader("relay", self.relay.run), name="relay"
+            )
         self._consumer_tasks = [
             asyncio.create_task(c.run(), name=f"consume-{c.producer}") for c in self.consumers
         ]
         if self.settings.retention_enabled:
             self.retention.start()
 
-    def _seed_once(self, conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+    def _seed_once(self, conn: Connection, seed: Mapping[str, Any]) -> None:
         if conn.execute("SELECT 1 FROM seed_loaded").fetchone():
             return
         self.spec.load_seed(conn, seed)
-        conn.execute("INSERT INTO seed_loaded (id, at) VALUES (1, datetime('now'))")
+        conn.execute("INSERT INTO seed_loaded (id, at) VALUES (1, ?)", (utc_now().isoformat(),))
 
     async def drain(self) -> None:
         """Before the server stops: end open event streams so shutdown need not wait."""

@@ -11,10 +11,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from common.pg_store import drop_schemas
 
 POSTGRES_URL = os.environ.get("SAGAWIRE_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 START_HINT = (
@@ -47,3 +51,45 @@ async def fresh_schema() -> AsyncIterator[str]:
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
             )
+
+
+STORES = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """Where a test's services keep their stores: SQLite files (the default), or each its
+    own schema ``<prefix>_<service>`` on the test server."""
+
+    kind: str
+    url: str = ""
+    prefix: str = ""
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.kind == "postgresql"
+
+    def settings(self) -> dict[str, Any]:
+        """Settings overrides for in-process services (none for SQLite, the default)."""
+        if not self.on_postgres:
+            return {}
+        return {"store": self.url, "store_prefix": self.prefix}
+
+    def env(self) -> dict[str, str]:
+        """The same, as environment variables for subprocesses."""
+        return {f"SAGAWIRE_{k.upper()}": str(v) for k, v in self.settings().items()}
+
+
+@asynccontextmanager
+async def store_on(kind: str) -> AsyncIterator[StoreChoice]:
+    """``kind``'s settings for one test; on PostgreSQL a fresh prefix, whose schemas are
+    dropped at the end."""
+    if kind != "postgresql":
+        yield StoreChoice(kind)
+        return
+    await require_postgres()
+    choice = StoreChoice(kind, POSTGRES_URL, f"swt_{uuid.uuid4().hex[:12]}")
+    try:
+        yield choice
+    finally:
+        await drop_schemas(POSTGRES_URL, choice.prefix)

@@ -3,9 +3,8 @@ order's units back in stock."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from common.participant import Action, StepContext, refuse_second_step
+from common.store import Connection
 from protos.sagawire.v1 import order_saga_pb2
 from services.inventory import domain, store
 from services.validation import (
@@ -28,7 +27,7 @@ def _lines(data: Data) -> list[domain.Line]:
     return domain.merge_lines([domain.Line(i.sku, i.quantity) for i in data.items])
 
 
-def _reserve(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _reserve(conn: Connection, ctx: StepContext, data: Data) -> Data:
     if store.reservation_lines(conn, ctx.saga_id):
         refuse_second_step(ctx, "a reservation")
     lines = _lines(data)
@@ -38,7 +37,7 @@ def _reserve(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
     return Data()
 
 
-def _release(conn: sqlite3.Connection, ctx: StepContext, data: Data, reserved: Data) -> None:
+def _release(conn: Connection, ctx: StepContext, data: Data, reserved: Data) -> None:
     # Release exactly what this saga reserved, as recorded, not what the request says.
     lines = [
         line for line, status in store.reservation_lines(conn, ctx.saga_id) if status == "reserved"
@@ -66,7 +65,7 @@ def _validate_restock(data: Data) -> None:
     validate_placed_by(data)
 
 
-def _restock(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _restock(conn: Connection, ctx: StepContext, data: Data) -> Data:
     # The units the order's own saga reserved (and kept, the order being completed), as
     # recorded, go back to available stock; nothing to do if they already did.
     placed_by = data.placed_by_saga_id

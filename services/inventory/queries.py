@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import grpc
 
 from common import paging
 from common.errors import NotFound
 from common.participant import require_id
-from common.store import Database
+from common.store import Connection, Store
 from protos.sagawire.v1 import inventory_pb2, inventory_pb2_grpc
 from services.inventory import domain, store
 
 
 class InventoryQueries(inventory_pb2_grpc.InventoryServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self._db = db
 
     async def GetStock(
@@ -52,7 +50,7 @@ class InventoryQueries(inventory_pb2_grpc.InventoryServicer):
     ) -> inventory_pb2.Reservation:
         require_id(request.saga_id, "saga_id")
 
-        def query(conn: sqlite3.Connection) -> list[tuple[domain.Line, str]]:
+        def query(conn: Connection) -> list[tuple[domain.Line, str]]:
             return store.reservation_lines(conn, request.saga_id)
 
         lines = await self._db.read(query)
@@ -68,5 +66,5 @@ class InventoryQueries(inventory_pb2_grpc.InventoryServicer):
         )
 
 
-def register(server: grpc.aio.Server, db: Database) -> None:
+def register(server: grpc.aio.Server, db: Store) -> None:
     inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryQueries(db), server)

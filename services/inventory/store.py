@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from common.store import Connection, Row
 from services.inventory.domain import Line, StockLevel
 
 SCHEMA = """
@@ -24,25 +24,25 @@ CREATE TABLE IF NOT EXISTS reservation (
 """
 
 
-def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+def load_seed(conn: Connection, seed: Mapping[str, Any]) -> None:
     for sku, units in seed["inventory"]["stock"].items():
         conn.execute(
             "INSERT INTO stock (sku, available, reserved) VALUES (?, ?, 0)", (sku, int(units))
         )
 
 
-def _level(row: sqlite3.Row) -> StockLevel:
+def _level(row: Row) -> StockLevel:
     return StockLevel(row["sku"], row["available"], row["reserved"])
 
 
-def levels(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, StockLevel]:
+def levels(conn: Connection, skus: Iterable[str]) -> dict[str, StockLevel]:
     wanted = sorted(set(skus))
     marks = ",".join("?" * len(wanted))
     rows = conn.execute(f"SELECT * FROM stock WHERE sku IN ({marks})", wanted)
     return {row["sku"]: _level(row) for row in rows}
 
 
-def list_levels(conn: sqlite3.Connection, after: str | None, limit: int) -> list[StockLevel]:
+def list_levels(conn: Connection, after: str | None, limit: int) -> list[StockLevel]:
     """By SKU; ``after`` is the previous page's last SKU."""
     rows = conn.execute(
         "SELECT * FROM stock WHERE sku > ? ORDER BY sku LIMIT ?", (after or "", limit)
@@ -50,26 +50,26 @@ def list_levels(conn: sqlite3.Connection, after: str | None, limit: int) -> list
     return [_level(row) for row in rows]
 
 
-def save_levels(conn: sqlite3.Connection, updated: Mapping[str, StockLevel]) -> None:
+def save_levels(conn: Connection, updated: Mapping[str, StockLevel]) -> None:
     conn.executemany(
         "UPDATE stock SET available = ?, reserved = ? WHERE sku = ?",
         [(lv.available, lv.reserved, lv.sku) for lv in updated.values()],
     )
 
 
-def add_reservation(conn: sqlite3.Connection, saga_id: str, lines: Iterable[Line]) -> None:
+def add_reservation(conn: Connection, saga_id: str, lines: Iterable[Line]) -> None:
     conn.executemany(
         "INSERT INTO reservation (saga_id, sku, quantity, status) VALUES (?, ?, ?, 'reserved')",
         [(saga_id, line.sku, line.quantity) for line in lines],
     )
 
 
-def reservation_lines(conn: sqlite3.Connection, saga_id: str) -> list[tuple[Line, str]]:
+def reservation_lines(conn: Connection, saga_id: str) -> list[tuple[Line, str]]:
     rows = conn.execute(
         "SELECT sku, quantity, status FROM reservation WHERE saga_id = ? ORDER BY sku", (saga_id,)
     )
     return [(Line(row["sku"], row["quantity"]), row["status"]) for row in rows]
 
 
-def mark_released(conn: sqlite3.Connection, saga_id: str) -> None:
+def mark_released(conn: Connection, saga_id: str) -> None:
     conn.execute("UPDATE reservation SET status = 'released' WHERE saga_id = ?", (saga_id,))

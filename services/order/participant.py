@@ -8,10 +8,9 @@ withdraw and close act on the return this saga accepted.
 
 from __future__ import annotations
 
-import sqlite3
-
 from common.errors import BusinessRejection, NotFound, RequestMismatch
 from common.participant import Action, StepContext, refuse_second_step, require_id
+from common.store import Connection, Row
 from protos.sagawire.v1 import common_pb2, order_saga_pb2
 from services.order import domain, store
 from services.validation import (
@@ -34,7 +33,7 @@ def _validate_create(data: Data) -> None:
     validate_destination(data)
 
 
-def _create(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _create(conn: Connection, ctx: StepContext, data: Data) -> Data:
     # The barrier answers a repeat of this saga's step; a row here is another step's or
     # belongs to another saga.
     if store.order_of_saga(conn, ctx.saga_id) is not None:
@@ -49,7 +48,7 @@ def _create(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
     return Data(total=common_pb2.Money(amount_minor=total, currency=currency))
 
 
-def _saga_order(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> sqlite3.Row:
+def _saga_order(conn: Connection, ctx: StepContext, data: Data) -> Row:
     """The order this saga created; the request must name that one."""
     row = store.order_of_saga(conn, ctx.saga_id)
     if row is None:
@@ -61,7 +60,7 @@ def _saga_order(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> sqlit
     return row
 
 
-def _cancel(conn: sqlite3.Connection, ctx: StepContext, data: Data, created: Data) -> None:
+def _cancel(conn: Connection, ctx: StepContext, data: Data, created: Data) -> None:
     row = _saga_order(conn, ctx, data)
     current = domain.Status(row["status"])
     cancelled = domain.cancel(current)
@@ -69,7 +68,7 @@ def _cancel(conn: sqlite3.Connection, ctx: StepContext, data: Data, created: Dat
         store.set_status(conn, row["order_id"], cancelled.value, data.cancel_reason or "cancelled")
 
 
-def _approve(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _approve(conn: Connection, ctx: StepContext, data: Data) -> Data:
     row = _saga_order(conn, ctx, data)
     current = domain.Status(row["status"])
     approved = domain.approve(current)
@@ -102,7 +101,7 @@ def _validate_return(data: Data) -> None:
     require_id(data.customer_id, "payload.customer_id")
 
 
-def _accept_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _accept_return(conn: Connection, ctx: StepContext, data: Data) -> Data:
     if store.return_of_saga(conn, ctx.saga_id) is not None:
         refuse_second_step(ctx, "a return")
     row = store.order(conn, data.order_id)
@@ -127,7 +126,7 @@ def _accept_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Da
     )
 
 
-def _saga_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> sqlite3.Row:
+def _saga_return(conn: Connection, ctx: StepContext, data: Data) -> Row:
     """The return this saga accepted; the request must name its order."""
     row = store.return_of_saga(conn, ctx.saga_id)
     if row is None:
@@ -139,15 +138,13 @@ def _saga_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> sqli
     return row
 
 
-def _withdraw_return(
-    conn: sqlite3.Connection, ctx: StepContext, data: Data, accepted: Data
-) -> None:
+def _withdraw_return(conn: Connection, ctx: StepContext, data: Data, accepted: Data) -> None:
     row = _saga_return(conn, ctx, data)
     if row["status"] == "accepted":
         store.set_return_status(conn, ctx.saga_id, "withdrawn", data.cancel_reason or "withdrawn")
 
 
-def _close_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _close_return(conn: Connection, ctx: StepContext, data: Data) -> Data:
     returned = _saga_return(conn, ctx, data)
     order = store.order(conn, returned["order_id"])
     assert order is not None  # a return is only accepted for an existing order

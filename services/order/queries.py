@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import grpc
 
 from common import paging
 from common.errors import InvalidArgument, NotFound
 from common.participant import require_id
-from common.store import Database, to_timestamp
+from common.store import Row, Store, to_timestamp
 from protos.sagawire.v1 import common_pb2, order_pb2, order_pb2_grpc, order_saga_pb2
 from services.order import store
 
@@ -22,7 +20,7 @@ _STATUS = {
 _STATUS_NAME = {v: k for k, v in _STATUS.items()}
 
 
-def _order_msg(row: sqlite3.Row) -> order_pb2.OrderRecord:
+def _order_msg(row: Row) -> order_pb2.OrderRecord:
     return order_pb2.OrderRecord(
         order_id=row["order_id"],
         saga_id=row["saga_id"],
@@ -38,7 +36,7 @@ def _order_msg(row: sqlite3.Row) -> order_pb2.OrderRecord:
 
 
 class OrderQueries(order_pb2_grpc.OrderServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self._db = db
 
     async def GetOrder(
@@ -66,5 +64,5 @@ class OrderQueries(order_pb2_grpc.OrderServicer):
         )
 
 
-def register(server: grpc.aio.Server, db: Database) -> None:
+def register(server: grpc.aio.Server, db: Store) -> None:
     order_pb2_grpc.add_OrderServicer_to_server(OrderQueries(db), server)

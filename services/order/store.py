@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from common.store import utc_now
+from common.store import Connection, Row, utc_now
 from protos.sagawire.v1 import order_saga_pb2
 
 _ORDERS = """
@@ -54,7 +53,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS order_return_open
 )
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: Connection) -> None:
     """Let an orders table made before returns hold the 'returned' status; idempotent.
 
     SQLite cannot change a CHECK constraint in place: the table is copied into one made
@@ -70,21 +69,21 @@ def migrate(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS orders_by_time ON orders (created_at, order_id)")
 
 
-def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+def load_seed(conn: Connection, seed: Mapping[str, Any]) -> None:
     conn.executemany(
         "INSERT INTO price (sku, unit_minor, currency) VALUES (?, ?, ?)",
         [(sku, int(unit), seed["currency"]) for sku, unit in seed["order"]["prices"].items()],
     )
 
 
-def prices(conn: sqlite3.Connection) -> tuple[dict[str, int], str]:
+def prices(conn: Connection) -> tuple[dict[str, int], str]:
     rows = conn.execute("SELECT sku, unit_minor, currency FROM price").fetchall()
     currency = rows[0]["currency"] if rows else "EUR"
     return {r["sku"]: r["unit_minor"] for r in rows}, currency
 
 
 def add_order(
-    conn: sqlite3.Connection,
+    conn: Connection,
     saga_id: str,
     data: order_saga_pb2.OrderSagaData,
     total_minor: int,
@@ -110,22 +109,20 @@ def add_order(
     )
 
 
-def order(conn: sqlite3.Connection, order_id: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
+def order(conn: Connection, order_id: str) -> Row | None:
+    row: Row | None = conn.execute(
         "SELECT * FROM orders WHERE order_id = ?", (order_id,)
     ).fetchone()
     return row
 
 
-def order_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
+def order_of_saga(conn: Connection, saga_id: str) -> Row | None:
     """The order a saga created (one at most: orders.saga_id is unique)."""
-    row: sqlite3.Row | None = conn.execute(
-        "SELECT * FROM orders WHERE saga_id = ?", (saga_id,)
-    ).fetchone()
+    row: Row | None = conn.execute("SELECT * FROM orders WHERE saga_id = ?", (saga_id,)).fetchone()
     return row
 
 
-def set_status(conn: sqlite3.Connection, order_id: str, status: str, reason: str = "") -> None:
+def set_status(conn: Connection, order_id: str, status: str, reason: str = "") -> None:
     conn.execute(
         "UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE order_id = ?",
         (status, reason, utc_now().isoformat(), order_id),
@@ -133,8 +130,8 @@ def set_status(conn: sqlite3.Connection, order_id: str, status: str, reason: str
 
 
 def list_orders(
-    conn: sqlite3.Connection, status: str | None, before: tuple[str, str] | None, limit: int
-) -> list[sqlite3.Row]:
+    conn: Connection, status: str | None, before: tuple[str, str] | None, limit: int
+) -> list[Row]:
     """Newest first; ``before`` is the (created_at, order_id) of the previous page's last row."""
     clauses: list[str] = []
     args: list[object] = []
@@ -151,15 +148,15 @@ def list_orders(
     ).fetchall()
 
 
-def open_return(conn: sqlite3.Connection, order_id: str) -> sqlite3.Row | None:
+def open_return(conn: Connection, order_id: str) -> Row | None:
     """The order's return that is not withdrawn (accepted or closed), if any."""
-    row: sqlite3.Row | None = conn.execute(
+    row: Row | None = conn.execute(
         "SELECT * FROM order_return WHERE order_id = ? AND status != 'withdrawn'", (order_id,)
     ).fetchone()
     return row
 
 
-def add_return(conn: sqlite3.Connection, saga_id: str, order_id: str) -> None:
+def add_return(conn: Connection, saga_id: str, order_id: str) -> None:
     now = utc_now().isoformat()
     conn.execute(
         "INSERT INTO order_return (saga_id, order_id, status, created_at, updated_at)"
@@ -168,17 +165,15 @@ def add_return(conn: sqlite3.Connection, saga_id: str, order_id: str) -> None:
     )
 
 
-def return_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
+def return_of_saga(conn: Connection, saga_id: str) -> Row | None:
     """The return a return_order saga accepted (one at most)."""
-    row: sqlite3.Row | None = conn.execute(
+    row: Row | None = conn.execute(
         "SELECT * FROM order_return WHERE saga_id = ?", (saga_id,)
     ).fetchone()
     return row
 
 
-def set_return_status(
-    conn: sqlite3.Connection, saga_id: str, status: str, reason: str = ""
-) -> None:
+def set_return_status(conn: Connection, saga_id: str, status: str, reason: str = "") -> None:
     conn.execute(
         "UPDATE order_return SET status = ?, reason = ?, updated_at = ? WHERE saga_id = ?",
         (status, reason, utc_now().isoformat(), saga_id),

@@ -3,11 +3,11 @@ order's charge (revoke that refund to compensate)."""
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 
 from common.errors import BusinessRejection
 from common.participant import Action, StepContext, refuse_second_step, require_id
+from common.store import Connection
 from protos.sagawire.v1 import order_saga_pb2
 from services.payment import domain, store
 from services.validation import (
@@ -27,7 +27,7 @@ def _validate(data: Data) -> None:
     validate_total(data)
 
 
-def _charge(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _charge(conn: Connection, ctx: StepContext, data: Data) -> Data:
     if store.charge_of_saga(conn, ctx.saga_id) is not None:
         refuse_second_step(ctx, "a charge")
     current = store.account(conn, data.customer_id)
@@ -45,7 +45,7 @@ def _charge(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
     return Data(charge_id=charge_id)
 
 
-def _refund(conn: sqlite3.Connection, ctx: StepContext, data: Data, charged: Data) -> None:
+def _refund(conn: Connection, ctx: StepContext, data: Data, charged: Data) -> None:
     # Refund the charge as recorded, not the amount the request claims.
     row = store.charge_of_saga(conn, ctx.saga_id)
     if row is None or row["status"] != "captured":
@@ -72,7 +72,7 @@ def _validate_return(data: Data) -> None:
     validate_placed_by(data)
 
 
-def _refund_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _refund_return(conn: Connection, ctx: StepContext, data: Data) -> Data:
     if store.return_refund_of_saga(conn, ctx.saga_id) is not None:
         refuse_second_step(ctx, "a refund")
     # The charge the order's own saga made, as recorded: its amount, its customer.
@@ -91,7 +91,7 @@ def _refund_return(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Da
     return Data(charge_id=row["charge_id"])
 
 
-def _revoke_refund(conn: sqlite3.Connection, ctx: StepContext, data: Data, refunded: Data) -> None:
+def _revoke_refund(conn: Connection, ctx: StepContext, data: Data, refunded: Data) -> None:
     # Take back what this saga refunded, as recorded; the charge is captured again.
     row = store.return_refund_of_saga(conn, ctx.saga_id)
     if row is None or row["status"] != "refunded":

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import grpc
 
 from common import paging
 from common.errors import NotFound
 from common.participant import require_id
-from common.store import Database, to_timestamp
+from common.store import Connection, Row, Store, to_timestamp
 from protos.sagawire.v1 import common_pb2, payment_pb2, payment_pb2_grpc
 from services.payment import store
 from services.payment.domain import Account
@@ -27,7 +25,7 @@ def _account_msg(acct: Account) -> payment_pb2.Account:
     )
 
 
-def _charge_msg(row: sqlite3.Row) -> payment_pb2.Charge:
+def _charge_msg(row: Row) -> payment_pb2.Charge:
     return payment_pb2.Charge(
         charge_id=row["charge_id"],
         saga_id=row["saga_id"],
@@ -39,7 +37,7 @@ def _charge_msg(row: sqlite3.Row) -> payment_pb2.Charge:
 
 
 class PaymentQueries(payment_pb2_grpc.PaymentServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self._db = db
 
     async def GetAccount(
@@ -70,7 +68,7 @@ class PaymentQueries(payment_pb2_grpc.PaymentServicer):
         size = paging.page_size(request.page_size)
         before = paging.decode_token(request.page_token, "charges", (str, str))
 
-        def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+        def query(conn: Connection) -> list[Row]:
             key = (str(before[0]), str(before[1])) if before else None
             return store.charges(conn, request.customer_id, request.saga_id, key, size + 1)
 
@@ -81,5 +79,5 @@ class PaymentQueries(payment_pb2_grpc.PaymentServicer):
         )
 
 
-def register(server: grpc.aio.Server, db: Database) -> None:
+def register(server: grpc.aio.Server, db: Store) -> None:
     payment_pb2_grpc.add_PaymentServicer_to_server(PaymentQueries(db), server)

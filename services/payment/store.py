@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from common.store import utc_now
+from common.store import Connection, Row, utc_now
 from services.payment.domain import Account
 
 SCHEMA = """
@@ -39,7 +38,7 @@ CREATE TABLE IF NOT EXISTS return_refund (
 """
 
 
-def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+def load_seed(conn: Connection, seed: Mapping[str, Any]) -> None:
     for customer_id, balance in seed["payment"]["accounts"].items():
         conn.execute(
             "INSERT INTO account (customer_id, balance_minor, currency) VALUES (?, ?, ?)",
@@ -47,16 +46,16 @@ def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
         )
 
 
-def _account(row: sqlite3.Row) -> Account:
+def _account(row: Row) -> Account:
     return Account(row["customer_id"], row["balance_minor"], row["currency"])
 
 
-def account(conn: sqlite3.Connection, customer_id: str) -> Account | None:
+def account(conn: Connection, customer_id: str) -> Account | None:
     row = conn.execute("SELECT * FROM account WHERE customer_id = ?", (customer_id,)).fetchone()
     return _account(row) if row else None
 
 
-def list_accounts(conn: sqlite3.Connection, after: str | None, limit: int) -> list[Account]:
+def list_accounts(conn: Connection, after: str | None, limit: int) -> list[Account]:
     """By customer id; ``after`` is the previous page's last customer."""
     rows = conn.execute(
         "SELECT * FROM account WHERE customer_id > ? ORDER BY customer_id LIMIT ?",
@@ -65,7 +64,7 @@ def list_accounts(conn: sqlite3.Connection, after: str | None, limit: int) -> li
     return [_account(r) for r in rows]
 
 
-def save_account(conn: sqlite3.Connection, acct: Account) -> None:
+def save_account(conn: Connection, acct: Account) -> None:
     conn.execute(
         "UPDATE account SET balance_minor = ? WHERE customer_id = ?",
         (acct.balance_minor, acct.customer_id),
@@ -73,7 +72,7 @@ def save_account(conn: sqlite3.Connection, acct: Account) -> None:
 
 
 def add_charge(
-    conn: sqlite3.Connection,
+    conn: Connection,
     charge_id: str,
     saga_id: str,
     customer_id: str,
@@ -87,22 +86,20 @@ def add_charge(
     )
 
 
-def charge_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
-        "SELECT * FROM charge WHERE saga_id = ?", (saga_id,)
-    ).fetchone()
+def charge_of_saga(conn: Connection, saga_id: str) -> Row | None:
+    row: Row | None = conn.execute("SELECT * FROM charge WHERE saga_id = ?", (saga_id,)).fetchone()
     return row
 
 
-def mark_refunded(conn: sqlite3.Connection, charge_id: str) -> None:
+def mark_refunded(conn: Connection, charge_id: str) -> None:
     conn.execute("UPDATE charge SET status = 'refunded' WHERE charge_id = ?", (charge_id,))
 
 
-def mark_captured(conn: sqlite3.Connection, charge_id: str) -> None:
+def mark_captured(conn: Connection, charge_id: str) -> None:
     conn.execute("UPDATE charge SET status = 'captured' WHERE charge_id = ?", (charge_id,))
 
 
-def add_return_refund(conn: sqlite3.Connection, saga_id: str, charge: sqlite3.Row) -> None:
+def add_return_refund(conn: Connection, saga_id: str, charge: Row) -> None:
     conn.execute(
         "INSERT INTO return_refund (saga_id, charge_id, customer_id, amount_minor, status,"
         " created_at) VALUES (?, ?, ?, ?, 'refunded', ?)",
@@ -116,24 +113,24 @@ def add_return_refund(conn: sqlite3.Connection, saga_id: str, charge: sqlite3.Ro
     )
 
 
-def return_refund_of_saga(conn: sqlite3.Connection, saga_id: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
+def return_refund_of_saga(conn: Connection, saga_id: str) -> Row | None:
+    row: Row | None = conn.execute(
         "SELECT * FROM return_refund WHERE saga_id = ?", (saga_id,)
     ).fetchone()
     return row
 
 
-def mark_refund_revoked(conn: sqlite3.Connection, saga_id: str) -> None:
+def mark_refund_revoked(conn: Connection, saga_id: str) -> None:
     conn.execute("UPDATE return_refund SET status = 'revoked' WHERE saga_id = ?", (saga_id,))
 
 
 def charges(
-    conn: sqlite3.Connection,
+    conn: Connection,
     customer_id: str,
     saga_id: str,
     before: tuple[str, str] | None,
     limit: int,
-) -> list[sqlite3.Row]:
+) -> list[Row]:
     """Newest first; ``before`` is the (created_at, charge_id) of the previous page's last."""
     clauses: list[str] = []
     args: list[object] = []

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 
 from common.participant import Action, StepContext, refuse_second_step
+from common.store import Connection
 from protos.sagawire.v1 import order_saga_pb2
 from services.shipping import domain, store
 from services.validation import PRICED_ORDER, validate_destination, validate_order
@@ -18,7 +18,7 @@ def _validate(data: Data) -> None:
     validate_destination(data)
 
 
-def _schedule(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
+def _schedule(conn: Connection, ctx: StepContext, data: Data) -> Data:
     if store.shipment(conn, "saga_id", ctx.saga_id) is not None:
         refuse_second_step(ctx, "a shipment")
     domain.check_destination(data.destination, store.unserviceable(conn))
@@ -28,7 +28,7 @@ def _schedule(conn: sqlite3.Connection, ctx: StepContext, data: Data) -> Data:
     return Data(shipment_id=shipment_id, tracking_number=tracking)
 
 
-def _cancel(conn: sqlite3.Connection, ctx: StepContext, data: Data, scheduled: Data) -> None:
+def _cancel(conn: Connection, ctx: StepContext, data: Data, scheduled: Data) -> None:
     store.cancel(conn, ctx.saga_id)
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import grpc
 
 from common import paging
 from common.errors import NotFound
 from common.participant import require_id
-from common.store import Database, to_timestamp
+from common.store import Row, Store, to_timestamp
 from protos.sagawire.v1 import shipping_pb2, shipping_pb2_grpc
 from services.shipping import store
 
@@ -19,7 +17,7 @@ _STATUS = {
 }
 
 
-def _shipment_msg(row: sqlite3.Row) -> shipping_pb2.Shipment:
+def _shipment_msg(row: Row) -> shipping_pb2.Shipment:
     return shipping_pb2.Shipment(
         shipment_id=row["shipment_id"],
         saga_id=row["saga_id"],
@@ -32,7 +30,7 @@ def _shipment_msg(row: sqlite3.Row) -> shipping_pb2.Shipment:
 
 
 class ShippingQueries(shipping_pb2_grpc.ShippingServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self._db = db
 
     async def _one(self, column: str, value: str) -> shipping_pb2.Shipment:
@@ -67,5 +65,5 @@ class ShippingQueries(shipping_pb2_grpc.ShippingServicer):
         )
 
 
-def register(server: grpc.aio.Server, db: Database) -> None:
+def register(server: grpc.aio.Server, db: Store) -> None:
     shipping_pb2_grpc.add_ShippingServicer_to_server(ShippingQueries(db), server)

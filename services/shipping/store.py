@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from common.store import utc_now
+from common.store import Connection, Row, utc_now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS unserviceable (destination TEXT PRIMARY KEY COLLATE NOCASE);
@@ -23,19 +22,19 @@ CREATE INDEX IF NOT EXISTS shipment_by_time ON shipment (created_at, shipment_id
 """
 
 
-def load_seed(conn: sqlite3.Connection, seed: Mapping[str, Any]) -> None:
+def load_seed(conn: Connection, seed: Mapping[str, Any]) -> None:
     conn.executemany(
         "INSERT INTO unserviceable (destination) VALUES (?)",
         [(d,) for d in seed["shipping"]["unserviceable"]],
     )
 
 
-def unserviceable(conn: sqlite3.Connection) -> list[str]:
+def unserviceable(conn: Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT destination FROM unserviceable")]
 
 
 def add_shipment(
-    conn: sqlite3.Connection,
+    conn: Connection,
     shipment_id: str,
     saga_id: str,
     order_id: str,
@@ -49,17 +48,15 @@ def add_shipment(
     )
 
 
-def shipment(conn: sqlite3.Connection, column: str, value: str) -> sqlite3.Row | None:
+def shipment(conn: Connection, column: str, value: str) -> Row | None:
     assert column in ("shipment_id", "saga_id")  # never interpolate caller input
-    row: sqlite3.Row | None = conn.execute(
+    row: Row | None = conn.execute(
         f"SELECT * FROM shipment WHERE {column} = ?", (value,)
     ).fetchone()
     return row
 
 
-def list_shipments(
-    conn: sqlite3.Connection, before: tuple[str, str] | None, limit: int
-) -> list[sqlite3.Row]:
+def list_shipments(conn: Connection, before: tuple[str, str] | None, limit: int) -> list[Row]:
     """Newest first; ``before`` is the (created_at, shipment_id) of the previous page's last."""
     where, args = ("WHERE (created_at, shipment_id) < (?, ?)", list(before)) if before else ("", [])
     return conn.execute(
@@ -68,5 +65,5 @@ def list_shipments(
     ).fetchall()
 
 
-def cancel(conn: sqlite3.Connection, saga_id: str) -> None:
+def cancel(conn: Connection, saga_id: str) -> None:
     conn.execute("UPDATE shipment SET status = 'cancelled' WHERE saga_id = ?", (saga_id,))

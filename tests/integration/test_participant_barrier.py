@@ -1,4 +1,4 @@
-"""Every barrier case, for every service, over real gRPC (DESIGN §3).
+"""Every barrier case, for every service, over real gRPC (DESIGN §3), on both stores.
 
 Each case reads the effect back through the service's query RPCs: the shared
 resource the step changes (stock, balance, row count) and the rows it wrote
@@ -8,6 +8,8 @@ for the saga, so a second effect, or an effect where there should be none, shows
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +24,8 @@ from tests.integration.steps import (
     step_request,
     with_action,
 )
-from tests.support import Cluster
+from tests.postgres_support import STORES, store_on
+from tests.support import Cluster, start_cluster
 
 APPLIED = participant_pb2.BARRIER_OUTCOME_APPLIED
 REPLAYED = participant_pb2.BARRIER_OUTCOME_REPLAYED
@@ -32,6 +35,20 @@ NULL_COMPENSATION = participant_pb2.BARRIER_OUTCOME_NULL_COMPENSATION
 @pytest.fixture(params=sorted(PROBES))
 def probe(request: pytest.FixtureRequest) -> Probe:
     return PROBES[request.param]
+
+
+@pytest.fixture(params=STORES)
+async def cluster(
+    tmp_path: Path, request: pytest.FixtureRequest, probe: Probe
+) -> AsyncIterator[Cluster]:
+    """The probed service (no other is called), on a SQLite file or its PostgreSQL schema."""
+    async with store_on(request.param) as store:
+        overrides = {**store.settings(), "reactions_enabled": False}
+        running = await start_cluster(tmp_path, [probe.service], overrides=overrides)
+        try:
+            yield running
+        finally:
+            await running.stop()
 
 
 async def test_duplicate_execute_returns_the_first_result_and_has_no_second_effect(
