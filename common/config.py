@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -181,7 +181,27 @@ class Endpoints(BaseSettings):
     @field_validator("*")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        return check_address(value)
+        return check_target(value)
+
+
+REPLICAS_SCHEME = "ipv4:"
+
+
+def replicas_target(addresses: Sequence[str]) -> str:
+    """One gRPC target for several replicas of a process (``ipv4:h:p1,h:p2``); a channel
+    to it spreads calls over them, round robin (common/tls.py)."""
+    if len(addresses) == 1:
+        return addresses[0]
+    return REPLICAS_SCHEME + ",".join(addresses)
+
+
+def check_target(value: str) -> str:
+    """``host:port``, or ``ipv4:host:port,host:port`` (replicas); else ValueError."""
+    if value.startswith(REPLICAS_SCHEME):
+        for address in value.removeprefix(REPLICAS_SCHEME).split(","):
+            check_address(address)
+        return value
+    return check_address(value)
 
 
 def check_address(value: str) -> str:

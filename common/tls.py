@@ -151,8 +151,12 @@ def channel_credentials(settings: TlsSettings, identity: str) -> grpc.ChannelCre
     )
 
 
-def _options(options: ChannelOptions, peer: str | None) -> list[tuple[str, str | int]]:
+def _options(
+    options: ChannelOptions, peer: str | None, address: str = ""
+) -> list[tuple[str, str | int]]:
     pinned: list[tuple[str, str | int]] = [("grpc.ssl_target_name_override", peer)] if peer else []
+    if "," in address:  # replicas (common/config.py replicas_target): each call to the next
+        pinned.append(("grpc.lb_policy_name", "round_robin"))
     return [*options, *pinned]
 
 
@@ -199,12 +203,12 @@ class Identity:
         if not self.settings.tls:
             warn_plaintext()
             return grpc.aio.insecure_channel(
-                address, options=list(options), interceptors=interceptors
+                address, options=_options(options, None, address), interceptors=interceptors
             )
         return grpc.aio.secure_channel(
             address,
             channel_credentials(self.settings, self.name),
-            options=_options(options, peer),
+            options=_options(options, peer, address),
             interceptors=interceptors,
         )
 
@@ -214,7 +218,9 @@ class Identity:
         """A blocking channel (command-line verbs), otherwise as :meth:`aio_channel`."""
         if not self.settings.tls:
             warn_plaintext()
-            return grpc.insecure_channel(address, options=list(options))
+            return grpc.insecure_channel(address, options=_options(options, None, address))
         return grpc.secure_channel(
-            address, channel_credentials(self.settings, self.name), options=_options(options, peer)
+            address,
+            channel_credentials(self.settings, self.name),
+            options=_options(options, peer, address),
         )
