@@ -41,6 +41,7 @@ from common.config import SERVICE_NAMES, Endpoints
 from common.event_transport import EventTransport, Follow, GrpcEvents
 from common.outbox import MODE_HEADER
 from common.store import Database, utc_now
+from common.supervisor import Supervisor
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
 from contract.definitions import Definitions, SagaMode, load_definitions
@@ -191,32 +192,23 @@ class Observer:
             )
             for name in SERVICE_NAMES
         ]
-        self._tasks: list[asyncio.Task[None]] = []
+        # Its followers and the stall sweep: an unexpected error restarts one, never ends it.
+        self._tasks = Supervisor()
 
     @property
     def running(self) -> bool:
-        """Started, and none of its tasks has ended (a failing one ends it)."""
-        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+        """Started and not stopped (its supervisor restarts a task that fails)."""
+        return bool(self._tasks.running)
 
     async def start(self) -> None:
         await self._offsets.open()
         await self._transport.open()
-        self._tasks = [
-            asyncio.create_task(s.run(), name=f"observe-{s.producer}") for s in self.subscribers
-        ]
-        self._tasks.append(asyncio.create_task(self._flag_stalled(), name="observe-stalls"))
+        for subscriber in self.subscribers:
+            self._tasks.start(f"observe-{subscriber.producer}", subscriber.run)
+        self._tasks.start("observe-stalls", self._flag_stalled)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # it had ended by itself: say how, once
-                log.exception("observer task %s had stopped by an error", task.get_name())
-        self._tasks = []
+        await self._tasks.stop()
         await self._transport.close()
         await self._offsets.close()
         self._carried.end_all()  # exported as they are, not lost
