@@ -111,7 +111,7 @@ def observe(event: events_pb2.Event, definitions: Definitions) -> Observation | 
     )
 
 
-def plan(record: SagaRecord, seen: Observation) -> list[Change]:
+def changes_for(record: SagaRecord, seen: Observation) -> list[Change]:
     """The changes that record ``seen`` on the saga; none if it says nothing new."""
     try:
         step = record.step(seen.step)

@@ -18,7 +18,7 @@ Offsets per producer live in the observer's own SQLite file (with replicas shari
 PostgreSQL log, in that log: one replica observes at a time, and the offsets follow the
 role from replica to replica; coordinator/engine/replicas.py) and move only after
 a batch's changes are durable in the saga log; a batch seen again after a crash
-plans no change (see :func:`coordinator.choreography.observation.plan`), so nothing is
+plans no change (see :func:`coordinator.choreography.observation.changes_for`), so nothing is
 recorded twice.
 """
 
@@ -48,9 +48,9 @@ from contract.definitions import Definitions, SagaMode, load_definitions
 from coordinator.choreography.observation import (
     OPEN,
     Observation,
+    changes_for,
     observe,
     observed_types,
-    plan,
     settlement,
 )
 from coordinator.engine.plan import carried_by_services
@@ -78,7 +78,7 @@ def _planned(
     for seen in observations:
         # The observer's span joins the saga's one trace, like a reaction's.
         with consumer_span(seen.event, f"observe {seen.event_type}"):
-            for change in plan(planned, seen):
+            for change in changes_for(planned, seen):
                 wanted = change.require_status
                 if wanted is not None and planned.status not in wanted:
                     break  # the log would refuse it: settled a moment ago

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.definitions import load_definitions
-from coordinator.choreography.observation import observe, observed_types, plan
+from coordinator.choreography.observation import changes_for, observe, observed_types
 from coordinator.log.records import (
     TERMINAL,
     AttemptChange,
@@ -119,7 +119,7 @@ def _run(script: list[tuple[str, str, str, str]], order: list[int]) -> tuple[Sag
     for i in order:
         seen = observe(_event(i, *script[i]), DEFINITIONS)
         assert seen is not None
-        for change in plan(record, seen):
+        for change in changes_for(record, seen):
             if change.require_status is not None and record.status not in change.require_status:
                 continue  # the log would refuse it
             record, _ = apply(record, change)
@@ -158,7 +158,7 @@ def test_redelivered_events_add_nothing() -> None:
     record, _ = _run(COMPLETED, [0, 1, 2, 3])
     seen = observe(_event(0, *COMPLETED[0]), DEFINITIONS)
     assert seen is not None
-    assert plan(record, seen) == []
+    assert changes_for(record, seen) == []
 
 
 def test_orchestrated_events_are_not_observed() -> None:
