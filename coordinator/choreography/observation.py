@@ -3,7 +3,7 @@
 This is the pure half of the observer (coordinator/choreography/observer.py). Each saga event
 reports one step's outcome: the event names its saga definition and step, and the
 participants' catalogue of the same definitions says what its type means (success,
-rejection, compensation): no table of its own. :func:`plan` turns it into the same
+rejection, compensation): no table of its own. :func:`changes_for` turns it into the same
 changes an orchestrated saga goes through (an attempt started and ended, the step's
 status, then the saga's), so ``GetSaga`` and ``WatchSaga`` show both kinds alike.
 
