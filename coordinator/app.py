@@ -100,6 +100,7 @@ class CoordinatorApp:
         self.breakers.add_listener(breaker_changed)
         self.log = saga_log or saga_log_of(settings)
         self.crash = CrashHook(settings.crash_at)
+        self.log.crash = self.crash  # "transition#N": between any two transitions
         # Choreographed sagas' spans: the runner hands them over, the observer ends them.
         carried = CarriedSpans()
         self.runner = SagaRunner(

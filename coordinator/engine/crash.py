@@ -8,6 +8,10 @@
 - ``after_compensate_intent:STEP``   a compensation attempt is logged, not yet sent
 - ``after_compensate_call:STEP``     the compensation returned, not yet logged
 - ``recovery``                       recovery found the unfinished sagas, resumed none yet
+- ``transition``                     a transition was handed to the saga log (with ``#n``:
+                                     the n-th of the process), durable or not: the log
+                                     calls it (coordinator/log/saga_log.py), so a test can
+                                     kill between any two transitions
 
 Off (empty) by default. The process exits with ``os._exit(137)``: no cleanup,
 no flush, exactly like SIGKILL.

@@ -220,7 +220,22 @@ class SagaRun:
             return
         # Taken and queued without an await between: concurrent flushes keep the order.
         batch, self._unwritten = self._unwritten, []
-        await self.runner.log.append_many(self.record.saga_id, batch)
+        if self._replayable(batch):
+            await self.runner.log.append_later(self.record.saga_id, batch)
+        else:
+            await self.runner.log.append_many(self.record.saga_id, batch)
+
+    def _replayable(self, batch: Sequence[Change]) -> bool:
+        """Whether a crash may lose ``batch`` (the log writes it in the background): an
+        orchestrated saga's calls replay through the barrier, but not past the pivot's
+        success, after which forward-only steps run and recovery must not compensate.
+        (A choreographed saga's log is what the observer reads; the log makes outcomes
+        durable whatever it is asked.)"""
+        if self.record.mode != SagaMode.ORCHESTRATION.value:
+            return False
+        return not any(
+            c.kind is Kind.STEP_SUCCEEDED and self.definition.step(c.step).pivot for c in batch
+        )
 
     async def drive(self) -> SagaRecord:
         if self.record.direction is Direction.FORWARD:

@@ -83,6 +83,15 @@ class RecordCache:
         while len(self._records) > self._size:
             self._records.popitem(last=False)
 
+    def forget(self, saga_id: str) -> None:
+        """Drop the saga (a write it has not seen yet is on its way): the next read of it
+        goes to the file, and a read in progress keeps nothing."""
+        self._writes += 1
+        if saga_id in self._reads:
+            self._clock += 1
+            self._written_at[saga_id] = self._clock
+        self._records.pop(saga_id, None)
+
     def written(
         self,
         saga_id: str,

@@ -7,9 +7,19 @@ tests. One contract test suite (``tests/unit/test_saga_log.py``) runs against ev
 
 Rules every adapter keeps:
 
-- :meth:`SagaLog.create` and :meth:`SagaLog.append` return only once the change
-  is durable: the coordinator acts on a transition only after it is logged.
-- The appends of one saga are applied in the order they were called.
+- :meth:`SagaLog.create`, :meth:`SagaLog.append` and :meth:`SagaLog.append_many` return
+  only once the change is durable: a saga's birth and its outcome, and whatever the
+  engine cannot take back, are on disk before anyone acts on them or is told them.
+- :meth:`SagaLog.append_later` takes the transitions in between, which every
+  participant call makes replayable through the barrier (a repeat returns the first
+  result; a late execute after its compensation is refused): they are applied in
+  order and made durable soon (group-committed in the background), and a crash may
+  lose the last of them. Recovery then resumes from the last durable transition and
+  replays the calls made since, which converges to the same outcome. A change that
+  settles the saga is never one of them: an adapter writes it durably whichever
+  method it came through.
+- The appends of one saga are applied in the order they were called, whichever
+  method they came through; a read sees every append called before it.
 - ``load`` after an ``append`` shows exactly what :func:`records.apply` computes.
 - The history of transitions is append-only.
 - A saga leaves the log only through :meth:`SagaLog.prune_finished` (retention):
@@ -114,11 +124,31 @@ class Listener:
         self.woken = False
 
 
+def settles(change: Change) -> bool:
+    """Whether ``change`` ends the saga's run with an outcome someone will be told (or
+    needs its answer at once: a conditional change): never a change to write later."""
+    status = change.saga_status
+    return change.require_status is not None or (status is not None and status not in UNFINISHED)
+
+
+def _no_crash(point: str, step: str = "") -> None:
+    """The crash hook of a log nobody armed (see coordinator/engine/crash.py)."""
+
+
 class SagaLog(ABC):
     """Where sagas, their steps, attempts and transitions are kept."""
 
     def __init__(self) -> None:
         self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+        # The test-only crash hook: called with "transition" once per transition handed
+        # to the log (``SAGAWIRE_CRASH_AT=transition#N`` dies right after the N-th, durable
+        # or not), so a test can kill the coordinator between any two transitions.
+        self.crash: Callable[[str, str], None] = _no_crash
+
+    def handed(self, transitions: int) -> None:
+        """``transitions`` were just handed to the log: give the crash hook its chance."""
+        for _ in range(transitions):
+            self.crash("transition", "")
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Prepare the store (create tables...)."""
@@ -168,6 +198,18 @@ class SagaLog(ABC):
                 changes before it).
         """
         return [await self.append(saga_id, change) for change in changes]
+
+    async def append_later(self, saga_id: str, changes: Sequence[Change]) -> None:
+        """Apply ``changes`` in order, after every append called before; durable soon,
+        not necessarily now (see the module docstring). For transitions whose every
+        participant call is replayable through the barrier. Returns once they are queued;
+        a later read sees them. A change that :func:`settles` the saga makes the whole
+        batch durable before this returns. If writing them fails, the saga's next append
+        raises the error (its run stops, and is resumed from the log).
+
+        This default waits for the disk every time: right, only slower.
+        """
+        await self.append_many(saga_id, changes)
 
     @abstractmethod
     async def load(self, saga_id: str) -> SagaRecord | None:

@@ -8,14 +8,28 @@ Tables: ``sagas`` (one row each, the current state), ``steps``, ``attempts``
 leave the log (:meth:`SqliteSagaLog.prune_finished`).
 Running sagas once read are served from :class:`coordinator.log.cache.RecordCache`,
 kept in step with the writes made here; every write still goes to the file.
+
+Durable now, or soon (:meth:`SagaLog.append_later`): every write of a saga goes to the
+file's one writer thread (common/store.py, group commit) through a task made when the
+write is called, and tasks start in the order they were made, so writes reach the
+writer in call order whether or not their caller waits. ``create``, ``append`` and
+``append_many`` wait for their commit; ``append_later`` does not, unless a change
+settles the saga. What it queued is committed with the next batch, ahead of anything
+written after it; reads wait for it first, so a read sees every write called before it.
+Its watchers are woken once it is on disk. A saga written later is dropped from the
+record cache (its next read goes to the file, after the write).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from common.errors import NotFound
 from common.store import Database
@@ -45,7 +59,11 @@ from coordinator.log.saga_log import (
     SagaFilter,
     SagaLog,
     StatusConflict,
+    settles,
 )
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sagas (
@@ -144,16 +162,51 @@ class SqliteSagaLog(SagaLog):
         super().__init__()
         self.db = Database(path, SCHEMA, synchronous=synchronous)
         self._cache = RecordCache()
+        # Writes in flight (held, so no task is collected), the last one queued by
+        # append_later (reads wait for it), and a saga whose later write failed.
+        self._writing: set[asyncio.Task[object]] = set()
+        self._last_later: asyncio.Task[list[Transition]] | None = None
+        self._failed: dict[str, BaseException] = {}
+        # Writes whose caller waited for the disk (the rest were written later).
+        self.waited = 0
 
     async def open(self) -> None:
         await self.db.open()
         await self.db.transaction(_migrate)
 
     async def close(self) -> None:
+        if self._writing:  # the writer commits them before it stops; their callbacks run
+            await asyncio.wait(self._writing)
         await self.db.close()
 
+    def _submit(self, work: Callable[[sqlite3.Connection], _T]) -> asyncio.Task[_T]:
+        """Queue a write of a saga behind every one submitted before (module docstring)."""
+        task = asyncio.ensure_future(self.db.transaction(work))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+        return task
+
+    async def _durable(self, saga_id: str, work: Callable[[sqlite3.Connection], _T], n: int) -> _T:
+        """Write now: after what was queued before, returning once it is committed."""
+        failed = self._failed.pop(saga_id, None)
+        if failed is not None:
+            raise failed
+        written = self._submit(work)
+        self.handed(n)
+        self.waited += 1
+        return await written
+
+    async def _reads_after_writes(self) -> None:
+        """Let what append_later queued reach the file before a read (it is the last
+        write queued of those not waited for; writes commit in order)."""
+        last = self._last_later
+        if last is not None and not last.done():
+            await asyncio.wait([last])
+
     async def create(self, new: NewSaga, then: Sequence[Change] = ()) -> tuple[SagaRecord, bool]:
-        existing_id, created = await self.db.transaction(lambda conn: _create(conn, new, then))
+        existing_id, created = await self._durable(
+            new.saga_id, lambda conn: _create(conn, new, then), 1 + len(then)
+        )
         if created:
             record = new_record(new)
             self._notify(new.saga_id, record.status)
@@ -169,7 +222,7 @@ class SqliteSagaLog(SagaLog):
         return existing, False
 
     async def append(self, saga_id: str, change: Change) -> Transition:
-        transition = await self.db.transaction(lambda conn: _append(conn, saga_id, change))
+        transition = await self._durable(saga_id, lambda conn: _append(conn, saga_id, change), 1)
         self._cache.written(saga_id, (change,), (transition,))
         self._notify(saga_id, transition.status)
         return transition
@@ -177,18 +230,46 @@ class SqliteSagaLog(SagaLog):
     async def append_many(
         self, saga_id: str, changes: Sequence[Change], planned: SagaRecord | None = None
     ) -> list[Transition]:
-        transitions = await self.db.transaction(
-            lambda conn: [_append(conn, saga_id, change) for change in changes]
+        transitions = await self._durable(
+            saga_id, lambda conn: [_append(conn, saga_id, c) for c in changes], len(changes)
         )
         self._cache.written(saga_id, changes, transitions, planned)
         for transition in transitions:
             self._notify(saga_id, transition.status)
         return transitions
 
+    async def append_later(self, saga_id: str, changes: Sequence[Change]) -> None:
+        if any(settles(change) for change in changes):
+            await self.append_many(saga_id, changes)
+            return
+        failed = self._failed.pop(saga_id, None)
+        if failed is not None:
+            raise failed
+        written = self._submit(lambda conn: [_append(conn, saga_id, c) for c in changes])
+        self._last_later = written
+        self._cache.forget(saga_id)
+        written.add_done_callback(partial(self._written_later, saga_id))
+        self.handed(len(changes))
+
+    def _written_later(self, saga_id: str, written: asyncio.Task[list[Transition]]) -> None:
+        if self._last_later is written:
+            self._last_later = None
+        if written.cancelled():  # the loop is closing under it: the writer still commits it
+            return
+        error = written.exception()
+        if error is not None:
+            log.error("saga log write failed saga_id=%s error=%r", saga_id, error)
+            self._failed[saga_id] = error
+            self._cache.forget(saga_id)
+            return
+        for transition in written.result():
+            self._notify(saga_id, transition.status)
+
     async def load(self, saga_id: str) -> SagaRecord | None:
         cached = self._cache.get(saga_id)
         if cached is not None:
             return cached
+        await self._reads_after_writes()
         with self._cache.reading(saga_id) as keep:
             record = await self.db.read(lambda conn: _load(conn, saga_id))
             if record is not None:
@@ -196,6 +277,7 @@ class SqliteSagaLog(SagaLog):
         return record
 
     async def load_unfinished(self) -> list[SagaRecord]:
+        await self._reads_after_writes()
         with self._cache.reading_many() as keep:
             records = await self.db.read(_load_unfinished)
             keep(records)
@@ -208,12 +290,15 @@ class SqliteSagaLog(SagaLog):
         limit: int,
         where: SagaFilter = EVERY_SAGA,
     ) -> list[SagaRecord]:
+        await self._reads_after_writes()
         return await self.db.read(lambda conn: _list(conn, status, before, limit, where))
 
     async def count_sagas(self, where: SagaFilter = EVERY_SAGA) -> dict[SagaStatus, int]:
+        await self._reads_after_writes()
         return await self.db.read(lambda conn: _count(conn, where))
 
     async def history(self, saga_id: str, after_seq: int = 0) -> list[Transition]:
+        await self._reads_after_writes()
         return await self.db.read(lambda conn: _history(conn, saga_id, after_seq))
 
     async def finished_untold(self, limit: int) -> list[tuple[str, str]]:
@@ -245,6 +330,7 @@ class SqliteSagaLog(SagaLog):
         return await self.db.transaction(lambda conn: _prune(conn, found, cutoff))
 
     async def unfinished(self) -> list[str]:
+        await self._reads_after_writes()
         rows = await self.db.read(
             lambda conn: conn.execute(
                 f"SELECT saga_id FROM sagas WHERE {_IS_UNFINISHED} ORDER BY created_at, saga_id",
@@ -254,6 +340,7 @@ class SqliteSagaLog(SagaLog):
         return [row["saga_id"] for row in rows]
 
     async def overdue(self, mode: str, now: datetime) -> list[str]:
+        await self._reads_after_writes()
         rows = await self.db.read(
             lambda conn: conn.execute(
                 f"SELECT saga_id FROM sagas WHERE {_IS_UNFINISHED} AND mode = ?"

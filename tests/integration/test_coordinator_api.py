@@ -62,15 +62,19 @@ async def test_a_happy_saga_takes_five_log_writes_each_intent_before_its_call(
 ) -> None:
     # A step's intent is written with the result that lets it start (the first ones with
     # the saga); an orchestrated step's result may wait for the saga's next write.
+    # Three of the five are waited for: the saga's birth, the pivot's success (forward-only
+    # steps follow it) and the outcome; the two between are replayable through the
+    # barrier and committed in the background (DESIGN §4).
     # (Retention's own writes, telling participants the saga finished, are not the saga's.)
     async with running_stack(tmp_path, retention_enabled=False) as stack:
         assert stack.app is not None
         saga_log = stack.app.log
         assert isinstance(saga_log, SqliteSagaLog)
-        before = saga_log.db.writes
+        before, waited = saga_log.db.writes, saga_log.waited
         reply = await stack.place()
         assert reply.status == pb.SAGA_STATUS_COMPLETED
         assert saga_log.db.writes - before == 5
+        assert saga_log.waited - waited == 3
         history = await saga_log.history(reply.saga_id)
         seq = {(t.kind, t.step): t.seq for t in history}
         for step in STEP_NAMES:

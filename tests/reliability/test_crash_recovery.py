@@ -170,6 +170,66 @@ async def test_kill_at_each_critical_point_then_recover(
             await stop_process(second)
 
 
+async def transitions_of(stack: Stack, saga_id: str) -> list[str]:
+    return [t.kind async for t in stack.api.WatchSaga(pb.WatchSagaRequest(saga_id=saga_id))]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("to", "status"),
+    [("Berlin", pb.SAGA_STATUS_COMPLETED), ("Atlantis", pb.SAGA_STATUS_COMPENSATED)],
+)
+async def test_a_kill_between_any_two_transitions_converges_through_the_barrier(
+    tmp_path: Path, to: str, status: int
+) -> None:
+    """DESIGN §4: only the saga's birth and outcome (and the pivot's success) wait for the
+    disk; the transitions between are committed in the background. The coordinator is
+    killed right after its n-th transition was handed to the log, for every n of a
+    saga's life: that transition and any still queued before it are lost with the
+    process. Recovery resumes from the last durable one and re-sends what followed;
+    the barrier replays each call, so every saga ends as it would have, and the
+    services' records show each effect once."""
+    write_definitions(tmp_path / "sagas.yaml")
+    async with services(tmp_path) as stack:
+        # How many transitions such a saga has: one run without a kill.
+        clean = await start(stack, tmp_path)
+        try:
+            reference = await place(stack, Order("reference", "alice", [("SKU-MUG", 1)], to))
+            assert reference is not None
+            sagas = {reference: await stack.settled(reference, FINAL)}
+            total = len(await transitions_of(stack, reference))
+        finally:
+            await stop_process(clean)
+        assert total >= 12
+        resumed, lost = 0, 0
+        for n in range(1, total + 1):
+            order = Order(f"k-{n}", "alice", [("SKU-MUG", 1)], to)
+            killed = await start(stack, tmp_path, f"transition#{n}")
+            saga_id = await place(stack, order)
+            assert await wait_exit(killed) == CRASH_EXIT_CODE, killed.output
+            again = await start(stack, tmp_path)
+            try:
+                # Not acknowledged (killed at its birth): placed again with its key.
+                saga_id = saga_id or await place(stack, order)
+                assert saga_id is not None
+                saga = await stack.settled(saga_id, FINAL)
+                assert saga.status == status, (n, again.output)
+                kinds = await transitions_of(stack, saga_id)
+            finally:
+                await stop_process(again)
+            sagas[saga_id] = saga
+            if "saga_resumed" in kinds:
+                resumed += 1
+                # Transitions logged before the kill: fewer than n when it lost some.
+                lost += kinds.index("saga_resumed") < n
+        await check_invariants(stack, sagas)
+        # Every kill after the birth was recovered, and kills lost transitions: the
+        # n-th always, and often those queued before it.
+        assert resumed >= total - 3, resumed
+        assert lost == resumed, (lost, resumed)
+
+
 async def test_kill_during_recovery_itself(tmp_path: Path) -> None:
     write_definitions(tmp_path / "sagas.yaml")
     async with services(tmp_path) as stack:

@@ -187,6 +187,61 @@ async def test_append_many_equals_appending_one_by_one(saga_log: SagaLog) -> Non
     assert (await saga_log.history(record.saga_id))[1:] == transitions
 
 
+async def test_appends_written_later_keep_their_order_and_reads_see_them(
+    saga_log: SagaLog,
+) -> None:
+    # What append_later queues is applied in call order, among waited-for appends, and
+    # every read called after it sees it (the SQLite log has not committed it yet).
+    record, _ = await saga_log.create(new_saga())
+    changes = script(T0)
+    expected: SagaRecord = record
+    transitions = []
+    for change in changes:
+        expected, transition = apply(expected, change)
+        transitions.append(transition)
+    await saga_log.append_later(record.saga_id, changes[:2])
+    await saga_log.append_later(record.saga_id, changes[2:4])
+    assert await saga_log.load(record.saga_id) == apply_all(record, changes[:4])
+    await saga_log.append_later(record.saga_id, changes[4:7])
+    assert await saga_log.append(record.saga_id, changes[7]) == transitions[7]
+    await saga_log.append_later(record.saga_id, changes[8:10])
+    assert (await saga_log.history(record.saga_id))[1:] == transitions[:10]
+    assert (await saga_log.list_sagas(None, None, 10))[0].status is SagaStatus.COMPENSATING
+    assert await saga_log.unfinished() == [record.saga_id]
+    # A change that settles the saga is durable when append_later returns, and told.
+    with saga_log.listen(record.saga_id) as listener:
+        await saga_log.append_later(record.saga_id, changes[10:11])
+        assert listener.status is SagaStatus.NEEDS_ATTENTION
+    await saga_log.append_many(record.saga_id, changes[11:])
+    assert await saga_log.load(record.saga_id) == expected
+
+
+async def test_a_write_queued_for_later_reaches_the_file_before_close(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    first = SqliteSagaLog(path, synchronous="NORMAL")
+    await first.open()
+    record, _ = await first.create(new_saga())
+    changes = script(T0)[:4]
+    with first.listen(record.saga_id) as listener:
+        await first.append_later(record.saga_id, changes)
+        await asyncio.wait_for(listener.changed.wait(), 10)  # woken once it is on disk
+    assert first.waited == 1  # only the saga's birth was waited for
+    await first.append_later(record.saga_id, script(T0)[4:6])
+    await first.close()
+    again = SqliteSagaLog(path, synchronous="NORMAL")
+    await again.open()
+    try:
+        assert await again.load(record.saga_id) == apply_all(record, script(T0)[:6])
+    finally:
+        await again.close()
+
+
+def apply_all(record: SagaRecord, changes: list[Change]) -> SagaRecord:
+    for change in changes:
+        record, _ = apply(record, change)
+    return record
+
+
 async def test_append_many_writes_all_or_nothing(saga_log: SagaLog) -> None:
     record, _ = await saga_log.create(new_saga())
     changes = script(T0)
