@@ -43,7 +43,7 @@ from cli.stack import (
     free_ports,
 )
 from cli.tokens import cli_token, stack_token
-from common.config import SERVICE_NAMES, Endpoints, TlsSettings
+from common.config import SERVICE_NAMES, Endpoints, TlsSettings, replicas_target
 from common.tls import Identity
 from common.tokens import with_token
 from protos.sagawire.v1 import coordinator_pb2, coordinator_pb2_grpc, participant_pb2
@@ -150,6 +150,7 @@ class BenchStack:
         *,
         target: str | None = None,
         env: Mapping[str, str] | None = None,
+        service_replicas: int = 1,
     ) -> None:
         self.target = target
         self._env = dict(env or {})
@@ -165,33 +166,53 @@ class BenchStack:
         self._replicas = 1
         self._running_log: tuple[tuple[tuple[str, str], ...], int] | None = None
         self._more: list[Child] = []
+        # Each service's replicas after the first (one store, events on NATS): their ports,
+        # and the children once started. The coordinator calls them all, round robin.
+        self._replica_ports: dict[str, list[int]] = {}
+        self._service_replicas: list[Child] = []
         if target is not None:
             self.endpoints = Endpoints(coordinator_addr=target)
             self.ports: dict[str, int] = {}
         else:
             self.ports = free_ports([COORDINATOR, *SERVICE_NAMES])
-            self.endpoints = Endpoints(
-                **{f"{name}_addr": f"127.0.0.1:{port}" for name, port in self.ports.items()}
+            more = free_ports(
+                [f"{n}-{r}" for n in SERVICE_NAMES for r in range(2, service_replicas + 1)]
             )
+            self._replica_ports = {
+                name: [more[f"{name}-{r}"] for r in range(2, service_replicas + 1)]
+                for name in SERVICE_NAMES
+            }
+            self.endpoints = Endpoints(
+                **{f"{name}_addr": self._target(name, port) for name, port in self.ports.items()}
+            )
+
+    def _target(self, name: str, port: int) -> str:
+        ports = [port, *self._replica_ports.get(name, [])]
+        return replicas_target([f"127.0.0.1:{p}" for p in ports])
 
     @property
     def own(self) -> bool:
         """True when the bench started this stack (and may kill its processes)."""
         return self.target is None
 
-    def _spawn(self, name: str, mode: Mode | None = None) -> Child:
+    def _spawn(self, name: str, mode: Mode | None = None, port: int = 0) -> Child:
         assert self._data_dir is not None
         # Certificates where the bench's own clients find them (SAGAWIRE_CERTS_DIR or
         # .sagawire/certs), made on first use.
         options = StackOptions(
             data_dir=self._data_dir,
-            ports=self.ports,
+            ports={**self.ports, name: port or self.ports[name]},
             names=(name,),
             mode=mode,
             env=self._env,
             certs_dir=TlsSettings().certs_directory,
+            addresses=self._addresses(),
         )
-        return Child(name, options.child_env(name), self.endpoints.of(name), options.operator())
+        address = f"127.0.0.1:{port or self.ports[name]}"
+        return Child(name, options.child_env(name), address, options.operator())
+
+    def _addresses(self) -> dict[str, str]:
+        return {n: self.endpoints.of(n) for n in SERVICE_NAMES if self._replica_ports.get(n)}
 
     async def use_bare(self) -> dict[str, str]:
         """Start a do-nothing participant per service (own stack only); their addresses."""
@@ -227,7 +248,10 @@ class BenchStack:
             try:
                 for name in SERVICE_NAMES:
                     self._services[name] = self._spawn(name)
-                await asyncio.gather(*(c.wait_serving() for c in self._services.values()))
+                    for port in self._replica_ports.get(name, []):
+                        self._service_replicas.append(self._spawn(name, port=port))
+                children = [*self._services.values(), *self._service_replicas]
+                await asyncio.gather(*(c.wait_serving() for c in children))
             except BaseException:
                 await self.close()
                 raise
@@ -246,11 +270,18 @@ class BenchStack:
         await self.stop_coordinator()
         await self.stop_bare()
         children, self._services = list(self._services.values()), {}
+        children += self._service_replicas
+        self._service_replicas = []
         await asyncio.gather(*(c.stop() for c in children))
 
     def check_alive(self) -> None:
         """BenchError if a process of the bench's own stack has died."""
-        running = [*self._services.values(), *self._bare.values(), *self._more]
+        running = [
+            *self._services.values(),
+            *self._service_replicas,
+            *self._bare.values(),
+            *self._more,
+        ]
         for child in [*running, *filter(None, [self._coordinator])]:
             if (code := child.proc.poll()) is not None:
                 raise BenchError(f"{child.name} {describe_exit(code)}:\n{child.tail()}")
@@ -334,6 +365,7 @@ class BenchStack:
             mode=mode,
             env=self._env,
             certs_dir=TlsSettings().certs_directory,
+            addresses=self._addresses(),
         )
         return Child(
             COORDINATOR, options.child_env(COORDINATOR), f"127.0.0.1:{port}", options.operator()
@@ -373,7 +405,8 @@ class BenchStack:
         await self._coordinator.wait_serving()
 
     def kill_service(self, name: str) -> None:
-        """SIGKILL one domain service of the own stack: no shutdown code runs, like a crash."""
+        """SIGKILL one domain service (its first replica) of the own stack: no shutdown code
+        runs, like a crash."""
         child = self._services.get(name)
         if child is None:
             raise BenchError(f"no {name} service to kill")
@@ -408,6 +441,9 @@ class BenchStack:
         pids = {c.name: c.pid for c in children if c.running}
         # Replicas past the first (same name, the coordinator's certificate) by number.
         pids.update({f"{c.name}-{n}": c.pid for n, c in enumerate(self._more, 2) if c.running})
+        for child in self._service_replicas:
+            if child.running:
+                pids[f"{child.name}-{child.address.rpartition(':')[2]}"] = child.pid
         return pids
 
 

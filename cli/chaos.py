@@ -46,6 +46,7 @@ from cli.stack import Mode
 from common.certs import OPERATOR
 from common.config import EventSettings
 from common.nats_events import delete_stream
+from common.pg_store import drop_schemas
 from common.tls import Identity
 from contract.modes import wire_mode
 from coordinator.log.postgres import drop_schema, is_postgres_url
@@ -87,6 +88,9 @@ class ChaosConfig:
     # schema per pass, dropped after); the kills hit the first replica.
     saga_log: str = ""
     replicas: int = 1
+    # The services' stores on PostgreSQL (own stacks: fresh schemas per pass, dropped
+    # after), each service run as ``replicas`` replicas on its schema (events on NATS).
+    store: str = ""
 
     def settings(self) -> dict[str, Any]:
         """The run's settings, as the JSON report states them."""
@@ -97,6 +101,7 @@ class ChaosConfig:
         values.pop("progress")
         values["events"] = "nats" if self.events else "grpc"  # no credentials
         values["saga_log"] = "postgresql" if self.saga_log else "sqlite"  # no credentials
+        values["store"] = "postgresql" if self.store else "sqlite"
         return values
 
 
@@ -136,8 +141,16 @@ async def _stack(config: ChaosConfig, mode: Mode, label: str) -> AsyncIterator[B
     if events.events_on_nats and target is None:
         env.update(SAGAWIRE_EVENTS=events.events, SAGAWIRE_EVENTS_PREFIX=events.events_prefix)
     schema = f"chaos_{uuid.uuid4().hex[:12]}"
+    own_store = bool(config.store) and target is None
+    if own_store:
+        env.update(SAGAWIRE_STORE=config.store, SAGAWIRE_STORE_PREFIX=schema)
     with _data_dir(config, f"{mode.value}-{label}") as data_dir:
-        stack = BenchStack(None if target else data_dir, target=target, env=env)
+        stack = BenchStack(
+            None if target else data_dir,
+            target=target,
+            env=env,
+            service_replicas=config.replicas if own_store else 1,
+        )
         if config.saga_log and target is None:
             stack.use_saga_log(
                 {"SAGAWIRE_SAGA_LOG": config.saga_log, "SAGAWIRE_SAGA_LOG_SCHEMA": schema},
@@ -150,6 +163,8 @@ async def _stack(config: ChaosConfig, mode: Mode, label: str) -> AsyncIterator[B
         finally:
             if config.saga_log and target is None:
                 await drop_schema(config.saga_log, schema)
+            if own_store:
+                await drop_schemas(config.store, schema)
             if events.events_on_nats and target is None:
                 await delete_stream(events, Identity.from_env(OPERATOR))
 
@@ -377,9 +392,19 @@ def chaos(
     replicas: Annotated[
         int,
         typer.Option(
-            min=1, max=8, help="With --saga-log: coordinator replicas (kills hit the first)."
+            min=1,
+            max=8,
+            help="Replicas of the coordinator (with --saga-log) and of each service (with"
+            " --store and --events); kills hit the first.",
         ),
     ] = 1,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Own stacks: the services' stores in PostgreSQL (postgresql://...), fresh"
+            " schemas per pass."
+        ),
+    ] = "",
 ) -> None:
     """Place seeded orders under faults, kills and stream cuts; check nothing was lost."""
     console = Console()
@@ -403,8 +428,20 @@ def chaos(
         raise typer.BadParameter(
             "a postgresql:// URL, with the run's own stacks", param_hint="--saga-log"
         )
-    if replicas > 1 and not saga_log:
-        raise typer.BadParameter("replicas share a --saga-log", param_hint="--replicas")
+    if store and (target is not None or not is_postgres_url(store)):
+        raise typer.BadParameter(
+            "a postgresql:// URL, with the run's own stacks", param_hint="--store"
+        )
+    if replicas > 1 and not (saga_log or store):
+        raise typer.BadParameter(
+            "replicas share a --saga-log or a --store", param_hint="--replicas"
+        )
+    if replicas > 1 and store and not events:
+        raise typer.BadParameter(
+            "replicas of a service need --events nats://... (a gRPC stream serves one"
+            " replica's commits)",
+            param_hint="--replicas",
+        )
     config = ChaosConfig(
         modes=_modes(mode),
         seed=seed,
@@ -425,6 +462,7 @@ def chaos(
         events=events,
         saga_log=saga_log,
         replicas=replicas,
+        store=store,
     )
     console.print(f"[dim]machine: {machine()}[/]")
     loop = "open loop" if open_loop else f"closed loop, {concurrency} in flight"

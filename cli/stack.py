@@ -173,6 +173,9 @@ class StackOptions:
     # The stack's CA and certificates (default SAGAWIRE_CERTS_DIR, else <data_dir>/certs),
     # made on first use.
     certs_dir: Path | None = None
+    # Where a process is reached when not at 127.0.0.1:<its port>: several replicas of it
+    # (an ipv4:h:p1,h:p2 target, common/config.py replicas_target).
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     def tls_settings(self) -> TlsSettings:
         """TLS as the children run it: on unless SAGAWIRE_TLS=off, one certificates dir."""
@@ -196,7 +199,10 @@ class StackOptions:
         for own in ("CA_FILE", "CERT_FILE", "KEY_FILE", "IDENTITY", "CLIENT_AUTH"):
             env.pop(f"SAGAWIRE_TLS_{own}", None)  # each child uses its own certificate
         env.update(
-            {f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{self.ports[n]}" for n in DEFAULT_PORTS}
+            {
+                f"SAGAWIRE_{n.upper()}_ADDR": self.addresses.get(n, f"127.0.0.1:{self.ports[n]}")
+                for n in DEFAULT_PORTS
+            }
         )
         env.update(
             PYTHONUNBUFFERED="1",

@@ -249,6 +249,10 @@ class DomainService:
             self.retention.start()
 
     def _seed_once(self, conn: Connection, seed: Mapping[str, Any]) -> None:
+        if self.db.dialect == "postgresql":
+            # Replicas starting together: one seeds, the others wait and then see it (the
+            # lock comes before the transaction's snapshot, so they do).
+            conn.execute("LOCK TABLE seed_loaded IN EXCLUSIVE MODE")
         if conn.execute("SELECT 1 FROM seed_loaded").fetchone():
             return
         self.spec.load_seed(conn, seed)
