@@ -195,8 +195,17 @@ def replicas_target(addresses: Sequence[str]) -> str:
     return REPLICAS_SCHEME + ",".join(addresses)
 
 
+# A name whose every address is a replica (compose's ``deploy.replicas``), e.g.
+# dns:///order-scale:50051: called round robin too.
+DNS_SCHEME = "dns:///"
+
+
 def check_target(value: str) -> str:
-    """``host:port``, or ``ipv4:host:port,host:port`` (replicas); else ValueError."""
+    """``host:port``, ``ipv4:host:port,host:port`` or ``dns:///host:port`` (replicas);
+    else ValueError."""
+    if value.startswith(DNS_SCHEME):
+        check_address(value.removeprefix(DNS_SCHEME))
+        return value
     if value.startswith(REPLICAS_SCHEME):
         for address in value.removeprefix(REPLICAS_SCHEME).split(","):
             check_address(address)

@@ -155,7 +155,7 @@ def _options(
     options: ChannelOptions, peer: str | None, address: str = ""
 ) -> list[tuple[str, str | int]]:
     pinned: list[tuple[str, str | int]] = [("grpc.ssl_target_name_override", peer)] if peer else []
-    if "," in address:  # replicas (common/config.py replicas_target): each call to the next
+    if "," in address or address.startswith("dns:"):  # replicas: each call to the next one
         pinned.append(("grpc.lb_policy_name", "round_robin"))
     return [*options, *pinned]
 

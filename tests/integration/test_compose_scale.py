@@ -1,5 +1,5 @@
 """The compose file's ``scale`` profile: PostgreSQL and two coordinator replicas sharing
-their saga log in it, beside NATS (tested with the events). Static checks, as in
+their saga log in it, beside NATS, and each service twice on its own schema. Static checks, as in
 test_compose.py: this machine has no engine."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from common.config import Endpoints, ServiceSettings
 from coordinator.log.postgres import is_postgres_url
 from coordinator.settings import CoordinatorSettings
 from tests.integration.test_compose import COMPOSE_FILE, environment, load_compose
@@ -76,3 +77,44 @@ def test_each_replica_s_settings_accept_the_compose_environment(
     except ValidationError as error:  # pragma: no cover - the message is the point
         pytest.fail(f"{name}: the compose environment is refused: {error}")
     assert settings.saga_log and settings.replica_id == name
+
+
+SCALED_SERVICES = ("order", "inventory", "payment", "shipping")
+
+
+@pytest.mark.parametrize("name", SCALED_SERVICES)
+def test_each_service_runs_twice_on_postgres_with_events_on_nats(
+    compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = compose["services"][f"{name}-scale"]
+    assert "scale" in service["profiles"] and service["deploy"]["replicas"] == 2
+    env = environment(service)
+    assert env["SAGAWIRE_TLS_IDENTITY"] == name
+    assert f"certs-{name}:/certs:ro" in service["volumes"]
+    assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert service["depends_on"]["nats"] == {"condition": "service_healthy"}
+    for key in [k for k in os.environ if k.startswith("SAGAWIRE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("SAGAWIRE_"):
+            monkeypatch.setenv(key, value)
+    settings = ServiceSettings()
+    assert "@postgres:5432/" in settings.store and settings.events_on_nats  # replicas need both
+    assert settings.store_schema(name) == f"scale_{name}"  # a schema of its own
+    assert "ports" not in service  # two replicas cannot share a host port
+
+
+def test_the_coordinator_replicas_call_the_scaled_services_round_robin(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for replica in REPLICAS:
+        env = environment(compose["services"][replica])
+        for name in SCALED_SERVICES:
+            assert env[f"SAGAWIRE_{name.upper()}_ADDR"].startswith(f"dns:///{name}-scale:")
+        assert env["SAGAWIRE_EVENTS_PREFIX"] == "scale" and env["SAGAWIRE_EVENTS"].startswith(
+            "nats://"
+        )
+        for key, value in env.items():
+            if key.endswith("_ADDR"):
+                monkeypatch.setenv(key, value)
+        Endpoints()  # accepted
