@@ -107,7 +107,9 @@ class Child:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         request = health_pb2.HealthCheckRequest(service="")
-        async with self._identity.aio_channel(self.address, peer=self.name) as channel:
+        # The process's certificate names what it runs (a replica "inventory-2" too).
+        peer = self.module.rpartition(".")[2]
+        async with self._identity.aio_channel(self.address, peer=peer) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc is None or self.proc.returncode is not None:

@@ -38,7 +38,15 @@ from rich.text import Text
 
 from cli.child import Child, StackError, StackLog, describe_exit
 from common.certs import OPERATOR, ensure_certs
-from common.config import DEFAULT_PORTS, SERVICE_NAMES, BadSetting, TlsSettings
+from common.config import (
+    DEFAULT_PORTS,
+    SERVICE_NAMES,
+    BadSetting,
+    ServiceSettings,
+    TlsSettings,
+    load,
+    replicas_target,
+)
 from common.tls import Identity
 
 __all__ = [
@@ -113,6 +121,10 @@ def coordinator_installed() -> bool:
     return any((Path(loc) / "__main__.py").is_file() for loc in locations or ())
 
 
+# A service's replica r listens this far above the service's port, times r - 1.
+REPLICA_PORT_STEP = 100
+
+
 def module_of(name: str) -> str:
     """What ``python -m`` runs for a process of the stack."""
     return COORDINATOR if name == COORDINATOR else f"services.{name}"
@@ -176,6 +188,23 @@ class StackOptions:
     # Where a process is reached when not at 127.0.0.1:<its port>: several replicas of it
     # (an ipv4:h:p1,h:p2 target, common/config.py replicas_target).
     addresses: Mapping[str, str] = field(default_factory=dict)
+    # Processes of each service (one store on PostgreSQL, events on NATS): replica r
+    # listens REPLICA_PORT_STEP * (r - 1) above the service's port.
+    replicas: int = 1
+
+    def replica_ports(self, name: str) -> list[int]:
+        """The ports of ``name``'s replicas after the first."""
+        if name == COORDINATOR:
+            return []
+        return [self.ports[name] + REPLICA_PORT_STEP * r for r in range(1, self.replicas)]
+
+    def target(self, name: str) -> str:
+        """Where the others reach ``name``: its replicas, round robin, or its one port."""
+        given = self.addresses.get(name)
+        if given:
+            return given
+        ports = [self.ports[name], *self.replica_ports(name)]
+        return replicas_target([f"127.0.0.1:{port}" for port in ports])
 
     def tls_settings(self) -> TlsSettings:
         """TLS as the children run it: on unless SAGAWIRE_TLS=off, one certificates dir."""
@@ -198,12 +227,7 @@ class StackOptions:
         env = {**os.environ, **self.env}
         for own in ("CA_FILE", "CERT_FILE", "KEY_FILE", "IDENTITY", "CLIENT_AUTH"):
             env.pop(f"SAGAWIRE_TLS_{own}", None)  # each child uses its own certificate
-        env.update(
-            {
-                f"SAGAWIRE_{n.upper()}_ADDR": self.addresses.get(n, f"127.0.0.1:{self.ports[n]}")
-                for n in DEFAULT_PORTS
-            }
-        )
+        env.update({f"SAGAWIRE_{n.upper()}_ADDR": self.target(n) for n in DEFAULT_PORTS})
         env.update(
             PYTHONUNBUFFERED="1",
             SAGAWIRE_PORT=str(self.ports[name]),
@@ -235,6 +259,11 @@ class Stack:
             )
             for name in options.names
         }
+        for name in options.names:
+            for number, port in enumerate(options.replica_ports(name), 2):
+                env = {**options.child_env(name), "SAGAWIRE_PORT": str(port)}
+                replica = Child(f"{name}-{number}", module_of(name), port, env, log, self.identity)
+                self.children[replica.name] = replica
         self.failure: str | None = None
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -477,6 +506,15 @@ def up(
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL on stop.")
     ] = 10.0,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=8,
+            help="Processes of each service, sharing its store: needs SAGAWIRE_STORE="
+            "postgresql://... and SAGAWIRE_EVENTS=nats://...",
+        ),
+    ] = 1,
 ) -> None:
     """Run the whole stack locally (four services + coordinator), supervised, until Ctrl-C."""
     console = Console()
@@ -489,6 +527,8 @@ def up(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+    if replicas > 1:
+        check_replicas_settings()
     data.mkdir(parents=True, exist_ok=True)
     options = StackOptions(
         data_dir=data,
@@ -498,5 +538,21 @@ def up(
         restart=restart,
         startup_timeout=startup_timeout,
         grace=grace,
+        replicas=replicas,
     )
+    if busy := busy_ports({f"{n} ({p})": p for n in names for p in options.replica_ports(n)}):
+        console.print(f"[bold red]port already in use:[/] {', '.join(busy)}", soft_wrap=True)
+        raise typer.Exit(1)
     raise typer.Exit(asyncio.run(_up(options, console)))
+
+
+def check_replicas_settings() -> None:
+    """Replicas of a service share its store, and hear events through NATS (a gRPC stream
+    serves one replica's commits): refused, naming the settings, without both."""
+    settings = load(ServiceSettings)
+    if not settings.store_on_postgres or not settings.events_on_nats:
+        raise BadSetting(
+            "--replicas",
+            "replicas of a service need SAGAWIRE_STORE=postgresql://... (one store they share)"
+            " and SAGAWIRE_EVENTS=nats://... (each event to one of them)",
+        )
