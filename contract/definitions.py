@@ -10,10 +10,12 @@ orchestration; in choreography the services build their reactions from it
 (services/choreography.py) and the observer maps their events back onto its steps
 (coordinator/choreography/observation.py). The services load the same file.
 
-Loading fails with every problem found, each naming where it is: unknown
-participants or actions, unknown or cyclic dependencies, a step with no
-compensation that other steps follow, a misplaced pivot, bad durations, an event
-a step needs that its action does not declare, an event type declared twice.
+Loading fails with every problem found, each naming where it is. The file's shape
+(keys, types, durations, retry policies) is pydantic's to check
+(contract/definition_file.py); its meaning is checked here: unknown participants or
+actions, unknown or cyclic dependencies, a step with no compensation that other
+steps follow, a misplaced pivot, an event a step needs that its action does not
+declare, an event type declared twice.
 
 Steps split in two phases. *Compensable* steps run first, under the saga's
 deadline; if one of them fails, the ones that may have taken effect are undone.
@@ -29,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import yaml
 from google.protobuf import descriptor, descriptor_pool, message_factory
@@ -37,8 +38,16 @@ from google.protobuf.message import Message
 
 from common.config import DEFINITIONS_FILE
 from common.policy import RetryPolicy
-from contract import yaml_fields as fields
 from contract.dag import ancestors, find_cycle, topological
+from contract.definition_file import (
+    ActionFields,
+    FileFields,
+    RetryFields,
+    SagaFields,
+    StepFields,
+    read_file_fields,
+)
+from contract.modes import SagaMode as SagaMode  # re-exported: part of a definition
 
 # Registers the saga data types with the default descriptor pool.
 from protos.sagawire.v1 import order_saga_pb2  # noqa: F401
@@ -48,21 +57,8 @@ DEFAULT_FILE = DEFINITIONS_FILE
 # there were several).
 DEFAULT_SAGA = "place_order"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-_ACTION_KEYS = {"compensation", "events"}
-_SAGA_KEYS = {
-    "mode", "data", "reason_field", "deadline", "step_deadline", "retry", "compensation_retry",
-    "steps",
-}  # fmt: skip
-_STEP_KEYS = {
-    "name", "participant", "action", "compensation", "after", "deadline", "retry",
-    "compensation_retry", "pivot",
-}  # fmt: skip
-
-
-class SagaMode(StrEnum):
-    ORCHESTRATION = "orchestration"
-    CHOREOGRAPHY = "choreography"
+# What a compensation's retries default to: more patient than a step's.
+_COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_backoff=0.2, max_backoff=5.0)
 
 
 class EventKind(StrEnum):
@@ -212,26 +208,25 @@ def load_definitions(path: Path = DEFAULT_FILE, mode: str = "") -> Definitions:
 
 
 def parse_definitions(raw: object, source: str = "<memory>", mode: str = "") -> Definitions:
-    """Validate already-parsed YAML (see :func:`load_definitions`)."""
+    """Validate already-parsed YAML (see :func:`load_definitions`): its shape first
+    (contract/definition_file.py), then what it means."""
+    if not isinstance(raw, dict):
+        raise DefinitionError(source, ["the file must be a mapping with participants and sagas"])
     problems: list[str] = []
     if mode and mode not in SagaMode.__members__.values():
         problems.append(f"mode override {mode!r}: must be orchestration or choreography")
-    if not isinstance(raw, dict):
-        raise DefinitionError(source, ["the file must be a mapping with participants and sagas"])
-    unknown = set(raw) - {"participants", "sagas"}
-    if unknown:
-        problems.append(f"unknown top-level keys: {', '.join(sorted(map(str, unknown)))}")
-    catalogue, events = _catalogue(raw.get("participants"), problems)
-    sagas_raw = raw.get("sagas")
+    problems += _events_declared_twice(raw.get("participants"))
+    fields, shape_problems = read_file_fields(raw)
+    problems += shape_problems
+    if fields is None:
+        raise DefinitionError(source, problems)
+    catalogue, events = _catalogue(fields)
     sagas: dict[str, SagaDefinition] = {}
-    if not isinstance(sagas_raw, dict) or not sagas_raw:
-        problems.append("sagas: must map saga names to definitions")
-    else:
-        for name, body in sagas_raw.items():
-            parser = _Saga(f"sagas.{name}", catalogue, events, problems)
-            saga = parser.parse(str(name), body, mode)
-            if saga is not None:
-                sagas[str(name)] = saga
+    for name, body in fields.sagas.items():
+        checker = _Saga(f"sagas.{name}", catalogue, events, problems)
+        saga = checker.check(name, body, SagaMode(mode) if mode else body.mode)
+        if saga is not None:
+            sagas[name] = saga
     if problems:
         raise DefinitionError(source, problems)
     return Definitions(participants=catalogue, sagas=sagas, events=events)
@@ -241,62 +236,50 @@ _Catalogue = dict[str, dict[str, str | None]]
 _Events = dict[str, dict[str, ActionEvents]]
 
 
-def _catalogue(raw: object, problems: list[str]) -> tuple[_Catalogue, _Events]:
+def _catalogue(fields: FileFields) -> tuple[_Catalogue, _Events]:
     """Each participant's actions: their compensation and the events they publish."""
-    if not isinstance(raw, dict) or not raw:
-        problems.append("participants: must map each participant to its actions")
-        return {}, {}
     catalogue: _Catalogue = {}
     events: _Events = {}
-    declared: dict[str, str] = {}  # event type -> where, to find one declared twice
-    for name, actions in raw.items():
-        if not isinstance(actions, dict) or not actions:
-            problems.append(f"participants.{name}: must map actions to what they offer")
-            continue
-        catalogue[str(name)], events[str(name)] = {}, {}
+    for name, actions in fields.participants.items():
+        catalogue[name], events[name] = {}, {}
         for action, body in actions.items():
-            where = f"participants.{name}.{action}"
-            if body is None:
-                body = {}
-            if not isinstance(body, dict):
-                fields.add(problems, where, "must be a mapping of compensation and events")
-                continue
-            fields.unknown_keys(problems, where, body, _ACTION_KEYS)
-            compensation = body.get("compensation")
-            catalogue[str(name)][str(action)] = str(compensation) if compensation else None
-            events[str(name)][str(action)] = _action_events(
-                f"{where}.events", body.get("events"), declared, problems
-            )
+            offered = body or ActionFields()
+            catalogue[name][action] = offered.compensation or None
+            events[name][action] = ActionEvents(**offered.events.model_dump())
     return catalogue, events
 
 
-def _action_events(
-    where: str, raw: object, declared: dict[str, str], problems: list[str]
-) -> ActionEvents:
-    if raw is None:
-        return ActionEvents()
-    if not isinstance(raw, dict):
-        fields.add(problems, where, "must map succeeded, rejected, compensated to event types")
-        return ActionEvents()
-    fields.unknown_keys(problems, where, raw, {k.value for k in EventKind})
-    found: dict[str, str] = {}
-    for kind in EventKind:
-        value = raw.get(kind.value)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not _EVENT_TYPE.match(value):
-            fields.add(problems, f"{where}.{kind}", f"{value!r} is not an event type like a.b.c")
-            continue
-        if value in declared:
-            fields.add(problems, f"{where}.{kind}", f"{value!r} is already {declared[value]}")
-            continue
-        declared[value] = f"{where}.{kind}"
-        found[kind.value] = value
-    return ActionEvents(**found)
+def _events_declared_twice(participants: object) -> list[str]:
+    """Every event type is declared once (read off the raw file, so this is reported
+    beside any shape problem of the same actions)."""
+    problems: list[str] = []
+    declared: dict[str, str] = {}  # event type -> where
+    for name, actions in _items(participants):
+        for action, body in _items(actions):
+            for kind, event_type in _items(body.get("events") if isinstance(body, dict) else None):
+                if kind not in EventKind.__members__.values() or not isinstance(event_type, str):
+                    continue  # a shape problem, reported as such
+                where = f"participants.{name}.{action}.events.{kind}"
+                if event_type in declared:
+                    problems.append(f"{where}: {event_type!r} is already {declared[event_type]}")
+                else:
+                    declared[event_type] = where
+    return problems
+
+
+def _items(value: object) -> list[tuple[str, object]]:
+    return [(str(k), v) for k, v in value.items()] if isinstance(value, dict) else []
+
+
+def _retry(fields: RetryFields, base: RetryPolicy) -> RetryPolicy:
+    """A retry policy as written, laid over the level above's."""
+    given = {k: v for k, v in fields.model_dump().items() if v is not None}
+    return replace(base, **given)
 
 
 class _Saga:
-    """Parses and checks one saga, appending problems instead of stopping at the first."""
+    """Checks what one saga's steps mean together, appending problems instead of
+    stopping at the first."""
 
     def __init__(
         self,
@@ -316,43 +299,27 @@ class _Saga:
         return len(self.problems) > self._first_problem
 
     def problem(self, where: str, message: str) -> None:
-        fields.add(self.problems, where, message)
+        self.problems.append(f"{where}: {message}")
 
-    def parse(self, name: str, body: object, mode_override: str) -> SagaDefinition | None:
-        where = self.where
+    def check(self, name: str, body: SagaFields, mode: SagaMode) -> SagaDefinition | None:
         if not _NAME.match(name):
-            self.problem(where, "saga names are lower_snake_case")
-        if not isinstance(body, dict):
-            self.problem(where, "must be a mapping")
-            return None
-        fields.unknown_keys(self.problems, where, body, _SAGA_KEYS)
-        mode = self._mode(mode_override or body.get("mode", SagaMode.ORCHESTRATION.value))
-        data_type, reason_field = self._data(body)
-        deadline = fields.duration(
-            self.problems, f"{where}.deadline", body.get("deadline", "30s"), positive=True
+            self.problem(self.where, "saga names are lower_snake_case")
+        self._reason_field(body.data, body.reason_field)
+        retry = self._policy(f"{self.where}.retry", body.retry, RetryPolicy())
+        undo_retry = self._policy(
+            f"{self.where}.compensation_retry", body.compensation_retry, _COMPENSATION_RETRY
         )
-        step_deadline = fields.duration(
-            self.problems, f"{where}.step_deadline", body.get("step_deadline", "2s"), positive=True
-        )
-        retry = fields.retry(self.problems, f"{where}.retry", body.get("retry"), RetryPolicy())
-        comp_default = RetryPolicy(max_attempts=10, initial_backoff=0.2, max_backoff=5.0)
-        comp_retry = fields.retry(
-            self.problems,
-            f"{where}.compensation_retry",
-            body.get("compensation_retry"),
-            comp_default,
-        )
-        steps_raw = body.get("steps")
-        if not isinstance(steps_raw, list) or not steps_raw:
-            self.problem(f"{where}.steps", "must be a non-empty list")
-            return None
         steps = [
-            self._step(f"{where}.steps[{i}]", raw, step_deadline, retry, comp_retry)
-            for i, raw in enumerate(steps_raw)
+            self._step(f"{self.where}.steps[{i}]", fields, body.step_deadline, retry, undo_retry)
+            for i, fields in enumerate(body.steps)
         ]
-        if any(s is None for s in steps):
-            return None
-        return self._graph(name, mode, data_type, reason_field, deadline, [s for s in steps if s])
+        return self._graph(name, mode, body.data, body.reason_field, body.deadline, steps)
+
+    def _policy(self, where: str, fields: RetryFields, base: RetryPolicy) -> RetryPolicy:
+        policy = _retry(fields, base)
+        if policy.max_backoff < policy.initial_backoff and fields.max_backoff is not None:
+            self.problem(f"{where}.max_backoff", "must not be less than initial_backoff")
+        return policy
 
     def _events(self, steps: Sequence[Step], forward_only: set[str]) -> None:
         """Each step's action must publish what choreography needs of it: its success
@@ -373,49 +340,25 @@ class _Saga:
                     " event (participants.<name>.<action>.events)",
                 )
 
-    def _mode(self, value: object) -> SagaMode:
-        try:
-            return SagaMode(str(value))
-        except ValueError:
-            self.problem(f"{self.where}.mode", f"{value!r} is not orchestration or choreography")
-            return SagaMode.ORCHESTRATION
-
-    def _data(self, body: Mapping[str, Any]) -> tuple[str, str]:
-        data_type = str(body.get("data", "sagawire.v1.OrderSagaData"))
-        reason_field = str(body.get("reason_field", ""))
-        try:
-            desc = descriptor_pool.Default().FindMessageTypeByName(data_type)
-        except KeyError:
-            self.problem(f"{self.where}.data", f"unknown protobuf message type {data_type!r}")
-            return data_type, reason_field
-        if reason_field:
-            fld = desc.fields_by_name.get(reason_field)
-            if fld is None or fld.type != descriptor.FieldDescriptor.TYPE_STRING:
-                self.problem(
-                    f"{self.where}.reason_field",
-                    f"{data_type} has no string field {reason_field!r}",
-                )
-        return data_type, reason_field
+    def _reason_field(self, data_type: str, reason_field: str) -> None:
+        if not reason_field:
+            return
+        desc = descriptor_pool.Default().FindMessageTypeByName(data_type)
+        found = desc.fields_by_name.get(reason_field)
+        if found is None or found.type != descriptor.FieldDescriptor.TYPE_STRING:
+            self.problem(
+                f"{self.where}.reason_field", f"{data_type} has no string field {reason_field!r}"
+            )
 
     def _step(
         self,
         where: str,
-        raw: object,
+        raw: StepFields,
         step_deadline: float,
         retry: RetryPolicy,
-        comp_retry: RetryPolicy,
-    ) -> Step | None:
-        if not isinstance(raw, dict):
-            self.problem(where, "must be a mapping")
-            return None
-        fields.unknown_keys(self.problems, where, raw, _STEP_KEYS)
-        name = str(raw.get("name", ""))
-        if not _NAME.match(name):
-            self.problem(f"{where}.name", f"{name!r} is not a lower_snake_case step name")
-        participant = str(raw.get("participant", ""))
-        action = str(raw.get("action", ""))
-        compensation = raw.get("compensation")
-        compensation = str(compensation) if compensation is not None else None
+        compensation_retry: RetryPolicy,
+    ) -> Step:
+        participant, action, compensation = raw.participant, raw.action, raw.compensation
         actions = self.catalogue.get(participant)
         if actions is None:
             known = ", ".join(sorted(self.catalogue)) or "none"
@@ -434,32 +377,20 @@ class _Saga:
                 f"{where}.compensation",
                 f"{compensation!r} does not undo {participant}.{action} ({expected})",
             )
-        after = raw.get("after", [])
-        if isinstance(after, str):
-            after = [after]
-        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-            self.problem(f"{where}.after", "must be a list of step names")
-            after = []
-        pivot = raw.get("pivot", False)
-        if not isinstance(pivot, bool):
-            self.problem(f"{where}.pivot", "must be true or false")
-            pivot = False
-        deadline = fields.duration(
-            self.problems, f"{where}.deadline", raw.get("deadline", step_deadline), True
-        )
-        step_retry = fields.retry(self.problems, f"{where}.retry", raw.get("retry"), retry)
-        step_comp = fields.retry(
-            self.problems, f"{where}.compensation_retry", raw.get("compensation_retry"), comp_retry
+        deadline = raw.deadline if raw.deadline is not None else step_deadline
+        step_retry = self._policy(f"{where}.retry", raw.retry, retry)
+        step_compensation = self._policy(
+            f"{where}.compensation_retry", raw.compensation_retry, compensation_retry
         )
         return Step(
-            name=name,
+            name=raw.name,
             participant=participant,
             action=action,
             compensation=compensation,
-            after=tuple(after),
+            after=raw.after,
             retry=replace(step_retry, attempt_timeout=deadline),
-            compensation_retry=replace(step_comp, attempt_timeout=deadline),
-            pivot=pivot,
+            compensation_retry=replace(step_compensation, attempt_timeout=deadline),
+            pivot=raw.pivot,
             events=self.events.get(participant, {}).get(action, ActionEvents()),
         )
 

@@ -5,10 +5,19 @@ The one map between the two: requests, views, events and the chaos check all use
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TypeAlias
 
-from contract.definitions import SagaMode
 from protos.sagawire.v1 import participant_pb2
+
+
+class SagaMode(StrEnum):
+    """How a saga runs: the coordinator calls each step, or the services react to each
+    other's events."""
+
+    ORCHESTRATION = "orchestration"
+    CHOREOGRAPHY = "choreography"
+
 
 WireMode: TypeAlias = participant_pb2.SagaMode.ValueType
 

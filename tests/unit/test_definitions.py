@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from contract.definition_file import parse_duration
 from contract.definitions import (
     DEFAULT_FILE,
     DefinitionError,
@@ -17,7 +18,6 @@ from contract.definitions import (
     load_definitions,
     parse_definitions,
 )
-from contract.yaml_fields import parse_duration
 from services.launcher import spec_of
 
 SHIPPED: dict[str, Any] = yaml.safe_load(DEFAULT_FILE.read_text())
