@@ -3,13 +3,13 @@ opaque token, a stable order; a bad size or token is INVALID_ARGUMENT naming it.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 
+from common.store import Connection
 from contract.limits import MAX_PAGE_SIZE
 from protos.sagawire.v1 import (
     common_pb2,
@@ -90,7 +90,7 @@ async def test_poison_events_page_oldest_first(cluster: Cluster) -> None:
     app = cluster.servers["inventory"].app
     assert isinstance(app, DomainService)
 
-    def poison(conn: sqlite3.Connection) -> None:
+    def poison(conn: Connection) -> None:
         for n in range(1, 6):
             conn.execute(
                 "INSERT INTO poison_event VALUES ('order', ?, ?, 't', 'bad', ?)",

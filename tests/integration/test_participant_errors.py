@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from common.grpc_errors import parse_rpc_error
 from common.participant import StepContext
+from common.store import Connection
 from protos.sagawire.v1 import common_pb2, participant_pb2
 from services.runtime import DomainService
 from tests.integration.steps import (
@@ -232,7 +233,7 @@ async def test_a_bug_is_internal_error_and_leaks_nothing(cluster: Cluster, servi
     assert isinstance(app, DomainService)
     actions = app.runner.by_action
 
-    def broken(conn: sqlite3.Connection, ctx: StepContext, payload: Message) -> Message:
+    def broken(conn: Connection, ctx: StepContext, payload: Message) -> Message:
         conn.execute("CREATE TABLE IF NOT EXISTS scratch (x)")
         raise sqlite3.IntegrityError("UNIQUE constraint failed: secret.column (broken.py)")
 

@@ -7,12 +7,12 @@ whose barrier rows are gone is refused, with no effect.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from common.store import Connection
 from coordinator.engine.payloads import step_request
 from coordinator.log.records import Phase
 from protos.sagawire.v1 import coordinator_pb2 as pb
@@ -41,7 +41,7 @@ def service(stack: Stack, name: str) -> DomainService:
 
 
 async def count(stack: Stack, name: str, sql: str, *args: object) -> int:
-    def query(conn: sqlite3.Connection) -> int:
+    def query(conn: Connection) -> int:
         return int(conn.execute(sql, args).fetchone()[0])
 
     return await service(stack, name).db.read(query)

@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import io
 import logging
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,12 +32,13 @@ from common.certs import COORDINATOR
 from common.logs import log_handler
 from common.participant import StepContext
 from common.server import RunningServer, start_server
+from common.store import Connection
 from common.telemetry import (
     Telemetry,
     activated,
     consumer_span,
     create_telemetry,
-    producer_span,
+    inject_headers,
     service_resource,
     setup_telemetry,
     span_exporters_from_env,
@@ -185,7 +185,7 @@ async def test_calls_get_client_and_server_spans_with_their_status_codes(
 async def test_a_bug_is_an_error_span_and_its_log_line_carries_the_trace(
     inventory: TracedInventory, exporter: InMemorySpanExporter
 ) -> None:
-    def broken(conn: sqlite3.Connection, ctx: StepContext, payload: Message) -> Message:
+    def broken(conn: Connection, ctx: StepContext, payload: Message) -> Message:
         raise RuntimeError("a bug")
 
     actions = inventory.app.runner.by_action
@@ -233,22 +233,21 @@ async def test_events_written_by_a_call_carry_its_trace(
     spans = await finished(exporter, 2)
     (server,) = of_kind(spans, SpanKind.SERVER)
     trace, parent = _traceparent(events[0].headers)
-    assert trace == f"{trace_id(server):032x}"
-    # The event continues the call's trace: from the server span, or a producer span under it.
-    producers = {f"{span_id(s):016x}" for s in spans if parent_id(s) == span_id(server)}
-    assert parent in {f"{span_id(server):016x}", *producers}
+    # The event continues the call's trace from the call's own span: writing it to the
+    # outbox is not a hop, and makes no span.
+    assert (trace, parent) == (f"{trace_id(server):032x}", f"{span_id(server):016x}")
+    assert not of_kind(spans, SpanKind.PRODUCER)
 
 
-def test_producer_and_consumer_spans_make_one_trace(exporter: InMemorySpanExporter) -> None:
+def test_an_event_carries_its_publishers_span_and_its_consumer_continues_it(
+    exporter: InMemorySpanExporter,
+) -> None:
     inventory = create_telemetry("inventory", [exporter], batch=False)
     payment = create_telemetry("payment", [exporter], batch=False)
     with activated(inventory):
         assert telemetry.active() is inventory
-        with (
-            inventory.tracer.start_as_current_span("Execute") as handler,
-            producer_span("sagawire.inventory.reserved", "saga-1") as headers,
-        ):
-            pass
+        with inventory.tracer.start_as_current_span("Execute") as handler:
+            headers = inject_headers({})
     assert telemetry.active() is None
     event = events_pb2.Event(
         id="e-1",
@@ -258,26 +257,19 @@ def test_producer_and_consumer_spans_make_one_trace(exporter: InMemorySpanExport
         sequence=7,
         headers=headers,
     )
-    with (
-        activated(payment),
-        consumer_span(event, "charge on reserved"),
-        producer_span("sagawire.payment.charged", "saga-1") as onwards,
-    ):
-        pass
+    with activated(payment), consumer_span(event, "charge on reserved"):
+        onwards = inject_headers({})
 
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    published = spans["publish sagawire.inventory.reserved"]
+    assert set(spans) == {"Execute", "charge on reserved"}  # one span per hop, no more
+    published = spans["Execute"]
     consumed = spans["charge on reserved"]
-    republished = spans["publish sagawire.payment.charged"]
-    assert published.kind == SpanKind.PRODUCER and consumed.kind == SpanKind.CONSUMER
-    assert parent_id(published) == handler.get_span_context().span_id
-    assert {trace_id(s) for s in (published, consumed, republished)} == {
-        handler.get_span_context().trace_id
-    }
+    assert consumed.kind == SpanKind.CONSUMER
+    assert trace_id(consumed) == handler.get_span_context().trace_id
     assert parent_id(consumed) == span_id(published)
     assert [link.context.span_id for link in consumed.links] == [span_id(published)]
-    assert parent_id(republished) == span_id(consumed)
-    assert _traceparent(onwards)[1] == f"{span_id(republished):016x}"
+    # What the reaction publishes continues from the reaction.
+    assert _traceparent(onwards)[1] == f"{span_id(consumed):016x}"
     assert service_of(consumed) == "payment" and service_of(published) == "inventory"
     assert consumed.attributes is not None
     assert consumed.attributes["saga.id"] == "saga-1"

@@ -19,7 +19,7 @@ from opentelemetry.trace import StatusCode
 
 from common import inbox
 from common.errors import Transient
-from common.store import Database
+from common.store import Connection, Database
 from common.telemetry import activated, create_telemetry
 from protos.sagawire.v1 import events_pb2
 
@@ -40,7 +40,7 @@ class Faults:
             raise Transient(f"injected fault: event {event.sequence}")
 
 
-def react(conn: sqlite3.Connection, event: events_pb2.Event) -> None:
+def react(conn: Connection, event: events_pb2.Event) -> None:
     conn.execute("INSERT INTO effect VALUES (?, ?)", (event.id, event.sequence))
     if event.type == "poison":
         raise inbox.PoisonEvent("cannot be applied")
@@ -114,7 +114,7 @@ async def test_a_reaction_failing_transiently_is_rolled_back_and_retried_alone(
 ) -> None:
     failed: list[int] = []
 
-    def busy_once(conn: sqlite3.Connection, event: events_pb2.Event) -> None:
+    def busy_once(conn: Connection, event: events_pb2.Event) -> None:
         react(conn, event)  # its effect is written, then rolled back with its savepoint
         if event.sequence == 2 and not failed:
             failed.append(event.sequence)
