@@ -43,7 +43,13 @@ from cli.stack import (
     free_ports,
 )
 from cli.tokens import cli_token, stack_token
-from common.config import SERVICE_NAMES, Endpoints, TlsSettings, replicas_target
+from common.config import (
+    SERVICE_NAMES,
+    Endpoints,
+    TlsSettings,
+    admin_addresses,
+    replicas_target,
+)
 from common.tls import Identity
 from common.tokens import with_token
 from protos.sagawire.v1 import coordinator_pb2, coordinator_pb2_grpc, participant_pb2
@@ -170,6 +176,8 @@ class BenchStack:
         # and the children once started. The coordinator calls them all, round robin.
         self._replica_ports: dict[str, list[int]] = {}
         self._service_replicas: list[Child] = []
+        # Each service process's Admin port, by the process's own port.
+        self._admin_ports: dict[int, int] = {}
         if target is not None:
             self.endpoints = Endpoints(coordinator_addr=target)
             self.ports: dict[str, int] = {}
@@ -208,8 +216,24 @@ class BenchStack:
             certs_dir=TlsSettings().certs_directory,
             addresses=self._addresses(),
         )
-        address = f"127.0.0.1:{port or self.ports[name]}"
-        return Child(name, options.child_env(name), address, options.operator())
+        port = port or self.ports[name]
+        env = options.child_env(name)
+        if name != COORDINATOR:  # the Admin API on a free port too, the same after a restart
+            env["SAGAWIRE_ADMIN_PORT"] = str(self._admin_port(port))
+        return Child(name, env, f"127.0.0.1:{port}", options.operator())
+
+    def _admin_port(self, port: int) -> int:
+        if port not in self._admin_ports:
+            self._admin_ports[port] = free_ports([f"admin-{port}"])[f"admin-{port}"]
+        return self._admin_ports[port]
+
+    def admin_addresses(self, service: str) -> list[str]:
+        """Where each replica of ``service`` serves the Admin API (own stack: the ports it
+        gave them; a target: SAGAWIRE_<NAME>_ADDR's ports + the offset)."""
+        if not self.own:
+            return admin_addresses(self.endpoints.of(service))
+        ports = [self.ports[service], *self._replica_ports.get(service, [])]
+        return [f"127.0.0.1:{self._admin_port(port)}" for port in ports]
 
     def _addresses(self) -> dict[str, str]:
         return {n: self.endpoints.of(n) for n in SERVICE_NAMES if self._replica_ports.get(n)}

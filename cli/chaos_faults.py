@@ -65,9 +65,17 @@ class Saboteur:
         self._faulty = False
         self.blows: list[Blow] = []
 
-    async def _admin(self, service: str, call: Callable[[AdminAsyncStub], Awaitable[_T]]) -> _T:
-        """``call`` on the service's Admin API, retried while it is not reachable yet."""
-        address = self._stack.addresses()[service]
+    async def _admin(
+        self, service: str, call: Callable[[AdminAsyncStub], Awaitable[_T]]
+    ) -> list[_T]:
+        """``call`` on the Admin API of each of the service's replicas."""
+        addresses = self._stack.admin_addresses(service)
+        return list(await asyncio.gather(*(self._admin_at(a, service, call) for a in addresses)))
+
+    async def _admin_at(
+        self, address: str, service: str, call: Callable[[AdminAsyncStub], Awaitable[_T]]
+    ) -> _T:
+        """``call`` on one Admin API, retried while it is not reachable yet."""
         until = time.monotonic() + _ADMIN_RETRY_FOR
         async with open_channel(address, service) as channel:
             stub = cast("AdminAsyncStub", admin_pb2_grpc.AdminStub(channel))
@@ -105,10 +113,10 @@ class Saboteur:
 
     async def _cut(self, service: str) -> int:
         request = admin_pb2.CutStreamsRequest()
-        reply = await self._admin(
+        replies = await self._admin(
             service, lambda stub: stub.CutStreams(request, timeout=_ADMIN_TIMEOUT)
         )
-        return int(reply.streams)
+        return sum(int(reply.streams) for reply in replies)
 
     async def _kill(self, event: ChaosEvent) -> float:
         """SIGKILL the target, keep it down for the event's downtime, start it again;

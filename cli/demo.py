@@ -41,8 +41,10 @@ from cli.stack import (
     install_stop_signals,
     ports_from_base,
     stack_table,
+    with_admin_ports,
 )
 from cli.tokens import stack_token
+from common.config import SERVICE_NAMES, admin_addresses
 from common.grpc_errors import parse_rpc_error
 from common.paging import every_page
 from common.tls import Identity
@@ -94,12 +96,18 @@ class Clients:
         self.inventory = inventory_pb2_grpc.InventoryStub(self._channels["inventory"])
         self.payment = payment_pb2_grpc.PaymentStub(self._channels["payment"])
         self.shipping = shipping_pb2_grpc.ShippingStub(self._channels["shipping"])
+        # Each service's Admin API, on its own port.
+        self._admin = {
+            n: identity.aio_channel(admin_addresses(a)[0], peer=n)
+            for n, a in addresses.items()
+            if n in SERVICE_NAMES
+        }
 
     def admin(self, service: str) -> admin_pb2_grpc.AdminStub:
-        return admin_pb2_grpc.AdminStub(self._channels[service])
+        return admin_pb2_grpc.AdminStub(self._admin[service])
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._admin.values()]:
             await channel.close()
 
 
@@ -438,7 +446,7 @@ def demo(
         raise typer.Exit(1)
     names = default_names()
     ports = ports_from_base(base_port) if base_port else free_ports(names)
-    if busy := busy_ports({n: ports[n] for n in names}):
+    if busy := busy_ports(with_admin_ports({n: ports[n] for n in names})):
         console.print(f"[bold red]port already in use:[/] {', '.join(busy)}", soft_wrap=True)
         raise typer.Exit(1)
     data = data or Path(os.environ.get("SAGAWIRE_DATA_DIR") or ".sagawire") / "demo"

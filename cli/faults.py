@@ -1,9 +1,11 @@
 """``sagawire faults``: see, set and clear a running stack's injected faults (Admin API).
 
 Each service serves ``sagawire.v1.Admin`` when it runs with ``SAGAWIRE_ADMIN_ENABLED=true``
-(as in ``sagawire up``), to the operator only. ``set`` changes the plan in force: what
-it is given and nothing else (``--action`` with ``--fail-next`` / ``--latency-ms`` sets
-that action's rule; without ``--action`` they are service-wide). A rule for an action
+(as in ``sagawire up``), to the operator only, on a port of its own: the service's port + 10
+on loopback unless ``SAGAWIRE_ADMIN_PORT``/``SAGAWIRE_ADMIN_HOST`` say otherwise (reach it
+with ``SAGAWIRE_<NAME>_ADMIN_ADDR``). With replicas, every replica gets the change.
+``set`` changes the plan in force: what it is given and nothing else (``--action``
+with ``--fail-next`` / ``--latency-ms`` sets that action's rule; without ``--action`` they are service-wide). A rule for an action
 the service does not run is refused by the service (INVALID_ARGUMENT naming it)::
 
     sagawire faults set --service payment --action charge --fail-next 2
@@ -15,6 +17,7 @@ the service does not run is refused by the service (INVALID_ARGUMENT naming it):
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -23,7 +26,7 @@ import typer
 
 from cli.client import describe_rpc_error, fail, identity, service_addresses
 from cli.output import UNKNOWN, Output, OutputOption, console, message_dict, print_json, table
-from common.config import SERVICE_NAMES
+from common.config import ADMIN_PORT_OFFSET, SERVICE_NAMES, admin_addresses, env_name
 from protos.sagawire.v1 import admin_pb2, admin_pb2_grpc
 
 faults_app = typer.Typer(
@@ -52,23 +55,37 @@ def _services(given: list[str] | None) -> list[str]:
 def _each(
     services: list[str], call: Callable[[admin_pb2_grpc.AdminStub], Awaitable[_T]]
 ) -> dict[str, _T]:
-    """``call`` on each service's Admin API, in turn; a failure ends the command."""
-    addresses = service_addresses(services)
+    """``call`` on each service's Admin API (every replica's), in turn; a failure ends the
+    command. The first replica's answer is the service's."""
+    addresses = _admin_addresses(services)
 
-    async def on(name: str) -> _T:
-        async with identity().aio_channel(addresses[name], peer=name) as channel:
+    async def on(name: str, address: str) -> _T:
+        async with identity().aio_channel(address, peer=name) as channel:
             return await call(admin_pb2_grpc.AdminStub(channel))
 
     results: dict[str, _T] = {}
     for name in services:
-        try:
-            results[name] = asyncio.run(on(name))
-        except grpc.RpcError as error:
-            line, code = describe_rpc_error(error, f"{name}'s Admin API", addresses[name])
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                line += " (it serves Admin only with SAGAWIRE_ADMIN_ENABLED=true)"
-            fail(line, code)
+        for address in addresses[name]:
+            try:
+                answer = asyncio.run(on(name, address))
+            except grpc.RpcError as error:
+                line, code = describe_rpc_error(error, f"{name}'s Admin API", address)
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+                    line += (
+                        " (a service serves Admin only with SAGAWIRE_ADMIN_ENABLED=true, on its"
+                        f" port + {ADMIN_PORT_OFFSET} or SAGAWIRE_ADMIN_PORT; point the CLI at"
+                        f" it with {env_name(f'{name}_admin_addr')})"
+                    )
+                fail(line, code)
+            results.setdefault(name, answer)
     return results
+
+
+def _admin_addresses(services: list[str]) -> dict[str, list[str]]:
+    """SAGAWIRE_<NAME>_ADMIN_ADDR, else each replica's address's port + the offset."""
+    given = {n: os.environ.get(env_name(f"{n}_admin_addr"), "") for n in services}
+    learned = service_addresses([n for n in services if not given[n]])
+    return {n: [given[n]] if given[n] else admin_addresses(learned[n]) for n in services}
 
 
 async def _plan_and_calls(

@@ -39,6 +39,7 @@ from rich.text import Text
 from cli.child import Child, StackError, StackLog, describe_exit
 from common.certs import OPERATOR, ensure_certs
 from common.config import (
+    ADMIN_PORT_OFFSET,
     DEFAULT_PORTS,
     SERVICE_NAMES,
     BadSetting,
@@ -66,6 +67,7 @@ __all__ = [
     "ports_from_base",
     "stack_table",
     "up",
+    "with_admin_ports",
 ]
 
 COORDINATOR = "coordinator"
@@ -150,6 +152,16 @@ def free_ports(names: Sequence[str]) -> dict[str, int]:
         for sock in sockets.values():
             sock.bind(("127.0.0.1", 0))
         return {n: int(s.getsockname()[1]) for n, s in sockets.items()}
+
+
+def with_admin_ports(ports: Mapping[str, int]) -> dict[str, int]:
+    """The services' ports and their Admin APIs' (each service's port + the offset)."""
+    admin = {
+        f"{name} admin": port + ADMIN_PORT_OFFSET
+        for name, port in ports.items()
+        if not name.startswith(COORDINATOR)
+    }
+    return {**ports, **admin}
 
 
 def busy_ports(ports: Mapping[str, int]) -> list[str]:
@@ -520,7 +532,7 @@ def up(
     console = Console()
     ports = ports_from_base(base_port if base_port is not None else _address_port())
     names = default_names()
-    if busy := busy_ports({n: ports[n] for n in names}):
+    if busy := busy_ports(with_admin_ports({n: ports[n] for n in names})):
         console.print(
             f"[bold red]port already in use:[/] {', '.join(busy)} — is another stack running? "
             "Stop it or pass --base-port.",
@@ -540,7 +552,8 @@ def up(
         grace=grace,
         replicas=replicas,
     )
-    if busy := busy_ports({f"{n} ({p})": p for n in names for p in options.replica_ports(n)}):
+    replica_ports = {f"{n} ({p})": p for n in names for p in options.replica_ports(n)}
+    if busy := busy_ports(with_admin_ports(replica_ports)):
         console.print(f"[bold red]port already in use:[/] {', '.join(busy)}", soft_wrap=True)
         raise typer.Exit(1)
     raise typer.Exit(asyncio.run(_up(options, console)))

@@ -413,6 +413,20 @@ class ServerSettings(TlsSettings, RetentionSettings, EventSettings):
         return check_host(value)
 
 
+# A service's Admin API listens this far above the service's port (SAGAWIRE_ADMIN_PORT).
+ADMIN_PORT_OFFSET = 10
+
+
+def admin_addresses(service_target: str) -> list[str]:
+    """Where a service's Admin API is by default, for each replica the target names: the
+    replica's host, its port + ADMIN_PORT_OFFSET."""
+    found = []
+    for address in service_target.removeprefix(REPLICAS_SCHEME).split(","):
+        host, _, port = address.removeprefix(DNS_SCHEME).rpartition(":")
+        found.append(f"{host}:{int(port) + ADMIN_PORT_OFFSET}")
+    return found
+
+
 class ServiceSettings(ServerSettings):
     """Settings of a domain service (order, inventory, payment, shipping)."""
 
@@ -421,6 +435,11 @@ class ServiceSettings(ServerSettings):
     # and how the service follows the others' in choreography.
     definitions_file: Path = DEFINITIONS_FILE
     admin_enabled: bool = False
+    # The Admin API (fault injection, for the operator) listens on a port of its own,
+    # never the service's, on loopback unless told otherwise. Unset: the service's port
+    # + ADMIN_PORT_OFFSET (0, for a service on a port the OS picks: one the OS picks).
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = Field(default=None, ge=0, le=65535)
     # Follow other services' event streams and react (choreography). The reactions
     # act only on sagas started in choreography mode, so this is on by default.
     reactions_enabled: bool = True
@@ -455,6 +474,18 @@ class ServiceSettings(ServerSettings):
     def reacts(self) -> bool:
         """Whether the service follows the others' events (choreography)."""
         return self.reactions_enabled and self.mode != "orchestration"
+
+    @field_validator("admin_host")
+    @classmethod
+    def _admin_host(cls, value: str) -> str:
+        return check_host(value)
+
+    @property
+    def admin_listen_port(self) -> int:
+        """The Admin API's port: SAGAWIRE_ADMIN_PORT, else the service's + the offset."""
+        if self.admin_port is not None:
+            return self.admin_port
+        return self.port + ADMIN_PORT_OFFSET if self.port else 0
 
 
 def load(cls: type[_S], names: dict[str, str] | None = None, **overrides: object) -> _S:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -128,18 +128,8 @@ async def start_server(
     With ``telemetry`` (the process's own) every call but health checks gets a
     server span, and the telemetry is flushed and shut down after the server stops.
     """
-    traced = [telemetry.server_interceptor()] if telemetry is not None else []
-    # After tracing, so a refused call is traced too; then the stream caps, so a caller
-    # that may not call holds no stream slot; then the decode check, so it learns that it
-    # may not call whatever it sent; before the app's own interceptors. Innermost, the
-    # error edge: what a servicer raised becomes its status (common/grpc_errors.py).
-    authorised = AuthorizationInterceptor(enforce=settings.tls)
     streams = StreamLimiter(settings.max_streams, settings.max_streams_per_peer)
-    server = grpc.aio.server(
-        interceptors=[*traced, authorised, streams, DecodeGuard(), *interceptors, ErrorStatus()],
-        options=[*server_options(settings), *connection_options(settings)],
-        maximum_concurrent_rpcs=concurrent_rpcs(settings),
-    )
+    server = _new_server(settings, streams, interceptors, telemetry)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     app.register(server)
@@ -170,6 +160,50 @@ async def start_server(
     )
 
 
+async def start_side_server(
+    identity: str,
+    service_names: Sequence[str],
+    register: Callable[[grpc.aio.Server], None],
+    settings: ServerSettings,
+    host: str,
+    port: int,
+    setting: str,
+    telemetry: Telemetry | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A second server of the process on a port of its own (the Admin API): the same
+    TLS, authorisation, limits and error edge as the main one; no health service.
+    ``setting`` names what chooses the port, for the error if it is taken. Returns the
+    started server and the port it bound."""
+    streams = StreamLimiter(settings.max_streams, settings.max_streams_per_peer)
+    server = _new_server(settings, streams, (), telemetry)
+    register(server)
+    if settings.reflection:
+        reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME], server)
+    where = settings.model_copy(update={"host": host, "port": port})
+    bound = _bind(server, identity, where, setting)
+    await server.start()
+    return server, bound
+
+
+def _new_server(
+    settings: ServerSettings,
+    streams: StreamLimiter,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    telemetry: Telemetry | None,
+) -> grpc.aio.Server:
+    traced = [telemetry.server_interceptor()] if telemetry is not None else []
+    # After tracing, so a refused call is traced too; then the stream caps, so a caller
+    # that may not call holds no stream slot; then the decode check, so it learns that it
+    # may not call whatever it sent; before the app's own interceptors. Innermost, the
+    # error edge: what a servicer raised becomes its status (common/grpc_errors.py).
+    authorised = AuthorizationInterceptor(enforce=settings.tls)
+    return grpc.aio.server(
+        interceptors=[*traced, authorised, streams, DecodeGuard(), *interceptors, ErrorStatus()],
+        options=[*server_options(settings), *connection_options(settings)],
+        maximum_concurrent_rpcs=concurrent_rpcs(settings),
+    )
+
+
 def port_taken(host: str, port: int) -> bool:
     """Whether something listens on ``host:port`` already.
 
@@ -193,13 +227,18 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def _bind(server: grpc.aio.Server, identity: str, settings: ServerSettings) -> int:
+def _bind(
+    server: grpc.aio.Server,
+    identity: str,
+    settings: ServerSettings,
+    setting: str = "--port, SAGAWIRE_PORT",
+) -> int:
     """Add the listening port: TLS with ``identity``'s certificate, or plaintext by name."""
     address = f"{settings.host}:{settings.port}"
     if port_taken(settings.host, settings.port):
         raise SystemExit(
             f"{identity}: port {settings.port} on {settings.host} is taken (another stack?);"
-            " stop it or choose another port (--port, SAGAWIRE_PORT)"
+            f" stop it or choose another port ({setting})"
         )
     if settings.tls:
         try:

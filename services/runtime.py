@@ -11,12 +11,13 @@ and how the service reacts to the others' in choreography (services/choreography
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import logging
 import sqlite3
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -29,9 +30,10 @@ from common.event_transport import Relay, event_transport
 from common.faults import FaultInjector
 from common.metrics import StreamPositions
 from common.participant import Action, ActionRunner, ParticipantServicer
-from common.server import server_options
+from common.server import server_options, start_side_server
 from common.store import Connection, Database, Store, utc_now
 from common.stream import EventStreamServicer
+from common.supervisor import Supervisor
 from common.telemetry import service_metrics
 from common.tls import Identity
 from contract.definitions import load_definitions
@@ -39,6 +41,10 @@ from protos.sagawire.v1 import admin_pb2_grpc, events_pb2, events_pb2_grpc, part
 from services import choreography
 from services.choreography import CHOREOGRAPHED_ONLY, Reactions, started_by_events
 from services.saga_events import SagaEvents
+
+log = logging.getLogger(__name__)
+
+ADMIN_SERVICE = "sagawire.v1.Admin"
 
 _SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seed_loaded (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
@@ -124,7 +130,6 @@ class DomainService:
         self.relay: Relay | None = self.transport.relay(
             spec.name, self.outbox, self.db, self.stream_cuts
         )
-        self._relay_task: asyncio.Task[None] | None = None
         actions: Mapping[str, Action[Message]] = {a.name: a for a in spec.actions}
         self.runner = ActionRunner(
             self.db,
@@ -164,12 +169,15 @@ class DomainService:
             if settings.reacts
             else []
         )
-        self._consumer_tasks: list[asyncio.Task[None]] = []
+        # The followers and the relay: an unexpected error restarts one, never ends it.
+        self._tasks = Supervisor()
+        # The Admin API's own server, when enabled (start); its address once bound.
+        self._admin: grpc.aio.Server | None = None
+        self.admin_address = ""
         self.service_names: list[str] = [
             "sagawire.v1.Participant",
             "sagawire.v1.EventStream",
             spec.query_service_name,
-            *(["sagawire.v1.Admin"] if settings.admin_enabled else []),
         ]
 
     @property
@@ -209,10 +217,6 @@ class DomainService:
             EventStreamServicer(self.outbox, self.db, self.stream_cuts, self.stream_positions),
             server,
         )
-        if self.settings.admin_enabled:
-            admin_pb2_grpc.add_AdminServicer_to_server(
-                AdminServicer(self.faults, self.stream_cuts, self.spec.action_names), server
-            )
 
     async def start(self) -> None:
         # Consumer lag and outbox backlog, from the positions the event stream reports
@@ -239,12 +243,11 @@ class DomainService:
         await self.transport.open()
         if self.relay is not None:
             # One replica of the service relays its outbox (common/pg_store.py).
-            self._relay_task = asyncio.create_task(
-                self.db.while_leader("relay", self.relay.run), name="relay"
-            )
-        self._consumer_tasks = [
-            asyncio.create_task(c.run(), name=f"consume-{c.producer}") for c in self.consumers
-        ]
+            self._tasks.start("relay", partial(self.db.while_leader, "relay", self.relay.run))
+        for consumer in self.consumers:
+            self._tasks.start(f"consume-{consumer.producer}", consumer.run)
+        if self.settings.admin_enabled:
+            await self._serve_admin()
         if self.settings.retention_enabled:
             self.retention.start()
 
@@ -262,14 +265,27 @@ class DomainService:
         """Before the server stops: end open event streams so shutdown need not wait."""
         await self.outbox.close()
 
+    async def _serve_admin(self) -> None:
+        """Fault injection for the operator, on a port of its own (loopback by default)."""
+        settings = self.settings
+        servicer = AdminServicer(self.faults, self.stream_cuts, self.spec.action_names)
+        self._admin, port = await start_side_server(
+            self.identity,
+            [ADMIN_SERVICE],
+            partial(admin_pb2_grpc.add_AdminServicer_to_server, servicer),
+            settings,
+            settings.admin_host,
+            settings.admin_listen_port,
+            "SAGAWIRE_ADMIN_PORT",
+        )
+        self.admin_address = f"{settings.admin_host}:{port}"
+        log.info("admin address=%s", self.admin_address)
+
     async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.stop(self.settings.grace_seconds)
         await self.retention.stop()
-        tasks = [*self._consumer_tasks, *([self._relay_task] if self._relay_task else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.stop()
         await self.transport.close()
         await self.outbox.close()
         await self.db.close()

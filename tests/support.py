@@ -98,8 +98,17 @@ class Cluster:
     def participant(self, name: str) -> participant_pb2_grpc.ParticipantStub:
         return participant_pb2_grpc.ParticipantStub(self.channel(name, COORDINATOR))
 
-    def admin(self, name: str) -> admin_pb2_grpc.AdminStub:
-        return admin_pb2_grpc.AdminStub(self.channel(name))
+    def admin_address(self, name: str) -> str:
+        """Where the service serves its Admin API (a port of its own)."""
+        app = self.servers[name].app
+        assert isinstance(app, DomainService)
+        return app.admin_address
+
+    def admin(self, name: str, identity: str = OPERATOR) -> admin_pb2_grpc.AdminStub:
+        key = (f"{name}-admin", identity)
+        if key not in self.channels:
+            self.channels[key] = open_channel(self.admin_address(name), identity, peer=name)
+        return admin_pb2_grpc.AdminStub(self.channels[key])
 
     @property
     def order(self) -> order_pb2_grpc.OrderStub:
@@ -129,7 +138,9 @@ class Cluster:
 
 
 def service_settings(data_dir: Path, **overrides: object) -> ServiceSettings:
-    settings = ServiceSettings(port=0, data_dir=data_dir, admin_enabled=True, grace_seconds=1.0)
+    settings = ServiceSettings(
+        port=0, data_dir=data_dir, admin_enabled=True, admin_port=0, grace_seconds=1.0
+    )
     return settings.model_copy(update=overrides)
 
 

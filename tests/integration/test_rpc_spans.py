@@ -79,7 +79,7 @@ class Inventory:
         plan = admin_pb2.FaultPlan(
             actions=[admin_pb2.ActionFault(action="reserve", latency_ms=latency_ms)]
         )
-        async with open_channel(self.running.address) as channel:
+        async with open_channel(self.app.admin_address) as channel:
             await admin_pb2_grpc.AdminStub(channel).SetFaults(plan)
 
     async def in_flight(self) -> None:

@@ -145,13 +145,18 @@ async def test_the_read_apis_answer_the_coordinator_and_the_operator_only(
     assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_admin_answers_the_operator_only(cluster: Cluster) -> None:
+async def test_admin_answers_the_operator_only_on_a_port_of_its_own(cluster: Cluster) -> None:
     plan = admin_pb2.FaultPlan(actions=[admin_pb2.ActionFault(action="reserve", fail_next=-1)])
+    host, _, port = cluster.admin_address("inventory").rpartition(":")
+    assert host == "127.0.0.1" and cluster.address("inventory") != f"{host}:{port}"
     for caller in (COORDINATOR, "inventory", "payment"):
-        stub = admin_pb2_grpc.AdminStub(cluster.channel("inventory", caller))
-        code = await status_of(stub.SetFaults(plan, timeout=5))
+        code = await status_of(cluster.admin("inventory", caller).SetFaults(plan, timeout=5))
         assert code == grpc.StatusCode.PERMISSION_DENIED, caller
-    operator = admin_pb2_grpc.AdminStub(cluster.channel("inventory", OPERATOR))
+    # Not on the service's own port, to anyone.
+    on_service_port = admin_pb2_grpc.AdminStub(cluster.channel("inventory", OPERATOR))
+    code = await status_of(on_service_port.GetFaults(admin_pb2.GetFaultsRequest(), timeout=5))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    operator = cluster.admin("inventory")
     assert not (await operator.GetFaults(admin_pb2.GetFaultsRequest(), timeout=5)).actions
 
 
