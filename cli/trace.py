@@ -81,14 +81,17 @@ class SpanRecord:
 
     @property
     def status_label(self) -> str:
-        """ "ok", or what went wrong: "error", the gRPC code, the saga outcome."""
+        """ "ok", or what went wrong: "error", then a step attempt's saga outcome, or
+        another call's gRPC code. (A coordinator's attempt is also its call's span: its
+        outcome says what the code would, in the words a service's reaction uses.)"""
         words = ["error"] if self.status == "ERROR" else []
         code = self.attributes.get("rpc.grpc.status_code")
-        if isinstance(code, int) and code != 0:
-            words.append(_GRPC_CODES.get(code, str(code)))
         outcome = self.attributes.get("saga.outcome")
-        if outcome and outcome != "ok":
-            words.append(str(outcome))
+        if outcome is not None:
+            if outcome != "ok":
+                words.append(str(outcome))
+        elif isinstance(code, int) and code != 0:
+            words.append(_GRPC_CODES.get(code, str(code)))
         return " ".join(words) or "ok"
 
 

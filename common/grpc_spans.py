@@ -19,6 +19,10 @@ Here:
 made, its context sent in the call's metadata. It ends when the call ends however it
 ends: with the call's status; or, cancelled by the caller, with ``CANCELLED`` after
 cancelling the RPC itself, so the server stops too. Any code but OK is an error.
+A caller whose own span already stands for the call (the coordinator's step attempt,
+:func:`call_made_in`) hands it over instead: the call gets no span of its own, the
+caller's span gets the call's attributes, status code and context in the metadata, and
+the caller ends it. One span per hop, not a wrapper span and a client span.
 
 **Server** (:class:`ServerSpans`): a SERVER span per call, continuing the caller's
 trace. ``context.abort`` sets the code and ends the span *before* the status leaves,
@@ -38,10 +42,11 @@ decides which calls are traced (not health checks, reflection or ``Subscribe``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import grpc
@@ -87,17 +92,24 @@ def rpc_attributes(method: str) -> dict[str, AttributeValue]:
 
 
 class _Ending:
-    """One call's span and the time it started: ended exactly once, with its code."""
+    """One call's span and the time it started: ended exactly once, with its code (a
+    span its caller handed over is given the code, and ended by the caller)."""
 
-    __slots__ = ("_attributes", "_durations", "_is_server", "_started", "ended", "span")
+    __slots__ = ("_attributes", "_durations", "_is_server", "_owned", "_started", "ended", "span")
 
     def __init__(
-        self, span: Span, attributes: dict[str, AttributeValue], durations: Histogram, server: bool
+        self,
+        span: Span,
+        attributes: dict[str, AttributeValue],
+        durations: Histogram,
+        server: bool,
+        owned: bool = True,
     ) -> None:
         self.span = span
         self._attributes = attributes
         self._durations = durations
         self._is_server = server
+        self._owned = owned
         self._started = time.perf_counter()
         self.ended = False
 
@@ -112,13 +124,49 @@ class _Ending:
         )
         if is_error:
             self.span.set_status(StatusCode.ERROR, description or code.name)
-        self.span.end()
+        if self._owned:
+            self.span.end()
         self._durations.record(
             time.perf_counter() - self._started, {**self._attributes, RPC_STATUS_CODE: number}
         )
 
 
 # --- client -------------------------------------------------------------------------
+
+
+class _HandedOver:
+    """A caller's span for the next traced call made in its context (once)."""
+
+    __slots__ = ("span", "taken")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.taken = False
+
+
+_handed_over: contextvars.ContextVar[_HandedOver | None] = contextvars.ContextVar(
+    "sagawire_call_span", default=None
+)
+
+
+@contextmanager
+def call_made_in(span: Span) -> Iterator[None]:
+    """The next traced unary call made in this block is ``span`` on the wire: it carries
+    the call's attributes and status code, its context goes in the call's metadata, and
+    no CLIENT span is made for it. ``span`` should be a CLIENT span; its maker ends it."""
+    token = _handed_over.set(_HandedOver(span))
+    try:
+        yield
+    finally:
+        _handed_over.reset(token)
+
+
+def _take_handed_over() -> Span | None:
+    handed = _handed_over.get()
+    if handed is None or handed.taken:
+        return None
+    handed.taken = True
+    return handed.span
 
 
 def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
@@ -150,8 +198,11 @@ class _ClientSpans:
         self._durations = durations
         self._traced = traced
 
-    def _start(self, method: str) -> _Ending:
+    def _start(self, method: str, handed: Span | None = None) -> _Ending:
         attributes = rpc_attributes(method)
+        if handed is not None:
+            handed.set_attributes(attributes)
+            return _Ending(handed, attributes, self._durations, server=False, owned=False)
         span = self._tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
         return _Ending(span, attributes, self._durations, server=False)
 
@@ -167,7 +218,7 @@ class UnaryClientSpans(_ClientSpans, grpc.aio.UnaryUnaryClientInterceptor):  # t
     ) -> Any:
         if not self._traced(details):
             return await continuation(details, request)
-        ending = self._start(method_of(details))
+        ending = self._start(method_of(details), _take_handed_over())
         call = None
         try:
             with trace.use_span(ending.span, end_on_exit=False, record_exception=False):

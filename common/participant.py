@@ -37,7 +37,7 @@ from common.participant_telemetry import (
     counted_call,
 )
 from common.store import Connection, Store, utc_now
-from common.telemetry import producer_span
+from common.telemetry import inject_headers
 from contract.limits import MAX_FINISHED_PER_CALL, MAX_ID_LENGTH, MAX_PAYLOAD_BYTES
 from contract.messages import pack
 from contract.modes import MODE_NAMES
@@ -295,13 +295,14 @@ class ActionRunner:
 
 
 def _emit(conn: Connection, ctx: StepContext, emitted: Emitted | None) -> None:
-    """Publish an event about the saga through the outbox, with the current trace context."""
+    """Publish an event about the saga through the outbox, with the current trace context:
+    the span of the call or of the reaction that made it. Writing to the outbox is local
+    work, not a hop, so it gets no span of its own; the event's consumer continues it."""
     if emitted is None:
         return
     event_type, data = emitted
-    mode = {MODE_HEADER: MODE_NAMES.get(ctx.mode, "")}
-    with producer_span(event_type, ctx.saga_id, headers=mode) as headers:
-        outbox.append(conn, event_type, ctx.saga_id, data, headers=headers)
+    headers = inject_headers({MODE_HEADER: MODE_NAMES.get(ctx.mode, "")})
+    outbox.append(conn, event_type, ctx.saga_id, data, headers=headers)
 
 
 class ParticipantServicer(participant_pb2_grpc.ParticipantServicer):

@@ -3,12 +3,17 @@
 In orchestration the coordinator's attempt spans tell each step's story, and the
 participant's server span hangs under the attempt that called it. In choreography
 no coordinator calls: a service reacting to an event runs the step, so each attempt
-at a reaction is a step attempt of its own, drawn as the coordinator draws one::
+at a reaction is a step attempt of its own, named as the coordinator names one. It is
+one span, the CONSUMER span of the event it reacts to (the hop), carrying the step::
 
-    payment sagawire.inventory.reserved      CONSUMER span, one per attempt (common/inbox.py)
-      step charge_payment                    saga.id, saga.type, saga.mode, saga.step,
-        publish sagawire.payment.declined    saga.action, saga.phase, saga.attempt,
-                                             saga.outcome, saga.error_reason, saga.barrier
+    step charge_payment                      CONSUMER span, one per attempt (common/inbox.py):
+                                             messaging.*, sagawire.event.*, saga.id,
+                                             saga.type, saga.mode, saga.step, saga.action,
+                                             saga.phase, saga.attempt, saga.outcome,
+                                             saga.error_reason, saga.barrier
+
+The events the step publishes carry its context onwards. An event a service follows but
+reacts to with no step gets a consumer span named ``<service> <event type>``.
 
 An attempt's outcome uses the coordinator's words: ``ok``; ``rejected`` (a business
 "no", or a request the barrier refused as another's, REQUEST_MISMATCH); ``aborted``
@@ -43,7 +48,7 @@ from opentelemetry.util.types import AttributeValue
 
 from common.errors import Aborted, BusinessRejection, RequestMismatch, Transient
 from common.grpc_errors import status_code_for
-from common.telemetry import consumer_span, saga_metrics, service_metrics, tracer
+from common.telemetry import consumer_span, saga_metrics, service_metrics
 from protos.sagawire.v1 import events_pb2
 
 OK = "ok"
@@ -141,20 +146,20 @@ def reaction_attempt(
     number: int,
     started_ns: int,
 ) -> Iterator[StepAttempt | None]:
-    """One attempt at reacting to ``event``: a consumer span (from ``started_ns``, before
-    any fault hook) and, when the reaction runs a step, that step's attempt span under it,
-    current for the block. The caller marks a failure (:meth:`StepAttempt.failed`) and
-    lets the exception out; the consumer span records it."""
+    """One attempt at reacting to ``event``: its consumer span (from ``started_ns``, before
+    any fault hook), current for the block, which is the step's attempt when the reaction
+    runs one. The caller marks a failure (:meth:`StepAttempt.failed`) and lets the
+    exception out; the span records it."""
     failure = ""
     try:
-        with consumer_span(event, f"{consumer} {event.type}", start_time=started_ns) as consumed:
-            if number > 1:
-                consumed.set_attribute("sagawire.event.attempt", number)
-            if step is None:
+        if step is None:
+            with consumer_span(event, f"{consumer} {event.type}", started_ns) as consumed:
+                if number > 1:
+                    consumed.set_attribute("sagawire.event.attempt", number)
                 yield None
-                return
-            with _step_span(event, step, number, started_ns) as attempt:
-                yield attempt
+            return
+        with _step_attempt(event, step, number, started_ns) as attempt:
+            yield attempt
     except Exception as error:
         failure = type(error).__name__
         raise
@@ -164,11 +169,10 @@ def reaction_attempt(
 
 
 @contextmanager
-def _step_span(
+def _step_attempt(
     event: events_pb2.Event, step: ReactionStep, number: int, started_ns: int
 ) -> Iterator[StepAttempt]:
     attributes: dict[str, AttributeValue] = {
-        "saga.id": event.subject,
         "saga.type": step.saga_type,
         "saga.mode": CHOREOGRAPHY,
         "saga.step": step.step,
@@ -176,16 +180,19 @@ def _step_span(
         "saga.phase": step.phase,
         "saga.attempt": number,
     }
-    span = tracer().start_span(step.span_name, attributes=attributes, start_time=started_ns)
-    attempt = StepAttempt(step, span)
-    token = _attempt.set(attempt)
+    if number > 1:
+        attributes["sagawire.event.attempt"] = number
+    outcome = IGNORED
     try:
-        with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-            yield attempt
+        with consumer_span(event, step.span_name, started_ns, attributes) as span:
+            attempt = StepAttempt(step, span)
+            token = _attempt.set(attempt)
+            try:
+                yield attempt
+            finally:
+                _attempt.reset(token)
+                outcome = attempt.finish()
     finally:
-        _attempt.reset(token)
-        outcome = attempt.finish()
-        span.end()
         seconds = (time.time_ns() - started_ns) / 1e9
         saga_metrics().step_finished(
             step.saga_type, CHOREOGRAPHY, step.step, step.action, outcome, seconds

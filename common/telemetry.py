@@ -23,9 +23,11 @@ graceful shutdown.
 gRPC calls are traced by the interceptors of :mod:`common.grpc_spans`
 (:meth:`Telemetry.server_interceptor`, :func:`client_interceptors`), which end every
 call's span whatever ends the call. Health checks, reflection and the endless
-``EventStream/Subscribe`` are not traced: events get one span each instead,
-:func:`producer_span` when written to the outbox and :func:`consumer_span` when a
-consumer reacts, so one choreographed saga is one trace.
+``EventStream/Subscribe`` are not traced: an event carries the trace context of the
+span that published it (:func:`inject_headers`: the server span of the call, or the
+consumer span of the reaction, that wrote it to the outbox; the write is not a hop and
+gets no span) and :func:`consumer_span` continues it when a consumer reacts, so one
+choreographed saga is one trace, one span per hop.
 
 The helpers use the *active* telemetry: the one :func:`setup_telemetry` installed
 for the process, or one a test activates with :func:`activated` (tests never set
@@ -63,7 +65,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, SpanKind, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from common.grpc_spans import ServerSpans, client_spans, method_of
 from common.metrics import RpcMetrics, SagaMetrics, ServiceMetrics
@@ -78,7 +81,7 @@ RPC_INSTRUMENTATION_NAME = "sagawire.grpc"
 SERVICE_NAMESPACE = "sagawire"
 
 # Calls that get no span: probes, tooling, and the long-lived event stream (its events
-# get one span each from producer_span / consumer_span). One string test per call.
+# each get a consumer span). One string test per call.
 _UNTRACED_PREFIXES = ("/grpc.health.v1.Health", "/grpc.reflection.")
 _UNTRACED_METHODS = frozenset({"/sagawire.v1.EventStream/Subscribe"})
 
@@ -404,55 +407,24 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 
 
 @contextmanager
-def producer_span(
-    event_type: str, subject: str, headers: dict[str, str] | None = None
-) -> Iterator[dict[str, str]]:
-    """A PRODUCER span for publishing one event; yields the event's headers carrying it.
-
-    ``subject`` is the saga id. Use it around the outbox write::
-
-        with producer_span("sagawire.inventory.reserved", saga_id) as headers:
-            outbox.append(conn, "sagawire.inventory.reserved", saga_id, data, headers=headers)
-    """
-    attributes: dict[str, Any] = {
-        "messaging.system": INSTRUMENTATION_NAME,
-        "messaging.operation.type": "send",
-        "sagawire.event.type": event_type,
-        "saga.id": subject,
-    }
-    span = tracer().start_span(
-        f"publish {event_type}", kind=SpanKind.PRODUCER, attributes=attributes
-    )
-    # The span is put into the headers, not made current: only the outbox write runs inside,
-    # and attaching and detaching a context costs about as much as injecting it.
-    carrier = headers if headers is not None else {}
-    inject(carrier, context=trace.set_span_in_context(span))
-    try:
-        yield carrier
-    except Exception as error:  # as start_as_current_span records it
-        if span.is_recording():
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        raise
-    finally:
-        span.end()
-
-
-@contextmanager
 def consumer_span(
-    event: events_pb2.Event, name: str | None = None, start_time: int | None = None
+    event: events_pb2.Event,
+    name: str | None = None,
+    start_time: int | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
 ) -> Iterator[Span]:
     """A CONSUMER span for reacting to one event, continuing the producer's trace.
 
     Its parent is the context in the event's headers and it also links to it, so
     the reaction is part of the saga's one trace. ``name`` defaults to
-    ``"process <event type>"``; ``start_time`` (ns since the epoch) to now. Events
+    ``"process <event type>"``; ``start_time`` (ns since the epoch) to now;
+    ``attributes`` are added to the messaging ones (a reaction's step). Events
     published inside it carry it onwards.
     """
     parent = extract_context(event.headers)
     produced = trace.get_current_span(parent).get_span_context()
     links = [Link(produced)] if produced.is_valid else []
-    attributes: dict[str, Any] = {
+    described: dict[str, Any] = {
         "messaging.system": INSTRUMENTATION_NAME,
         "messaging.operation.type": "process",
         "messaging.message.id": event.id,
@@ -461,12 +433,13 @@ def consumer_span(
         "sagawire.event.source": event.source,
         "sagawire.event.sequence": event.sequence,
         "saga.id": event.subject,
+        **(attributes or {}),
     }
     with tracer().start_as_current_span(
         name or f"process {event.type}",
         context=parent,
         kind=SpanKind.CONSUMER,
-        attributes=attributes,
+        attributes=described,
         links=links,
         start_time=start_time,
     ) as span:
@@ -491,7 +464,6 @@ __all__ = [
     "extract_context",
     "inject_headers",
     "new_trace_id",
-    "producer_span",
     "saga_metrics",
     "scoped",
     "service_metrics",

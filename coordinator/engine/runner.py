@@ -46,8 +46,8 @@ result, unless it is the pivot's, may wait for the saga's next write. A happy
 
 Telemetry (coordinator/engine/telemetry.py): :meth:`SagaRunner.run` opens the saga
 span and records the saga's end; :meth:`SagaRun.call`, the one place where a step
-attempt or compensation attempt starts and ends, opens a child span per attempt,
-current while the participant is called, so the gRPC call nests under it.
+attempt or compensation attempt starts and ends, opens one span per attempt,
+current while the participant is called, which is also that call's client span.
 """
 
 from __future__ import annotations

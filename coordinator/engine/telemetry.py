@@ -4,10 +4,15 @@ One orchestrated order, as ``sagawire trace`` draws it::
 
     /sagawire.v1.Coordinator/PlaceOrder      SERVER span of the incoming call
       saga place_order                       saga.id, saga.type, saga.mode, saga.status
-        step reserve_stock                   one execute attempt: saga.step, saga.action,
-          /sagawire.v1.Participant/Execute     saga.attempt, saga.phase, saga.outcome,
-            (the participant's SERVER span)    saga.error_reason; ERROR status on failure
+        step reserve_stock                   one execute attempt, and the CLIENT span of its
+          /sagawire.v1.Participant/Execute   call: saga.step, saga.action, saga.attempt,
+                                             saga.phase, saga.outcome, saga.error_reason,
+                                             rpc.*; ERROR status on failure; under it, the
+                                             participant's SERVER span
         compensate reserve_stock             one compensation attempt, the same attributes
+
+An attempt is one span: the participant call made in it carries it on the wire
+(:func:`common.grpc_spans.call_made_in`) instead of making a CLIENT span of its own.
 
 Retries are ``retry`` events on the saga span (the attempt that failed has ended by
 then); a breaker's state change is a ``breaker.state_change`` event on the span that
@@ -48,11 +53,20 @@ from enum import StrEnum
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.util.types import AttributeValue
 
 from common.breakers import BreakerTransition
 from common.errors import SagawireError
+from common.grpc_spans import call_made_in
 from common.metrics import BREAKER_STATES
 from common.telemetry import (
     current_trace_id,
@@ -282,12 +296,15 @@ class SagaTelemetry:
             SAGA_ATTEMPT: number,
             SAGA_PHASE: phase.value,
         }
-        span = self._tracer.start_span(name, attributes=attributes)
+        span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         traced = AttemptTrace(span)
         started = time.perf_counter()
         try:
             # The runner sets the outcome and status; an exception says nothing more.
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+            with (
+                trace.use_span(span, record_exception=False, set_status_on_exception=False),
+                call_made_in(span),
+            ):
                 yield traced
         except Exception as error:
             if traced.outcome is None:  # not the call's error: e.g. the log failed

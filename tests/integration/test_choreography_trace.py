@@ -1,9 +1,11 @@
 """One choreographed order is one trace across all four services and the observer.
 
 Five real processes export over OTLP/gRPC (as to Jaeger on 4317) to a test
-receiver; the trace context travels in the events' headers from each PRODUCER
-span to the CONSUMER span that reacts to it, over the services' gRPC streams and
-over NATS JetStream (as NATS headers) alike.
+receiver; the trace context travels in the events' headers from the span that
+published each event (the SERVER span of the call, or the CONSUMER span of the
+reaction, that wrote it: the outbox write is not a hop and has no span) to the
+CONSUMER span that reacts to it, over the services' gRPC streams and over NATS
+JetStream (as NATS headers) alike.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, attribut
 from tests.nats_support import TRANSPORTS, events_over
 from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
-# SPAN_KIND_PRODUCER and SPAN_KIND_CONSUMER in OTLP's enum.
-PRODUCER, CONSUMER = 4, 5
+# SPAN_KIND_SERVER, SPAN_KIND_CLIENT and SPAN_KIND_CONSUMER in OTLP's enum.
+SERVER, CLIENT, CONSUMER = 2, 3, 5
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ async def _one_trace(receiver: OtlpReceiver, tmp_path: Path, events_env: dict[st
     consumers = [s for s in spans if s.span.kind == CONSUMER]
     for consumer in consumers:
         parent = by_id.get(consumer.parent_id)
-        assert parent is not None and parent.span.kind == PRODUCER, consumer.span.name
+        assert parent is not None and parent.span.kind in (SERVER, CONSUMER), consumer.span.name
         assert [link.span_id.hex() for link in consumer.span.links] == [parent.span_id]
     # Every process took part in the one trace.
     assert {s.service for s in spans} >= {*SERVICE_NAMES, "coordinator"}
@@ -120,12 +122,14 @@ async def _one_trace(receiver: OtlpReceiver, tmp_path: Path, events_env: dict[st
     observed = [s.span for s in consumers if s.service == "coordinator"]
     assert saga.end_time_unix_nano >= max(o.start_time_unix_nano for o in observed)
     assert attribute(saga.attributes, "saga.status") == "completed"
-    # Each reaction is its step's attempt, by the service that ran it, and nothing hangs
-    # from a parent that never arrived.
+    # Each reaction is its step's attempt (the event's consumer span), by the service
+    # that ran it; the coordinator's start is the call's client span; nothing hangs from
+    # a parent that never arrived.
     steps = {
         (s.service, s.span.name, attribute(s.span.attributes, "saga.outcome"))
         for s in spans
-        if attribute(s.span.attributes, "saga.step") is not None and s.span.kind == 1
+        if attribute(s.span.attributes, "saga.step") is not None
+        and s.span.kind in (CLIENT, CONSUMER)
     }
     assert {(service, name) for service, name, outcome in steps if outcome == "ok"} == {
         ("coordinator", "step create_order"),

@@ -277,6 +277,31 @@ def test_an_event_carries_its_publishers_span_and_its_consumer_continues_it(
     assert consumed.attributes["sagawire.event.sequence"] == 7
 
 
+def test_sampling_follows_the_standard_variables_and_the_trace_decided_at_its_start(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OTEL_TRACES_SAMPLER / _ARG, read by the SDK: here, no new trace is sampled, but a
+    # process continuing a trace sampled where it started traces its part of it, so a
+    # saga is traced whole or not at all.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    payment = create_telemetry("payment", [exporter], batch=False)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    sampled = create_telemetry("coordinator", [exporter], batch=False)
+    with activated(payment), payment.tracer.start_as_current_span("new trace") as dropped:
+        unsampled = inject_headers({})
+    assert not dropped.is_recording()
+    with sampled.tracer.start_as_current_span("saga"):
+        traced = inject_headers({})
+    event = events_pb2.Event(id="e-3", type="t", subject="s", headers=traced)
+    with activated(payment), consumer_span(event, "continued") as span:
+        assert span.is_recording()
+    ignored = events_pb2.Event(id="e-4", type="t", subject="s", headers=unsampled)
+    with activated(payment), consumer_span(ignored, "not continued") as span:
+        assert not span.is_recording()
+    assert sorted(s.name for s in exporter.get_finished_spans()) == ["continued", "saga"]
+
+
 def test_an_event_without_trace_context_starts_a_new_trace(
     exporter: InMemorySpanExporter,
 ) -> None:
