@@ -79,6 +79,13 @@ class StoreChoice:
         """The same, as environment variables for subprocesses."""
         return {f"SAGAWIRE_{k.upper()}": str(v) for k, v in self.settings().items()}
 
+    def log_settings(self) -> dict[str, Any]:
+        """A coordinator's saga log beside the services' stores: on PostgreSQL the schema
+        ``<prefix>_coordinator`` (dropped with theirs), on SQLite the default file."""
+        if not self.on_postgres:
+            return {}
+        return {"saga_log": self.url, "saga_log_schema": f"{self.prefix}_coordinator"}
+
 
 @asynccontextmanager
 async def store_on(kind: str) -> AsyncIterator[StoreChoice]:

@@ -4,7 +4,8 @@ Every scenario runs once per mode through the coordinator's public API with the
 same binary; only the configuration (the SAGAWIRE_MODE override) differs. Each test
 runs over both event transports too: the services' gRPC streams, and NATS JetStream
 (the services' relays and durable consumers, the coordinator's observer on the same
-subjects).
+subjects); and on both stores: SQLite files, and PostgreSQL (each service's store in a
+schema of its own, the coordinator's saga log in another).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from protos.sagawire.v1 import common_pb2, order_pb2, shipping_pb2
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from tests.coordinator_support import Stack, running_stack, write_definitions
 from tests.nats_support import TRANSPORTS, Events, events_over
+from tests.postgres_support import STORES, StoreChoice, store_on
 from tests.support import wait_until
 
 MODES = ("orchestration", "choreography")
@@ -115,23 +117,32 @@ async def _final_state(stack: Stack, scenario: Scenario) -> FinalState:
     )
 
 
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[StoreChoice]:
+    async with store_on(request.param) as chosen:
+        yield chosen
+
+
 @pytest.fixture(params=TRANSPORTS)
 async def events(request: pytest.FixtureRequest) -> AsyncIterator[Events]:
     async with events_over(request.param) as chosen:
         yield chosen
 
 
-def over(events: Events) -> dict[str, Any]:
-    """running_stack's arguments that put the services and the coordinator on ``events``."""
-    return {"services": events.settings(), **events.settings()}
+@pytest.fixture
+def over(events: Events, store: StoreChoice) -> dict[str, Any]:
+    """running_stack's arguments that put the services and the coordinator on ``events``,
+    the services' stores and the coordinator's saga log on ``store``."""
+    services = {**events.settings(), **store.settings()}
+    return {"services": services, **events.settings(), **store.log_settings()}
 
 
 @pytest.fixture(params=MODES)
 async def stack(
-    request: pytest.FixtureRequest, tmp_path: Path, events: Events
+    request: pytest.FixtureRequest, tmp_path: Path, over: dict[str, Any]
 ) -> AsyncIterator[Stack]:
     async with running_stack(
-        tmp_path, mode=request.param, stall_check_seconds=0.2, **over(events)
+        tmp_path, mode=request.param, stall_check_seconds=0.2, **over
     ) as running:
         yield running
 
@@ -161,9 +172,9 @@ async def test_every_scenario_ends_in_the_same_final_state_in_both_modes(
 
 
 async def test_a_choreographed_saga_is_as_visible_as_an_orchestrated_one(
-    tmp_path: Path, events: Events
+    tmp_path: Path, over: dict[str, Any]
 ) -> None:
-    async with running_stack(tmp_path, mode="choreography", **over(events)) as stack:
+    async with running_stack(tmp_path, mode="choreography", **over) as stack:
         reply = await stack.place("carol", [("SKU-LAMP", 1)], "Berlin", wait=False)
         watched = [t async for t in stack.api.WatchSaga(pb.WatchSagaRequest(saga_id=reply.saga_id))]
         saga = await stack.saga(reply.saga_id)
@@ -201,7 +212,7 @@ async def test_a_choreographed_saga_is_as_visible_as_an_orchestrated_one(
 
 
 async def test_a_choreographed_saga_with_no_progress_is_flagged_stalled(
-    tmp_path: Path, events: Events
+    tmp_path: Path, over: dict[str, Any]
 ) -> None:
     definitions = write_definitions(tmp_path / "sagas.yaml", deadline="1s")
     async with running_stack(
@@ -209,7 +220,7 @@ async def test_a_choreographed_saga_with_no_progress_is_flagged_stalled(
         definitions=definitions,
         mode="choreography",
         stall_check_seconds=0.1,
-        **over(events),
+        **over,
     ) as stack:
         await stack.cluster.servers["inventory"].stop()  # nobody reacts to order.created
         reply = await stack.place(wait=False)
@@ -220,7 +231,7 @@ async def test_a_choreographed_saga_with_no_progress_is_flagged_stalled(
 
 
 async def test_orchestrated_and_choreographed_sagas_side_by_side(
-    tmp_path: Path, events: Events
+    tmp_path: Path, over: dict[str, Any]
 ) -> None:
     """Two definitions of different modes on one stack: each right, nothing done twice."""
     path = write_definitions(tmp_path / "sagas.yaml")
@@ -228,7 +239,7 @@ async def test_orchestrated_and_choreographed_sagas_side_by_side(
     twin = dict(raw["sagas"]["place_order"], mode="choreography")
     raw["sagas"]["place_order_choreographed"] = twin
     path.write_text(yaml.safe_dump(raw))
-    async with running_stack(tmp_path, definitions=path, **over(events)) as stack:
+    async with running_stack(tmp_path, definitions=path, **over) as stack:
         before = await stack.stock("SKU-MUG")
         balance = await stack.balance("dave")
         sagas = ["place_order", "place_order_choreographed"] * 5
@@ -256,8 +267,10 @@ def _order_request(customer: str, saga: str) -> pb.PlaceOrderRequest:
     )
 
 
-async def test_waiting_for_an_outcome_works_in_choreography(tmp_path: Path, events: Events) -> None:
-    async with running_stack(tmp_path, mode="choreography", **over(events)) as stack:
+async def test_waiting_for_an_outcome_works_in_choreography(
+    tmp_path: Path, over: dict[str, Any]
+) -> None:
+    async with running_stack(tmp_path, mode="choreography", **over) as stack:
         reply = await stack.place("alice", [("SKU-MUG", 1)], "Berlin", wait=True)
         assert reply.status == pb.SAGA_STATUS_COMPLETED
 

@@ -1,8 +1,10 @@
 """Events on NATS JetStream: poison events terminated and recorded, lag reported.
 
 The services run in-process on the machine's NATS server, each test on a stream of its
-own (tests/nats_support.py). Poison events are published straight to the stream under
-the order service's subjects, as only a broken or hostile publisher would.
+own (tests/nats_support.py); the tests that go through the services' stores (poison
+events recorded, consumers' lag, a cut relay) run on SQLite and on PostgreSQL. Poison
+events are published straight to the stream under the order service's subjects, as only
+a broken or hostile publisher would.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from services.runtime import DomainService
 from tests.coordinator_support import Stack, start_coordinator, write_definitions
 from tests.event_support import create_order_request
 from tests.nats_support import Events, PrivateNats, ServerTls, events_over, permissions_config
+from tests.postgres_support import STORES, store_on
 from tests.support import (
     Cluster,
     free_port,
@@ -55,13 +58,17 @@ async def events() -> AsyncIterator[Events]:
         yield chosen
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, events: Events) -> AsyncIterator[Cluster]:
-    running = await start_cluster(tmp_path, overrides=events.settings())
-    try:
-        yield running
-    finally:
-        await running.stop()
+@pytest.fixture(params=STORES)
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, events: Events
+) -> AsyncIterator[Cluster]:
+    async with store_on(request.param) as store:
+        overrides = {**events.settings(), **store.settings()}
+        running = await start_cluster(tmp_path, overrides=overrides)
+        try:
+            yield running
+        finally:
+            await running.stop()
 
 
 def _order_created(subject: str, data: Message, sequence: int, source: str = "order") -> bytes:

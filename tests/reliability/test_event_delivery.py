@@ -4,7 +4,9 @@ The order service (producer) and the inventory service (consumer) run as real
 processes. Every choreographed create_order publishes one order.created event;
 inventory reacts with exactly one reservation and one inventory.reserved event.
 Each test runs over both transports: the producer's gRPC stream, and NATS JetStream
-(the relay's re-published events de-duplicated by the stream, the consumer durable).
+(the relay's re-published events de-duplicated by the stream, the consumer durable);
+and on both stores: SQLite files, and each service's schema on PostgreSQL (the outbox,
+inbox and barrier in the business change's transaction there too).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from protos.sagawire.v1 import inventory_pb2, inventory_pb2_grpc
 from services import saga_events
 from tests.event_support import create_order_request, execute_until_acked, read_events
 from tests.nats_support import TRANSPORTS, Events, events_over
+from tests.postgres_support import STORES, StoreChoice, store_on
 from tests.support import Process, free_port, open_channel, start_service_process, wait_until
 
 BURST = 500
@@ -35,10 +38,11 @@ class Pair:
     ports: dict[str, int]
     processes: dict[str, Process]
     events: Events
+    store: StoreChoice
 
     def env(self) -> dict[str, str]:
         addresses = {f"SAGAWIRE_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in self.ports.items()}
-        return {**addresses, **self.events.env()}
+        return {**addresses, **self.events.env(), **self.store.env()}
 
     def start(self, name: str) -> Process:
         process = start_service_process(name, self.data_dir, self.env(), port=self.ports[name])
@@ -50,11 +54,19 @@ class Pair:
         return f"127.0.0.1:{self.ports[name]}"
 
 
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[StoreChoice]:
+    async with store_on(request.param) as chosen:
+        yield chosen
+
+
 @pytest.fixture(params=TRANSPORTS)
-async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Pair]:
+async def pair(
+    request: pytest.FixtureRequest, tmp_path: Path, store: StoreChoice
+) -> AsyncIterator[Pair]:
     async with events_over(request.param) as events:
         ports = {name: free_port() for name in ("order", "inventory", "payment", "shipping")}
-        running = Pair(tmp_path, ports, {}, events)
+        running = Pair(tmp_path, ports, {}, events, store)
         running.start("order")
         running.start("inventory")
         try:
