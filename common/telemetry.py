@@ -50,7 +50,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     MetricReader,
@@ -191,9 +191,20 @@ def create_telemetry(
     for processor in [*processors, *span_processors]:
         tracer_provider.add_span_processor(processor)
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=list(metric_readers), shutdown_on_exit=shutdown_on_exit
+        resource=resource,
+        metric_readers=list(metric_readers),
+        shutdown_on_exit=shutdown_on_exit,
+        exemplar_filter=_exemplar_filter(),
     )
     return Telemetry(service_name, tracer_provider, meter_provider)
+
+
+def _exemplar_filter() -> ExemplarFilter | None:
+    """No exemplars unless ``OTEL_METRICS_EXEMPLAR_FILTER`` asks for them (None: the SDK
+    reads it). The SDK's default samples one for every measurement made in a sampled
+    span, a cost on every call of every process for what neither of our metric files
+    shows; a collector that wants them gets them by the standard variable."""
+    return None if _env("OTEL_METRICS_EXEMPLAR_FILTER") else AlwaysOffExemplarFilter()
 
 
 _chosen_span_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(

@@ -30,6 +30,7 @@ from common.config import (
     usable_directory,
 )
 from common.event_transport import event_transport
+from common.gc_policy import settle_for_serving
 from common.logs import setup_logging
 from common.policy import CallPolicy
 from common.retention import Retention
@@ -232,6 +233,7 @@ async def run(settings: CoordinatorSettings, definitions: Definitions) -> None:
         settings, client_interceptors=telemetry.client_interceptors(), definitions=definitions
     )
     running = await start_server(app, settings, telemetry=telemetry)
+    settle_for_serving()  # common/gc_policy.py: start-up is never scanned again
     await serve_until_signal(running)
 
 

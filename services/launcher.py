@@ -25,6 +25,7 @@ from common.config import (
     readable_file,
     usable_directory,
 )
+from common.gc_policy import settle_for_serving
 from common.logs import setup_logging
 from common.server import serve_until_signal, start_server
 from common.telemetry import setup_telemetry
@@ -50,6 +51,7 @@ async def run(name: str, settings: ServiceSettings) -> None:
         name, settings.data_dir, trace_file_max_bytes=settings.trace_file_max_mb << 20
     )
     running = await start_server(service, settings, telemetry=telemetry)
+    settle_for_serving()  # common/gc_policy.py: start-up is never scanned again
     await serve_until_signal(running)
 
 
