@@ -11,9 +11,15 @@ duration or a saga count. Modes:
 - ``choreography-direct``: choreography started at the order service and observed on its
   event stream, with no coordinator at all (a diagnostic).
 
-With ``--events nats://...`` every mode but raw runs again on a second own stack whose
-services carry their events on NATS JetStream (a stream of its own, deleted after), its
-rows labelled ``<mode>/nats``. With ``--plaintext`` every mode runs again on a second own
+With ``--events nats://...`` and/or ``--store postgresql://...`` every mode runs again on
+a second own stack, the one of "beyond one machine": the services' events on NATS
+JetStream (a stream of its own, deleted after), their stores on PostgreSQL (schemas of
+their own, dropped after), and with ``--saga-log`` the coordinator's log there too; its
+rows labelled ``<mode>/<variant>``, e.g. ``orchestration/nats+pgstores+pglog``. Bare never runs
+there (its participants keep nothing), nor raw with ``--events`` alone (the default
+stack's raw stays the floor). With ``--store``, ``--replicas N`` runs that stack with N
+replicas of each service (and of the coordinator, with ``--saga-log``), the variant ending
+``+xN``. With ``--plaintext`` every mode runs again on a second own
 stack started with ``SAGAWIRE_TLS=off``, its rows labelled ``<mode>/plaintext``: what mutual
 TLS costs, in the same run. Every run's ratios to bare and raw, and issue 19's targets,
 are printed after the tables (:mod:`bench.ratios`).
@@ -66,6 +72,7 @@ from cli.stack import Mode
 from common.certs import OPERATOR
 from common.config import EventSettings
 from common.nats_events import delete_stream
+from common.pg_store import drop_schemas
 from common.tls import Identity
 from coordinator.log.postgres import drop_schema, is_postgres_url
 
@@ -98,9 +105,11 @@ class BenchConfig:
     # numbers of coordinator replicas (own stack only).
     saga_log: str = ""
     replicas: tuple[int, ...] = (1,)
-    # NATS servers (nats://...): every mode but raw runs again with the services' events
-    # on NATS JetStream (own stack only).
+    # NATS servers (nats://...) and a PostgreSQL URL for the services' stores: every mode
+    # but bare runs again on a stack with the services' events on NATS JetStream and / or
+    # their stores on PostgreSQL (own stack only; raw only when the stores move).
     events: str = ""
+    store: str = ""
     # Every mode runs again on an own stack with SAGAWIRE_TLS=off (TLS's cost).
     plaintext: bool = False
 
@@ -300,8 +309,9 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
                     await _run_mode(stack, mode, config, bar, result)
                     if config.saga_log and mode in _COORDINATED:
                         await _run_on_postgres(stack, mode, config, bar, result)
-        if config.events and data_dir is not None:
-            await _run_on_nats(config, data_dir / "nats", console, result)
+        if (config.events or config.store) and data_dir is not None:
+            for replicas in config.replicas if config.store else (1,):
+                await _run_beyond(config, replicas, data_dir, console, result)
         if config.plaintext and data_dir is not None:
             await _run_in_plaintext(config, data_dir / PLAINTEXT, console, result)
     ratios.add_ratios(result.rows)
@@ -337,27 +347,55 @@ def _environment(name: str, value: str) -> Iterator[None]:
             os.environ[name] = before
 
 
-async def _run_on_nats(
-    config: BenchConfig, data_dir: Path, console: Console, result: BenchResult
+def beyond_variant(config: BenchConfig, replicas: int) -> str:
+    """The rows' label after the slash for the stack of :func:`_run_beyond`: what it moved
+    off the machine (``nats``, ``pgstores``, ``pglog``) and ``xN`` for replicas."""
+    parts = [
+        *(["nats"] if config.events else []),
+        *(["pgstores"] if config.store else []),
+        *(["pglog"] if config.saga_log else []),
+        *([f"x{replicas}"] if replicas > 1 else []),
+    ]
+    return "+".join(parts)
+
+
+async def _run_beyond(
+    config: BenchConfig, replicas: int, data_dir: Path, console: Console, result: BenchResult
 ) -> None:
-    """Every mode but raw again, on a stack of its own whose services carry their events
-    on NATS JetStream (a stream of its own, deleted after); rows labelled ``<mode>/nats``."""
-    events = EventSettings(events=config.events, events_prefix=f"bench_{uuid.uuid4().hex[:12]}")
-    env = {
-        **child_env(config.traces),
-        "SAGAWIRE_EVENTS": events.events,
-        "SAGAWIRE_EVENTS_PREFIX": events.events_prefix,
-    }
-    stack = BenchStack(data_dir, env=env)
+    """Every mode but bare again, on a stack of its own whose services carry their events
+    on NATS JetStream (a stream of its own, deleted after) and / or keep their stores on
+    PostgreSQL (schemas of their own, dropped after), ``replicas`` processes of each, the
+    coordinator on the PostgreSQL saga log with ``--saga-log``; rows labelled
+    ``<mode>/<variant>`` (:func:`beyond_variant`). Raw runs there only when the stores
+    moved (as before the stores could: on NATS alone the default stack's raw is the floor)."""
+    variant = beyond_variant(config, replicas)
+    prefix = f"bench_{uuid.uuid4().hex[:12]}"
+    events = EventSettings(events=config.events or "grpc", events_prefix=prefix)
+    env = child_env(config.traces)
+    if config.events:
+        env.update(SAGAWIRE_EVENTS=events.events, SAGAWIRE_EVENTS_PREFIX=prefix)
+    if config.store:
+        env.update(SAGAWIRE_STORE=config.store, SAGAWIRE_STORE_PREFIX=prefix)
+    stack = BenchStack(data_dir / variant, env=env, service_replicas=replicas)
+    if config.saga_log:
+        stack.use_saga_log(
+            {"SAGAWIRE_SAGA_LOG": config.saga_log, "SAGAWIRE_SAGA_LOG_SCHEMA": prefix}, replicas
+        )
+    skipped = {BARE} if config.store else {BARE, RAW}
     bar = ProgressBars(console, config.progress)
     try:
         async with stack:
             with bar.progress:
                 for mode in config.modes:
-                    if mode not in (BARE, RAW):
-                        await _run_mode(stack, mode, config, bar, result, label=f"{mode}/nats")
+                    if mode not in skipped:
+                        await _run_mode(stack, mode, config, bar, result, f"{mode}/{variant}")
     finally:
-        await delete_stream(events, Identity.from_env(OPERATOR))
+        if config.events:
+            await delete_stream(events, Identity.from_env(OPERATOR))
+        if config.store:
+            await drop_schemas(config.store, prefix)
+        if config.saga_log:
+            await drop_schema(config.saga_log, prefix)
 
 
 async def _run_on_postgres(
@@ -481,13 +519,24 @@ def bench(
     ] = "",
     replicas: Annotated[
         str,
-        typer.Option(help="With --saga-log: comma-separated numbers of coordinator replicas."),
+        typer.Option(
+            help="Comma-separated numbers of replicas: of the coordinator with --saga-log,"
+            " and of each service on the --store stack (with --events)."
+        ),
     ] = "1",
     events: Annotated[
         str,
         typer.Option(
             help="NATS servers (nats://host:4222): every mode but raw runs again with the "
             "services' events on NATS JetStream (own stack, a fresh stream, deleted after)."
+        ),
+    ] = "",
+    store: Annotated[
+        str,
+        typer.Option(
+            help="A PostgreSQL URL (postgresql://...): every mode but bare runs again with "
+            "the services' stores there (own stack, fresh schemas, dropped after), on NATS "
+            "with --events and the saga log on PostgreSQL with --saga-log."
         ),
     ] = "",
     plaintext: Annotated[
@@ -539,8 +588,20 @@ def bench(
         raise typer.BadParameter("integers, e.g. 1,2", param_hint="--replicas") from None
     if any(n < 1 or n > 8 for n in replica_counts):
         raise typer.BadParameter("between 1 and 8", param_hint="--replicas")
-    if replica_counts != (1,) and not saga_log:
-        raise typer.BadParameter("replicas share a --saga-log", param_hint="--replicas")
+    if store and (target is not None or not is_postgres_url(store)):
+        raise typer.BadParameter(
+            "a postgresql:// URL, with the bench's own stack", param_hint="--store"
+        )
+    if replica_counts != (1,) and not (saga_log or store):
+        raise typer.BadParameter(
+            "replicas share a --saga-log or a --store", param_hint="--replicas"
+        )
+    if replica_counts != (1,) and store and not events:
+        raise typer.BadParameter(
+            "replicas of a service need --events nats://... (a gRPC stream serves one"
+            " replica's commits only)",
+            param_hint="--replicas",
+        )
     definitions = dict(s.partition("=")[::2] for s in saga or ())
     config = BenchConfig(
         modes=modes,
@@ -560,6 +621,7 @@ def bench(
         saga_log=saga_log,
         replicas=replica_counts,
         events=events,
+        store=store,
         plaintext=plaintext,
     )
     console.print(f"[dim]machine: {machine()}[/]")
