@@ -52,6 +52,9 @@ EXPLICIT = {
     "SAGAWIRE_SAGA_LOG": "mysql://db.example/sagas",
     "SAGAWIRE_EVENTS": "carrier-pigeon://loft",
     "SAGAWIRE_EVENTS_CREDENTIALS": "{missing}",
+    "SAGAWIRE_STORE": "mysql://db.example/order",
+    "SAGAWIRE_ADMIN_PORT": "lots",
+    "SAGAWIRE_ADMIN_HOST": "no such host!",
 }
 
 
