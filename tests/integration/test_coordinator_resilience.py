@@ -210,6 +210,12 @@ class _DiskFull(SqliteSagaLog):
         self._maybe_fail(changes)
         return await super().append_many(saga_id, changes, planned)
 
+    async def append_later(self, saga_id: str, changes: Sequence[Change]) -> None:
+        # An orchestrated step's result is written later; a failure there stops the run
+        # at the saga's next write (tests/unit/test_saga_log.py), here at once.
+        self._maybe_fail(changes)
+        await super().append_later(saga_id, changes)
+
 
 @asynccontextmanager
 async def stack_on(

@@ -236,6 +236,32 @@ async def test_a_write_queued_for_later_reaches_the_file_before_close(tmp_path: 
         await again.close()
 
 
+async def test_a_write_queued_for_later_that_fails_stops_the_sagas_next_append(
+    tmp_path: Path,
+) -> None:
+    saga_log = SqliteSagaLog(tmp_path / "log.db", synchronous="NORMAL")
+    await saga_log.open()
+    try:
+        record, _ = await saga_log.create(new_saga())
+        changes = script(T0)
+        # Applying the second change fails in the writer thread (a record the file cannot
+        # take: here, a saga the log does not hold), after append_later returned.
+        await saga_log.append_later("no-such-saga", changes[:1])
+        await saga_log.append_later(record.saga_id, changes[:1])
+        assert await saga_log.load(record.saga_id) == apply_all(record, changes[:1])
+        # The failed saga's next write raises the error without writing anything...
+        writes = saga_log.db.writes
+        with pytest.raises(NotFound):
+            await saga_log.append("no-such-saga", changes[1])
+        assert saga_log.db.writes == writes
+        # ...once: the one after is written (and fails on its own here).
+        with pytest.raises(NotFound):
+            await saga_log.append("no-such-saga", changes[1])
+        assert saga_log.db.writes == writes + 1
+    finally:
+        await saga_log.close()
+
+
 def apply_all(record: SagaRecord, changes: list[Change]) -> SagaRecord:
     for change in changes:
         record, _ = apply(record, change)
