@@ -5,8 +5,9 @@ Each service serves ``sagawire.v1.Admin`` when it runs with ``SAGAWIRE_ADMIN_ENA
 on loopback unless ``SAGAWIRE_ADMIN_PORT``/``SAGAWIRE_ADMIN_HOST`` say otherwise (reach it
 with ``SAGAWIRE_<NAME>_ADMIN_ADDR``). With replicas, every replica gets the change.
 ``set`` changes the plan in force: what it is given and nothing else (``--action``
-with ``--fail-next`` / ``--latency-ms`` sets that action's rule; without ``--action`` they are service-wide). A rule for an action
-the service does not run is refused by the service (INVALID_ARGUMENT naming it)::
+with ``--fail-next`` / ``--latency-ms`` sets that action's rule; without ``--action``
+they are service-wide). A rule for an action the service does not run is refused by the
+service (INVALID_ARGUMENT naming it)::
 
     sagawire faults set --service payment --action charge --fail-next 2
     sagawire faults set --service inventory --rate 0.2 --seed 7
