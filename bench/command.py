@@ -19,10 +19,10 @@ rows labelled ``<mode>/<variant>``, e.g. ``orchestration/nats+pgstores+pglog``. 
 there (its participants keep nothing), nor raw with ``--events`` alone (the default
 stack's raw stays the floor). With ``--store``, ``--replicas N`` runs that stack with N
 replicas of each service (and of the coordinator, with ``--saga-log``), the variant ending
-``+xN``. With ``--plaintext`` every mode runs again on a second own
+``+xN``. With ``--plaintext`` every mode runs again, right after itself, on a second own
 stack started with ``SAGAWIRE_TLS=off``, its rows labelled ``<mode>/plaintext``: what mutual
-TLS costs, in the same run. Every run's ratios to bare and raw, and issue 19's targets,
-are printed after the tables (:mod:`bench.ratios`).
+TLS costs, in the same run and under the same load. Every run's ratios to bare and raw,
+and issue 19's targets, are printed after the tables (:mod:`bench.ratios`).
 
 After a mode's runs the services' records are checked against the reported outcomes
 (:mod:`bench.consistency`). ``--soak`` and ``--recovery`` replace the sweep with the
@@ -302,36 +302,41 @@ async def run_bench(config: BenchConfig, console: Console) -> BenchResult:
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
         stack = BenchStack(data_dir, target=config.target, env=child_env(config.traces))
+        plain = _plaintext_stack(config, data_dir)
         bar = ProgressBars(console, config.progress)
-        async with stack:
+        async with stack, plain or contextlib.nullcontext():
             with bar.progress:
                 for mode in config.modes:
                     await _run_mode(stack, mode, config, bar, result)
+                    if plain is not None:
+                        await _run_in_plaintext(plain, mode, config, bar, result)
                     if config.saga_log and mode in _COORDINATED:
                         await _run_on_postgres(stack, mode, config, bar, result)
         if (config.events or config.store) and data_dir is not None:
             for replicas in config.replicas if config.store else (1,):
                 await _run_beyond(config, replicas, data_dir, console, result)
-        if config.plaintext and data_dir is not None:
-            await _run_in_plaintext(config, data_dir / PLAINTEXT, console, result)
     ratios.add_ratios(result.rows)
     return result
 
 
-async def _run_in_plaintext(
-    config: BenchConfig, data_dir: Path, console: Console, result: BenchResult
-) -> None:
-    """Every mode again, on a stack of its own started with ``SAGAWIRE_TLS=off``; rows
-    labelled ``<mode>/plaintext``. The bench's own clients take TLS from the environment,
-    as every command of the CLI does, so the variable is set here too while it runs."""
+def _plaintext_stack(config: BenchConfig, data_dir: Path | None) -> BenchStack | None:
+    """With ``--plaintext``: a second own stack, started with ``SAGAWIRE_TLS=off``. It runs
+    beside the TLS one, and each mode runs on one right after the other, so the two rows
+    of a mode see the same load on a shared machine."""
+    if not config.plaintext or data_dir is None:
+        return None
     env = {**child_env(config.traces), "SAGAWIRE_TLS": "off"}
-    stack = BenchStack(data_dir, env=env)
-    bar = ProgressBars(console, config.progress)
+    return BenchStack(data_dir / PLAINTEXT, env=env)
+
+
+async def _run_in_plaintext(
+    stack: BenchStack, mode: str, config: BenchConfig, bar: ProgressBars, result: BenchResult
+) -> None:
+    """``mode`` on the plaintext stack; rows labelled ``<mode>/plaintext``. The bench's own
+    clients take TLS from the environment, as every command of the CLI does, so the
+    variable is set here too while it runs."""
     with _environment("SAGAWIRE_TLS", "off"):
-        async with stack:
-            with bar.progress:
-                for mode in config.modes:
-                    await _run_mode(stack, mode, config, bar, result, label=f"{mode}/{PLAINTEXT}")
+        await _run_mode(stack, mode, config, bar, result, label=f"{mode}/{PLAINTEXT}")
 
 
 @contextlib.contextmanager

@@ -98,7 +98,8 @@ def test_plaintext_runs_every_mode_again_without_tls_and_prints_its_cost(tmp_pat
     run = subprocess.run(args, capture_output=True, text=True, timeout=80, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     rows: list[dict[str, Any]] = json.loads(out.read_text())
-    assert [r["mode"] for r in rows] == ["bare", "raw", "bare/plaintext", "raw/plaintext"]
+    # Each mode right after itself, on the plaintext stack (same load).
+    assert [r["mode"] for r in rows] == ["bare", "bare/plaintext", "raw", "raw/plaintext"]
     assert all(r["sagas"] == 20 and r["unexpected"] == 0 for r in rows)
     # Each variant against its own floors.
     assert rows[3]["ratio_to_raw"] == 1.0 and rows[3]["ratio_to_bare"] > 0
