@@ -25,7 +25,7 @@ import grpc
 from common.certs import COORDINATOR, OPERATOR
 from common.config import SERVICE_NAMES, Endpoints, FaultConfig, ServiceSettings
 from common.paging import every_page
-from common.server import RunningServer, start_server
+from common.server import RunningServer, port_taken, start_server
 from common.tls import Identity
 from contract.limits import MAX_PAGE_SIZE
 from protos.sagawire.v1 import (
@@ -152,6 +152,9 @@ def free_port() -> int:
         return port
 
 
+_PORT_CHOICES = 5
+
+
 async def start_cluster(
     data_dir: Path,
     names: Iterable[str] = SERVICE_NAMES,
@@ -164,19 +167,29 @@ async def start_cluster(
     ``overrides``: settings every service gets (e.g. shorter retention windows).
     """
     names = list(names)
-    ports = {name: free_port() for name in names}
-    endpoints = Endpoints(**{f"{n}_addr": f"127.0.0.1:{p}" for n, p in ports.items()})
-    servers: dict[str, RunningServer] = {}
-    for name in names:
-        settings = service_settings(
-            data_dir,
-            port=ports[name],
-            faults=(faults or {}).get(name, FaultConfig()),
-            **(overrides or {}),
-        )
-        app = DomainService(spec_of(name), settings, endpoints)
-        servers[name] = await start_server(app, settings)
-    return Cluster(servers)
+    for _ in range(_PORT_CHOICES):
+        ports = {name: free_port() for name in names}
+        endpoints = Endpoints(**{f"{n}_addr": f"127.0.0.1:{p}" for n, p in ports.items()})
+        servers: dict[str, RunningServer] = {}
+        for name in names:
+            # A port free when chosen may have gone since to another process (a client's
+            # ephemeral port, another test run): then all again with new ports, checked just
+            # before the bind, instead of a server that exits half-made.
+            if port_taken("127.0.0.1", ports[name]):
+                break
+            settings = service_settings(
+                data_dir,
+                port=ports[name],
+                faults=(faults or {}).get(name, FaultConfig()),
+                **(overrides or {}),
+            )
+            app = DomainService(spec_of(name), settings, endpoints)
+            servers[name] = await start_server(app, settings)
+        else:
+            return Cluster(servers)
+        for server in servers.values():
+            await server.stop()
+    raise AssertionError(f"no free ports for {names} in {_PORT_CHOICES} choices")
 
 
 _SERVING = re.compile(r"serving address=(\S+):(\d+)")
