@@ -28,6 +28,7 @@ from tests.support import Process, free_port, open_channel, start_service_proces
 
 BURST = 500
 CONCURRENCY = 16
+_PORT_CHOICES = 5
 
 
 @dataclass
@@ -46,9 +47,29 @@ class Pair:
 
     def start(self, name: str) -> Process:
         process = start_service_process(name, self.data_dir, self.env(), port=self.ports[name])
+        self.processes[name] = process  # stopped at the end whatever happens
         process.port()  # wait until it serves
-        self.processes[name] = process
         return process
+
+    def start_both(self) -> None:
+        """Order and inventory; on new ports, all over, if one chosen up front was taken
+        meanwhile by another process of the machine."""
+        for _ in range(_PORT_CHOICES):
+            try:
+                self.start("order")
+                self.start("inventory")
+                return
+            except AssertionError as error:
+                if "is taken" not in str(error):
+                    raise
+                self.stop()
+                self.ports = {name: free_port() for name in self.ports}
+        raise AssertionError(f"no free ports in {_PORT_CHOICES} choices")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+        self.processes.clear()
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -67,13 +88,11 @@ async def pair(
     async with events_over(request.param) as events:
         ports = {name: free_port() for name in ("order", "inventory", "payment", "shipping")}
         running = Pair(tmp_path, ports, {}, events, store)
-        running.start("order")
-        running.start("inventory")
         try:
+            running.start_both()
             yield running
         finally:
-            for process in running.processes.values():
-                process.stop()
+            running.stop()
 
 
 async def _mug_stock(address: str) -> inventory_pb2.Stock:
