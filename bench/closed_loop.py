@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from bench.drivers import Driver, Mix, Outcome, SagaSpec, saga_spec
+from bench.drivers import Driver, Mix, SagaOutcome, SagaSpec, saga_spec
 
 BENCH_PROCESS = "bench"
 _SAMPLE_EVERY = 0.25
@@ -103,7 +103,7 @@ class Placed:
     """A saga the bench placed: what it asked for and how the driver saw it end."""
 
     spec: SagaSpec
-    outcome: Outcome
+    outcome: SagaOutcome
 
 
 @dataclass

@@ -93,7 +93,7 @@ def saga_spec(mix: Mix, number: int) -> SagaSpec:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class SagaOutcome:
     """How one saga ended, as its driver saw it."""
 
     status: str
@@ -118,9 +118,9 @@ class Outcome:
         return f"expected {spec.expect}, got {got}"
 
 
-def _error_outcome(error: grpc.RpcError, **ids: str) -> Outcome:
+def _error_outcome(error: grpc.RpcError, **ids: str) -> SagaOutcome:
     remote = parse_rpc_error(error)
-    return Outcome(f"ERROR {remote.code.name}", reason=remote.reason or remote.message, **ids)
+    return SagaOutcome(f"ERROR {remote.code.name}", reason=remote.reason or remote.message, **ids)
 
 
 def saga_data(spec: SagaSpec, order_id: str = "") -> Data:
@@ -137,7 +137,7 @@ class Driver(Protocol):
 
     label: str
 
-    async def place(self, spec: SagaSpec, key: str) -> Outcome: ...
+    async def place(self, spec: SagaSpec, key: str) -> SagaOutcome: ...
 
     async def close(self) -> None: ...
 
@@ -216,7 +216,7 @@ class RawDriver:
 
     async def _compensate(
         self, saga_id: str, data: Data, done: list[_Step], rejected: _Rejected
-    ) -> Outcome:
+    ) -> SagaOutcome:
         data.cancel_reason = f"{rejected.step}: {rejected.reason}"
         parallel = [s for s in done if s in (_RESERVE, _CHARGE, _SCHEDULE)]
         # Reverse dependency order: schedule, then the reserve || charge group, then create.
@@ -225,9 +225,9 @@ class RawDriver:
         group = [s for s in parallel if s is not _SCHEDULE]
         await asyncio.gather(*(self._call(s, saga_id, data, compensate=True) for s in group))
         await self._call(_CREATE, saga_id, data, compensate=True)
-        return Outcome(COMPENSATED, data.order_id, saga_id, rejected.step, rejected.reason)
+        return SagaOutcome(COMPENSATED, data.order_id, saga_id, rejected.step, rejected.reason)
 
-    async def place(self, spec: SagaSpec, key: str) -> Outcome:
+    async def place(self, spec: SagaSpec, key: str) -> SagaOutcome:
         saga_id = key
         data = saga_data(spec, order_id=str(uuid.uuid4()))
         ids = {"order_id": data.order_id, "saga_id": saga_id}
@@ -236,7 +236,7 @@ class RawDriver:
             try:
                 data.MergeFrom(await self._call(_CREATE, saga_id, data))
             except _Rejected as rejected:
-                return Outcome(
+                return SagaOutcome(
                     COMPENSATED, failed_step=rejected.step, reason=rejected.reason, **ids
                 )
             done.append(_CREATE)
@@ -261,9 +261,9 @@ class RawDriver:
             except _Rejected as rejected:
                 return await self._compensate(saga_id, data, done, rejected)
             await self._call(_APPROVE, saga_id, data)
-            return Outcome(COMPLETED, **ids)
+            return SagaOutcome(COMPLETED, **ids)
         except _Rejected as rejected:  # a compensation said no: a bug in a service
-            return Outcome("COMPENSATION REJECTED", failed_step=rejected.step, **ids)
+            return SagaOutcome("COMPENSATION REJECTED", failed_step=rejected.step, **ids)
         except grpc.aio.AioRpcError as error:
             return _error_outcome(error, **ids)
 
@@ -298,7 +298,7 @@ class CoordinatorDriver:
         self._saga = saga
         self._timeout = rpc_timeout
 
-    async def place(self, spec: SagaSpec, key: str) -> Outcome:
+    async def place(self, spec: SagaSpec, key: str) -> SagaOutcome:
         request = coordinator_pb2.PlaceOrderRequest(
             customer_id=spec.customer,
             items=[common_pb2.LineItem(sku=sku, quantity=qty) for sku, qty in spec.items],
@@ -313,7 +313,7 @@ class CoordinatorDriver:
             )
         except grpc.aio.AioRpcError as error:
             return _error_outcome(error)
-        return Outcome(
+        return SagaOutcome(
             status_name(reply.status),
             order_id=reply.order_id,
             saga_id=reply.saga_id,
@@ -371,7 +371,7 @@ class DirectChoreographyDriver:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)
 
-    async def place(self, spec: SagaSpec, key: str) -> Outcome:
+    async def place(self, spec: SagaSpec, key: str) -> SagaOutcome:
         if self._follow is None:
             self._follow = asyncio.create_task(self._follow_outcomes(), name="bench-follow")
         saga_id = key
@@ -394,12 +394,12 @@ class DirectChoreographyDriver:
             return _error_outcome(error, **ids)
         except TimeoutError:
             self._waiting.pop(saga_id, None)
-            return Outcome("TIMEOUT", **ids)
+            return SagaOutcome("TIMEOUT", **ids)
         payload = events_pb2.OrderSagaEvent()
         event.data.Unpack(payload)
         reason = payload.data.cancel_reason
         failed_step, _, why = reason.partition(": ")
-        return Outcome(_ORDER_OUTCOMES[event.type], failed_step=failed_step, reason=why, **ids)
+        return SagaOutcome(_ORDER_OUTCOMES[event.type], failed_step=failed_step, reason=why, **ids)
 
     async def close(self) -> None:
         if self._follow is not None:

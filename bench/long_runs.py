@@ -32,7 +32,7 @@ from rich.console import Console
 
 from bench.closed_loop import BENCH_PROCESS, Placed, ProcessWatch, Stop, closed_loop
 from bench.consistency import snapshot, verify
-from bench.drivers import Driver, Mix, Outcome, saga_spec, status_name
+from bench.drivers import Driver, Mix, SagaOutcome, saga_spec, status_name
 from bench.report import RunRow, row_of
 from bench.stack_under_test import BenchError, BenchStack
 from common.grpc_errors import TRANSIENT_CODES
@@ -151,7 +151,7 @@ async def recovery(stack: BenchStack, mode: str, mix: Mix, count: int) -> dict[s
     for spec, saga in zip(specs, (finals[s] for s in saga_ids), strict=True):
         data = order_saga_pb2.OrderSagaData()
         saga.data.Unpack(data)
-        outcome = Outcome(
+        outcome = SagaOutcome(
             status_name(saga.status),
             data.order_id,
             saga.saga_id,

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from cli import demo_view as view
 from cli import trace
-from cli.demo_scenarios import SCENARIOS, Fault, Holdings, Outcome, Scenario, Status, judge
+from cli.demo_scenarios import SCENARIOS, Fault, Holdings, Scenario, ScenarioResult, Status, judge
 from cli.stack import (
     COORDINATOR,
     Mode,
@@ -172,7 +172,7 @@ async def wait_ended(clients: Clients, saga_id: str) -> coordinator_pb2.Saga:
 
 
 async def _start(
-    clients: Clients, scenario: Scenario, key: str, placed: Mapping[str, Outcome]
+    clients: Clients, scenario: Scenario, key: str, placed: Mapping[str, ScenarioResult]
 ) -> tuple[str, str]:
     """Start the scenario's saga and wait for it: an order placed, or an earlier one
     returned. Its saga id and order id."""
@@ -207,9 +207,9 @@ async def play_scenario(
     skus: list[str],
     customers: list[str],
     mode: Mode | None,
-    placed: Mapping[str, Outcome],
-) -> Outcome:
-    outcome = Outcome(scenario, await read_holdings(clients, skus, customers))
+    placed: Mapping[str, ScenarioResult],
+) -> ScenarioResult:
+    outcome = ScenarioResult(scenario, await read_holdings(clients, skus, customers))
     try:
         calls_before = await _call_counts(clients, scenario.faults)
         await _set_faults(clients, scenario.faults)
@@ -286,13 +286,13 @@ async def play(
     scenarios: tuple[Scenario, ...],
     mode: Mode | None,
     data_dir: Path | None = None,
-) -> list[Outcome]:
+) -> list[ScenarioResult]:
     """Run every scenario in turn, printing each saga, then the services' final state."""
     skus = sorted({sku for s in scenarios for sku, _ in s.items})
     customers = sorted({s.customer for s in scenarios})
     run_id = uuid.uuid4().hex[:8]
     start = await read_holdings(clients, skus, customers)
-    outcomes: list[Outcome] = []
+    outcomes: list[ScenarioResult] = []
     for number, scenario in enumerate(scenarios, 1):
         view.scenario_header(console, number, scenario.title, scenario.story)
         placed = {o.scenario.name: o for o in outcomes}
@@ -373,7 +373,7 @@ async def run_demo(options: StackOptions, console: Console) -> int:
     # The stack's coordinator made its signing key in the data directory at its start.
     token = stack_token(options.data_dir)
     clients = Clients({n: c.address for n, c in stack.children.items()}, stack.identity, token)
-    outcomes: list[Outcome] | None = None
+    outcomes: list[ScenarioResult] | None = None
     interrupted = False
     try:
         outcomes = await stack.guard(
@@ -396,7 +396,7 @@ async def run_demo(options: StackOptions, console: Console) -> int:
     return view.verdict(console, outcomes, clean, log.directory)
 
 
-def show_trace(console: Console, data_dir: Path, outcomes: list[Outcome]) -> None:
+def show_trace(console: Console, data_dir: Path, outcomes: list[ScenarioResult]) -> None:
     """Draw the trace of the most eventful saga (the last compensated order) as a waterfall."""
     compensated = [
         o for o in outcomes if o.saga and o.saga.status == _COMPENSATED and not o.scenario.returns

@@ -158,7 +158,7 @@ class Holdings:
 
 
 @dataclass
-class Outcome:
+class ScenarioResult:
     """What one scenario's saga did, what the services now hold, and the verdict."""
 
     scenario: Scenario
@@ -185,7 +185,7 @@ class Outcome:
 Check = tuple[bool, str]  # (held, what was checked)
 
 
-def judge(o: Outcome, mode: str | None = None) -> list[Check]:
+def judge(o: ScenarioResult, mode: str | None = None) -> list[Check]:
     """Everything the scenario must show, each as (held, description).
 
     ``mode`` ("orchestration" / "choreography"), when the stack was told one, must be
@@ -219,7 +219,7 @@ def judge(o: Outcome, mode: str | None = None) -> list[Check]:
     return checks
 
 
-def _returned(o: Outcome, after: Holdings, completed: bool) -> list[Check]:
+def _returned(o: ScenarioResult, after: Holdings, completed: bool) -> list[Check]:
     """A return that went through: the order returned, its total refunded, its units back
     in stock. One that was refused: no refund, no stock moved."""
     if o.order is None:
@@ -244,7 +244,7 @@ def _returned(o: Outcome, after: Holdings, completed: bool) -> list[Check]:
     return checks
 
 
-def _order_finished(o: Outcome, completed: bool) -> Check:
+def _order_finished(o: ScenarioResult, completed: bool) -> Check:
     want = order_pb2.ORDER_STATUS_APPROVED if completed else order_pb2.ORDER_STATUS_CANCELLED
     if o.order is None:
         return False, "order missing"
@@ -252,12 +252,12 @@ def _order_finished(o: Outcome, completed: bool) -> Check:
     return o.order.status == want, f"order {name}"
 
 
-def _captured(o: Outcome) -> int:
+def _captured(o: ScenarioResult) -> int:
     captured = payment_pb2.CHARGE_STATUS_CAPTURED
     return sum(c.amount.amount_minor for c in o.charges if c.status == captured)
 
 
-def _paid_once(o: Outcome, after: Holdings) -> list[Check]:
+def _paid_once(o: ScenarioResult, after: Holdings) -> list[Check]:
     """A completed order: charged its total exactly once, its items taken from stock."""
     customer = o.scenario.customer
     spent = o.before.balances[customer] - after.balances[customer]
@@ -270,7 +270,7 @@ def _paid_once(o: Outcome, after: Holdings) -> list[Check]:
     return checks
 
 
-def _restored(o: Outcome, after: Holdings) -> list[Check]:
+def _restored(o: ScenarioResult, after: Holdings) -> list[Check]:
     """A compensated order: the customer's balance and every SKU's stock as before."""
     customer = o.scenario.customer
     spent = o.before.balances[customer] - after.balances[customer]
@@ -283,7 +283,7 @@ def _restored(o: Outcome, after: Holdings) -> list[Check]:
     return checks
 
 
-def _retried(o: Outcome) -> Check:
+def _retried(o: ScenarioResult) -> Check:
     assert o.saga is not None
     injected = sum(f.fail_next for f in o.scenario.faults)
     if o.saga.mode == participant_pb2.SAGA_MODE_CHOREOGRAPHY:

@@ -25,7 +25,7 @@ from protos.sagawire.v1 import (
 )
 
 if TYPE_CHECKING:
-    from cli.demo_scenarios import Holdings, Outcome
+    from cli.demo_scenarios import Holdings, ScenarioResult
     from cli.stack import StackOptions
     from cli.trace import SpanRecord
 
@@ -140,7 +140,7 @@ def _saga_line(saga: coordinator_pb2.Saga) -> Text:
     return line
 
 
-def _effects_line(o: Outcome) -> str:
+def _effects_line(o: ScenarioResult) -> str:
     parts = []
     if o.order is not None:
         status = _enum(order_pb2.OrderStatus.Name(o.order.status), "ORDER_STATUS_")
@@ -164,7 +164,7 @@ def _effects_line(o: Outcome) -> str:
     return "services now hold: " + " · ".join(parts)
 
 
-def print_outcome(console: Console, o: Outcome) -> None:
+def print_outcome(console: Console, o: ScenarioResult) -> None:
     if o.saga is not None:
         console.print(_saga_line(o.saga))
         console.print(steps_table(o.saga))
@@ -209,7 +209,7 @@ def print_reaction_attempts(console: Console, attempts: Sequence[SpanRecord], sa
 
 
 def print_final_state(
-    console: Console, start: Holdings, end: Holdings, outcomes: Sequence[Outcome]
+    console: Console, start: Holdings, end: Holdings, outcomes: Sequence[ScenarioResult]
 ) -> None:
     console.print()
     console.rule("[bold]What the services hold now", align="left")
@@ -253,7 +253,9 @@ def print_final_state(
     console.print(orders)
 
 
-def verdict(console: Console, outcomes: Sequence[Outcome] | None, clean: bool, logs: Path) -> int:
+def verdict(
+    console: Console, outcomes: Sequence[ScenarioResult] | None, clean: bool, logs: Path
+) -> int:
     """The summary table; returns the exit status (0: everything as expected)."""
     console.print()
     table = Table(title="Demo summary", title_justify="left", box=box.SIMPLE_HEAD)

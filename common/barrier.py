@@ -135,7 +135,7 @@ def fingerprint(action: str, payload: Message, fields: Collection[str] = ()) -> 
     return digest.hexdigest()
 
 
-class Outcome(Enum):
+class BarrierOutcome(Enum):
     APPLIED = "applied"
     REPLAYED = "replayed"
     NULL_COMPENSATION = "null"
@@ -145,7 +145,7 @@ class Outcome(Enum):
 class Guarded:
     """What the barrier let through: the action's result, or its recorded rejection."""
 
-    outcome: Outcome
+    outcome: BarrierOutcome
     result: bytes = b""
     rejection: BusinessRejection | None = None
 
@@ -244,8 +244,8 @@ def guarded_execute(
             )
         if first["outcome"] == "rejected":
             replayed = BusinessRejection(first["reason"], first["message"])
-            return Guarded(Outcome.REPLAYED, rejection=replayed)
-        return Guarded(Outcome.REPLAYED, result=first["result"])
+            return Guarded(BarrierOutcome.REPLAYED, rejection=replayed)
+        return Guarded(BarrierOutcome.REPLAYED, result=first["result"])
     conn.execute("SAVEPOINT guarded_action")
     try:
         result = action()
@@ -253,10 +253,10 @@ def guarded_execute(
         conn.execute("ROLLBACK TO guarded_action")
         conn.execute("RELEASE guarded_action")
         _record(conn, saga_id, step, "execute", "rejected", fingerprint, rejection=rejection)
-        return Guarded(Outcome.APPLIED, rejection=rejection)
+        return Guarded(BarrierOutcome.APPLIED, rejection=rejection)
     conn.execute("RELEASE guarded_action")
     _record(conn, saga_id, step, "execute", "applied", fingerprint, result=result)
-    return Guarded(Outcome.APPLIED, result=result)
+    return Guarded(BarrierOutcome.APPLIED, result=result)
 
 
 def guarded_compensate(
@@ -281,13 +281,13 @@ def guarded_compensate(
     """
     rows = _rows(conn, saga_id, step)
     if not rows and expired(saga_id, horizon):
-        return Guarded(Outcome.NULL_COMPENSATION)
+        return Guarded(BarrierOutcome.NULL_COMPENSATION)
     if "compensate" in rows:
-        return Guarded(Outcome.REPLAYED, result=rows["compensate"]["result"] or b"")
+        return Guarded(BarrierOutcome.REPLAYED, result=rows["compensate"]["result"] or b"")
     first = rows.get("execute")
     if first is None or first["outcome"] == "rejected":
         _record(conn, saga_id, step, "compensate", "null", fingerprint)
-        return Guarded(Outcome.NULL_COMPENSATION)
+        return Guarded(BarrierOutcome.NULL_COMPENSATION)
     if not _matches(first, fingerprint):
         raise RequestMismatch(
             f"step {step!r} of saga {saga_id} ran with a different request;"
@@ -295,7 +295,7 @@ def guarded_compensate(
         )
     result = compensation(first["result"])
     _record(conn, saga_id, step, "compensate", "applied", fingerprint, result=result)
-    return Guarded(Outcome.APPLIED, result=result)
+    return Guarded(BarrierOutcome.APPLIED, result=result)
 
 
 def was_executed(conn: Connection, saga_id: str, step: str) -> bool:

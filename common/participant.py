@@ -153,9 +153,9 @@ _SAGA_MODES = frozenset(participant_pb2.SagaMode.values())
 EXECUTE, COMPENSATE = "execute", "compensate"
 
 _OUTCOMES = {
-    barrier.Outcome.APPLIED: participant_pb2.BARRIER_OUTCOME_APPLIED,
-    barrier.Outcome.REPLAYED: participant_pb2.BARRIER_OUTCOME_REPLAYED,
-    barrier.Outcome.NULL_COMPENSATION: participant_pb2.BARRIER_OUTCOME_NULL_COMPENSATION,
+    barrier.BarrierOutcome.APPLIED: participant_pb2.BARRIER_OUTCOME_APPLIED,
+    barrier.BarrierOutcome.REPLAYED: participant_pb2.BARRIER_OUTCOME_REPLAYED,
+    barrier.BarrierOutcome.NULL_COMPENSATION: participant_pb2.BARRIER_OUTCOME_NULL_COMPENSATION,
 }
 
 
@@ -216,7 +216,7 @@ class ActionRunner:
         barrier_decided(action.name, EXECUTE, guarded.outcome.value, guarded.rejection)
         if (
             guarded.rejection is not None
-            and guarded.outcome is barrier.Outcome.APPLIED
+            and guarded.outcome is barrier.BarrierOutcome.APPLIED
             and self.announce is not None
         ):
             rejected = self.announce.rejected(action.name, ctx, payload, guarded.rejection)
@@ -264,9 +264,9 @@ class ActionRunner:
             barrier_refused(compensation, COMPENSATE, refused)
             raise
         barrier_decided(compensation, COMPENSATE, guarded.outcome.value)
-        undone = guarded.outcome is barrier.Outcome.APPLIED or (
+        undone = guarded.outcome is barrier.BarrierOutcome.APPLIED or (
             # A saga past the horizon finished long ago: nobody waits for its news.
-            guarded.outcome is barrier.Outcome.NULL_COMPENSATION
+            guarded.outcome is barrier.BarrierOutcome.NULL_COMPENSATION
             and not barrier.expired(ctx.saga_id, horizon)
         )
         if undone and self.announce is not None:

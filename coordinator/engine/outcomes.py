@@ -17,11 +17,11 @@ from common.errors import (
 from common.grpc_errors import status_code_for
 from coordinator.log.records import (
     AttemptChange,
+    AttemptOutcome,
     Change,
     ErrorDetail,
     Failure,
     Kind,
-    Outcome,
     Phase,
     StepRecord,
     StepStatus,
@@ -51,16 +51,16 @@ def error_detail(error: SagawireError) -> ErrorDetail:
     )
 
 
-def outcome_of(error: SagawireError) -> Outcome:
+def outcome_of(error: SagawireError) -> AttemptOutcome:
     if isinstance(error, BusinessRejection):
-        return Outcome.REJECTED
+        return AttemptOutcome.REJECTED
     if isinstance(error, BreakerOpen):
-        return Outcome.BREAKER_OPEN
+        return AttemptOutcome.BREAKER_OPEN
     if isinstance(error, Transient):
-        return Outcome.TRANSIENT
+        return AttemptOutcome.TRANSIENT
     if isinstance(error, Aborted):
-        return Outcome.ABORTED
-    return Outcome.ERROR
+        return AttemptOutcome.ABORTED
+    return AttemptOutcome.ERROR
 
 
 def needs_compensation(step: StepRecord) -> bool:
@@ -69,7 +69,7 @@ def needs_compensation(step: StepRecord) -> bool:
         return False
     executes = step.attempts_of(Phase.EXECUTE)
     # Calls the breaker refused never reached the participant.
-    return any(a.outcome is not Outcome.BREAKER_OPEN for a in executes)
+    return any(a.outcome is not AttemptOutcome.BREAKER_OPEN for a in executes)
 
 
 def barrier_outcome(reply: participant_pb2.StepReply) -> str:
@@ -82,7 +82,7 @@ def failed_attempt(
 ) -> Change:
     """The change that records an attempt's error (a rejection also rejects the step)."""
     outcome = outcome_of(error)
-    rejected = phase is Phase.EXECUTE and outcome is Outcome.REJECTED
+    rejected = phase is Phase.EXECUTE and outcome is AttemptOutcome.REJECTED
     if rejected:
         kind = Kind.STEP_REJECTED
     elif phase is Phase.EXECUTE:

@@ -90,11 +90,11 @@ from coordinator.engine.telemetry import AttemptTrace, CarriedSpans, RunCause, S
 from coordinator.log.records import (
     UNFINISHED,
     AttemptChange,
+    AttemptOutcome,
     Change,
     Direction,
     Failure,
     Kind,
-    Outcome,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -342,7 +342,7 @@ class SagaRun:
         if forward_only:
             retry = replace(step.retry, max_attempts=0)  # until it succeeds
         else:
-            ended = sum(1 for a in attempts if a.outcome not in (None, Outcome.INTERRUPTED))
+            ended = sum(1 for a in attempts if a.outcome not in (None, AttemptOutcome.INTERRUPTED))
             retry = replace(step.retry, max_attempts=max(1, step.retry.max_attempts - ended))
         first = len(attempts) if opened else len(attempts) + 1
         try:
@@ -420,7 +420,7 @@ class SagaRun:
     ) -> None:
         """Log a step's result (or its compensation's), with the steps it lets start."""
         execute = phase is Phase.EXECUTE
-        ended = AttemptChange(phase, number, Outcome.OK)
+        ended = AttemptChange(phase, number, AttemptOutcome.OK)
         barrier = barrier_outcome(reply)
         traced.ended(ended, barrier)
         # An orchestrated step's result can wait for the saga's next change (the
@@ -514,7 +514,7 @@ class SagaRun:
         ended = sum(
             1
             for a in attempts
-            if a.round == self.record.round and a.outcome not in (None, Outcome.INTERRUPTED)
+            if a.round == self.record.round and a.outcome not in (None, AttemptOutcome.INTERRUPTED)
         )
         remaining = step.compensation_retry.max_attempts - ended
         if remaining <= 0:

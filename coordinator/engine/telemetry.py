@@ -77,7 +77,7 @@ from common.telemetry import (
 )
 from contract.definitions import Step
 from coordinator.engine.outcomes import error_detail
-from coordinator.log.records import AttemptChange, Outcome, Phase, SagaRecord, SagaStatus
+from coordinator.log.records import AttemptChange, AttemptOutcome, Phase, SagaRecord, SagaStatus
 
 SAGA_ID = "saga.id"
 SAGA_TYPE = "saga.type"
@@ -91,7 +91,7 @@ SAGA_OUTCOME = "saga.outcome"
 SAGA_ERROR_REASON = "saga.error_reason"
 
 # An attempt that ended without recording how: the coordinator stopped under it.
-_INTERRUPTED = Outcome.INTERRUPTED.value
+_INTERRUPTED = AttemptOutcome.INTERRUPTED.value
 
 
 class RunCause(StrEnum):
@@ -312,7 +312,7 @@ class SagaTelemetry:
             raise
         finally:
             if traced.outcome is None:  # cancelled: the coordinator stopped under it
-                traced.ended(AttemptChange(phase, number, Outcome.INTERRUPTED))
+                traced.ended(AttemptChange(phase, number, AttemptOutcome.INTERRUPTED))
             self._metrics.step_finished(
                 self.saga_type,
                 self.mode,
@@ -353,12 +353,12 @@ class AttemptTrace:
     def ended(self, attempt: AttemptChange, barrier: str = "") -> None:
         """The attempt ended as the saga log records it (``barrier``: how the participant's
         barrier let a successful call through, e.g. "replayed")."""
-        outcome = (attempt.outcome or Outcome.INTERRUPTED).value
+        outcome = (attempt.outcome or AttemptOutcome.INTERRUPTED).value
         self.outcome = outcome
         self.span.set_attribute(SAGA_OUTCOME, outcome)
         if barrier:
             self.span.set_attribute("saga.barrier", barrier)
-        if attempt.outcome in (Outcome.OK, Outcome.INTERRUPTED, None):
+        if attempt.outcome in (AttemptOutcome.OK, AttemptOutcome.INTERRUPTED, None):
             return
         error = attempt.error
         reason = (error.reason or error.code) if error is not None else outcome
@@ -367,7 +367,7 @@ class AttemptTrace:
 
     def broken(self, error: Exception) -> None:
         """The attempt stopped on an error of the coordinator's own."""
-        self.outcome = Outcome.ERROR.value
+        self.outcome = AttemptOutcome.ERROR.value
         self.span.set_attribute(SAGA_OUTCOME, self.outcome)
         self.span.set_attribute(SAGA_ERROR_REASON, type(error).__name__)
         self.span.record_exception(error)

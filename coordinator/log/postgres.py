@@ -60,13 +60,13 @@ from coordinator.log.postgres_migrations import MIGRATIONS, Migration, migrate
 from coordinator.log.records import (
     TERMINAL,
     UNFINISHED,
+    AttemptOutcome,
     AttemptRecord,
     Change,
     Direction,
     Failure,
     Kind,
     NewSaga,
-    Outcome,
     SagaRecord,
     SagaStatus,
     StepRecord,
@@ -1060,7 +1060,7 @@ def _change_statements(
     """The attempts' and steps' statements of one change, in the order they apply."""
     statements: list[tuple[str, tuple[Any, ...]]] = []
     if change.interrupt_open_attempts:
-        statements.append((_INTERRUPT, (Outcome.INTERRUPTED.value, change.at, saga_id)))
+        statements.append((_INTERRUPT, (AttemptOutcome.INTERRUPTED.value, change.at, saga_id)))
     moved = change.attempt
     if moved is not None and moved.outcome is None:
         statements.append(

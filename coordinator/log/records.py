@@ -54,7 +54,7 @@ class Phase(StrEnum):
     COMPENSATE = "compensate"
 
 
-class Outcome(StrEnum):
+class AttemptOutcome(StrEnum):
     OK = "ok"
     REJECTED = "rejected"
     TRANSIENT = "transient"
@@ -120,7 +120,7 @@ class AttemptRecord:
     round: int
     started_at: datetime
     finished_at: datetime | None = None
-    outcome: Outcome | None = None
+    outcome: AttemptOutcome | None = None
     error: ErrorDetail | None = None
 
 
@@ -203,7 +203,7 @@ class AttemptChange:
 
     phase: Phase
     number: int
-    outcome: Outcome | None = None
+    outcome: AttemptOutcome | None = None
     error: ErrorDetail | None = None
 
 
@@ -294,7 +294,7 @@ def apply(record: SagaRecord, change: Change) -> tuple[SagaRecord, Transition]:
 
 def _interrupt(attempts: tuple[AttemptRecord, ...], at: datetime) -> tuple[AttemptRecord, ...]:
     return tuple(
-        replace(a, outcome=Outcome.INTERRUPTED, finished_at=at) if a.outcome is None else a
+        replace(a, outcome=AttemptOutcome.INTERRUPTED, finished_at=at) if a.outcome is None else a
         for a in attempts
     )
 

@@ -10,11 +10,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from coordinator.log.records import (
+    AttemptOutcome,
     AttemptRecord,
     Direction,
     ErrorDetail,
     Failure,
-    Outcome,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -79,7 +79,7 @@ def attempt_from_row(row: Row, time: ReadTime) -> AttemptRecord:
         round=row["round"],
         started_at=_required(time, row["started_at"]),
         finished_at=time(row["finished_at"]),
-        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        outcome=AttemptOutcome(row["outcome"]) if row["outcome"] else None,
         error=error,
     )
 

@@ -37,11 +37,11 @@ from coordinator.log.cache import RecordCache
 from coordinator.log.records import (
     TERMINAL,
     UNFINISHED,
+    AttemptOutcome,
     AttemptRecord,
     Change,
     Kind,
     NewSaga,
-    Outcome,
     SagaRecord,
     SagaStatus,
     StepRecord,
@@ -414,7 +414,7 @@ def _append(conn: sqlite3.Connection, saga_id: str, change: Change) -> Transitio
         conn.execute(
             "UPDATE attempts SET outcome = ?, finished_at = ?"
             " WHERE saga_id = ? AND outcome IS NULL",
-            (Outcome.INTERRUPTED.value, at, saga_id),
+            (AttemptOutcome.INTERRUPTED.value, at, saga_id),
         )
     moved = change.attempt
     if moved is not None and moved.outcome is None:

@@ -23,10 +23,10 @@ from coordinator.app import LOG_FILE
 from coordinator.engine.plan import first_intents
 from coordinator.log.records import (
     AttemptChange,
+    AttemptOutcome,
     Change,
     Kind,
     NewSaga,
-    Outcome,
     Phase,
     SagaStatus,
     StepStatus,
@@ -209,7 +209,7 @@ async def test_retry_settles_a_stalled_saga_whose_every_step_succeeded(tmp_path:
                 Kind.STEP_SUCCEEDED,
                 at,
                 name,
-                AttemptChange(Phase.EXECUTE, 2, Outcome.OK),
+                AttemptChange(Phase.EXECUTE, 2, AttemptOutcome.OK),
                 StepStatus.SUCCEEDED,
             ),
         )

@@ -92,7 +92,7 @@ class Step:
 def test_first_execute_applies_the_action(conn: sqlite3.Connection) -> None:
     step = Step(conn)
     guarded = step.execute()
-    assert guarded == barrier.Guarded(barrier.Outcome.APPLIED, result=b"first-result")
+    assert guarded == barrier.Guarded(barrier.BarrierOutcome.APPLIED, result=b"first-result")
     assert effects(conn) == ["done"]
     assert barrier.was_executed(conn, "saga-1", "reserve")
 
@@ -104,7 +104,7 @@ def test_duplicate_execute_returns_the_first_result_without_a_second_effect(
     step.execute()
     step.result = b"a-different-result"
     guarded = step.execute()
-    assert guarded == barrier.Guarded(barrier.Outcome.REPLAYED, result=b"first-result")
+    assert guarded == barrier.Guarded(barrier.BarrierOutcome.REPLAYED, result=b"first-result")
     assert step.executed == 1
     assert effects(conn) == ["done"]
 
@@ -112,8 +112,8 @@ def test_duplicate_execute_returns_the_first_result_without_a_second_effect(
 def test_the_key_is_saga_and_step(conn: sqlite3.Connection) -> None:
     step = Step(conn)
     step.execute("saga-1", "reserve")
-    assert step.execute("saga-2", "reserve").outcome is barrier.Outcome.APPLIED
-    assert step.execute("saga-1", "reserve-again").outcome is barrier.Outcome.APPLIED
+    assert step.execute("saga-2", "reserve").outcome is barrier.BarrierOutcome.APPLIED
+    assert step.execute("saga-1", "reserve-again").outcome is barrier.BarrierOutcome.APPLIED
     assert step.executed == 3
 
 
@@ -125,13 +125,13 @@ def test_a_rejection_undoes_the_actions_writes_and_is_replayed(conn: sqlite3.Con
             conn, "saga-1", "reserve", step.rejecting_action, fingerprint="request-a"
         ),
     )
-    assert first.outcome is barrier.Outcome.APPLIED
+    assert first.outcome is barrier.BarrierOutcome.APPLIED
     assert first.rejection is not None and first.rejection.reason == "INSUFFICIENT_STOCK"
     assert effects(conn) == []  # the savepoint rolled the half-done write back
 
     # A retry must not turn the recorded "no" into a "yes".
     again = step.execute()
-    assert again.outcome is barrier.Outcome.REPLAYED
+    assert again.outcome is barrier.BarrierOutcome.REPLAYED
     assert again.rejection is not None
     assert (again.rejection.reason, again.rejection.message) == (
         "INSUFFICIENT_STOCK",
@@ -147,7 +147,7 @@ def test_compensate_without_execute_is_a_recorded_null_compensation(
 ) -> None:
     step = Step(conn)
     guarded = step.compensate()
-    assert guarded.outcome is barrier.Outcome.NULL_COMPENSATION
+    assert guarded.outcome is barrier.BarrierOutcome.NULL_COMPENSATION
     assert step.compensated_with == []
     assert effects(conn) == []
     phases = conn.execute("SELECT phase, outcome FROM barrier").fetchall()
@@ -171,8 +171,8 @@ def test_compensate_undoes_the_execute_once_given_its_result(conn: sqlite3.Conne
     step.execute()
     first = step.compensate()
     second = step.compensate()
-    assert first.outcome is barrier.Outcome.APPLIED
-    assert second.outcome is barrier.Outcome.REPLAYED
+    assert first.outcome is barrier.BarrierOutcome.APPLIED
+    assert second.outcome is barrier.BarrierOutcome.REPLAYED
     assert step.compensated_with == [b"first-result"]
     assert effects(conn) == ["done", "undone"]
 
@@ -189,7 +189,7 @@ def test_execute_after_a_real_compensation_is_refused(conn: sqlite3.Connection) 
 def test_duplicate_null_compensation_has_no_effect(conn: sqlite3.Connection) -> None:
     step = Step(conn)
     step.compensate()
-    assert step.compensate().outcome is barrier.Outcome.REPLAYED
+    assert step.compensate().outcome is barrier.BarrierOutcome.REPLAYED
     assert step.compensated_with == []
     assert conn.execute("SELECT COUNT(*) FROM barrier").fetchone()[0] == 1
 
@@ -202,7 +202,7 @@ def test_compensating_a_rejected_execute_is_a_null_compensation(conn: sqlite3.Co
             conn, "saga-1", "reserve", step.rejecting_action, fingerprint="request-a"
         ),
     )
-    assert step.compensate().outcome is barrier.Outcome.NULL_COMPENSATION
+    assert step.compensate().outcome is barrier.BarrierOutcome.NULL_COMPENSATION
     assert step.compensated_with == []
     assert effects(conn) == []
 
@@ -224,7 +224,7 @@ def test_a_bug_in_the_action_records_nothing(conn: sqlite3.Connection) -> None:
         )
     assert effects(conn) == []
     assert conn.execute("SELECT COUNT(*) FROM barrier").fetchone()[0] == 0
-    assert step.execute().outcome is barrier.Outcome.APPLIED
+    assert step.execute().outcome is barrier.BarrierOutcome.APPLIED
     assert effects(conn) == ["done"]
 
 
@@ -243,7 +243,7 @@ def test_an_execute_with_a_different_request_is_refused_with_no_effect(
     assert step.executed == 1
     assert effects(conn) == ["done"]
     # The first request is still answered as before.
-    assert step.execute(fingerprint="charge total=1").outcome is barrier.Outcome.REPLAYED
+    assert step.execute(fingerprint="charge total=1").outcome is barrier.BarrierOutcome.REPLAYED
 
 
 def test_a_recorded_rejection_is_not_replayed_to_a_different_request(
@@ -268,7 +268,7 @@ def test_a_compensate_of_a_different_request_undoes_nothing(conn: sqlite3.Connec
     assert step.compensated_with == []
     assert effects(conn) == ["done"]
     # The compensation of the request that ran still works.
-    assert step.compensate(fingerprint="request-a").outcome is barrier.Outcome.APPLIED
+    assert step.compensate(fingerprint="request-a").outcome is barrier.BarrierOutcome.APPLIED
     assert effects(conn) == ["done", "undone"]
 
 
@@ -284,10 +284,10 @@ def test_a_null_compensation_refuses_only_the_request_it_was_about(
 
     forged = Step(conn)
     forged.compensate("saga-2", fingerprint="forged")
-    assert forged.execute("saga-2", fingerprint="real").outcome is barrier.Outcome.APPLIED
+    assert forged.execute("saga-2", fingerprint="real").outcome is barrier.BarrierOutcome.APPLIED
     assert effects(conn) == ["done"]
     # Its own compensation later undoes it (the dropped marker does not answer for it).
-    assert forged.compensate("saga-2", fingerprint="real").outcome is barrier.Outcome.APPLIED
+    assert forged.compensate("saga-2", fingerprint="real").outcome is barrier.BarrierOutcome.APPLIED
     assert effects(conn) == ["done", "undone"]
 
 
@@ -297,7 +297,7 @@ def test_a_duplicate_compensate_is_answered_whatever_it_carries(
     step = Step(conn)
     step.execute()
     step.compensate()
-    assert step.compensate(fingerprint="other").outcome is barrier.Outcome.REPLAYED
+    assert step.compensate(fingerprint="other").outcome is barrier.BarrierOutcome.REPLAYED
     assert effects(conn) == ["done", "undone"]
 
 
@@ -305,8 +305,8 @@ def test_rows_from_before_fingerprints_match_any_request(conn: sqlite3.Connectio
     step = Step(conn)
     step.execute()
     conn.execute("UPDATE barrier SET fingerprint = NULL")
-    assert step.execute(fingerprint="anything").outcome is barrier.Outcome.REPLAYED
-    assert step.compensate(fingerprint="anything").outcome is barrier.Outcome.APPLIED
+    assert step.execute(fingerprint="anything").outcome is barrier.BarrierOutcome.REPLAYED
+    assert step.compensate(fingerprint="anything").outcome is barrier.BarrierOutcome.APPLIED
 
 
 def test_migrate_adds_the_fingerprint_column_once() -> None:

@@ -17,10 +17,10 @@ from coordinator.choreography.observation import changes_for, observe, observed_
 from coordinator.log.records import (
     TERMINAL,
     AttemptChange,
+    AttemptOutcome,
     Change,
     Kind,
     NewSaga,
-    Outcome,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -88,7 +88,7 @@ def _started_saga() -> SagaRecord:
             Kind.STEP_SUCCEEDED,
             T0,
             "create_order",
-            AttemptChange(Phase.EXECUTE, 1, Outcome.OK),
+            AttemptChange(Phase.EXECUTE, 1, AttemptOutcome.OK),
             StepStatus.SUCCEEDED,
         ),
     ):

@@ -11,11 +11,11 @@ from contract.definitions import SagaDefinition, load_definitions
 from coordinator.engine.payloads import saga_data, step_request
 from coordinator.log.records import (
     AttemptChange,
+    AttemptOutcome,
     Change,
     Failure,
     Kind,
     NewSaga,
-    Outcome,
     Phase,
     SagaRecord,
     StepStatus,
@@ -58,7 +58,7 @@ def _with_results(results: dict[str, order_saga_pb2.OrderSagaData]) -> SagaRecor
                 Kind.STEP_SUCCEEDED,
                 T0,
                 step,
-                AttemptChange(Phase.EXECUTE, 1, Outcome.OK),
+                AttemptChange(Phase.EXECUTE, 1, AttemptOutcome.OK),
                 StepStatus.SUCCEEDED,
                 result=_packed(result),
             ),

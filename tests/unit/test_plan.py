@@ -17,12 +17,12 @@ from coordinator.engine.plan import (
 )
 from coordinator.log.records import (
     AttemptChange,
+    AttemptOutcome,
     Change,
     Direction,
     Failure,
     Kind,
     NewSaga,
-    Outcome,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -56,7 +56,7 @@ def succeed(record: SagaRecord, *steps: str) -> SagaRecord:
             Kind.STEP_SUCCEEDED,
             T0,
             name,
-            AttemptChange(Phase.EXECUTE, 1, Outcome.OK),
+            AttemptChange(Phase.EXECUTE, 1, AttemptOutcome.OK),
             step_status=StepStatus.SUCCEEDED,
         )
         record, _ = apply(record, done)

@@ -90,11 +90,11 @@ async def test_the_horizon_refuses_only_steps_with_no_row_of_old_sagas(db: Datab
         assert effects(conn) == 0
         assert count(conn, "SELECT COUNT(*) FROM barrier") == 0
         # ...and a compensate is a null compensation that records nothing either.
-        assert compensate(conn, old, horizon).outcome is barrier.Outcome.NULL_COMPENSATION
+        assert compensate(conn, old, horizon).outcome is barrier.BarrierOutcome.NULL_COMPENSATION
         assert count(conn, "SELECT COUNT(*) FROM barrier") == 0
         # A young saga, or an id that carries no time, runs as before.
-        assert execute(conn, young, horizon).outcome is barrier.Outcome.APPLIED
-        assert execute(conn, legacy, horizon).outcome is barrier.Outcome.APPLIED
+        assert execute(conn, young, horizon).outcome is barrier.BarrierOutcome.APPLIED
+        assert execute(conn, legacy, horizon).outcome is barrier.BarrierOutcome.APPLIED
         assert effects(conn) == 2
 
     await db.transaction(check)
@@ -102,11 +102,11 @@ async def test_the_horizon_refuses_only_steps_with_no_row_of_old_sagas(db: Datab
     # A saga with rows is answered from them whatever its age: needing attention for
     # weeks, its step replays and its compensation undoes.
     def ran_before(conn: sqlite3.Connection) -> None:
-        assert execute(conn, old, None).outcome is barrier.Outcome.APPLIED
+        assert execute(conn, old, None).outcome is barrier.BarrierOutcome.APPLIED
 
     def weeks_later(conn: sqlite3.Connection) -> None:
-        assert execute(conn, old, horizon).outcome is barrier.Outcome.REPLAYED
-        assert compensate(conn, old, horizon).outcome is barrier.Outcome.APPLIED
+        assert execute(conn, old, horizon).outcome is barrier.BarrierOutcome.REPLAYED
+        assert compensate(conn, old, horizon).outcome is barrier.BarrierOutcome.APPLIED
         assert effects(conn) == 4
 
     await db.transaction(ran_before)
@@ -154,7 +154,7 @@ async def test_barrier_rows_go_only_after_the_saga_finished_and_the_window(
         with pytest.raises(SagaExpired):
             execute(conn, finished, NOW - 7 * DAY)
         assert compensate(conn, finished, NOW - 7 * DAY).outcome is (
-            barrier.Outcome.NULL_COMPENSATION
+            barrier.BarrierOutcome.NULL_COMPENSATION
         )
         assert effects(conn) == before
 

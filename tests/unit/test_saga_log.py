@@ -16,13 +16,13 @@ from common.errors import NotFound
 from coordinator.log.postgres import PostgresSagaLog
 from coordinator.log.records import (
     AttemptChange,
+    AttemptOutcome,
     Change,
     Direction,
     ErrorDetail,
     Failure,
     Kind,
     NewSaga,
-    Outcome,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -83,17 +83,17 @@ def script(at: datetime) -> list[Change]:
         Change(Kind.STEP_STARTED, next(tick), "create_order", AttemptChange(execute, 1),
                step_status=StepStatus.RUNNING),
         Change(Kind.STEP_ATTEMPT_FAILED, next(tick), "create_order",
-               AttemptChange(execute, 1, Outcome.TRANSIENT, error), detail="transient"),
+               AttemptChange(execute, 1, AttemptOutcome.TRANSIENT, error), detail="transient"),
         Change(Kind.STEP_STARTED, next(tick), "create_order", AttemptChange(execute, 2)),
         Change(Kind.STEP_SUCCEEDED, next(tick), "create_order",
-               AttemptChange(execute, 2, Outcome.OK), step_status=StepStatus.SUCCEEDED,
+               AttemptChange(execute, 2, AttemptOutcome.OK), step_status=StepStatus.SUCCEEDED,
                result=b"result"),
         Change(Kind.STEP_STARTED, next(tick), "reserve_stock", AttemptChange(execute, 1),
                step_status=StepStatus.RUNNING),
         Change(Kind.STEP_STARTED, next(tick), "charge_payment", AttemptChange(execute, 1),
                step_status=StepStatus.RUNNING),
         Change(Kind.STEP_REJECTED, next(tick), "charge_payment",
-               AttemptChange(execute, 1, Outcome.REJECTED, rejection),
+               AttemptChange(execute, 1, AttemptOutcome.REJECTED, rejection),
                step_status=StepStatus.REJECTED),
         Change(Kind.SAGA_COMPENSATING, next(tick), saga_status=SagaStatus.COMPENSATING,
                direction=Direction.BACKWARD, interrupt_open_attempts=True,
@@ -102,7 +102,7 @@ def script(at: datetime) -> list[Change]:
         Change(Kind.COMPENSATION_STARTED, next(tick), "reserve_stock",
                AttemptChange(compensate, 1), step_status=StepStatus.COMPENSATING),
         Change(Kind.COMPENSATION_DONE, next(tick), "reserve_stock",
-               AttemptChange(compensate, 1, Outcome.OK), step_status=StepStatus.COMPENSATED),
+               AttemptChange(compensate, 1, AttemptOutcome.OK), step_status=StepStatus.COMPENSATED),
         Change(Kind.SAGA_NEEDS_ATTENTION, next(tick), saga_status=SagaStatus.NEEDS_ATTENTION),
         Change(Kind.SAGA_RETRIED, next(tick), saga_status=SagaStatus.COMPENSATING,
                next_round=True, require_status=frozenset({SagaStatus.NEEDS_ATTENTION})),
@@ -162,7 +162,7 @@ async def test_load_after_appends_equals_apply(saga_log: SagaLog) -> None:
         "FAILED_PRECONDITION", "INSUFFICIENT_FUNDS", "too poor"
     )
     reserve = expected.step("reserve_stock")
-    assert [a.outcome for a in reserve.attempts] == [Outcome.INTERRUPTED, Outcome.OK]
+    assert [a.outcome for a in reserve.attempts] == [AttemptOutcome.INTERRUPTED, AttemptOutcome.OK]
     assert expected.round == 1 and expected.status is SagaStatus.COMPENSATED
     assert expected.finished_at is not None
 
