@@ -47,6 +47,7 @@ import typer
 from rich.console import Console
 
 from bench import long_runs, ratios
+from bench.backends import check_backend_options
 from bench.closed_loop import Placed, ProcessWatch, Stop, closed_loop
 from bench.consistency import Snapshot, snapshot, verify
 from bench.drivers import (
@@ -74,7 +75,7 @@ from common.config import EventSettings
 from common.nats_events import delete_stream
 from common.pg_store import drop_schemas
 from common.tls import Identity
-from coordinator.log.postgres import drop_schema, is_postgres_url
+from coordinator.log.postgres import drop_schema
 
 ORCHESTRATION, CHOREOGRAPHY, DIRECT = "orchestration", "choreography", "choreography-direct"
 MODES = (BARE, RAW, ORCHESTRATION, CHOREOGRAPHY, DIRECT)
@@ -573,40 +574,20 @@ def bench(
         raise typer.BadParameter("bare mode and --plaintext need the bench's own stack")
     if target is not None and recovery:
         raise typer.BadParameter("needs the bench's own stack (it kills the coordinator)")
-    if saga_log and (target is not None or not is_postgres_url(saga_log)):
-        raise typer.BadParameter(
-            "a postgresql:// URL, with the bench's own stack", param_hint="--saga-log"
-        )
-    if events:
-        try:
-            on_nats = EventSettings(events=events).events_on_nats
-        except ValueError:
-            on_nats = False
-        if target is not None or not on_nats:
-            raise typer.BadParameter(
-                "nats://host:port (several comma-separated), with the bench's own stack",
-                param_hint="--events",
-            )
     try:
         replica_counts = tuple(int(n) for n in _csv(replicas, "replica count"))
     except ValueError:
         raise typer.BadParameter("integers, e.g. 1,2", param_hint="--replicas") from None
     if any(n < 1 or n > 8 for n in replica_counts):
         raise typer.BadParameter("between 1 and 8", param_hint="--replicas")
-    if store and (target is not None or not is_postgres_url(store)):
-        raise typer.BadParameter(
-            "a postgresql:// URL, with the bench's own stack", param_hint="--store"
-        )
-    if replica_counts != (1,) and not (saga_log or store):
-        raise typer.BadParameter(
-            "replicas share a --saga-log or a --store", param_hint="--replicas"
-        )
-    if replica_counts != (1,) and store and not events:
-        raise typer.BadParameter(
-            "replicas of a service need --events nats://... (a gRPC stream serves one"
-            " replica's commits only)",
-            param_hint="--replicas",
-        )
+    check_backend_options(
+        own=target is None,
+        whose="the bench's own stack",
+        events=events,
+        saga_log=saga_log,
+        store=store,
+        replicated=replica_counts != (1,),
+    )
     definitions = dict(s.partition("=")[::2] for s in saga or ())
     config = BenchConfig(
         modes=modes,

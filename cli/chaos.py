@@ -32,6 +32,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from bench.backends import check_backend_options
 from bench.command import _stopped_by_signals
 from bench.report import ProgressBars, machine
 from bench.stack_under_test import BenchError, BenchStack, child_env
@@ -49,7 +50,7 @@ from common.nats_events import delete_stream
 from common.pg_store import drop_schemas
 from common.tls import Identity
 from contract.modes import wire_mode
-from coordinator.log.postgres import drop_schema, is_postgres_url
+from coordinator.log.postgres import drop_schema
 
 _T = TypeVar("_T")
 
@@ -414,34 +415,14 @@ def chaos(
         raise typer.BadParameter(
             "kills need the run's own stack: add --kills-coordinator 0 --kills-participant 0"
         )
-    if events:
-        try:
-            on_nats = EventSettings(events=events).events_on_nats
-        except ValueError:
-            on_nats = False
-        if target is not None or not on_nats:
-            raise typer.BadParameter(
-                "nats://host:port (several comma-separated), with the run's own stacks",
-                param_hint="--events",
-            )
-    if saga_log and (target is not None or not is_postgres_url(saga_log)):
-        raise typer.BadParameter(
-            "a postgresql:// URL, with the run's own stacks", param_hint="--saga-log"
-        )
-    if store and (target is not None or not is_postgres_url(store)):
-        raise typer.BadParameter(
-            "a postgresql:// URL, with the run's own stacks", param_hint="--store"
-        )
-    if replicas > 1 and not (saga_log or store):
-        raise typer.BadParameter(
-            "replicas share a --saga-log or a --store", param_hint="--replicas"
-        )
-    if replicas > 1 and store and not events:
-        raise typer.BadParameter(
-            "replicas of a service need --events nats://... (a gRPC stream serves one"
-            " replica's commits)",
-            param_hint="--replicas",
-        )
+    check_backend_options(
+        own=target is None,
+        whose="the run's own stacks",
+        events=events,
+        saga_log=saga_log,
+        store=store,
+        replicated=replicas > 1,
+    )
     config = ChaosConfig(
         modes=_modes(mode),
         seed=seed,
