@@ -176,20 +176,32 @@ class BenchStack:
         # and the children once started. The coordinator calls them all, round robin.
         self._replica_ports: dict[str, list[int]] = {}
         self._service_replicas: list[Child] = []
-        # Each service process's Admin port, by the process's own port.
+        # Each service process's Admin port, by the process's own port, and bare mode's
+        # participants' ports, by service (own stack: picked with the others below).
         self._admin_ports: dict[int, int] = {}
+        self._bare_ports: dict[str, int] = {}
         if target is not None:
             self.endpoints = Endpoints(coordinator_addr=target)
             self.ports: dict[str, int] = {}
         else:
-            self.ports = free_ports([COORDINATOR, *SERVICE_NAMES])
-            more = free_ports(
-                [f"{n}-{r}" for n in SERVICE_NAMES for r in range(2, service_replicas + 1)]
+            # Every port the stack will use, taken in one go so no two are the same: ports
+            # picked one by one, each released before the next pick, may repeat, and the
+            # second process to bind one then fails to start ("port ... is taken").
+            replicas = range(2, service_replicas + 1)
+            processes = [f"{n}-{r}" for n in SERVICE_NAMES for r in (1, *replicas)]
+            picked = free_ports(
+                [
+                    COORDINATOR,
+                    *processes,
+                    *(f"{p} admin" for p in processes),
+                    *(f"bare-{n}" for n in SERVICE_NAMES),
+                ]
             )
-            self._replica_ports = {
-                name: [more[f"{name}-{r}"] for r in range(2, service_replicas + 1)]
-                for name in SERVICE_NAMES
-            }
+            self.ports = {COORDINATOR: picked[COORDINATOR]}
+            self.ports.update({n: picked[f"{n}-1"] for n in SERVICE_NAMES})
+            self._replica_ports = {n: [picked[f"{n}-{r}"] for r in replicas] for n in SERVICE_NAMES}
+            self._admin_ports = {picked[p]: picked[f"{p} admin"] for p in processes}
+            self._bare_ports = {n: picked[f"bare-{n}"] for n in SERVICE_NAMES}
             self.endpoints = Endpoints(
                 **{f"{name}_addr": self._target(name, port) for name, port in self.ports.items()}
             )
@@ -243,9 +255,8 @@ class BenchStack:
         if not self.own or self._data_dir is None:
             raise BenchError("bare mode needs the bench's own stack (not --target)")
         if not self._bare:
-            ports = free_ports([f"bare-{name}" for name in SERVICE_NAMES])
             for name in SERVICE_NAMES:
-                port = ports[f"bare-{name}"]
+                port = self._bare_ports[name]
                 options = StackOptions(
                     data_dir=self._data_dir,
                     ports={**self.ports, name: port},
