@@ -44,6 +44,14 @@ the saga itself; coordinator/engine/plan.py says which), and an orchestrated ste
 result, unless it is the pivot's, may wait for the saga's next write. A happy
 ``place_order`` takes five writes.
 
+One record in memory: the run's :class:`~coordinator.log.saga_log.LiveRecord`. Each
+change is applied to it, then written; readers are shown a durable change once its
+write returned and a deferred one at once. An orchestrated saga's live record is pinned
+in the log for the run's lifetime (:meth:`SagaLog.pin`): GetSaga, WatchSaga and
+PlaceOrder read it there, and the SQLite log keeps no copy of its own. A choreographed
+saga is written by the observer too, so its run pins nothing and reads the log again
+(served from the log's cache) before it decides from what the services did.
+
 Telemetry (coordinator/engine/telemetry.py): :meth:`SagaRunner.run` opens the saga
 span and records the saga's end; :meth:`SagaRun.call`, the one place where a step
 attempt or compensation attempt starts and ends, opens one span per attempt,
@@ -55,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -101,7 +110,7 @@ from coordinator.log.records import (
     StepStatus,
     apply,
 )
-from coordinator.log.saga_log import SagaLog, StatusConflict
+from coordinator.log.saga_log import LiveRecord, SagaLog, StatusConflict
 from protos.sagawire.v1 import participant_pb2
 
 log = logging.getLogger(__name__)
@@ -157,8 +166,13 @@ class SagaRunner:
         if definition is None:
             raise LookupError(f"saga {record.saga_id}: no definition {record.definition!r}")
         telemetry = SagaTelemetry(record, cause, context)
-        run = SagaRun(self, definition, record, telemetry)
-        with telemetry.current():
+        live = LiveRecord(record)
+        run = SagaRun(self, definition, live, telemetry)
+        # An orchestrated saga has no other writer: its run's record is the one readers
+        # of the log are served. The observer writes a choreographed one too.
+        orchestrated = record.mode == SagaMode.ORCHESTRATION.value
+        pinned = self.log.pin(live) if orchestrated else nullcontext()
+        with pinned, telemetry.current():
             resumed = _RESUMED_DETAIL.get(cause)
             if resumed is not None:
                 await run.change(
@@ -181,21 +195,22 @@ class SagaRunner:
 
 
 class SagaRun:
-    """One saga being driven: its definition and its record, kept in step with the log.
+    """One saga being driven: its definition and its :class:`LiveRecord`.
 
-    The only owner of the record while the saga runs: every change is applied here
-    first, then written (:meth:`change`)."""
+    The live record is the saga's one in-memory record: every change is applied to it
+    first, then written (:meth:`change`), and shown to readers once the write allows
+    (an orchestrated saga's is pinned in the log, which serves reads from it)."""
 
     def __init__(
         self,
         runner: SagaRunner,
         definition: SagaDefinition,
-        record: SagaRecord,
+        live: LiveRecord,
         telemetry: SagaTelemetry,
     ) -> None:
         self.runner = runner
         self.definition = definition
-        self.record = record
+        self.live = live
         self.telemetry = telemetry
         # Changes applied to the record but not yet written: see change(defer=True).
         self._unwritten: list[Change] = []
@@ -209,21 +224,28 @@ class SagaRun:
         before anything acts on the result, carries it to disk first.
         """
         # Applied before awaiting so concurrent steps see the order the log will have.
-        self.record, _ = apply(self.record, change)
+        self.live.apply(change)
         self._unwritten.append(change)
         if not defer:
             await self.flush()
 
+    @property
+    def record(self) -> SagaRecord:
+        """The saga as this run has it: every change applied, written or not."""
+        return self.live.record
+
     async def flush(self) -> None:
-        """Write the deferred changes (in order, in one commit)."""
+        """Write the deferred changes (in order, in one commit); readers see them once
+        the log call returns (durable, or queued if replayable)."""
         if not self._unwritten:
             return
         # Taken and queued without an await between: concurrent flushes keep the order.
         batch, self._unwritten = self._unwritten, []
-        if self._replayable(batch):
-            await self.runner.log.append_later(self.record.saga_id, batch)
-        else:
-            await self.runner.log.append_many(self.record.saga_id, batch)
+        with self.live.writing():
+            if self._replayable(batch):
+                await self.runner.log.append_later(self.record.saga_id, batch)
+            else:
+                await self.runner.log.append_many(self.record.saga_id, batch)
 
     def _replayable(self, batch: Sequence[Change]) -> bool:
         """Whether a crash may lose ``batch`` (the log writes it in the background): an
@@ -585,7 +607,7 @@ class SagaRun:
         await self.flush()
         logged = await self.runner.log.load(self.record.saga_id)
         assert logged is not None  # sagas are never deleted
-        self.record = logged  # with what the observer recorded meanwhile
+        self.live.reloaded(logged)  # with what the observer recorded meanwhile
         now = self.runner.clock()
         unconfirmed = [
             s
@@ -648,7 +670,7 @@ class SagaRun:
                 reloaded = await self.runner.log.load(saga_id)
                 assert reloaded is not None
                 logged = reloaded
-        self.record = logged
+        self.live.reloaded(logged)
 
 
 def _not_started(deadline: float, record: SagaRecord, step: str) -> str:

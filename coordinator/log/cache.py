@@ -1,15 +1,23 @@
-"""Recently read unfinished sagas, kept in step with the log's writes.
+"""The SQLite saga log's in-memory records: the sagas its runs drive, and recently read ones.
 
 The observer reads a choreographed saga each time its events arrive, and
 ``GetSaga``/``WatchSaga`` read sagas while they run. A read served from memory
-spares a SQLite read on a thread for each of them. A saga is cached only once it
-was read (an orchestrated saga's run keeps its own record and never reads it), and
-leaves once it no longer runs (ended, needing attention or stalled) or when the
-cache is full (least recently used first).
+spares a SQLite read on a thread for each of them. Two kinds of entry:
 
-The cache can only be right or absent: a write is applied to a cached record only
-if that record is the version the write follows (by sequence number); otherwise
-the saga is dropped and the next read goes to the file.
+- **Pinned**: a saga a run of this process drives, pinned for the run's lifetime
+  (:meth:`RecordCache.pinned`). Its entry *is* the run's
+  :class:`~coordinator.log.saga_log.LiveRecord`, the one in-memory record of the
+  saga: the run applies each change to it before writing it, and a read is served
+  its ``visible`` version (a durable write once it returned, a deferred one at
+  once). The cache keeps no copy of it, applies none of the run's writes (the owner
+  applied them first), and never evicts it. Only a saga no one else writes is
+  pinned (an orchestrated one).
+- **Read**: an unfinished saga read from the file and not pinned (a choreographed
+  saga the observer writes, or one nobody drives here), kept by the cache itself.
+  It leaves once it no longer runs (ended, needing attention or stalled) or when
+  the cache is full (least recently used first). This copy can only be right or
+  absent: a write is applied to it only if it is the version the write follows (by
+  sequence number); otherwise the saga is dropped and the next read goes to the file.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from coordinator.log.records import UNFINISHED, Change, SagaRecord, Transition, apply
+from coordinator.log.saga_log import LiveRecord
 
 DEFAULT_SIZE = 4_096
 
@@ -27,6 +36,7 @@ class RecordCache:
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self._size = size
         self._records: OrderedDict[str, SagaRecord] = OrderedDict()
+        self._pinned: dict[str, LiveRecord] = {}
         # Reads of uncached sagas in progress, and when such a saga was last written
         # (a write that lands while it is read may be missing from what the read sees).
         self._reads: Counter[str] = Counter()
@@ -35,9 +45,13 @@ class RecordCache:
         self._writes = 0  # every write, for reads of many sagas at once
 
     def __len__(self) -> int:
+        """How many sagas read are kept (pinned ones aside: they do not count)."""
         return len(self._records)
 
     def get(self, saga_id: str) -> SagaRecord | None:
+        live = self._pinned.get(saga_id)
+        if live is not None:
+            return live.visible
         record = self._records.get(saga_id)
         if record is not None:
             self._records.move_to_end(saga_id)
@@ -75,8 +89,23 @@ class RecordCache:
 
         yield keep
 
+    @contextmanager
+    def pinned(self, live: LiveRecord) -> Iterator[None]:
+        """Serve reads of ``live``'s saga from it while inside (its run's lifetime).
+        After, the saga is not kept at all: ``live`` may hold a deferred write the file
+        will never have (it failed), and the next read goes to the file."""
+        saga_id = live.saga_id
+        if saga_id in self._pinned:
+            raise RuntimeError(f"saga {saga_id} is already pinned by another run")
+        self._records.pop(saga_id, None)  # the copy read before: the run's record replaces it
+        self._pinned[saga_id] = live
+        try:
+            yield
+        finally:
+            del self._pinned[saga_id]
+
     def _keep(self, record: SagaRecord) -> None:
-        if record.status not in UNFINISHED:
+        if record.status not in UNFINISHED or record.saga_id in self._pinned:
             return
         self._records[record.saga_id] = record
         self._records.move_to_end(record.saga_id)
@@ -85,7 +114,8 @@ class RecordCache:
 
     def forget(self, saga_id: str) -> None:
         """Drop the saga (a write it has not seen yet is on its way): the next read of it
-        goes to the file, and a read in progress keeps nothing."""
+        goes to the file, and a read in progress keeps nothing. A pinned saga stays: its
+        run applied the write first."""
         self._writes += 1
         if saga_id in self._reads:
             self._clock += 1
@@ -101,7 +131,8 @@ class RecordCache:
     ) -> None:
         """Apply changes just written, which appended ``transitions``; ``planned`` is the
         writer's own result of applying them, taken if it was worked out from the
-        cached version (the observer's), instead of applying them again."""
+        cached version (the observer's), instead of applying them again. Nothing to do
+        for a pinned saga: its run, the only writer, applied them first."""
         self._writes += 1
         if saga_id in self._reads:
             self._clock += 1

@@ -24,13 +24,21 @@ Rules every adapter keeps:
 - The history of transitions is append-only.
 - A saga leaves the log only through :meth:`SagaLog.prune_finished` (retention):
   finished, its participants told so, and older than the window.
+
+Who owns a saga's record: the log (its file or database) owns what is durable. In
+memory, a saga that a run drives has one record, its :class:`LiveRecord`: the run
+applies each change to it before writing it, and, while the run has it pinned
+(:meth:`SagaLog.pin`), an adapter that keeps records in memory serves reads of the saga
+from it (:class:`coordinator.log.cache.RecordCache` for SQLite) instead of a copy of
+its own. Only a saga no one else writes is pinned: an orchestrated saga, driven by one
+run of one process (a choreographed saga is also written by the observer).
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -133,6 +141,65 @@ def settles(change: Change) -> bool:
 
 def _no_crash(point: str, step: str = "") -> None:
     """The crash hook of a log nobody armed (see coordinator/engine/crash.py)."""
+
+
+@dataclass
+class _InFlight:
+    """A write of a :class:`LiveRecord`: the version it leaves, and whether the log call
+    returned (it may be shown once every write before it may)."""
+
+    version: SagaRecord
+    returned: bool = False
+
+
+class LiveRecord:
+    """The in-memory record of a saga being driven: the one its run reads and changes,
+    and, while pinned (:meth:`SagaLog.pin`), the one readers of the saga are served.
+
+    :attr:`record` is the run's view: every change applied, in the order the log will
+    have them, written or not. :attr:`visible` is what readers see: the record as of the
+    last write that may be shown. A durable write (:meth:`SagaLog.append_many`, or an
+    ``append_later`` that settles the saga) is shown once it returned; a deferred one
+    (replayable through the barrier) as soon as it is queued; and never a write before
+    one called ahead of it that has not returned (a durable change is not shown early
+    inside a later batch). Both are versions of one chain of :func:`records.apply`, not
+    two copies kept in step: :attr:`visible` is always a version :attr:`record` went
+    through.
+    """
+
+    def __init__(self, record: SagaRecord) -> None:
+        self.record = record
+        self.visible = record
+        # The writes handed to the log and not shown yet, oldest first.
+        self._writes: deque[_InFlight] = deque()
+
+    @property
+    def saga_id(self) -> str:
+        return self.record.saga_id
+
+    def apply(self, change: Change) -> None:
+        """Apply ``change`` to the run's view (before it is written)."""
+        self.record, _ = apply(self.record, change)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around the log call that writes every change applied so far: once it returns
+        the version it wrote is shown to readers (after the writes called before it). A
+        call that raises shows nothing: its run stops, and the saga is read from the log
+        again."""
+        write = _InFlight(self.record)
+        self._writes.append(write)
+        yield
+        write.returned = True
+        while self._writes and self._writes[0].returned:
+            self.visible = self._writes.popleft().version
+
+    def reloaded(self, record: SagaRecord) -> None:
+        """Start again from ``record``, read from the log: an unpinned saga that someone
+        else writes too (a choreographed one, which the observer writes), nothing of
+        this run's left unwritten."""
+        self.record = self.visible = record
+        self._writes.clear()
 
 
 class SagaLog(ABC):
@@ -302,6 +369,15 @@ class SagaLog(ABC):
     def as_observer(self) -> Iterator[None]:
         """Writes made inside are the choreography observer's: with replicas, fenced by
         the observer's lease rather than the saga's."""
+        yield
+
+    @contextmanager
+    def pin(self, live: LiveRecord) -> Iterator[None]:
+        """While inside, ``live`` is the saga's one in-memory record in this process and
+        its run the saga's only writer (see :class:`LiveRecord`). An adapter that keeps
+        records in memory serves reads of the saga from ``live.visible`` and keeps no
+        copy of its own; this default keeps none at all (reads go to the store, which
+        has every write that returned)."""
         yield
 
     @contextmanager

@@ -6,8 +6,11 @@ Tables: ``sagas`` (one row each, the current state), ``steps``, ``attempts``
 ``sagas.told_at`` is when every participant of a finished saga was told it finished
 (coordinator/engine/finished.py); only then, and after the retention window, may the saga
 leave the log (:meth:`SqliteSagaLog.prune_finished`).
-Running sagas once read are served from :class:`coordinator.log.cache.RecordCache`,
-kept in step with the writes made here; every write still goes to the file.
+Reads of running sagas are served from memory by
+:class:`coordinator.log.cache.RecordCache`: a saga a run drives here is read from the
+run's own record, pinned there for the run's lifetime (:meth:`SqliteSagaLog.pin`; the
+run owns it, and the cache keeps no copy), and other unfinished sagas once read from a
+copy the cache keeps right, or drops. Every write still goes to the file.
 
 Durable now, or soon (:meth:`SagaLog.append_later`): every write of a saga goes to the
 file's one writer thread (common/store.py, group commit) through a task made when the
@@ -17,7 +20,7 @@ writer in call order whether or not their caller waits. ``create``, ``append`` a
 settles the saga. What it queued is committed with the next batch, ahead of anything
 written after it; reads wait for it first, so a read sees every write called before it.
 Its watchers are woken once it is on disk. A saga written later is dropped from the
-record cache (its next read goes to the file, after the write).
+record cache (its next read goes to the file, after the write) unless its run pinned it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -56,6 +60,7 @@ from coordinator.log.saga_log import (
     EVERY_SAGA,
     Cursor,
     IdempotencyConflict,
+    LiveRecord,
     SagaFilter,
     SagaLog,
     StatusConflict,
@@ -264,6 +269,11 @@ class SqliteSagaLog(SagaLog):
             return
         for transition in written.result():
             self._notify(saga_id, transition.status)
+
+    @contextmanager
+    def pin(self, live: LiveRecord) -> Iterator[None]:
+        with self._cache.pinned(live):
+            yield
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         cached = self._cache.get(saga_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,10 +20,11 @@ from common.breakers import BreakerBoard, BreakerSettings
 from common.policy import CallPolicy, RetryPolicy
 from contract.definitions import Definitions, SagaDefinition, load_definitions
 from contract.messages import pack
+from coordinator.engine.participants import ParticipantClient
 from coordinator.engine.plan import first_intents
 from coordinator.engine.runner import SagaRunner
 from coordinator.log.records import NewSaga, SagaRecord, SagaStatus
-from coordinator.log.saga_log import InMemorySagaLog
+from coordinator.log.saga_log import InMemorySagaLog, SagaLog
 from protos.sagawire.v1 import order_saga_pb2
 from tests.unit.fakes import Answer, Call, FakeClock, FakeParticipants
 
@@ -70,17 +71,14 @@ def scripts(draw: st.DrawFn) -> tuple[SagaDefinition, dict[str, dict[str, list[A
     return definition, script
 
 
-async def _run(definition: SagaDefinition, participants: FakeParticipants) -> SagaRecord:
-    clock = FakeClock()
-    saga_log = InMemorySagaLog()
-    runner = SagaRunner(
-        saga_log,
-        DEFINITIONS,
-        participants,
-        CallPolicy(BreakerBoard(BreakerSettings(minimum_calls=1_000_000))),
-        clock=clock,
-    )
-    now = clock()
+def runner_on(saga_log: SagaLog, participants: ParticipantClient, clock: FakeClock) -> SagaRunner:
+    """The runner of DEFINITIONS on ``saga_log``, with breakers that never open."""
+    policy = CallPolicy(BreakerBoard(BreakerSettings(minimum_calls=1_000_000)))
+    return SagaRunner(saga_log, DEFINITIONS, participants, policy, clock=clock)
+
+
+async def start(saga_log: SagaLog, definition: SagaDefinition, now: datetime) -> SagaRecord:
+    """Log a new order saga with its first intents, as the API starts one."""
     data = order_saga_pb2.OrderSagaData(order_id="o-1", customer_id="alice")
     new = NewSaga(
         saga_id="saga-1",
@@ -92,6 +90,14 @@ async def _run(definition: SagaDefinition, participants: FakeParticipants) -> Sa
         deadline=now + timedelta(seconds=definition.deadline),
     )
     record, _ = await saga_log.create(new, then=first_intents(definition, now))
+    return record
+
+
+async def _run(definition: SagaDefinition, participants: FakeParticipants) -> SagaRecord:
+    clock = FakeClock()
+    saga_log = InMemorySagaLog()
+    runner = runner_on(saga_log, participants, clock)
+    record = await start(saga_log, definition, clock())
     settled = await runner.run(record)
     logged = await saga_log.load(record.saga_id)
     assert logged is not None and logged.status is settled.status  # the log agrees

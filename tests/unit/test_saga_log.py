@@ -33,6 +33,7 @@ from coordinator.log.records import (
 from coordinator.log.saga_log import (
     IdempotencyConflict,
     InMemorySagaLog,
+    LiveRecord,
     SagaFilter,
     SagaLog,
     StatusConflict,
@@ -214,6 +215,28 @@ async def test_appends_written_later_keep_their_order_and_reads_see_them(
         assert listener.status is SagaStatus.NEEDS_ATTENTION
     await saga_log.append_many(record.saga_id, changes[11:])
     assert await saga_log.load(record.saga_id) == expected
+
+
+async def test_a_pinned_saga_reads_as_its_run_shows_it(saga_log: SagaLog) -> None:
+    # Whether an adapter serves reads from the run's record (SQLite) or from its store
+    # (the default), a read shows what the run's writes returned, and after the run the
+    # store agrees.
+    record, _ = await saga_log.create(new_saga())
+    changes = script(T0)
+    live = LiveRecord(record)
+    with saga_log.pin(live):
+        for batch, later in ((changes[:3], True), (changes[3:5], False), (changes[5:7], True)):
+            for change in batch:
+                live.apply(change)
+            with live.writing():
+                if later:
+                    await saga_log.append_later(record.saga_id, batch)
+                else:
+                    await saga_log.append_many(record.saga_id, batch)
+            assert await saga_log.load(record.saga_id) == live.visible == live.record
+    assert live.record == apply_all(record, changes[:7])
+    assert await saga_log.load(record.saga_id) == live.record
+    assert (await saga_log.history(record.saga_id))[-1].seq == live.record.last_seq
 
 
 async def test_a_write_queued_for_later_reaches_the_file_before_close(tmp_path: Path) -> None:
