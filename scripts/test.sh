@@ -24,4 +24,6 @@ fi
 ruff format --check .
 ruff check .
 mypy
-pytest "$@"   # exits 5 (a failure) if it collects no tests
+# Two workers, one test file each at a time (a file's tests share its fixtures and may
+# use fixed resources, such as the demo's default ports); "-n 0" after it runs serially.
+pytest -n 2 --dist loadfile "$@"   # exits 5 (a failure) if it collects no tests

@@ -12,6 +12,12 @@ from common.certs import ensure_certs
 from common.tokens import KEY_FILE, ensure_signing_key
 from tests.support import Cluster, start_cluster
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist starts its workers with COLUMNS=80 and LINES=24; the tests expect the
+    # environment of a plain pytest run, where output into a pipe has no set width.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
