@@ -49,8 +49,11 @@ change is applied to it, then written; readers are shown a durable change once i
 write returned and a deferred one at once. An orchestrated saga's live record is pinned
 in the log for the run's lifetime (:meth:`SagaLog.pin`): GetSaga, WatchSaga and
 PlaceOrder read it there, and the SQLite log keeps no copy of its own. A choreographed
-saga is written by the observer too, so its run pins nothing and reads the log again
-(served from the log's cache) before it decides from what the services did.
+saga is written by the observer too, so the log holds its one record and the run keeps
+no version of its own: it applies a change to the version it last read, writes it, and
+then holds the log's (on SQLite the record its cache serves, the same object), reading
+it again when the observer wrote in between and before it decides from what the
+services did.
 
 Telemetry (coordinator/engine/telemetry.py): :meth:`SagaRunner.run` opens the saga
 span and records the saga's end; :meth:`SagaRun.call`, the one place where a step
@@ -197,9 +200,10 @@ class SagaRunner:
 class SagaRun:
     """One saga being driven: its definition and its :class:`LiveRecord`.
 
-    The live record is the saga's one in-memory record: every change is applied to it
-    first, then written (:meth:`change`), and shown to readers once the write allows
-    (an orchestrated saga's is pinned in the log, which serves reads from it)."""
+    An orchestrated saga's live record is its one in-memory record: every change is
+    applied to it first, then written (:meth:`change`), and shown to readers once the
+    write allows (it is pinned in the log, which serves reads from it). A choreographed
+    saga's holds only versions the log has (:meth:`_write_on_logged`)."""
 
     def __init__(
         self,
@@ -223,11 +227,37 @@ class SagaRun:
         again by re-sending the step (the barrier replays it). The next change, written
         before anything acts on the result, carries it to disk first.
         """
+        if self.observed:
+            await self._write_on_logged(change)
+            return
         # Applied before awaiting so concurrent steps see the order the log will have.
         self.live.apply(change)
         self._unwritten.append(change)
         if not defer:
             await self.flush()
+
+    @property
+    def observed(self) -> bool:
+        """Whether the observer writes this saga too (a choreographed one)."""
+        return self.record.mode == SagaMode.CHOREOGRAPHY.value
+
+    async def _write_on_logged(self, change: Change) -> None:
+        """Write ``change`` to a saga the observer writes too. The log holds its one record
+        and the run no version of its own: the change is applied to the version last read
+        and written; that is the log's version now, shared with its cache, unless the
+        observer wrote in between (then the log's is read)."""
+        planned, _ = apply(self.record, change)
+        written = await self.runner.log.append_many(self.record.saga_id, [change], planned)
+        if written[-1].seq == planned.last_seq:
+            self.live.reloaded(planned)
+        else:
+            await self.reload()
+
+    async def reload(self) -> None:
+        """Take the saga as the log has it, with what the observer recorded meanwhile."""
+        logged = await self.runner.log.load(self.record.saga_id)
+        assert logged is not None  # sagas are never deleted
+        self.live.reloaded(logged)
 
     @property
     def record(self) -> SagaRecord:
@@ -604,10 +634,8 @@ class SagaRun:
         """The first steps are unconfirmed past the deadline: they took effect if the
         services ran the steps after them (the services carry the saga on), or else the
         saga compensates them (the Failure returned)."""
-        await self.flush()
-        logged = await self.runner.log.load(self.record.saga_id)
-        assert logged is not None  # sagas are never deleted
-        self.live.reloaded(logged)  # with what the observer recorded meanwhile
+        await self.reload()
+        logged = self.record
         now = self.runner.clock()
         unconfirmed = [
             s
@@ -657,20 +685,13 @@ class SagaRun:
     async def settle_observed(self) -> None:
         """Settle the saga if the events observed so far end it; the run then ends with
         the saga as logged (the observer's changes too)."""
-        saga_id = self.record.saga_id
-        await self.flush()  # nothing is deferred in choreography; the log is the record
-        logged = await self.runner.log.load(saga_id)
-        assert logged is not None  # sagas are never deleted
-        settled = settlement(logged, self.runner.clock())
+        await self.reload()
+        settled = settlement(self.record, self.runner.clock())
         if settled is not None:
             try:
-                await self.runner.log.append(saga_id, settled)
-                logged, _ = apply(logged, settled)
+                await self.change(settled)
             except StatusConflict:  # the observer settled it first: read what it wrote
-                reloaded = await self.runner.log.load(saga_id)
-                assert reloaded is not None
-                logged = reloaded
-        self.live.reloaded(logged)
+                await self.reload()
 
 
 def _not_started(deadline: float, record: SagaRecord, step: str) -> str:

@@ -13,7 +13,8 @@ spares a SQLite read on a thread for each of them. Two kinds of entry:
   applied them first), and never evicts it. Only a saga no one else writes is
   pinned (an orchestrated one).
 - **Read**: an unfinished saga read from the file and not pinned (a choreographed
-  saga the observer writes, or one nobody drives here), kept by the cache itself.
+  saga the observer writes, kept from its creation, or one nobody drives here), kept
+  by the cache itself; a choreographed saga's run holds the very record kept here.
   It leaves once it no longer runs (ended, needing attention or stalled) or when
   the cache is full (least recently used first). This copy can only be right or
   absent: a write is applied to it only if it is the version the write follows (by
@@ -103,6 +104,11 @@ class RecordCache:
             yield
         finally:
             del self._pinned[saga_id]
+
+    def created(self, record: SagaRecord) -> None:
+        """Keep a saga just created, as written: nobody else can have written it yet. For a
+        choreographed saga, which the observer and its run read after every write."""
+        self._keep(record)
 
     def _keep(self, record: SagaRecord) -> None:
         if record.status not in UNFINISHED or record.saga_id in self._pinned:

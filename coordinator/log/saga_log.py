@@ -31,7 +31,10 @@ applies each change to it before writing it, and, while the run has it pinned
 (:meth:`SagaLog.pin`), an adapter that keeps records in memory serves reads of the saga
 from it (:class:`coordinator.log.cache.RecordCache` for SQLite) instead of a copy of
 its own. Only a saga no one else writes is pinned: an orchestrated saga, driven by one
-run of one process (a choreographed saga is also written by the observer).
+run of one process. A choreographed saga is also written by the observer: its one
+in-memory record is the adapter's (the SQLite log's cache keeps it from its creation),
+and its run holds the versions the log has, never one of its own (coordinator/engine/
+runner.py).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from typing import TypeVar
 
 from common.errors import NotFound
 from common.store import Database
+from contract.modes import SagaMode
 from coordinator.log.cache import RecordCache
 from coordinator.log.records import (
     TERMINAL,
@@ -218,6 +219,9 @@ class SqliteSagaLog(SagaLog):
             for change in then:
                 record, transition = apply(record, change)
                 self._notify(new.saga_id, transition.status)
+            if record.mode == SagaMode.CHOREOGRAPHY.value:
+                # Read back after each of its run's writes and on each event observed.
+                self._cache.created(record)
             return record, True
         existing = await self.load(existing_id)
         if existing is None:

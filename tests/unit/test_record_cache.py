@@ -13,6 +13,10 @@ from typing import TypeVar
 
 import pytest
 
+from common.breakers import BreakerBoard, BreakerSettings
+from common.policy import CallPolicy
+from contract.definitions import load_definitions
+from coordinator.engine.runner import SagaRunner
 from coordinator.log.cache import RecordCache
 from coordinator.log.records import (
     Change,
@@ -226,21 +230,27 @@ async def _read_fresh(path: Path, saga_id: str) -> SagaRecord | None:
         await fresh.close()
 
 
+class _FileReads:
+    """Counts the reads of a SQLite log's file (those its cache did not serve)."""
+
+    def __init__(self, saga_log: SqliteSagaLog, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        read = saga_log.db.read
+
+        async def counted(work: Callable[[sqlite3.Connection], _T]) -> _T:
+            self.count += 1
+            return await read(work)
+
+        monkeypatch.setattr(saga_log.db, "read", counted)
+
+
 async def test_a_running_saga_is_read_from_its_run_and_its_outcome_once_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "log.db"
     saga_log = _SlowToSettle(path)
     await saga_log.open()
-    file_reads = 0
-    read = saga_log.db.read
-
-    async def counted(work: Callable[[sqlite3.Connection], _T]) -> _T:
-        nonlocal file_reads
-        file_reads += 1
-        return await read(work)
-
-    monkeypatch.setattr(saga_log.db, "read", counted)
+    file_reads = _FileReads(saga_log, monkeypatch)
     definition = DEFINITIONS.sagas["place_order"]
     participants = _Held("charge_payment")
     clock = FakeClock()
@@ -254,21 +264,46 @@ async def test_a_running_saga_is_read_from_its_run_and_its_outcome_once_durable(
         assert during is not None and during is await saga_log.load(record.saga_id)
         assert during.step("create_order").status is StepStatus.SUCCEEDED
         assert during.step("charge_payment").attempts[-1].outcome is None
-        assert file_reads == 0  # served from the run's record: no read of the file
+        assert file_reads.count == 0  # served from the run's record: no read of the file
         participants.let_go.set()
         await saga_log.settling.wait()
         # The outcome is being written: not told before it is on disk.
         before = await saga_log.load(record.saga_id)
         assert before is not None and before.status is SagaStatus.RUNNING
-        assert file_reads == 0
+        assert file_reads.count == 0
         saga_log.let_go.set()
         settled = await run
         assert settled.status is SagaStatus.COMPLETED
         # The run is over: the saga is read from the file, which agrees with the run.
         after = await saga_log.load(record.saga_id)
-        assert file_reads == 1 and after == settled
+        assert file_reads.count == 1 and after == settled
     finally:
         saga_log.let_go.set()
         participants.let_go.set()
         await saga_log.close()
     assert await _read_fresh(path, record.saga_id) == settled
+
+
+async def test_a_choreographed_run_holds_the_logs_record_and_reads_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The observer writes a choreographed saga too, so its run keeps no version of its
+    # own: after each write it has the log's, the very record the log's cache serves.
+    saga_log = SqliteSagaLog(tmp_path / "log.db")
+    await saga_log.open()
+    file_reads = _FileReads(saga_log, monkeypatch)
+    definitions = load_definitions(mode="choreography")
+    definition = definitions.sagas["place_order"]
+    clock = FakeClock()
+    policy = CallPolicy(BreakerBoard(BreakerSettings(minimum_calls=1_000_000)))
+    runner = SagaRunner(saga_log, definitions, FakeParticipants(), policy, clock=clock)
+    try:
+        record = await start(saga_log, definition, clock())
+        started = await runner.run(record)  # the first step; the services carry the rest
+        assert started.status is SagaStatus.RUNNING
+        assert started.step("create_order").status is StepStatus.SUCCEEDED
+        assert started is await saga_log.load(record.saga_id)  # one record, not two
+        assert file_reads.count == 0
+    finally:
+        await saga_log.close()
+    assert await _read_fresh(tmp_path / "log.db", record.saga_id) == started
