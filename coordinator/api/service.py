@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from common.breakers import BreakerBoard
 from common.bulkhead import Bulkheads
-from common.errors import BreakerOpen, NotFound, PermissionDenied
+from common.errors import BreakerOpen, NotFound, PermissionDenied, Transient
 from common.tokens import Caller
 from contract.definitions import Definitions, SagaMode
 from coordinator.api import requests
@@ -131,16 +131,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> tuple[SagaRecord, bool, Message]:
         """Start a saga (or find the one the idempotency key started), wait for its outcome
         if asked; the saga as logged, whether it is new, and its data now."""
-        self._refuse_if_first_participant_down(saga)
-        record, created = await self._engine.start(
-            saga,
-            data,
-            idempotency_key=key,
-            request_hash=fingerprint,
-            # The saga's trace, which GetSaga returns: this call's when it waits for
-            # the outcome, else one of the saga's own, linked with this call.
-            trace_id=saga_trace_id(waits=wait),
-        )
+        try:
+            self._refuse_if_first_participant_down(saga)
+            record, created = await self._engine.start(
+                saga,
+                data,
+                idempotency_key=key,
+                request_hash=fingerprint,
+                # The saga's trace, which GetSaga returns: this call's when it waits for
+                # the outcome, else one of the saga's own, linked with this call.
+                trace_id=saga_trace_id(waits=wait),
+            )
+        except Transient:
+            # Shed at a door (a first participant's breaker open, too many sagas running,
+            # shutting down): a new saga would only wait. A retry of one the key already
+            # started is answered all the same, as it adds nothing.
+            found = await self._log.find(key, fingerprint)
+            if found is None:
+                raise
+            record, created = found, False
         link_to_saga(record)
         if wait and record.status not in SETTLED:
             record = await self._engine.wait_settled(record.saga_id)
@@ -151,8 +160,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def _refuse_if_first_participant_down(self, saga: str) -> None:
         """Load shedding at the door: while the breaker of a participant the saga calls
         first is open, a new saga would only wait, so it is refused (UNAVAILABLE) before
-        anything is written; a client retrying with the same idempotency key gets it
-        once, later."""
+        anything is written; a retry of a saga the key already started is still
+        answered (:meth:`_start`)."""
         definition = self._definitions.get(saga)
         if not self._shed_at_door or definition is None:
             return

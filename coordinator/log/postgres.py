@@ -302,6 +302,21 @@ class PostgresSagaLog(SagaLog):
             return await self.create(new, then)
         return existing, False
 
+    async def find(self, idempotency_key: str, request_hash: str) -> SagaRecord | None:
+        if not idempotency_key:
+            return None
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT saga_id, request_hash FROM sagas WHERE idempotency_key = %s",
+                (idempotency_key,),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        if row["request_hash"] != request_hash:
+            raise IdempotencyConflict(idempotency_key)
+        return await self.load(str(row["saga_id"]))
+
     async def append(self, saga_id: str, change: Change) -> Transition:
         transitions: list[Transition] = await self._write(saga_id, (change,), None)
         return transitions[0]

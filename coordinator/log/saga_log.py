@@ -243,6 +243,15 @@ class SagaLog(ABC):
         """
 
     @abstractmethod
+    async def find(self, idempotency_key: str, request_hash: str) -> SagaRecord | None:
+        """The saga ``idempotency_key`` started, if any (a read: a retried request that
+        a door refused is still answered with the saga it started).
+
+        Raises:
+            IdempotencyConflict: the key belongs to a different request.
+        """
+
+    @abstractmethod
     async def append(self, saga_id: str, change: Change) -> Transition:
         """Apply ``change`` and append its transition, atomically and durably.
 
@@ -425,10 +434,8 @@ class InMemorySagaLog(SagaLog):
         self._told: set[str] = set()
 
     async def create(self, new: NewSaga, then: Sequence[Change] = ()) -> tuple[SagaRecord, bool]:
-        if new.idempotency_key and new.idempotency_key in self._keys:
-            existing = self._sagas[self._keys[new.idempotency_key]]
-            if existing.request_hash != new.request_hash:
-                raise IdempotencyConflict(new.idempotency_key)
+        existing = await self.find(new.idempotency_key, new.request_hash)
+        if existing is not None:
             return existing, False
         record = new_record(new)
         self._sagas[new.saga_id] = record
@@ -439,6 +446,15 @@ class InMemorySagaLog(SagaLog):
         for change in then:
             await self.append(new.saga_id, change)
         return self._sagas[new.saga_id], True
+
+    async def find(self, idempotency_key: str, request_hash: str) -> SagaRecord | None:
+        saga_id = self._keys.get(idempotency_key) if idempotency_key else None
+        if saga_id is None:
+            return None
+        existing = self._sagas[saga_id]
+        if existing.request_hash != request_hash:
+            raise IdempotencyConflict(idempotency_key)
+        return existing
 
     async def append(self, saga_id: str, change: Change) -> Transition:
         record = self._sagas.get(saga_id)

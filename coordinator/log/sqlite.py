@@ -230,6 +230,21 @@ class SqliteSagaLog(SagaLog):
             return await self.create(new, then)
         return existing, False
 
+    async def find(self, idempotency_key: str, request_hash: str) -> SagaRecord | None:
+        if not idempotency_key:
+            return None
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT saga_id, request_hash FROM sagas WHERE idempotency_key = ?",
+                (idempotency_key,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        if row["request_hash"] != request_hash:
+            raise IdempotencyConflict(idempotency_key)
+        return await self.load(str(row["saga_id"]))
+
     async def append(self, saga_id: str, change: Change) -> Transition:
         transition = await self._durable(saga_id, lambda conn: _append(conn, saga_id, change), 1)
         self._cache.written(saga_id, (change,), (transition,))

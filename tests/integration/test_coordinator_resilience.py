@@ -119,6 +119,11 @@ async def test_new_sagas_are_refused_at_the_door_while_the_first_breaker_is_open
         assert "circuit breaker open" in (refused.value.details() or "")
         after = await stack.api.ListSagas(pb.ListSagasRequest())
         assert len(after.sagas) == len(before.sagas)  # nothing was written
+        # A retry of a saga its key already started is answered at the shut door: the
+        # same saga, nothing new (a client whose first answer was lost is not refused).
+        retried = await stack.place(wait=False, key="door-0")
+        assert retried.existing and retried.saga_id in {s.saga_id for s in before.sagas}
+        assert len((await stack.api.ListSagas(pb.ListSagasRequest())).sagas) == len(before.sagas)
         # The client retries with the same key once order is back: the saga, once.
         await stack.faults("order")
         late = await wait_until(placed_late, timeout=20, message="the late order accepted")

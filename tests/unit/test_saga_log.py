@@ -145,6 +145,12 @@ async def test_an_idempotency_key_finds_the_same_saga(saga_log: SagaLog) -> None
     with pytest.raises(IdempotencyConflict):
         await saga_log.create(new_saga(key="k-1", request_hash="other"))
     assert len(await saga_log.list_sagas(None, None, 10)) == 1
+    # Found by its key alone too (a retry refused at a door), and only by its request.
+    assert await saga_log.find("k-1", new_saga().request_hash) == first
+    assert await saga_log.find("k-2", new_saga().request_hash) is None
+    assert await saga_log.find("", new_saga().request_hash) is None
+    with pytest.raises(IdempotencyConflict):
+        await saga_log.find("k-1", "other")
 
 
 async def test_load_after_appends_equals_apply(saga_log: SagaLog) -> None:
