@@ -31,7 +31,6 @@ from common.errors import (
 from common.faults import FaultInjector
 from common.logs import printable
 from common.participant_telemetry import (
-    REFUSED_LATE,
     barrier_decided,
     barrier_refused,
     counted_call,
@@ -210,8 +209,8 @@ class ActionRunner:
         except (Aborted, RequestMismatch) as refused:
             barrier_refused(action.name, EXECUTE, refused)
             raise
-        except SagaExpired:
-            barrier_decided(action.name, EXECUTE, REFUSED_LATE)  # past the horizon
+        except SagaExpired as expired:
+            barrier_refused(action.name, EXECUTE, expired)  # past the horizon
             raise
         barrier_decided(action.name, EXECUTE, guarded.outcome.value, guarded.rejection)
         if (

@@ -26,8 +26,9 @@ Each attempt records ``step_duration`` (and, when it is retried, ``step_retries`
 as the coordinator does for the steps it drives, and ``sagawire.action.duration``.
 
 :class:`common.participant.ActionRunner` reports what the barrier decided through
-:func:`barrier_decided`, in both modes: counted, set as ``saga.barrier`` on the
-current span (the server span of a call, or the attempt of a reaction, which learns
+:func:`barrier_decided` and :func:`barrier_refused`, in both modes: counted (a
+decision once its transaction commits, :func:`common.store.after_commit`), set as
+``saga.barrier`` on the current span (the server span of a call, or the attempt of a reaction, which learns
 its outcome from it; a context variable carries the attempt into the runner, which
 the reaction calls inside the consumer's transaction). :func:`counted_call` counts a
 participant call by action and outcome.
@@ -41,13 +42,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from common.errors import Aborted, BusinessRejection, RequestMismatch, Transient
+from common.errors import (
+    Aborted,
+    BusinessRejection,
+    RequestMismatch,
+    SagawireError,
+    Transient,
+)
 from common.grpc_errors import status_code_for
+from common.store import after_commit
 from common.telemetry import consumer_span, saga_metrics, service_metrics
 from protos.sagawire.v1 import events_pb2
 
@@ -211,20 +220,28 @@ def reaction_retried(step: ReactionStep | None) -> None:
 def barrier_decided(
     action: str, phase: str, decision: str, rejection: BusinessRejection | None = None
 ) -> None:
-    """The barrier applied, replayed, nulled or refused a request of ``action``: counted,
-    and told to the current span (and to the reaction attempt running it, if any)."""
+    """The barrier applied, replayed or nulled a request of ``action``: counted once the
+    transaction commits (one that lost a race runs again and decides again), and told to
+    the current span (and to the reaction attempt running it, if any)."""
+    after_commit(partial(service_metrics().barrier_decided, action, phase, decision))
+    _tell(decision, rejection)
+
+
+def barrier_refused(action: str, phase: str, refusal: SagawireError) -> None:
+    """The barrier refused a request of ``action``: a step compensated before it (or past
+    the horizon), or a different request under its key. The work ends with the refusal
+    and nothing commits, so it is counted at once."""
+    decision = REFUSED_MISMATCH if isinstance(refusal, RequestMismatch) else REFUSED_LATE
     service_metrics().barrier_decided(action, phase, decision)
+    _tell(decision)
+
+
+def _tell(decision: str, rejection: BusinessRejection | None = None) -> None:
     attempt = _attempt.get()
     if attempt is not None:
         attempt.decided(decision, rejection)
     else:
         trace.get_current_span().set_attribute("saga.barrier", decision)
-
-
-def barrier_refused(action: str, phase: str, refusal: Aborted | RequestMismatch) -> None:
-    """The barrier refused a request of ``action`` (see :func:`barrier_decided`)."""
-    decision = REFUSED_MISMATCH if isinstance(refusal, RequestMismatch) else REFUSED_LATE
-    barrier_decided(action, phase, decision)
 
 
 @contextmanager

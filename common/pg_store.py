@@ -47,7 +47,7 @@ from psycopg import pq, sql
 from psycopg_pool import ConnectionPool
 
 from common import pg_dialect
-from common.store import StoreConflict
+from common.store import StoreConflict, run_collecting, run_committed
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class PostgresDatabase:
                 conn = PgConnection(raw)
                 try:
                     raw.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                    value = context.run(work, conn)
+                    value, hooks = context.run(run_collecting, work, conn)
                     if conn.doomed:  # the work went on after a lost race: not kept
                         raise StoreConflict("the transaction lost a race")
                     raw.execute("COMMIT")
@@ -200,6 +200,7 @@ class PostgresDatabase:
                     _rollback(raw)
                     raise
                 self.writes += 1
+                run_committed(hooks, context)  # only the attempt that committed
                 return value
         raise AssertionError("unreachable")
 

@@ -110,6 +110,45 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+# What the work running now asked to be done once its transaction commits (None: no
+# transaction runs in this context).
+_after_commit: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "sagawire_after_commit", default=None
+)
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the transaction the current work runs in has committed; never
+    if it rolls back or runs again after losing a race (a count of what the work did is
+    then counted once). Outside a transaction, at once."""
+    pending = _after_commit.get()
+    if pending is None:
+        callback()
+    else:
+        pending.append(callback)
+
+
+def run_collecting(work: Callable[[Any], _T], conn: Any) -> tuple[_T, list[Callable[[], None]]]:
+    """``work(conn)``, and what it asked to be done after the commit (:func:`after_commit`).
+    Run inside the caller's context (``context.run``), so the hooks are its own."""
+    hooks: list[Callable[[], None]] = []
+    token = _after_commit.set(hooks)
+    try:
+        return work(conn), hooks
+    finally:
+        _after_commit.reset(token)
+
+
+def run_committed(hooks: Sequence[Callable[[], None]], context: contextvars.Context) -> None:
+    """The hooks of a committed piece of work, in its caller's context; one that fails is
+    logged and the others still run (what committed stays committed)."""
+    for hook in hooks:
+        try:
+            context.run(hook)
+        except Exception:
+            log.exception("after-commit hook failed")
+
+
 Work = Callable[[sqlite3.Connection], Any]
 _Delivery = tuple[asyncio.Future[Any], Any, BaseException | None]
 
@@ -253,12 +292,13 @@ class Database:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         results: list[tuple[_Item, Any, BaseException | None]] = []
+        committed: list[tuple[list[Callable[[], None]], contextvars.Context]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 conn.execute("SAVEPOINT work")
                 try:
-                    value = item.context.run(item.work, conn)
+                    value, hooks = item.context.run(run_collecting, item.work, conn)
                 except Exception as refused:
                     conn.execute("ROLLBACK TO work")
                     conn.execute("RELEASE work")
@@ -266,12 +306,17 @@ class Database:
                 else:
                     conn.execute("RELEASE work")
                     results.append((item, value, None))
+                    if hooks:
+                        committed.append((hooks, item.context))
             conn.execute("COMMIT")
         except Exception as failure:
             log.exception("group commit failed path=%s batch=%d", self.path, len(batch))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(item, None, failure) for item in batch]
+            committed = []
+        for hooks, context in committed:
+            run_committed(hooks, context)
         self.writes += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
         for item, value, outcome in results:
