@@ -3,7 +3,8 @@
 Each service serves ``sagawire.v1.Admin`` when it runs with ``SAGAWIRE_ADMIN_ENABLED=true``
 (as in ``sagawire up``), to the operator only, on a port of its own: the service's port + 10
 on loopback unless ``SAGAWIRE_ADMIN_PORT``/``SAGAWIRE_ADMIN_HOST`` say otherwise (reach it
-with ``SAGAWIRE_<NAME>_ADMIN_ADDR``). With replicas, every replica gets the change.
+with ``SAGAWIRE_<NAME>_ADMIN_ADDR``). With replicas, every replica gets the change, and
+the calls shown are all of the service's replicas' (JSON says how many answered).
 ``set`` changes the plan in force: what it is given and nothing else (``--action``
 with ``--fail-next`` / ``--latency-ms`` sets that action's rule; without ``--action``
 they are service-wide). A rule for an action the service does not run is refused by the
@@ -55,16 +56,16 @@ def _services(given: list[str] | None) -> list[str]:
 
 def _each(
     services: list[str], call: Callable[[admin_pb2_grpc.AdminStub], Awaitable[_T]]
-) -> dict[str, _T]:
+) -> dict[str, list[_T]]:
     """``call`` on each service's Admin API (every replica's), in turn; a failure ends the
-    command. The first replica's answer is the service's."""
+    command. Each service's answers, one per replica."""
     addresses = _admin_addresses(services)
 
     async def on(name: str, address: str) -> _T:
         async with identity().aio_channel(address, peer=name) as channel:
             return await call(admin_pb2_grpc.AdminStub(channel))
 
-    results: dict[str, _T] = {}
+    results: dict[str, list[_T]] = {}
     for name in services:
         for address in addresses[name]:
             try:
@@ -78,8 +79,22 @@ def _each(
                         f" it with {env_name(f'{name}_admin_addr')})"
                     )
                 fail(line, code)
-            results.setdefault(name, answer)
+            results.setdefault(name, []).append(answer)
     return results
+
+
+Answer = tuple[admin_pb2.FaultPlan, admin_pb2.CallCounts]
+
+
+def of_service(answers: list[Answer]) -> Answer:
+    """One service's plan and calls from its replicas' answers: the plan is the same on
+    each (every change is made on every replica), the calls are what all of them got."""
+    plan, _ = answers[0]
+    calls = admin_pb2.CallCounts()
+    for _, counts in answers:
+        for action, count in counts.calls.items():
+            calls.calls[action] += count
+    return plan, calls
 
 
 def _admin_addresses(services: list[str]) -> dict[str, list[str]]:
@@ -97,12 +112,18 @@ async def _plan_and_calls(
     return plan, calls
 
 
-def _print(
-    results: dict[str, tuple[admin_pb2.FaultPlan, admin_pb2.CallCounts]], output: Output
-) -> None:
+def _print(replies: dict[str, list[Answer]], output: Output) -> None:
+    results = {name: of_service(answers) for name, answers in replies.items()}
     if output is Output.json:
         for name, (plan, calls) in results.items():
-            print_json({"service": name, "plan": message_dict(plan), "calls": dict(calls.calls)})
+            print_json(
+                {
+                    "service": name,
+                    "replicas": len(replies[name]),
+                    "plan": message_dict(plan),
+                    "calls": dict(calls.calls),
+                }
+            )
         return
     shown = table(
         "service", "unavailable rate", "latency", "seed", "action rules", "calls",
