@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -36,9 +37,11 @@ from coordinator.engine.payloads import saga_data
 from coordinator.engine.scheduler import SagaEngine
 from coordinator.engine.telemetry import link_to_saga, saga_trace_id
 from coordinator.log.records import SETTLED, Kind, SagaRecord, SagaStatus
-from coordinator.log.saga_log import Cursor, SagaFilter, SagaLog
+from coordinator.log.saga_log import Cursor, IdempotencyConflict, SagaFilter, SagaLog
 from protos.sagawire.v1 import coordinator_pb2 as pb
 from protos.sagawire.v1 import coordinator_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "sagawire.v1.Coordinator"
 
@@ -142,20 +145,31 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 # the outcome, else one of the saga's own, linked with this call.
                 trace_id=saga_trace_id(waits=wait),
             )
-        except Transient:
+        except Transient as refused:
             # Shed at a door (a first participant's breaker open, too many sagas running,
             # shutting down): a new saga would only wait. A retry of one the key already
             # started is answered all the same, as it adds nothing.
-            found = await self._log.find(key, fingerprint)
-            if found is None:
-                raise
-            record, created = found, False
+            record, created = await self._started_by(key, fingerprint, refused), False
         link_to_saga(record)
         if wait and record.status not in SETTLED:
             record = await self._engine.wait_settled(record.saga_id)
         definition = self._definitions.get(record.definition)
         logged = saga_data(definition, record) if definition is not None else data
         return record, created, logged
+
+    async def _started_by(self, key: str, fingerprint: str, refused: Transient) -> SagaRecord:
+        """The saga ``key`` started, for a request refused at a door; else the refusal
+        stands (also when the log cannot say: it may be what refused)."""
+        try:
+            found = await self._log.find(key, fingerprint)
+        except IdempotencyConflict:
+            raise  # the key is another request's: that is the answer
+        except Exception:
+            log.warning("idempotency key not looked up after a refusal", exc_info=True)
+            found = None
+        if found is None:
+            raise refused
+        return found
 
     def _refuse_if_first_participant_down(self, saga: str) -> None:
         """Load shedding at the door: while the breaker of a participant the saga calls

@@ -261,7 +261,8 @@ class SagaRun:
 
     @property
     def record(self) -> SagaRecord:
-        """The saga as this run has it: every change applied, written or not."""
+        """The saga as this run has it: every change applied, written or not (a
+        choreographed saga's: the version the log has, as last read or written)."""
         return self.live.record
 
     async def flush(self) -> None:
