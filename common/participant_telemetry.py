@@ -28,10 +28,10 @@ as the coordinator does for the steps it drives, and ``sagawire.action.duration`
 :class:`common.participant.ActionRunner` reports what the barrier decided through
 :func:`barrier_decided` and :func:`barrier_refused`, in both modes: counted (a
 decision once its transaction commits, :func:`common.store.after_commit`), set as
-``saga.barrier`` on the current span (the server span of a call, or the attempt of a reaction, which learns
-its outcome from it; a context variable carries the attempt into the runner, which
-the reaction calls inside the consumer's transaction). :func:`counted_call` counts a
-participant call by action and outcome.
+``saga.barrier`` on the current span (the server span of a call, or the attempt of a
+reaction, which learns its outcome from it; a context variable carries the attempt
+into the runner, which the reaction calls inside the consumer's transaction).
+:func:`counted_call` counts a participant call by action and outcome.
 """
 
 from __future__ import annotations
