@@ -379,6 +379,19 @@ def scoped(telemetry: Telemetry | None) -> Iterator[None]:
         _scoped.reset(token)
 
 
+def samples_new_trace(trace_id: int, name: str) -> bool:
+    """Whether the active telemetry's sampler (``OTEL_TRACES_SAMPLER``) samples a trace
+    with this id started here: the same decision it made if the trace began here (a
+    ratio decides by the trace id; the default samples every trace)."""
+    current = active()
+    provider = current.tracer_provider if current is not None else trace.get_tracer_provider()
+    sampler = getattr(provider, "sampler", None)
+    if sampler is None:  # the API's no-op provider: nothing is recorded anyway
+        return True
+    decision: bool = sampler.should_sample(None, trace_id, name).decision.is_sampled()
+    return decision
+
+
 def tracer() -> Tracer:
     """The active telemetry's tracer (the global, no-op until configured, otherwise)."""
     current = active()

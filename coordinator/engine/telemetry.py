@@ -72,6 +72,7 @@ from common.telemetry import (
     current_trace_id,
     new_trace_id,
     saga_metrics,
+    samples_new_trace,
     tracer,
     with_span_id,
 )
@@ -118,12 +119,21 @@ def _logged_trace_id(record: SagaRecord) -> int | None:
 
 
 def saga_span_context(record: SagaRecord) -> SpanContext | None:
-    """The first run's saga span, in the saga's logged trace: a later run's parent."""
+    """The first run's saga span, in the saga's logged trace: a later run's parent.
+
+    Sampled as the sampler samples that trace when it starts here: a saga not traced at
+    first (``OTEL_TRACES_SAMPLER`` with a ratio) is not traced from its middle on either.
+    (A trace begun by a client that sent its own sampling decision is decided again by
+    the sampler's rule for a new trace: the log keeps the trace id, not the decision.)"""
     trace_id = _logged_trace_id(record)
     if trace_id is None:
         return None
+    sampled = samples_new_trace(trace_id, f"saga {record.definition}")
     found = SpanContext(
-        trace_id, saga_span_id(record.saga_id), is_remote=True, trace_flags=TraceFlags(1)
+        trace_id,
+        saga_span_id(record.saga_id),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
     )
     return found if found.is_valid else None
 

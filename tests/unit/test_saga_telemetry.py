@@ -87,6 +87,32 @@ def test_a_recovered_run_continues_the_logged_trace(
     assert list(span.links) == []
 
 
+def test_a_recovered_run_of_a_saga_not_sampled_is_not_traced_either(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ratio of 0 samples no trace started here: the saga's first run was not traced, so
+    # a run after a restart is not traced from the middle of the saga on either.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    unsampled = create_telemetry("coordinator", [exporter], batch=False)
+    logged = record(trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
+    with activated(unsampled):
+        first_run = saga_span_context(logged)
+        assert first_run is not None and not first_run.trace_flags.sampled
+        with SagaTelemetry(logged, RunCause.RECOVERED).current() as span:
+            assert not span.is_recording()
+    unsampled.shutdown()
+    assert exporter.get_finished_spans() == ()
+    # Sampled by the default sampler, as every saga is.
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER")
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG")
+    default = create_telemetry("coordinator", [exporter], batch=False)
+    with activated(default):
+        traced = saga_span_context(logged)
+        assert traced is not None and traced.trace_flags.sampled
+    default.shutdown()
+
+
 def test_a_saga_logged_without_a_trace_resumes_in_a_new_one(
     telemetry: Telemetry, exporter: InMemorySpanExporter
 ) -> None:
