@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics.export import (
@@ -237,3 +238,14 @@ async def saga_trace(
     # PlaceOrder may answer: it can end after the PlaceOrder span does.
     await wait_until(complete, message=f"the trace of saga {saga_id}")
     return spans()
+
+
+def sampling_no_new_trace(
+    monkeypatch: pytest.MonkeyPatch, service: str, exporter: SpanExporter
+) -> Telemetry:
+    """``service``'s telemetry sampling no trace it starts, set the standard way
+    (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``, ``OTEL_TRACES_SAMPLER_ARG=0``): a
+    trace sampled where it started is still continued."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    return create_telemetry(service, [exporter], batch=False)

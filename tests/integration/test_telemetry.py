@@ -62,6 +62,7 @@ from services.launcher import spec_of
 from services.runtime import DomainService
 from tests.integration.otlp_receiver import OtlpReceiver, attribute
 from tests.support import open_channel, service_settings, start_service_process, wait_until
+from tests.telemetry_support import sampling_no_new_trace
 
 EXECUTE = "/sagawire.v1.Participant/Execute"
 
@@ -283,9 +284,7 @@ def test_sampling_follows_the_standard_variables_and_the_trace_decided_at_its_st
     # OTEL_TRACES_SAMPLER / _ARG, read by the SDK: here, no new trace is sampled, but a
     # process continuing a trace sampled where it started traces its part of it, so a
     # saga is traced whole or not at all.
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
-    payment = create_telemetry("payment", [exporter], batch=False)
+    payment = sampling_no_new_trace(monkeypatch, "payment", exporter)
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
     sampled = create_telemetry("coordinator", [exporter], batch=False)
     with activated(payment), payment.tracer.start_as_current_span("new trace") as dropped:

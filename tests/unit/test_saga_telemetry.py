@@ -23,6 +23,7 @@ from coordinator.engine.telemetry import (
     saga_span_context,
 )
 from coordinator.log.records import NewSaga, Phase, SagaRecord, SagaStatus, new_record
+from tests.telemetry_support import sampling_no_new_trace
 
 STEP = Step(
     name="reserve_stock",
@@ -92,9 +93,7 @@ def test_a_recovered_run_of_a_saga_not_sampled_is_not_traced_either(
 ) -> None:
     # A ratio of 0 samples no trace started here: the saga's first run was not traced, so
     # a run after a restart is not traced from the middle of the saga on either.
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
-    unsampled = create_telemetry("coordinator", [exporter], batch=False)
+    unsampled = sampling_no_new_trace(monkeypatch, "coordinator", exporter)
     logged = record(trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
     with activated(unsampled):
         first_run = saga_span_context(logged)
