@@ -233,17 +233,8 @@ class SqliteSagaLog(SagaLog):
     async def find(self, idempotency_key: str, request_hash: str) -> SagaRecord | None:
         if not idempotency_key:
             return None
-        row = await self.db.read(
-            lambda conn: conn.execute(
-                "SELECT saga_id, request_hash FROM sagas WHERE idempotency_key = ?",
-                (idempotency_key,),
-            ).fetchone()
-        )
-        if row is None:
-            return None
-        if row["request_hash"] != request_hash:
-            raise IdempotencyConflict(idempotency_key)
-        return await self.load(str(row["saga_id"]))
+        saga_id = await self.db.read(lambda conn: _keyed(conn, idempotency_key, request_hash))
+        return None if saga_id is None else await self.load(saga_id)
 
     async def append(self, saga_id: str, change: Change) -> Transition:
         transition = await self._durable(saga_id, lambda conn: _append(conn, saga_id, change), 1)
@@ -380,16 +371,23 @@ class SqliteSagaLog(SagaLog):
         return [row["saga_id"] for row in rows]
 
 
+def _keyed(conn: sqlite3.Connection, key: str, request_hash: str) -> str | None:
+    """The saga ``key`` started, if any; IdempotencyConflict if for another request."""
+    row = conn.execute(
+        "SELECT saga_id, request_hash FROM sagas WHERE idempotency_key = ?", (key,)
+    ).fetchone()
+    if row is None:
+        return None
+    if row["request_hash"] != request_hash:
+        raise IdempotencyConflict(key)
+    return str(row["saga_id"])
+
+
 def _create(conn: sqlite3.Connection, new: NewSaga, then: Sequence[Change]) -> tuple[str, bool]:
     if new.idempotency_key:
-        row = conn.execute(
-            "SELECT saga_id, request_hash FROM sagas WHERE idempotency_key = ?",
-            (new.idempotency_key,),
-        ).fetchone()
-        if row is not None:
-            if row["request_hash"] != new.request_hash:
-                raise IdempotencyConflict(new.idempotency_key)
-            return str(row["saga_id"]), False
+        existing = _keyed(conn, new.idempotency_key, new.request_hash)
+        if existing is not None:
+            return existing, False
     record = new_record(new)
     created = _iso(record.created_at)
     conn.execute(
