@@ -16,10 +16,11 @@ read and its write, reads it back too.
 
 Offsets per producer live in the observer's own SQLite file (with replicas sharing a
 PostgreSQL log, in that log: one replica observes at a time, and the offsets follow the
-role from replica to replica; coordinator/engine/replicas.py) and move only after
-a batch's changes are durable in the saga log; a batch seen again after a crash
-plans no change (see :func:`coordinator.choreography.observation.changes_for`), so nothing is
-recorded twice.
+role from replica to replica; coordinator/engine/replicas.py). They move only after a
+batch's changes are durable in the saga log, and are written at most every half second
+(coordinator/choreography/offsets.py): a batch seen again after a crash plans no change
+(see :func:`coordinator.choreography.observation.changes_for`), so nothing is recorded
+twice.
 """
 
 from __future__ import annotations
@@ -27,20 +28,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
-from common import inbox
 from common.certs import COORDINATOR
 from common.config import SERVICE_NAMES, Endpoints
 from common.event_transport import EventTransport, Follow, GrpcEvents
 from common.outbox import MODE_HEADER
-from common.store import Database, utc_now
+from common.store import utc_now
 from common.supervisor import Supervisor
 from common.telemetry import consumer_span, saga_metrics
 from common.tls import Identity
@@ -53,6 +51,12 @@ from coordinator.choreography.observation import (
     observed_types,
     settlement,
 )
+from coordinator.choreography.offsets import (
+    OFFSETS_FILE,
+    FileOffsets,
+    HandledOffsets,
+    ObserverOffsets,
+)
 from coordinator.engine.plan import carried_by_services
 from coordinator.engine.telemetry import CarriedSpans
 from coordinator.log.records import UNFINISHED, Change, Kind, SagaRecord, SagaStatus, apply
@@ -61,7 +65,6 @@ from protos.sagawire.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
-OFFSETS_FILE = "observer.db"
 CHOREOGRAPHY = SagaMode.CHOREOGRAPHY.value
 # Producers send the observer only the events of choreographed sagas.
 _CHOREOGRAPHED_ONLY = {MODE_HEADER: CHOREOGRAPHY}
@@ -96,54 +99,6 @@ def _count_outcome(saga_type: str, change: Change, created_at: datetime) -> None
         saga_metrics().saga_compensated(saga_type, CHOREOGRAPHY, duration)
 
 
-class ObserverOffsets(Protocol):
-    """Where the observer keeps how far it has read each producer's stream."""
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def next_sequence(self, producer: str) -> int:
-        """The sequence to ask ``producer`` for next."""
-        ...
-
-    async def save(self, producer: str, sequence: int) -> None:
-        """``sequence`` and everything before it were recorded (durably) in the log."""
-        ...
-
-
-class FileOffsets:
-    """The observer's offsets in a SQLite file of its own (one coordinator)."""
-
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
-        self._db = Database(path, inbox.SCHEMA, synchronous=synchronous)
-
-    async def open(self) -> None:
-        await self._db.open()
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    async def next_sequence(self, producer: str) -> int:
-        def query(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
-            ).fetchone()
-            return int(row[0]) + 1 if row else 1
-
-        return await self._db.read(query)
-
-    async def save(self, producer: str, sequence: int) -> None:
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
-                " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
-                (producer, sequence),
-            )
-
-        await self._db.transaction(save)
-
-
 class Observer:
     """Follows the four services' streams and keeps choreographed sagas' views current."""
 
@@ -166,7 +121,8 @@ class Observer:
         self._carried = carried if carried is not None else CarriedSpans()
         # In a file of the data dir, unless the log is shared by replicas (the observer
         # moves between them, its offsets with it).
-        self._offsets = offsets or FileOffsets(data_dir / OFFSETS_FILE, synchronous)
+        self._saved_offsets = offsets or FileOffsets(data_dir / OFFSETS_FILE, synchronous)
+        self._offsets = HandledOffsets(self._saved_offsets)
         self._stall_check = stall_check_seconds
         self._clock = clock
         # To read events back into steps, and tell which overdue sagas the services carry
@@ -201,16 +157,23 @@ class Observer:
         return bool(self._tasks.running)
 
     async def start(self) -> None:
-        await self._offsets.open()
+        # Where the saved offsets say: another replica may have observed meanwhile.
+        self._offsets = HandledOffsets(self._saved_offsets)
+        await self._saved_offsets.open()
         await self._transport.open()
         for subscriber in self.subscribers:
             self._tasks.start(f"observe-{subscriber.producer}", subscriber.run)
         self._tasks.start("observe-stalls", self._flag_stalled)
+        self._tasks.start("observe-offsets", self._offsets.save_each_interval)
 
     async def stop(self) -> None:
         await self._tasks.stop()
         await self._transport.close()
-        await self._offsets.close()
+        try:
+            await self._offsets.save()  # what was recorded since the last interval's write
+        except Exception as error:  # e.g. the observer's role was lost (replicas)
+            log.warning("observer offsets not saved (re-read, recorded once) error=%r", error)
+        await self._saved_offsets.close()
         self._carried.end_all()  # exported as they are, not lost
 
     async def _next_sequence(self, producer: str) -> int:
@@ -227,7 +190,7 @@ class Observer:
             await asyncio.gather(
                 *(self._record(saga_id, seen) for saga_id, seen in by_saga.items())
             )
-        await self._offsets.save(producer, events[-1].sequence)
+        self._offsets.handled(producer, events[-1].sequence)
 
     @contextlib.asynccontextmanager
     async def _saga_lock(self, saga_id: str) -> AsyncIterator[None]:
