@@ -131,11 +131,21 @@ class _Failed:
     delay: float
 
 
-def _offset(conn: Connection, producer: str) -> int:
+def read_offset(conn: Connection, producer: str) -> int:
+    """The last sequence of ``producer``'s stream handled (0: none)."""
     row = conn.execute(
         "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def save_offset(conn: Connection, producer: str, sequence: int) -> None:
+    """``sequence`` and everything before it in ``producer``'s stream were handled."""
+    conn.execute(
+        "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
+        " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
+        (producer, sequence),
+    )
 
 
 class Consumer:
@@ -187,7 +197,7 @@ class Consumer:
         return self._sub.producer
 
     async def offset(self) -> int:
-        return await self._db.read(lambda conn: _offset(conn, self._sub.producer))
+        return await self._db.read(lambda conn: read_offset(conn, self._sub.producer))
 
     async def run(self) -> None:
         """Follow the producer forever (reconnecting with backoff); ends only when cancelled."""
@@ -218,7 +228,7 @@ class Consumer:
         stays: the events before it may still come."""
 
         def record(conn: Connection) -> None:
-            offset = _offset(conn, self._sub.producer)
+            offset = read_offset(conn, self._sub.producer)
             if self._in_order and event.sequence and event.sequence <= offset:
                 return
             if conn.execute("SELECT 1 FROM inbox WHERE event_id = ?", (event.id,)).fetchone():
@@ -336,7 +346,7 @@ class Consumer:
         move the offset past those applied. How many were applied, those reacted to, and
         that failure; the ids of events recorded as poison are added to ``poisoned``."""
         producer = self._sub.producer
-        offset = _offset(conn, producer)
+        offset = read_offset(conn, producer)
         applied, reacted, failure = 0, [], None
         poisoned.clear()  # a retried transaction starts afresh
         for event in events:
@@ -355,11 +365,7 @@ class Consumer:
                 offset = max(offset, event.sequence)
             applied += 1
         if applied:
-            conn.execute(
-                "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
-                " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
-                (producer, offset),
-            )
+            save_offset(conn, producer, offset)
         return applied, reacted, failure
 
     def _apply_one(

@@ -11,7 +11,6 @@ durable commit per batch of events. A crash re-reads at most an interval's event
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Protocol
 
@@ -52,23 +51,10 @@ class FileOffsets:
         await self._db.close()
 
     async def next_sequence(self, producer: str) -> int:
-        def query(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT sequence FROM consumer_offset WHERE producer = ?", (producer,)
-            ).fetchone()
-            return int(row[0]) + 1 if row else 1
-
-        return await self._db.read(query)
+        return await self._db.read(lambda conn: inbox.read_offset(conn, producer)) + 1
 
     async def save(self, producer: str, sequence: int) -> None:
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO consumer_offset (producer, sequence) VALUES (?, ?)"
-                " ON CONFLICT (producer) DO UPDATE SET sequence = excluded.sequence",
-                (producer, sequence),
-            )
-
-        await self._db.transaction(save)
+        await self._db.transaction(lambda conn: inbox.save_offset(conn, producer, sequence))
 
 
 class HandledOffsets:
